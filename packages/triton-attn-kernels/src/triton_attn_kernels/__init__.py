@@ -1,0 +1,29 @@
+"""Triton-only attention for LLM inference: paged decode (split-KV), prefill and mixed
+batches, and the KV-cache write, with fp8 KV. Pure Triton + PyTorch; no vLLM import.
+
+The whole public API::
+
+    paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, *, ...)
+    varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, *, ...)
+    write_kv_cache(key, value, k_cache, v_cache, slot_mapping, *, ...)
+    triton_attn_kernels.reference   fp32 PyTorch ground truth of all three
+    triton_attn_kernels.tuning      launch configurations, heuristics and tables
+"""
+
+from .attention import decode_workspace_numel, paged_attention, varlen_attention
+from .kv_cache import write_kv_cache
+from .tuning import AttentionConfig, DecodeConfig, KVWriteConfig, PrefillConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionConfig",
+    "DecodeConfig",
+    "KVWriteConfig",
+    "PrefillConfig",
+    "__version__",
+    "decode_workspace_numel",
+    "paged_attention",
+    "varlen_attention",
+    "write_kv_cache",
+]

@@ -1,0 +1,272 @@
+"""The attention kernel: one ``@triton.jit`` body, specialised at compile time.
+
+One program computes BLOCK_M query rows against one range of keys. A row is a
+(query token, query head) pair: BLOCK_Q consecutive tokens of one sequence times the
+GROUP query heads that share one KV head, so every K/V tile is read once for all of
+them (GQA packing). Decode is the specialisation BLOCK_Q == 1 with the key range split
+over NUM_SPLITS programs (split-KV); prefill is BLOCK_Q > 1 with NUM_SPLITS == 1. Paged
+and contiguous (varlen) K/V, causal masking, sliding window, softcap, ALiBi, sinks and
+scaled fp8 KV are ``tl.constexpr`` flags, so a launch compiles only what it uses.
+
+Grid: (query tiles, num_kv_heads * NUM_SPLITS, num_seqs).
+"""
+
+import triton
+import triton.language as tl
+
+from .softmax import merge_splits, online_softmax_step, softmax_finish
+
+LOG2E: tl.constexpr = 1.4426950408889634
+
+# QLEN_MODE: which sequences a launch serves, so that decode and prefill launches can
+# share one batch without any host-side knowledge of its composition.
+QLEN_ALL: tl.constexpr = 0
+QLEN_ONE: tl.constexpr = 1  # only sequences with exactly one new token (decode launch)
+QLEN_MANY: tl.constexpr = 2  # only sequences with two or more new tokens (prefill launch)
+
+
+@triton.jit
+def _tanh(x):
+    # tanh(x) = 1 - 2 / (exp(2x) + 1); exp2 saturates to inf/0, so the result stays in [-1, 1].
+    return 1.0 - 2.0 / (tl.exp2(x * (2.0 * LOG2E)) + 1.0)
+
+
+@triton.jit
+def attention_kernel(
+    q_ptr,  # [num_tokens, num_q_heads, HEAD_DIM]
+    k_ptr,  # PAGED: [num_blocks, BLOCK_SIZE, num_kv_heads, HEAD_DIM]; else [total_k, num_kv_heads, HEAD_DIM]
+    v_ptr,  # same shape as k
+    out_ptr,  # [num_tokens, num_q_heads, HEAD_DIM]
+    part_out_ptr,  # [num_seqs, num_q_heads, NUM_SPLITS, HEAD_DIM] fp32, NUM_SPLITS > 1 only
+    part_lse_ptr,  # [num_seqs, num_q_heads, NUM_SPLITS] fp32, NUM_SPLITS > 1 only
+    block_table_ptr,  # [num_seqs, max_blocks] int32, PAGED only
+    seq_lens_ptr,  # [num_seqs] int32, PAGED only
+    cu_seqlens_q_ptr,  # [num_seqs + 1] int32
+    cu_seqlens_k_ptr,  # [num_seqs + 1] int32, not PAGED only
+    alibi_ptr,  # [num_q_heads] fp32, USE_ALIBI only
+    sinks_ptr,  # [num_q_heads] fp32, USE_SINKS only
+    k_scale_ptr,  # [1] fp32, KV_SCALED only
+    v_scale_ptr,  # [1] fp32, KV_SCALED only
+    scale,  # softmax scale (natural units)
+    softcap,  # logit cap, USE_SOFTCAP only
+    window,  # left window in tokens (the query's own position included), USE_WINDOW only
+    stride_q_t,
+    stride_q_h,
+    stride_q_d,
+    stride_k_b,
+    stride_k_t,
+    stride_k_h,
+    stride_k_d,
+    stride_v_b,
+    stride_v_t,
+    stride_v_h,
+    stride_v_d,
+    stride_o_t,
+    stride_o_h,
+    stride_o_d,
+    stride_bt_s,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,  # HEAD_DIM rounded up to a power of two
+    GROUP: tl.constexpr,  # query heads per KV head
+    BLOCK_M: tl.constexpr,  # rows per program, >= BLOCK_Q * GROUP, power of two, >= 16
+    BLOCK_Q: tl.constexpr,  # query tokens per program
+    TILE_N: tl.constexpr,  # keys per inner iteration (may span several pages)
+    BLOCK_SIZE: tl.constexpr,  # page size of the paged cache
+    PAGED: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    USE_WINDOW: tl.constexpr,
+    USE_SOFTCAP: tl.constexpr,
+    USE_ALIBI: tl.constexpr,
+    USE_SINKS: tl.constexpr,
+    KV_SCALED: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    QLEN_MODE: tl.constexpr,
+    DOT_F32: tl.constexpr,  # upcast dot operands to fp32 (fp32 inputs, or the interpreter's bf16)
+    DOT_PRECISION: tl.constexpr,
+):
+    q_tile = tl.program_id(0)
+    kvh_split = tl.program_id(1)
+    seq = tl.program_id(2)
+    kv_head = kvh_split // NUM_SPLITS
+    split = kvh_split % NUM_SPLITS
+
+    q_start = tl.load(cu_seqlens_q_ptr + seq)
+    q_len = tl.load(cu_seqlens_q_ptr + seq + 1) - q_start
+    if QLEN_MODE == QLEN_ONE:
+        if q_len != 1:
+            return
+    if QLEN_MODE == QLEN_MANY:
+        if q_len < 2:
+            return
+    q0 = q_tile * BLOCK_Q
+    if q0 >= q_len:
+        return
+    if PAGED:
+        seq_len = tl.load(seq_lens_ptr + seq)
+        k_start = 0
+    else:
+        k_start = tl.load(cu_seqlens_k_ptr + seq)
+        seq_len = tl.load(cu_seqlens_k_ptr + seq + 1) - k_start
+    # Query tokens are the last q_len tokens of the context.
+    ctx = seq_len - q_len
+
+    rows = tl.arange(0, BLOCK_M)
+    row_tok = rows // GROUP
+    row_head = kv_head * GROUP + rows % GROUP
+    q_idx = q0 + row_tok
+    row_ok = (row_tok < BLOCK_Q) & (q_idx < q_len)
+    q_pos = ctx + q_idx
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_DIM
+
+    q_tok = (q_start + q_idx).to(tl.int64)
+    q = tl.load(
+        q_ptr + q_tok[:, None] * stride_q_t + row_head[:, None] * stride_q_h + d[None, :] * stride_q_d,
+        mask=row_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
+    if DOT_F32:
+        q = q.to(tl.float32)
+
+    # Key range this tile of queries can see; tiles outside it are never visited.
+    q_last = tl.minimum(q0 + BLOCK_Q, q_len) - 1
+    if CAUSAL:
+        kv_hi = ctx + q_last + 1
+    else:
+        kv_hi = seq_len
+    kv_lo = 0
+    if USE_WINDOW:
+        kv_lo = tl.maximum(ctx + q0 - window + 1, 0)
+    tile_lo = kv_lo // TILE_N
+    n_tiles = tl.cdiv(kv_hi, TILE_N) - tile_lo
+    per_split = tl.cdiv(n_tiles, NUM_SPLITS)
+    t_begin = tile_lo + split * per_split
+    t_end = tl.minimum(t_begin + per_split, tile_lo + n_tiles)
+
+    qk_scale = scale
+    if KV_SCALED:
+        qk_scale = qk_scale * tl.load(k_scale_ptr)
+    if not USE_SOFTCAP:
+        qk_scale = qk_scale * LOG2E
+    if USE_ALIBI:
+        slope = tl.load(alibi_ptr + row_head).to(tl.float32) * LOG2E
+
+    if USE_SINKS:
+        sink = tl.load(sinks_ptr + row_head).to(tl.float32) * LOG2E
+        # The sink joins the denominator once, in split 0, as a key with value zero.
+        first = split == 0
+        m_i = tl.where(first, sink, float("-inf"))
+        l_i = tl.where(first, 1.0, 0.0) + tl.zeros([BLOCK_M], dtype=tl.float32)
+    else:
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    offs_n = tl.arange(0, TILE_N)
+    k_head = k_ptr + kv_head.to(tl.int64) * stride_k_h
+    v_head = v_ptr + kv_head.to(tl.int64) * stride_v_h
+    for t in range(t_begin, t_end):
+        k_pos = t * TILE_N + offs_n
+        k_ok = k_pos < kv_hi
+        if PAGED:
+            page = tl.load(
+                block_table_ptr + seq.to(tl.int64) * stride_bt_s + k_pos // BLOCK_SIZE,
+                mask=k_ok,
+                other=0,
+            ).to(tl.int64)
+            slot = k_pos % BLOCK_SIZE
+            k_off = page * stride_k_b + slot * stride_k_t
+            v_off = page * stride_v_b + slot * stride_v_t
+        else:
+            tok = (k_start + k_pos).to(tl.int64)
+            k_off = tok * stride_k_t
+            v_off = tok * stride_v_t
+        k = tl.load(
+            k_head + k_off[None, :] + d[:, None] * stride_k_d,
+            mask=k_ok[None, :] & d_ok[:, None],
+            other=0.0,
+        )
+        if DOT_F32:
+            k = k.to(tl.float32)
+        else:
+            k = k.to(q.dtype)
+        s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
+        if USE_SOFTCAP:
+            s = softcap * _tanh(s / softcap) * LOG2E
+        if USE_ALIBI:
+            s += slope[:, None] * (k_pos[None, :] - q_pos[:, None]).to(tl.float32)
+        visible = k_ok[None, :] & row_ok[:, None]
+        if CAUSAL:
+            visible &= k_pos[None, :] <= q_pos[:, None]
+        if USE_WINDOW:
+            visible &= k_pos[None, :] > q_pos[:, None] - window
+        s = tl.where(visible, s, float("-inf"))
+        m_i, l_i, acc, p = online_softmax_step(m_i, l_i, acc, s)
+
+        v = tl.load(
+            v_head + v_off[:, None] + d[None, :] * stride_v_d,
+            mask=k_ok[:, None] & d_ok[None, :],
+            other=0.0,
+        )
+        if DOT_F32:
+            v = v.to(tl.float32)
+        else:
+            v = v.to(q.dtype)
+        acc += tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+
+    out, lse = softmax_finish(m_i, l_i, acc)
+    if KV_SCALED:
+        out = out * tl.load(v_scale_ptr)
+    if NUM_SPLITS == 1:
+        tl.store(
+            out_ptr + q_tok[:, None] * stride_o_t + row_head[:, None] * stride_o_h + d[None, :] * stride_o_d,
+            out.to(out_ptr.dtype.element_ty),
+            mask=row_ok[:, None] & d_ok[None, :],
+        )
+    else:
+        # Split-KV partials (decode only, one token per sequence): merged by merge_kernel.
+        num_q_heads = (tl.num_programs(1) // NUM_SPLITS) * GROUP
+        part = (seq.to(tl.int64) * num_q_heads + row_head) * NUM_SPLITS + split
+        tl.store(part_lse_ptr + part, lse, mask=row_ok)
+        tl.store(
+            part_out_ptr + part[:, None] * HEAD_DIM + d[None, :],
+            out,
+            mask=row_ok[:, None] & d_ok[None, :],
+        )
+
+
+@triton.jit
+def merge_kernel(
+    part_out_ptr,  # [num_seqs, num_q_heads, NUM_SPLITS, HEAD_DIM] fp32
+    part_lse_ptr,  # [num_seqs, num_q_heads, NUM_SPLITS] fp32
+    cu_seqlens_q_ptr,  # [num_seqs + 1] int32
+    out_ptr,  # [num_tokens, num_q_heads, HEAD_DIM]
+    stride_o_t,
+    stride_o_h,
+    stride_o_d,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    SPLITS_POW2: tl.constexpr,
+):
+    """Grid (num_q_heads, num_seqs): one output row per decode token and head."""
+    head = tl.program_id(0)
+    seq = tl.program_id(1)
+    q_start = tl.load(cu_seqlens_q_ptr + seq)
+    if tl.load(cu_seqlens_q_ptr + seq + 1) - q_start != 1:
+        return
+    sp = tl.arange(0, SPLITS_POW2)
+    d = tl.arange(0, BLOCK_D)
+    base = (seq.to(tl.int64) * tl.num_programs(0) + head) * NUM_SPLITS
+    lse = tl.load(part_lse_ptr + base + sp, mask=sp < NUM_SPLITS, other=float("-inf"))
+    part = tl.load(
+        part_out_ptr + (base + sp)[:, None] * HEAD_DIM + d[None, :],
+        mask=(sp < NUM_SPLITS)[:, None] & (d < HEAD_DIM)[None, :],
+        other=0.0,
+    )
+    out = merge_splits(lse, part)
+    tl.store(
+        out_ptr + q_start.to(tl.int64) * stride_o_t + head * stride_o_h + d * stride_o_d,
+        out.to(out_ptr.dtype.element_ty),
+        mask=d < HEAD_DIM,
+    )

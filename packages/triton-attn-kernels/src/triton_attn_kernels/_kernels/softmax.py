@@ -1,0 +1,51 @@
+"""Online softmax and split-KV merge, written once and used by every attention kernel.
+
+All logits arrive here in the base-2 domain (already multiplied by log2(e)), so the
+exponentials are ``exp2``, which maps to one MUFU instruction on NVIDIA GPUs.
+A running maximum of ``-inf`` means "no key seen yet"; every step guards it so that
+rows with no visible key end with ``l == 0`` and give zeros, never NaN.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def online_softmax_step(
+    m_i,  # [BLOCK_M] running max (log2 units)
+    l_i,  # [BLOCK_M] running denominator
+    acc,  # [BLOCK_M, BLOCK_D] running numerator
+    s,  # [BLOCK_M, TILE_N] logits of this tile in log2 units, -inf where masked
+):
+    """Fold one tile of logits in; return the new state and the tile's probabilities."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    # A row that has seen only masked keys keeps m == -inf; subtract 0 instead so that
+    # exp2(-inf - (-inf)) never appears.
+    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(s - m_ref[:, None])
+    alpha = tl.exp2(m_i - m_ref)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    return m_new, l_i, acc, p
+
+
+@triton.jit
+def softmax_finish(m_i, l_i, acc):
+    """Normalise the numerator; return (out, lse) with lse in log2 units (-inf if empty)."""
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
+    return out, lse
+
+
+@triton.jit
+def merge_splits(
+    lse,  # [NUM_SPLITS] per-split log-sum-exp in log2 units, -inf for empty splits
+    out,  # [NUM_SPLITS, BLOCK_D] per-split normalised output
+):
+    """Combine normalised partial results of disjoint key ranges into one output row."""
+    m = tl.max(lse, 0)
+    m_ref = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.exp2(lse - m_ref)
+    total = tl.sum(w, 0)
+    return tl.sum(out * w[:, None], 0) / tl.where(total == 0.0, 1.0, total)

@@ -1,0 +1,127 @@
+"""Argument checks shared by the public launchers. Every failure is a ValueError or
+TypeError naming the argument and what was expected; nothing here reads tensor
+contents (no host synchronisation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ._device import interpreting
+
+SUPPORTED_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 192, 256)
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+# Grid axis 2 (sequences) is limited to 65535 programs by CUDA.
+MAX_SEQS = 65535
+
+
+def tensor(name: str, t: Any, *, ndim: int, dtypes: tuple[torch.dtype, ...] | None = None) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise TypeError(f"{name} must have dtype in ({names}), got {str(t.dtype).removeprefix('torch.')}")
+    return t
+
+
+def same_device(device: torch.device, **tensors: torch.Tensor | None) -> None:
+    if device.type != "cuda" and not interpreting():
+        raise ValueError(f"tensors must be on a CUDA/ROCm device (or run with TRITON_INTERPRET=1 on CPU), got {device}")
+    for name, t in tensors.items():
+        if t is not None and t.device != device:
+            raise ValueError(f"{name} must be on {device} like q, got {t.device}")
+
+
+def index(name: str, t: Any, *, ndim: int, dtypes: tuple[torch.dtype, ...] = (torch.int32,)) -> torch.Tensor:
+    tensor(name, t, ndim=ndim, dtypes=dtypes)
+    if t.stride(-1) != 1:
+        raise ValueError(f"{name} must be contiguous in its last dimension, got strides {t.stride()}")
+    return t
+
+
+def count(name: str, value: Any, *, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def positive_float(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float or None, got {type(value).__name__}")
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return float(value)
+
+
+def window(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"sliding_window must be an int or None, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"sliding_window must be >= 1 (keys visible to a query, itself included), got {value}")
+    return value
+
+
+def per_head(name: str, t: Any, num_q_heads: int, device: torch.device) -> torch.Tensor | None:
+    if t is None:
+        return None
+    tensor(name, t, ndim=1, dtypes=FLOAT_DTYPES)
+    if t.shape[0] != num_q_heads:
+        raise ValueError(f"{name} must have shape [num_q_heads={num_q_heads}], got {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} must be on {device} like q, got {t.device}")
+    return t.float().contiguous()
+
+
+def kv_scale(name: str, value: Any, device: torch.device) -> torch.Tensor:
+    """A per-tensor fp8 scale as a one-element fp32 tensor on the device (no host sync)."""
+    if value is None:
+        return torch.ones(1, dtype=torch.float32, device=device)
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must hold one element (per-tensor scale), got shape {tuple(value.shape)}")
+        if value.device != device:
+            raise ValueError(f"{name} must be on {device} like the cache, got {value.device}")
+        return value.reshape(1).to(torch.float32)
+    positive_float(name, value)
+    return torch.full((1,), float(value), dtype=torch.float32, device=device)
+
+
+def head_geometry(q: torch.Tensor, num_kv_heads: int, head_dim: int, kv_name: str) -> int:
+    num_q_heads = q.shape[1]
+    if q.shape[2] != head_dim:
+        raise ValueError(f"{kv_name} head_dim {head_dim} must equal q's head_dim {q.shape[2]}")
+    if head_dim not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"head_dim must be one of {SUPPORTED_HEAD_DIMS}, got {head_dim}")
+    if num_kv_heads < 1 or num_q_heads % num_kv_heads:
+        raise ValueError(f"num_q_heads ({num_q_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+    return num_q_heads // num_kv_heads
+
+
+def kv_pair(k: torch.Tensor, v: torch.Tensor, q: torch.Tensor, *, k_name: str, v_name: str) -> None:
+    if v.shape != k.shape:
+        raise ValueError(f"{v_name} must have the shape of {k_name} {tuple(k.shape)}, got {tuple(v.shape)}")
+    if v.dtype != k.dtype:
+        raise TypeError(f"{v_name} dtype {v.dtype} must equal {k_name} dtype {k.dtype}")
+    if k.dtype != q.dtype and k.dtype not in FP8_DTYPES:
+        raise TypeError(f"{k_name} dtype must be q's dtype ({q.dtype}) or an fp8 dtype, got {k.dtype}")
+
+
+def output(out: Any, q: torch.Tensor) -> torch.Tensor:
+    if out is None:
+        return torch.empty_like(q)
+    tensor("out", out, ndim=3, dtypes=(q.dtype,))
+    if out.shape != q.shape:
+        raise ValueError(f"out must have q's shape {tuple(q.shape)}, got {tuple(out.shape)}")
+    if out.device != q.device:
+        raise ValueError(f"out must be on {q.device} like q, got {out.device}")
+    return out

@@ -1,0 +1,66 @@
+"""Default configurations as pure functions of the problem. Tables (when present) override.
+
+Branch notes say what each choice rests on; numbers marked "H100" come from runs recorded
+in docs/results/h100/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .configs import DecodeConfig, KVWriteConfig, PrefillConfig
+
+
+@dataclass(frozen=True)
+class AttentionProblem:
+    """What a launch heuristic may look at: shapes and dtypes, never tensor contents."""
+
+    num_seqs: int
+    num_q_heads: int
+    num_kv_heads: int
+    head_dim: int
+    max_seqlen_q: int
+    max_seqlen_k: int
+    dtype: str  # "float16" | "bfloat16" | "float32"
+    kv_dtype: str  # dtype name of the cache, e.g. "float8_e4m3fn"
+    num_sms: int
+    interpreter: bool = False
+
+    @property
+    def group(self) -> int:
+        return self.num_q_heads // self.num_kv_heads
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def decode_heuristic(p: AttentionProblem) -> DecodeConfig:
+    if p.interpreter:
+        # Tiny tiles so that CPU test shapes still cross tile and page boundaries.
+        tile_n = 16
+    elif p.head_dim > 128:
+        # 256-wide K and V tiles of 64 keys would hold 64 KB of registers per program.
+        tile_n = 32
+    else:
+        tile_n = 64
+    # Split-KV: enough programs to give every SM about two, but never a split shorter than
+    # two tiles, where the merge would cost more than the parallelism gains.
+    programs = max(p.num_seqs * p.num_kv_heads, 1)
+    want = _cdiv(2 * p.num_sms, programs)
+    most = max(_cdiv(p.max_seqlen_k, 2 * tile_n), 1)
+    num_splits = max(1, min(want, most, 64))
+    return DecodeConfig(tile_n=tile_n, num_splits=num_splits, num_warps=4, num_stages=2)
+
+
+def prefill_heuristic(p: AttentionProblem) -> PrefillConfig:
+    if p.interpreter:
+        return PrefillConfig(block_m=16, tile_n=16, num_warps=4, num_stages=1)
+    if p.head_dim > 128:
+        return PrefillConfig(block_m=64, tile_n=32, num_warps=4, num_stages=2)
+    return PrefillConfig(block_m=128, tile_n=64, num_warps=8, num_stages=2)
+
+
+def kv_write_heuristic(num_kv_heads: int, head_dim: int) -> KVWriteConfig:
+    # One program moves num_kv_heads * head_dim elements of K and of V.
+    return KVWriteConfig(num_warps=4 if num_kv_heads * head_dim <= 1024 else 8)
