@@ -80,6 +80,8 @@ def write_kv_cache(
         BLOCK_SIZE=k_cache.shape[1],
         QUANTIZE=quantize,
         FP8_MAX=float(torch.finfo(k_cache.dtype).max) if quantize else 0.0,
-        ROUNDING="rtne" if quantize else None,
+        # mantissa bits and smallest normal exponent of the fp8 format
+        FP8_MANT=3 if k_cache.dtype == torch.float8_e4m3fn else 2,
+        FP8_EMIN=-6 if k_cache.dtype == torch.float8_e4m3fn else -14,
         num_warps=cfg.num_warps,
     )

@@ -5,6 +5,21 @@ import triton.language as tl
 
 
 @triton.jit
+def _round_to_grid(x, MANT: tl.constexpr, EMIN: tl.constexpr):
+    """Round fp32 ``x`` to nearest-even on the grid of a float format with MANT mantissa
+    bits and smallest normal exponent EMIN, so that the final cast is exact whatever the
+    backend's conversion does (Triton's interpreter loses the carry across binades)."""
+    bits = x.to(tl.int32, bitcast=True)
+    exp = tl.maximum(((bits >> 23) & 0xFF) - 127, EMIN)
+    step = ((exp - MANT + 127) << 23).to(tl.float32, bitcast=True)
+    inv_step = ((MANT - exp + 127) << 23).to(tl.float32, bitcast=True)
+    # (v + 1.5 * 2**23) - 1.5 * 2**23 rounds |v| < 2**22 to an integer, ties to even;
+    # scaling by powers of two is exact.
+    magic = 12582912.0
+    return ((x * inv_step + magic) - magic) * step
+
+
+@triton.jit
 def write_kv_kernel(
     key_ptr,  # [num_tokens, NUM_KV_HEADS, HEAD_DIM]
     value_ptr,  # [num_tokens, NUM_KV_HEADS, HEAD_DIM]
@@ -34,7 +49,8 @@ def write_kv_kernel(
     BLOCK_SIZE: tl.constexpr,
     QUANTIZE: tl.constexpr,
     FP8_MAX: tl.constexpr,
-    ROUNDING: tl.constexpr,  # "rtne" for fp8 (as torch's .to()), None otherwise
+    FP8_MANT: tl.constexpr,
+    FP8_EMIN: tl.constexpr,
 ):
     """Grid (num_tokens,): one program copies all heads of one token."""
     tok = tl.program_id(0).to(tl.int64)
@@ -49,17 +65,21 @@ def write_kv_kernel(
     k = tl.load(key_ptr + tok * stride_key_t + h[:, None] * stride_key_h + d[None, :] * stride_key_d, mask=ok)
     v = tl.load(value_ptr + tok * stride_value_t + h[:, None] * stride_value_h + d[None, :] * stride_value_d, mask=ok)
     if QUANTIZE:
-        k = tl.clamp(k.to(tl.float32) / tl.load(k_scale_ptr), -FP8_MAX, FP8_MAX)
-        v = tl.clamp(v.to(tl.float32) / tl.load(v_scale_ptr), -FP8_MAX, FP8_MAX)
+        k = _round_to_grid(
+            tl.clamp(tl.math.div_rn(k.to(tl.float32), tl.load(k_scale_ptr)), -FP8_MAX, FP8_MAX), FP8_MANT, FP8_EMIN
+        )
+        v = _round_to_grid(
+            tl.clamp(tl.math.div_rn(v.to(tl.float32), tl.load(v_scale_ptr)), -FP8_MAX, FP8_MAX), FP8_MANT, FP8_EMIN
+        )
     kc = k_cache_ptr + block * stride_kc_b + offset * stride_kc_t
     vc = v_cache_ptr + block * stride_vc_b + offset * stride_vc_t
     tl.store(
         kc + h[:, None] * stride_kc_h + d[None, :] * stride_kc_d,
-        k.to(k_cache_ptr.dtype.element_ty, fp_downcast_rounding=ROUNDING),
+        k.to(k_cache_ptr.dtype.element_ty),
         mask=ok,
     )
     tl.store(
         vc + h[:, None] * stride_vc_h + d[None, :] * stride_vc_d,
-        v.to(v_cache_ptr.dtype.element_ty, fp_downcast_rounding=ROUNDING),
+        v.to(v_cache_ptr.dtype.element_ty),
         mask=ok,
     )

@@ -1,0 +1,103 @@
+"""What a tuning table is indexed by: one :class:`KernelSpec` per tuned kernel.
+
+A key is a tuple in ``spec.key_fields`` order: the categorical fields first (they change the
+compiled kernel, so a table entry applies only when they match exactly), then the numeric
+fields (sizes; a missing key is served by the nearest stored key in log2 distance).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .configs import DecodeConfig, KVWriteConfig, PrefillConfig
+from .heuristics import AttentionProblem
+
+__all__ = [
+    "DECODE",
+    "KERNELS",
+    "KV_WRITE",
+    "PREFILL",
+    "KernelSpec",
+    "config_from_dict",
+    "config_to_dict",
+    "decode_key",
+    "dtype_name",
+    "kv_write_key",
+    "prefill_key",
+]
+
+Config = DecodeConfig | PrefillConfig | KVWriteConfig
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    name: str
+    config_cls: type
+    categorical: tuple[str, ...]
+    numeric: tuple[str, ...]
+
+    @property
+    def key_fields(self) -> tuple[str, ...]:
+        return self.categorical + self.numeric
+
+    @property
+    def config_fields(self) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(self.config_cls))
+
+    def key_to_dict(self, key: tuple) -> dict[str, Any]:
+        return dict(zip(self.key_fields, key, strict=True))
+
+    def key_from_dict(self, d: dict[str, Any]) -> tuple:
+        return tuple(d[name] for name in self.key_fields)
+
+
+# head_dim, dtype and kv_dtype are compile-time constants of the kernel: no transfer between them.
+_CATEGORICAL = ("head_dim", "dtype", "kv_dtype")
+# Decode: num_kv_heads * num_seqs programs before splitting, so both decide num_splits.
+DECODE = KernelSpec("decode", DecodeConfig, _CATEGORICAL, ("num_kv_heads", "group", "num_seqs", "max_seqlen_k"))
+PREFILL = KernelSpec(
+    "prefill", PrefillConfig, _CATEGORICAL, ("num_kv_heads", "group", "num_seqs", "max_seqlen_q", "max_seqlen_k")
+)
+KV_WRITE = KernelSpec("kv_write", KVWriteConfig, _CATEGORICAL, ("num_kv_heads", "num_tokens"))
+KERNELS: dict[str, KernelSpec] = {s.name: s for s in (DECODE, PREFILL, KV_WRITE)}
+
+
+def dtype_name(dtype: Any) -> str:
+    """``torch.bfloat16`` or ``"bfloat16"`` -> ``"bfloat16"``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def decode_key(p: AttentionProblem) -> tuple:
+    return (p.head_dim, p.dtype, p.kv_dtype, p.num_kv_heads, p.group, p.num_seqs, p.max_seqlen_k)
+
+
+def prefill_key(p: AttentionProblem) -> tuple:
+    return (p.head_dim, p.dtype, p.kv_dtype, p.num_kv_heads, p.group, p.num_seqs, p.max_seqlen_q, p.max_seqlen_k)
+
+
+def kv_write_key(num_kv_heads: int, head_dim: int, num_tokens: int, dtype: Any, kv_dtype: Any) -> tuple:
+    return (head_dim, dtype_name(dtype), dtype_name(kv_dtype), num_kv_heads, num_tokens)
+
+
+def log2_point(spec: KernelSpec, key: tuple) -> tuple[float, ...]:
+    """The numeric part of a key on a log2 scale (sizes below 1 count as 1)."""
+    n = len(spec.categorical)
+    return tuple(math.log2(max(int(v), 1)) for v in key[n:])
+
+
+def config_to_dict(config: Config) -> dict[str, int]:
+    return {f.name: getattr(config, f.name) for f in fields(config)}
+
+
+def config_from_dict(spec: KernelSpec, d: Any) -> Config:
+    """Raises ValueError/TypeError for unknown or missing fields and out-of-range values."""
+    if not isinstance(d, dict):
+        raise TypeError(f"a {spec.name} config must be an object, got {type(d).__name__}")
+    unknown, missing = set(d) - set(spec.config_fields), set(spec.config_fields) - set(d)
+    if unknown or missing:
+        raise ValueError(f"{spec.name} config {d}: unknown fields {sorted(unknown)}, missing {sorted(missing)}")
+    if any(isinstance(v, bool) for v in d.values()):
+        raise TypeError(f"{spec.name} config values must be integers, got {d}")
+    return spec.config_cls(**d)

@@ -1,0 +1,70 @@
+"""write_kv_cache against the reference: padded slots, layouts, fp8 quantisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from batches import DEVICE, FP8, make_cache
+
+from triton_attn_kernels import write_kv_cache
+from triton_attn_kernels.reference import write_kv_cache_ref
+
+
+def inputs(num_tokens=9, heads=2, dim=32, dtype=torch.float16, slot_dtype=torch.int64, block_size=16, blocks=4):
+    key = torch.randn(num_tokens, heads, dim, device=DEVICE).to(dtype)
+    value = torch.randn(num_tokens, heads, dim, device=DEVICE).to(dtype)
+    slots = torch.randperm(blocks * block_size, device=DEVICE)[:num_tokens].to(slot_dtype)
+    slots[1] = -1
+    slots[-1] = -1
+    return key, value, slots
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("slot_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+def test_write_exact(dtype, slot_dtype, layout):
+    key, value, slots = inputs(dtype=dtype, slot_dtype=slot_dtype)
+    kc = make_cache(4, 16, 2, 32, dtype, layout)
+    vc = make_cache(4, 16, 2, 32, dtype, layout)
+    kr, vr = kc.clone(), vc.clone()
+    write_kv_cache(key, value, kc, vc, slots)
+    write_kv_cache_ref(key, value, kr, vr, slots)
+    assert torch.equal(kc, kr) and torch.equal(vc, vr)
+    # Padding slots wrote nothing: the caches differ from their old contents only in used slots.
+    assert int((slots >= 0).sum()) == 7
+
+
+@pytest.mark.parametrize("kv_dtype", FP8)
+@pytest.mark.parametrize("head_dim", [64, 80])
+def test_write_fp8(kv_dtype, head_dim):
+    key, value, slots = inputs(dim=head_dim, heads=3)
+    key[0, 0, 0] = 1e4  # beyond the format's range: must clamp, not become inf/NaN
+    kc = torch.zeros(4, 16, 3, head_dim, device=DEVICE).to(kv_dtype)
+    vc = torch.zeros_like(kc)
+    kr, vr = kc.clone(), vc.clone()
+    write_kv_cache(key, value, kc, vc, slots, k_scale=0.05, v_scale=torch.tensor([0.2], device=DEVICE))
+    write_kv_cache_ref(key, value, kr, vr, slots, k_scale=0.05, v_scale=0.2)
+    assert torch.isfinite(kc.float()).all()
+    # Exact: the kernel rounds to the fp8 grid (nearest even) itself before the cast.
+    assert torch.equal(kc.float(), kr.float()) and torch.equal(vc.float(), vr.float())
+    assert (kc.float() != 0).sum() > 0
+
+
+def test_write_then_attend_roundtrip():
+    from batches import paged_batch
+
+    from triton_attn_kernels import paged_attention
+    from triton_attn_kernels.reference import paged_attention_ref
+
+    b = paged_batch([3, 1], [10, 20])
+    key = torch.randn(4, 2, 32, device=DEVICE).to(torch.float16)
+    value = torch.randn(4, 2, 32, device=DEVICE).to(torch.float16)
+    # Slots of the new tokens: the last positions of each sequence.
+    slots = []
+    for s, (ql, sl) in enumerate([(3, 10), (1, 20)]):
+        for pos in range(sl - ql, sl):
+            slots.append(int(b.block_table[s, pos // 16]) * 16 + pos % 16)
+    slot_mapping = torch.tensor(slots, device=DEVICE)
+    write_kv_cache(key, value, b.k_cache, b.v_cache, slot_mapping)
+    out = paged_attention(*b.args(), **b.lens())
+    torch.testing.assert_close(out.float(), paged_attention_ref(*b.args()), atol=4e-3, rtol=4e-3)

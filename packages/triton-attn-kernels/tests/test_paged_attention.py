@@ -1,0 +1,170 @@
+"""paged_attention against the fp32 reference: every feature, dtype, head size, layout and
+the edge lengths that cross page and tile boundaries."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from batches import FP8, TOL, assert_matches, paged_batch, poisoned_like
+
+from triton_attn_kernels import AttentionConfig, DecodeConfig, PrefillConfig, paged_attention
+from triton_attn_kernels.reference import paged_attention_ref
+
+# Decodes, a prefill chunk on a cached prefix, a fresh prefill and a sequence with no new
+# tokens, with lengths 1, block_size-1, block_size, block_size+1 and odd sizes.
+MIXED_Q = [1, 5, 0, 1, 17, 3]
+MIXED_K = [40, 5, 9, 1, 33, 16]
+
+
+def run(batch, *, config=None, **features):
+    out = poisoned_like(batch.q)
+    res = paged_attention(*batch.args(), **batch.lens(), out=out, config=config, **features)
+    assert res is out
+    ref = paged_attention_ref(*batch.args(), **{k: v for k, v in features.items()})
+    return out, ref
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("group", [1, 4, 8])
+def test_mixed_batch_dtypes_and_gqa(dtype, group):
+    b = paged_batch(MIXED_Q, MIXED_K, num_q_heads=2 * group, num_kv_heads=2, dtype=dtype)
+    out, ref = run(b)
+    assert_matches(out, ref, dtype)
+
+
+@pytest.mark.parametrize("head_dim", [32, 64, 80, 96, 112, 128, 192, 256])
+def test_head_dims(head_dim):
+    b = paged_batch([1, 4, 1], [19, 20, 3], num_q_heads=2, num_kv_heads=1, head_dim=head_dim)
+    out, ref = run(b)
+    assert_matches(out, ref, torch.float16)
+
+
+@pytest.mark.parametrize("block_size", [16, 32, 64, 128])
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+def test_block_sizes_and_layouts(block_size, layout):
+    lens = [block_size - 1, block_size, block_size + 1, 2 * block_size + 3]
+    b = paged_batch([1, 1, 6, 2], lens, block_size=block_size, layout=layout)
+    out, ref = run(b)
+    assert_matches(out, ref, torch.float16)
+
+
+@pytest.mark.parametrize(
+    "features",
+    [
+        dict(sliding_window=7),
+        dict(sliding_window=1),
+        dict(softcap=3.0),
+        dict(causal=False),
+        dict(scale=0.5),
+        "alibi",
+        "sinks",
+        "all",
+    ],
+    ids=lambda f: f if isinstance(f, str) else "-".join(f"{k}={v}" for k, v in f.items()),
+)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_features(features, dtype):
+    b = paged_batch(MIXED_Q, MIXED_K, num_q_heads=4, num_kv_heads=2, dtype=dtype)
+    if features == "alibi":
+        features = dict(alibi_slopes=torch.rand(4, device=b.q.device))
+    elif features == "sinks":
+        features = dict(sinks=torch.randn(4, device=b.q.device) + 2.0)
+    elif features == "all":
+        features = dict(
+            sliding_window=9,
+            softcap=4.0,
+            alibi_slopes=torch.rand(4, device=b.q.device),
+            sinks=torch.randn(4, device=b.q.device),
+        )
+    out, ref = run(b, **features)
+    assert_matches(out, ref, dtype)
+    # The feature must matter on this batch, or the test would not notice it missing.
+    plain = paged_attention_ref(*b.args())
+    assert not torch.allclose(plain, ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("kv_dtype", FP8)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fp8_kv(kv_dtype, dtype):
+    b = paged_batch(MIXED_Q, MIXED_K, dtype=dtype, kv_dtype=kv_dtype)
+    for k_scale, v_scale in [
+        (0.5, 2.0),
+        (torch.tensor([0.25], device=b.q.device), torch.tensor(3.0, device=b.q.device)),
+    ]:
+        out, ref = run(b, k_scale=k_scale, v_scale=v_scale)
+        assert_matches(out, ref, dtype)
+
+
+def test_fp8_scales_matter():
+    b = paged_batch([1, 3], [20, 7], kv_dtype=torch.float8_e4m3fn)
+    out1, _ = run(b, k_scale=1.0, v_scale=1.0)
+    out2, ref2 = run(b, k_scale=1.0, v_scale=2.0)
+    assert_matches(out2, ref2, torch.float16)
+    torch.testing.assert_close(out2.float(), 2 * out1.float(), atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("num_splits", [1, 2, 3, 8, 64])
+def test_split_kv_any_count(num_splits):
+    # More splits than tiles leaves some splits empty; their partials must not leak in.
+    b = paged_batch([1, 1, 1, 1], [1, 16, 17, 90], num_q_heads=8, num_kv_heads=2)
+    cfg = AttentionConfig(decode=DecodeConfig(tile_n=16, num_splits=num_splits))
+    out, ref = run(b, config=cfg, sinks=torch.randn(8, device=b.q.device))
+    assert_matches(out, ref, torch.float16)
+
+
+@pytest.mark.parametrize("tile_n,block_m", [(16, 16), (32, 32), (64, 64)])
+def test_prefill_tiles(tile_n, block_m):
+    b = paged_batch([20, 33, 2], [20, 70, 40], num_q_heads=8, num_kv_heads=2)
+    cfg = AttentionConfig(prefill=PrefillConfig(block_m=block_m, tile_n=tile_n), decode=DecodeConfig(tile_n=tile_n))
+    out, ref = run(b, config=cfg, sliding_window=25)
+    assert_matches(out, ref, torch.float16)
+
+
+def test_pure_decode_batch_and_padding_rows_untouched():
+    b = paged_batch([1, 1, 0, 1], [30, 1, 12, 64], q_padding=3)
+    out, ref = run(b)
+    rows = int(b.cu_seqlens_q[-1])
+    assert_matches(out, ref, torch.float16, rows=rows)
+    assert torch.isnan(out[rows:]).all(), "padding rows beyond cu_seqlens_q[-1] must be left untouched"
+
+
+def test_empty_batches():
+    b = paged_batch([0, 0], [5, 9])
+    out = poisoned_like(b.q)
+    paged_attention(*b.args(), max_seqlen_q=0, max_seqlen_k=9, out=out)
+    assert out.numel() == 0
+
+
+def test_workspace_is_used_and_checked():
+    from triton_attn_kernels import decode_workspace_numel
+
+    b = paged_batch([1, 1], [40, 33], num_q_heads=4, num_kv_heads=2)
+    cfg = AttentionConfig(decode=DecodeConfig(tile_n=16, num_splits=3))
+    n = decode_workspace_numel(2, 4, 32, 3)
+    ws = torch.full((n,), float("nan"), device=b.q.device)
+    out = paged_attention(*b.args(), **b.lens(), config=cfg, workspace=ws)
+    assert_matches(out, paged_attention_ref(*b.args()), torch.float16)
+    assert not torch.isnan(ws).all()
+    with pytest.raises(ValueError, match="workspace"):
+        paged_attention(*b.args(), **b.lens(), config=cfg, workspace=ws[: n - 1])
+
+
+def test_deterministic_and_batch_invariant_decode():
+    b = paged_batch([1, 1, 1], [50, 23, 64])
+    cfg = AttentionConfig(decode=DecodeConfig(tile_n=16, num_splits=2))
+    out1 = paged_attention(*b.args(), **b.lens(), config=cfg)
+    out2 = paged_attention(*b.args(), **b.lens(), config=cfg)
+    assert torch.equal(out1, out2)
+    # The first sequence alone gives bitwise the same row.
+    alone = paged_attention(
+        b.q[:1],
+        b.k_cache,
+        b.v_cache,
+        b.block_table[:1],
+        b.seq_lens[:1],
+        b.cu_seqlens_q[:2],
+        max_seqlen_q=1,
+        max_seqlen_k=50,
+        config=cfg,
+    )
+    assert torch.equal(alone[0], out1[0])
