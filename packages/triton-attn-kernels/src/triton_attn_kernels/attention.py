@@ -209,7 +209,7 @@ def _launch(
         part_out = workspace[num_seqs * num_q_heads * splits : need]
     else:
         part_lse = part_out = out
-    mode = QLEN_ALL if max_seqlen_q == 1 else QLEN_ONE
+    mode = QLEN_ALL.value if max_seqlen_q == 1 else QLEN_ONE.value
     run(
         max(16, triton.next_power_of_2(group)),
         1,
@@ -247,7 +247,7 @@ def _launch(
         block_q,
         pcfg.tile_n,
         1,
-        QLEN_MANY,
+        QLEN_MANY.value,
         triton.cdiv(max_seqlen_q, block_q),
         pcfg.num_warps,
         pcfg.num_stages,

@@ -16,13 +16,13 @@ import triton.language as tl
 
 from .softmax import merge_splits, online_softmax_step, softmax_finish
 
-LOG2E: tl.constexpr = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)
 
 # QLEN_MODE: which sequences a launch serves, so that decode and prefill launches can
 # share one batch without any host-side knowledge of its composition.
-QLEN_ALL: tl.constexpr = 0
-QLEN_ONE: tl.constexpr = 1  # only sequences with exactly one new token (decode launch)
-QLEN_MANY: tl.constexpr = 2  # only sequences with two or more new tokens (prefill launch)
+QLEN_ALL = tl.constexpr(0)
+QLEN_ONE = tl.constexpr(1)  # only sequences with exactly one new token (decode launch)
+QLEN_MANY = tl.constexpr(2)  # only sequences with two or more new tokens (prefill launch)
 
 
 @triton.jit

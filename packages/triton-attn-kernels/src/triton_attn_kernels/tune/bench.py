@@ -1,0 +1,246 @@
+"""One tuning case: inputs for a shape, a reference check of a config's output, and its time.
+
+On CUDA a config is timed by replaying a CUDA graph of the launch (the way vLLM runs
+decode), median of ``reps`` replays, each bracketed by CUDA events. In the interpreter
+(tests) it is the median wall time of a few direct calls.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..attention import decode_workspace_numel, paged_attention
+from ..kv_cache import write_kv_cache
+from ..reference import attention_ref
+from ..tuning.configs import AttentionConfig, DecodeConfig, KVWriteConfig, PrefillConfig
+from ..tuning.heuristics import AttentionProblem
+from .space import Geometry, Shape
+
+__all__ = ["AttentionCase", "KVWriteCase", "time_launch"]
+
+# Largest error allowed against the fp32 reference, per query dtype: (atol, rtol). bf16 keeps
+# 8 mantissa bits, so one rounding of P and one of the output are worth ~1e-2 together.
+TOLERANCE = {torch.float16: (4e-3, 4e-3), torch.bfloat16: (2e-2, 2e-2), torch.float32: (1e-4, 1e-4)}
+# Rows checked per end of a sequence: the reference on whole 32k prompts would need 128 GB.
+CHECK_ROWS = 32
+
+
+def _rand(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, gen: torch.Generator) -> torch.Tensor:
+    if dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        return torch.randn(shape, dtype=torch.bfloat16, device=device, generator=gen).to(dtype)
+    return torch.randn(shape, dtype=dtype, device=device, generator=gen)
+
+
+@dataclass
+class AttentionCase:
+    """A paged batch: ``decode`` (one new token per sequence, ``seqlen`` context) or
+    ``prefill`` (``seqlen`` new tokens per sequence, nothing cached)."""
+
+    kernel: str
+    geometry: Geometry
+    shape: Shape
+    dtype: torch.dtype
+    kv_dtype: torch.dtype
+    block_size: int
+    device: torch.device
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        g = self.geometry
+        gen = torch.Generator(device=self.device).manual_seed(self.seed)
+        b, n, bs = self.shape.num_seqs, self.shape.seqlen, self.block_size
+        self.q_len = 1 if self.kernel == "decode" else n
+        blocks = -(-n // bs)
+        self.k_cache = _rand((b * blocks, bs, g.num_kv_heads, g.head_dim), self.kv_dtype, self.device, gen)
+        self.v_cache = _rand((b * blocks, bs, g.num_kv_heads, g.head_dim), self.kv_dtype, self.device, gen)
+        # Shuffled pages, as a cache looks after a while of serving.
+        perm = torch.randperm(b * blocks, generator=gen, device=self.device)
+        self.block_table = perm.to(torch.int32).view(b, blocks)
+        self.seq_lens = torch.full((b,), n, dtype=torch.int32, device=self.device)
+        self.cu_seqlens_q = torch.arange(0, (b + 1) * self.q_len, self.q_len, dtype=torch.int32, device=self.device)
+        self.q = _rand((b * self.q_len, g.num_q_heads, g.head_dim), self.dtype, self.device, gen)
+        self.out = torch.empty_like(self.q)
+        # fp8 caches: scales as device tensors, so that a launch allocates nothing (CUDA graphs).
+        fp8 = self.kv_dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
+        self.kv_scale = torch.ones(1, dtype=torch.float32, device=self.device) if fp8 else None
+        self.workspace = torch.empty(
+            decode_workspace_numel(b, g.num_q_heads, g.head_dim, 256), dtype=torch.float32, device=self.device
+        )
+        self._checks = self._reference_rows()
+
+    def problem(self, num_sms: int, interpreter: bool) -> AttentionProblem:
+        g = self.geometry
+        return AttentionProblem(
+            num_seqs=self.shape.num_seqs,
+            num_q_heads=g.num_q_heads,
+            num_kv_heads=g.num_kv_heads,
+            head_dim=g.head_dim,
+            max_seqlen_q=self.q_len,
+            max_seqlen_k=self.shape.seqlen,
+            dtype=str(self.dtype).removeprefix("torch."),
+            kv_dtype=str(self.kv_dtype).removeprefix("torch."),
+            num_sms=num_sms,
+            interpreter=interpreter,
+        )
+
+    def launcher(self, config: DecodeConfig | PrefillConfig) -> Callable[[], object]:
+        if isinstance(config, DecodeConfig):
+            cfg = AttentionConfig(decode=config)
+        else:
+            # The decode launch of a prefill batch serves no sequence; one split keeps it minimal.
+            cfg = AttentionConfig(decode=DecodeConfig(num_splits=1), prefill=config)
+
+        def launch() -> object:
+            return paged_attention(
+                self.q,
+                self.k_cache,
+                self.v_cache,
+                self.block_table,
+                self.seq_lens,
+                self.cu_seqlens_q,
+                max_seqlen_q=self.q_len,
+                max_seqlen_k=self.shape.seqlen,
+                k_scale=self.kv_scale,
+                v_scale=self.kv_scale,
+                out=self.out,
+                config=cfg,
+                workspace=self.workspace,
+            )
+
+        return launch
+
+    def _reference_rows(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(row indices, fp32 reference) for the first and last CHECK_ROWS query rows of the
+        first and last sequence: cheap at any size, and they cover both ends of the mask."""
+        b, n = self.shape.num_seqs, self.shape.seqlen
+        g = self.geometry
+        checks = []
+        for s in sorted({0, b - 1}):
+            blocks = self.block_table[s, : -(-n // self.block_size)].long()
+            k = self.k_cache[blocks].float().reshape(-1, g.num_kv_heads, g.head_dim)[:n]
+            v = self.v_cache[blocks].float().reshape(-1, g.num_kv_heads, g.head_dim)[:n]
+            q0 = s * self.q_len
+            spans = {(max(self.q_len - CHECK_ROWS, 0), self.q_len), (0, min(CHECK_ROWS, self.q_len))}
+            for lo, hi in sorted(spans):
+                ctx = n - self.q_len + hi  # the rows lo..hi-1 are the last tokens of this context
+                ref = attention_ref(
+                    self.q[q0 + lo : q0 + hi], k[:ctx], v[:ctx], scale=g.head_dim**-0.5, causal=True
+                )
+                checks.append((torch.arange(q0 + lo, q0 + hi, device=self.device), ref))
+        return checks
+
+    def check(self, config: DecodeConfig | PrefillConfig) -> str | None:
+        """None if ``config``'s output matches the reference, else what is wrong."""
+        self.out.fill_(float("nan"))  # rows the kernel forgets to write cannot pass
+        self.launcher(config)()
+        atol, rtol = TOLERANCE[self.dtype]
+        for rows, ref in self._checks:
+            got = self.out[rows].float()
+            bad = ~((got - ref).abs() <= atol + rtol * ref.abs())
+            if bool(bad.any()):
+                err = (got - ref).abs().nan_to_num(float("inf")).max().item()
+                return f"max error {err:.3g} on {int(bad.sum())} values (tolerance {atol} + {rtol}*|ref|)"
+        return None
+
+
+@dataclass
+class KVWriteCase:
+    geometry: Geometry
+    shape: Shape  # shape.seqlen new tokens
+    dtype: torch.dtype
+    kv_dtype: torch.dtype
+    block_size: int
+    device: torch.device
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        g = self.geometry
+        gen = torch.Generator(device=self.device).manual_seed(self.seed)
+        t = self.shape.seqlen
+        blocks = -(-t // self.block_size) + 1
+        self.key = _rand((t, g.num_kv_heads, g.head_dim), self.dtype, self.device, gen)
+        self.value = _rand((t, g.num_kv_heads, g.head_dim), self.dtype, self.device, gen)
+        cache_shape = (blocks, self.block_size, g.num_kv_heads, g.head_dim)
+        self.k_cache = torch.zeros(cache_shape, dtype=self.kv_dtype, device=self.device)
+        self.v_cache = torch.zeros(cache_shape, dtype=self.kv_dtype, device=self.device)
+        slots = torch.randperm(blocks * self.block_size, generator=gen, device=self.device)[:t]
+        self.slot_mapping = slots.to(torch.int64)
+        fp8 = self.kv_dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
+        self.kv_scale = torch.ones(1, dtype=torch.float32, device=self.device) if fp8 else None
+
+    def launcher(self, config: KVWriteConfig) -> Callable[[], object]:
+        def launch() -> object:
+            return write_kv_cache(
+                self.key,
+                self.value,
+                self.k_cache,
+                self.v_cache,
+                self.slot_mapping,
+                k_scale=self.kv_scale,
+                v_scale=self.kv_scale,
+                config=config,
+            )
+
+        return launch
+
+    def check(self, config: KVWriteConfig) -> str | None:
+        self.k_cache.zero_()
+        self.v_cache.zero_()
+        self.launcher(config)()
+        h, d = self.geometry.num_kv_heads, self.geometry.head_dim
+        for name, src, cache in (("key", self.key, self.k_cache), ("value", self.value, self.v_cache)):
+            want = src.float().clamp(-torch.finfo(cache.dtype).max, torch.finfo(cache.dtype).max).to(cache.dtype)
+            got = cache.view(-1, h, d)[self.slot_mapping]
+            if not torch.equal(got.view(torch.uint8), want.view(torch.uint8)):
+                return f"{name} cache differs from a plain copy into the slots"
+        return None
+
+
+def time_launch(launch: Callable[[], object], reps: int, prune_above_us: float | None = None) -> tuple[float, bool]:
+    """(median microseconds, pruned). ``pruned``: three replays already took longer than
+    ``prune_above_us`` (clearly not a winner), so the full measurement was skipped."""
+    if not torch.cuda.is_available() or torch.device("cuda").type != "cuda":
+        return _time_wall(launch, reps)
+    launch()  # compile outside the capture
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        launch()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        launch()
+    graph.replay()
+    torch.cuda.synchronize()
+    try:
+        probe = _replays(graph, 3)
+        if prune_above_us is not None and statistics.median(probe) > prune_above_us:
+            return statistics.median(probe), True
+        return statistics.median(_replays(graph, reps)), False
+    finally:
+        del graph
+
+
+def _replays(graph: torch.cuda.CUDAGraph, n: int) -> list[float]:
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+    for start, end in events:
+        start.record()
+        graph.replay()
+        end.record()
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) * 1e3 for start, end in events]
+
+
+def _time_wall(launch: Callable[[], object], reps: int) -> tuple[float, bool]:
+    times = []
+    for _ in range(max(1, min(reps, 3))):
+        t0 = time.perf_counter()
+        launch()
+        times.append((time.perf_counter() - t0) * 1e6)
+    return statistics.median(times), False

@@ -1,0 +1,272 @@
+"""Tuning tables: one JSON file per kernel and device, ``<root>/<kernel>/<DEVICE_NAME>.json``.
+
+Roots, highest precedence first: ``TRITON_ATTN_TUNING_DIR`` (see :mod:`.envs`), then the
+``dejavu_data/`` folder shipped in the wheel (read through :mod:`importlib.resources`; in a
+source checkout, the repository's top-level ``dejavu_data/``). The file format is described
+in ``docs/tuning.md`` and validated by ``dejavu_data/schema.json`` (:mod:`.schema`); the
+reader below checks the same rules by hand so that the runtime needs no ``jsonschema``.
+A file that cannot be read or is invalid is skipped with a warning, never an exception.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import math
+import re
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .keys import KERNELS, Config, KernelSpec, config_from_dict, log2_point
+from .schema import SCHEMA_VERSION
+
+__all__ = [
+    "Entry",
+    "Table",
+    "TableError",
+    "device_file_name",
+    "find_table",
+    "parse_table",
+    "read_table",
+    "search_roots",
+    "shipped_root",
+]
+
+
+class Resource(Protocol):
+    """What both :class:`pathlib.Path` and importlib's ``Traversable`` offer."""
+
+    name: str
+
+    def is_dir(self) -> bool: ...
+    def is_file(self) -> bool: ...
+    def iterdir(self) -> Iterator[Any]: ...
+    def read_text(self, encoding: str | None = None) -> str: ...
+    def joinpath(self, *child: str) -> Any: ...
+
+
+class TableError(ValueError):
+    """A table file that cannot be used (unreadable, not JSON, or not the schema)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: tuple
+    config: Config
+    time_us: float | None
+    runner_up: tuple[Config, float | None] | None = None
+    heuristic_us: float | None = None
+
+
+@dataclass
+class Table:
+    spec: KernelSpec
+    device_name: str
+    capability: tuple[int, int] | None
+    origin: str
+    entries: dict[tuple, Entry]
+    meta: dict[str, Any] = field(default_factory=dict)
+    # categorical part of a key -> [(log2 point of the numeric part, key)], built on first use
+    _groups: dict[tuple, list[tuple[tuple[float, ...], tuple]]] | None = field(default=None, repr=False)
+
+    def over(self, base: Table) -> Table:
+        """This table's entries layered over ``base``'s (same kernel)."""
+        entries = {**base.entries, **self.entries}
+        origin = f"{self.origin} over {base.origin}"
+        return Table(self.spec, self.device_name, self.capability, origin, entries, self.meta)
+
+    def lookup(self, key: tuple, max_octaves: float) -> tuple[Entry, str] | None:
+        """The entry for ``key`` (``"exact"``), else the stored key with the same categorical
+        fields at the smallest summed log2 distance whose every numeric field lies within
+        ``max_octaves`` (``"nearest"``), else None. Ties go to the smaller key."""
+        hit = self.entries.get(key)
+        if hit is not None:
+            return hit, "exact"
+        if self._groups is None:
+            groups: dict[tuple, list[tuple[tuple[float, ...], tuple]]] = {}
+            n = len(self.spec.categorical)
+            for k in sorted(self.entries, key=repr):
+                groups.setdefault(k[:n], []).append((log2_point(self.spec, k), k))
+            self._groups = groups
+        candidates = self._groups.get(key[: len(self.spec.categorical)])
+        if not candidates:
+            return None
+        point = log2_point(self.spec, key)
+        best: tuple[float, tuple] | None = None
+        for p, k in candidates:
+            gaps = [abs(a - b) for a, b in zip(point, p, strict=True)]
+            if max(gaps) > max_octaves:
+                continue
+            if best is None or sum(gaps) < best[0]:
+                best = (sum(gaps), k)
+        return (self.entries[best[1]], "nearest") if best else None
+
+
+def device_file_name(device_name: str) -> str:
+    """``"NVIDIA H100 80GB HBM3"`` -> ``"NVIDIA_H100_80GB_HBM3.json"``."""
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", device_name.strip()).strip("_") + ".json"
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise TableError(msg)
+
+
+def _time(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    _require(ok, f"{where} must be a positive number or null, got {value!r}")
+    return float(value)
+
+
+def _key(spec: KernelSpec, d: Any, where: str) -> tuple:
+    _require(isinstance(d, dict) and set(d) == set(spec.key_fields), f"{where} must have exactly {spec.key_fields}")
+    for name in spec.categorical:
+        want = int if name == "head_dim" else str
+        _require(isinstance(d[name], want) and not isinstance(d[name], bool), f"{where}.{name}: bad value {d[name]!r}")
+    for name in spec.numeric:
+        value = d[name]
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        _require(ok, f"{where}.{name} must be an integer >= 1, got {value!r}")
+    return spec.key_from_dict(d)
+
+
+def _config(spec: KernelSpec, d: Any, where: str) -> Config:
+    try:
+        return config_from_dict(spec, d)
+    except (TypeError, ValueError) as e:
+        raise TableError(f"{where}: {e}") from None
+
+
+def parse_table(doc: Any, origin: str = "<memory>", kernel: str | None = None) -> Table:
+    """Check a loaded JSON document against the table format; raises :class:`TableError`."""
+    _require(isinstance(doc, dict), "a table must be a JSON object")
+    version = doc.get("schema_version")
+    _require(version == SCHEMA_VERSION, f"schema_version {version!r} is not {SCHEMA_VERSION}")
+    spec = KERNELS.get(str(doc.get("kernel")))
+    if spec is None:
+        raise TableError(f"kernel must be one of {sorted(KERNELS)}, got {doc.get('kernel')!r}")
+    _require(kernel is None or spec.name == kernel, f"file holds kernel {spec.name!r}, expected {kernel!r}")
+    for name in ("device", "versions", "tuning", "config_space"):
+        _require(isinstance(doc.get(name), dict), f"{name} must be an object")
+    _require(isinstance(doc.get("created"), str), "created must be a string")
+    _require(doc.get("key_fields") == list(spec.key_fields), f"key_fields must be {list(spec.key_fields)}")
+    device = doc["device"]
+    _require(isinstance(device.get("name"), str) and device["name"] != "", "device.name must be a non-empty string")
+    cap = device.get("capability")
+    ok_cap = cap is None or (isinstance(cap, list) and len(cap) == 2 and all(isinstance(c, int) for c in cap))
+    _require(ok_cap, f"device.capability must be [major, minor] or null, got {cap!r}")
+    entries_doc = doc.get("entries")
+    _require(isinstance(entries_doc, list), "entries must be a list")
+    entries: dict[tuple, Entry] = {}
+    for i, e in enumerate(entries_doc):
+        where = f"entries[{i}]"
+        _require(isinstance(e, dict) and {"key", "config", "time_us"} <= set(e), f"{where} needs key, config, time_us")
+        key = _key(spec, e["key"], f"{where}.key")
+        _require(key not in entries, f"{where}: duplicate key {e['key']}")
+        runner_up = None
+        if e.get("runner_up") is not None:
+            r = e["runner_up"]
+            _require(isinstance(r, dict), f"{where}.runner_up must be an object or null")
+            runner_up = (_config(spec, r.get("config"), f"{where}.runner_up.config"), _time(r.get("time_us"), where))
+        entries[key] = Entry(
+            key=key,
+            config=_config(spec, e["config"], f"{where}.config"),
+            time_us=_time(e["time_us"], f"{where}.time_us"),
+            runner_up=runner_up,
+            heuristic_us=_time(e.get("heuristic_us"), f"{where}.heuristic_us"),
+        )
+    meta = {k: v for k, v in doc.items() if k != "entries"}
+    return Table(spec, device["name"], tuple(cap) if cap else None, origin, entries, meta)  # type: ignore[arg-type]
+
+
+def read_table(resource: Resource | Path, kernel: str | None = None) -> Table:
+    """Read and check one file; raises :class:`TableError` for any problem with it."""
+    try:
+        doc = json.loads(resource.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TableError(f"cannot read: {e}") from None
+    return parse_table(doc, str(resource), kernel)
+
+
+def _load(resource: Resource, kernel: str) -> Table | None:
+    try:
+        return read_table(resource, kernel)
+    except TableError as e:
+        warnings.warn(f"triton_attn_kernels: skipping tuning table {resource}: {e}", RuntimeWarning, stacklevel=2)
+        return None
+
+
+def shipped_root() -> Resource | None:
+    """The ``dejavu_data/`` folder: inside the installed package (wheel), else the top-level
+    folder of a source checkout (editable install)."""
+    packaged = importlib.resources.files("triton_attn_kernels").joinpath("dejavu_data")
+    if packaged.is_dir():
+        return packaged  # type: ignore[return-value]
+    checkout = Path(__file__).resolve().parents[5] / "dejavu_data"
+    return checkout if (checkout / "schema.json").is_file() else None
+
+
+def search_roots(user_dir: Path | None) -> list[Resource]:
+    roots: list[Resource] = []
+    if user_dir is not None:
+        if user_dir.is_dir():
+            roots.append(user_dir)
+        else:
+            warnings.warn(f"triton_attn_kernels: TRITON_ATTN_TUNING_DIR={user_dir} is not a directory", RuntimeWarning)
+    shipped = shipped_root()
+    if shipped is not None:
+        roots.append(shipped)
+    return roots
+
+
+def _shared_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(re.split(r"[\s_]+", a.lower()), re.split(r"[\s_]+", b.lower()), strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def find_table(
+    kernel: str, device_name: str, capability: tuple[int, int] | None, roots: Iterable[Resource]
+) -> Table | None:
+    """The table for this device (the user's entries over the shipped ones), else the table
+    of the closest-named device with the same compute capability (an H100 PCIe or an H200
+    uses an H100 SXM table), else None."""
+    roots = list(roots)
+    file_name = device_file_name(device_name)
+    layers = []
+    for root in roots:
+        res = root.joinpath(kernel, file_name)
+        if res.is_file():
+            table = _load(res, kernel)
+            if table is not None:
+                layers.append(table)
+    if layers:
+        table = layers[-1]
+        for upper in reversed(layers[:-1]):
+            table = upper.over(table)
+        return table
+    if capability is None:
+        return None
+    best: tuple[int, int, Table] | None = None
+    for rank, root in enumerate(roots):
+        folder = root.joinpath(kernel)
+        if not folder.is_dir():
+            continue
+        for res in sorted(folder.iterdir(), key=lambda r: r.name):
+            if not res.name.endswith(".json") or res.name == file_name:
+                continue
+            table = _load(res, kernel)
+            if table is None or table.capability != tuple(capability):
+                continue
+            score = (_shared_prefix(device_name, table.device_name), -rank)
+            if best is None or score > best[:2]:
+                best = (*score, table)
+    return best[2] if best else None
