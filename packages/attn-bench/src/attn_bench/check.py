@@ -1,0 +1,109 @@
+"""Every provider's output against ``triton_attn_kernels.reference`` before it is timed.
+
+Big cases would make the fp32 reference slow and huge (a 32k causal prefill is a
+32k x 32k score matrix per head), so the check samples: the first, a middle and the last
+sequence, and in each up to three windows of query rows (first, middle, last). Each window
+is computed exactly by the reference, with the keys cut at the window's last position
+(bottom-right causal alignment makes that the same attention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from triton_attn_kernels.reference import attention_ref, write_kv_cache_ref
+
+from .inputs import Inputs
+
+__all__ = ["CheckResult", "check", "tolerance"]
+
+WINDOW = 8  # query rows per sampled window
+MAX_KV_SAMPLES = 64  # tokens checked per KV write
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ok: bool
+    max_err: float
+    detail: str = ""
+
+
+def tolerance(dtype: str, kv_dtype: str) -> float:
+    """Absolute tolerance on outputs of magnitude <= ~1: bf16 keeps 8 mantissa bits (2^-8 =
+    0.004 relative) and P is rounded to bf16 before P@V in every fast kernel, so errors of
+    ~1e-2 are normal; fp16 has 3 more bits. fp8 KV is dequantised identically by the
+    reference, so it only adds the coarser rounding of P in some kernels."""
+    base = {"float32": 2e-3, "float16": 1e-2, "bfloat16": 2.5e-2}[dtype]
+    return base * (2 if kv_dtype.startswith("float8") else 1)
+
+
+def _windows(n: int) -> list[tuple[int, int]]:
+    if n <= 3 * WINDOW:
+        return [(0, n)]
+    mid = n // 2
+    return [(0, WINDOW), (mid - WINDOW // 2, mid + WINDOW // 2), (n - WINDOW, n)]
+
+
+def sampled_sequences(x: Inputs) -> list[int]:
+    n = len(x.q_lens)
+    picks = [0, n // 2, n - 1]
+    if x.problem.op == "mixed":
+        picks.append(x.problem.batch)  # the first prefill chunk
+    return sorted({i for i in picks if 0 <= i < n})
+
+
+def _attention(x: Inputs, got: torch.Tensor) -> CheckResult:
+    p = x.problem
+    if tuple(got.shape) != tuple(x.q.shape):
+        return CheckResult(False, float("inf"), f"output shape {tuple(got.shape)} != {tuple(x.q.shape)}")
+    bs = p.block_size
+    cu = x.cu_seqlens_q.tolist()
+    ks, vs = float(x.k_scale.item()), float(x.v_scale.item())
+    worst = 0.0
+    for i in sampled_sequences(x):
+        ql, kl = x.q_lens[i], x.kv_lens[i]
+        for lo, hi in _windows(ql):
+            end = kl - ql + hi  # keys the window's last query can see
+            blocks = x.block_table[i, : -(-end // bs)].long()
+            k = x.k_cache[blocks].flatten(0, 1)[:end].float() * ks
+            v = x.v_cache[blocks].flatten(0, 1)[:end].float() * vs
+            ref = attention_ref(x.q[cu[i] + lo : cu[i] + hi], k, v, scale=x.scale, causal=True)
+            err = (got[cu[i] + lo : cu[i] + hi].float() - ref).abs().max().item()
+            if err != err:  # NaN: rows left unwritten or a broken kernel
+                return CheckResult(False, float("nan"), f"NaN in output of sequence {i} rows {lo}:{hi}")
+            worst = max(worst, err)
+    tol = tolerance(p.dtype, p.kv_dtype)
+    if worst > tol:
+        return CheckResult(False, worst, f"max abs error {worst:.3g} > {tol:.3g}")
+    return CheckResult(True, worst)
+
+
+def _kv_write(x: Inputs, got: tuple[torch.Tensor, torch.Tensor]) -> CheckResult:
+    p = x.problem
+    n = x.slot_mapping.shape[0]
+    idx = torch.linspace(0, n - 1, min(n, MAX_KV_SAMPLES), device=x.device).round().long().unique()
+    small = (idx.numel(), 1, p.num_kv_heads, p.head_dim)
+    ref_k = torch.zeros(small, dtype=x.k_cache.dtype, device=x.device)
+    ref_v = torch.zeros(small, dtype=x.v_cache.dtype, device=x.device)
+    slots = torch.arange(idx.numel(), device=x.device)
+    write_kv_cache_ref(x.key[idx], x.value[idx], ref_k, ref_v, slots, k_scale=x.k_scale, v_scale=x.v_scale)
+    worst = 0.0
+    for cache, ref in zip(got, (ref_k, ref_v), strict=True):
+        flat = cache.view(-1, p.num_kv_heads, p.head_dim)[x.slot_mapping[idx]].float()
+        want = ref[:, 0].float()
+        # fp8 rounding may differ by one unit in the last place: 2^-3 (e4m3) / 2^-2 (e5m2) relative.
+        rel = {"float8_e4m3fn": 0.125, "float8_e5m2": 0.25}.get(p.kv_dtype, 0.0)
+        err = ((flat - want).abs() - rel * want.abs()).max().item()
+        worst = max(worst, err)
+    if not worst <= 1e-6:
+        return CheckResult(False, worst, f"cache slots differ from the reference by {worst:.3g}")
+    return CheckResult(True, max(worst, 0.0))
+
+
+def check(x: Inputs, output: Any) -> CheckResult:
+    """Compare a provider's canonical output with the reference on sampled rows/tokens."""
+    if x.problem.op == "kv_write":
+        return _kv_write(x, output)
+    return _attention(x, output)

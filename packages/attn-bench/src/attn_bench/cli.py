@@ -1,0 +1,154 @@
+"""The ``attn-bench`` command.
+
+    attn-bench run SUITE... [--providers P,...] [--out DIR] [--quick] [--max-cases N] [--budget S]
+    attn-bench list
+    attn-bench plot RESULTS.csv [--out DIR]
+    attn-bench compare OLD.csv NEW.csv [--threshold 0.05] [--fail-on-regression]
+    attn-bench e2e [--backends ours,FLASH_ATTN,...] [--workload NAME ...] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _csv_list(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _cmd_run(a: argparse.Namespace) -> int:
+    from .runner import RunOptions, run
+
+    run(
+        RunOptions(
+            suites=a.suites,
+            providers=a.providers,
+            out=a.out,
+            quick=a.quick,
+            max_cases=a.max_cases,
+            budget_s=a.budget,
+            runs=a.runs,
+            device=a.device,
+            plot=not a.no_plot,
+            only=a.ops or [],
+        )
+    )
+    return 0
+
+
+def _cmd_list(a: argparse.Namespace) -> int:
+    import torch
+
+    from .problems import list_suites, load_suite
+    from .registry import all_providers
+
+    print("Suites:")
+    for name in list_suites():
+        s = load_suite(name)
+        print(f"  {name:<10} {len(s.problems):4d} cases ({len(s.quick)} with --quick)  {s.description[:90]}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"\nProviders (on {device.type}):")
+    for p in all_providers():
+        why = p.unavailable(device)
+        state = "available" if why is None else f"SKIPPED: {why}"
+        print(f"  {p.name:<22} {','.join(p.ops):<24} {state}\n  {'':<22} {p.description}")
+    if a.cases:
+        for name in a.cases:
+            for prob in load_suite(name).problems:
+                print(f"  {name}: {prob.label()}")
+    return 0
+
+
+def _cmd_plot(a: argparse.Namespace) -> int:
+    from .plot import plot_csv
+
+    for m in plot_csv(a.csv, a.out):
+        print(m)
+    return 0
+
+
+def _cmd_compare(a: argparse.Namespace) -> int:
+    from .results import compare, comparison_markdown, read_csv
+
+    cmp = compare(read_csv(a.old), read_csv(a.new), a.threshold)
+    print(comparison_markdown(cmp, a.threshold))
+    if a.fail_on_regression and any(c.flag == "regression" for c in cmp):
+        return 1
+    return 0
+
+
+def _cmd_e2e(a: argparse.Namespace) -> int:
+    from .e2e import E2EOptions, run_e2e
+
+    return run_e2e(
+        E2EOptions(
+            backends=a.backends,
+            workloads=a.workload,
+            out=a.out,
+            model=a.model,
+            timeout_s=a.timeout,
+            extra=a.engine_arg or [],
+            reference=a.reference,
+        )
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="attn-bench", description="Attention microbenchmarks and vLLM end-to-end runs.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="run benchmark suites")
+    r.add_argument("suites", nargs="+", help="suite names (see `attn-bench list`)")
+    r.add_argument("--providers", type=_csv_list, default=None, help="comma-separated providers (default: all)")
+    r.add_argument("--ops", type=_csv_list, default=None, help="keep only these ops (decode,prefill,mixed,kv_write)")
+    r.add_argument("--out", type=Path, default=None, help="output folder (default results/<gpu>/<timestamp>)")
+    r.add_argument("--quick", action="store_true", help="only the sweeps marked quick (the ANCHORS.md points)")
+    r.add_argument("--max-cases", type=int, default=None, help="stop after this many cases")
+    r.add_argument("--budget", type=float, default=None, help="seconds; later cases are recorded as skipped")
+    r.add_argument("--runs", type=int, default=None, help="timed runs per case (default 100 on CUDA, 3 on CPU)")
+    r.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    r.add_argument("--no-plot", action="store_true", help="write CSV and Markdown only")
+    r.set_defaults(func=_cmd_run)
+
+    ls = sub.add_parser("list", help="list suites and providers (with skip reasons)")
+    ls.add_argument("--cases", nargs="*", default=None, help="also print the cases of these suites")
+    ls.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("plot", help="PNG plots from a results CSV")
+    p.add_argument("csv", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="folder for plots/ (default: next to the CSV)")
+    p.set_defaults(func=_cmd_plot)
+
+    c = sub.add_parser("compare", help="per-case ratios of two results CSVs; regressions flagged")
+    c.add_argument("old", type=Path)
+    c.add_argument("new", type=Path)
+    c.add_argument("--threshold", type=float, default=0.05, help="flag ratios beyond 1 +/- this (default 0.05)")
+    c.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a regression is flagged")
+    c.set_defaults(func=_cmd_compare)
+
+    e = sub.add_parser("e2e", help="vLLM offline throughput per attention backend (one subprocess each)")
+    e.add_argument(
+        "--backends",
+        type=_csv_list,
+        default=["ours", "FLASH_ATTN", "TRITON_ATTN", "FLEX_ATTENTION"],
+        help="LABEL or LABEL=BACKEND; 'ours' means our plugin (backend CUSTOM); BACKEND 'auto' sets none",
+    )
+    e.add_argument("--workload", nargs="+", default=None, help="workload names (default: all); see e2e.WORKLOADS")
+    e.add_argument("--out", type=Path, default=None, help="output folder (default results/<gpu>/e2e-<timestamp>)")
+    e.add_argument("--model", default="llama-3.1-8b", help="a model config shipped in attn_bench/models, or a folder")
+    e.add_argument("--timeout", type=float, default=1800, help="seconds per backend subprocess")
+    e.add_argument("--reference", default=None, help="backend label whose tokens others are compared with")
+    e.add_argument("--engine-arg", action="append", help="extra LLM(...) keyword as KEY=JSON, repeatable")
+    e.set_defaults(func=_cmd_e2e)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    return int(a.func(a) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""One module per peer; importing this package registers every provider, in the order
+listed here (ours first, then plain PyTorch, then the optional peers).
+
+Optional peers are imported inside their ``make`` functions and ``available`` hooks, so a
+missing one costs nothing here and shows up as a skip reason.
+"""
+# isort: skip_file
+
+from . import ours
+from . import torch_ops
+from . import flex
+from . import vllm
+from . import flash_attn
+from . import flashinfer
+
+__all__ = ["flash_attn", "flashinfer", "flex", "ours", "torch_ops", "vllm"]

@@ -1,0 +1,73 @@
+"""PyTorch FlexAttention over the paged cache, with a block mask built on physical slots.
+
+The cache is seen as one long sequence of ``num_blocks * block_size`` slots; the mask lets a
+query see a slot only if the slot belongs to its own sequence and sits at or before its
+position. Pages come in runs of 128 tokens (see ``inputs.py``), so the 128x128 block mask
+stays sparse. On CUDA the call is ``torch.compile``d (FlexAttention's intended use); on CPU
+it runs eagerly, for correctness only.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+
+from ..inputs import Inputs
+from ..registry import Timed, provider
+from .common import ATTENTION_OPS, no_fp8
+
+
+@functools.cache
+def _compiled() -> Any:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _available() -> str | None:
+    from torch.nn.attention import flex_attention  # noqa: F401
+
+    return None
+
+
+@provider("flex-attention", ops=ATTENTION_OPS, supports=no_fp8, available=_available)
+def flex(x: Inputs) -> Timed:
+    """torch flex_attention with a paged block mask over physical cache slots."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    p = x.problem
+    dev = x.device
+    bs = p.block_size
+    slots = x.k_cache.shape[0] * bs
+    slot_seq = torch.full((slots,), -1, dtype=torch.int32)
+    slot_pos = torch.zeros((slots,), dtype=torch.int32)
+    table = x.block_table.cpu()
+    for i, n in enumerate(x.kv_lens):
+        pages = table[i, : -(-n // bs)].long()
+        s = (pages[:, None] * bs + torch.arange(bs)).flatten()[:n]
+        slot_seq[s] = i
+        slot_pos[s] = torch.arange(n, dtype=torch.int32)
+    q_seq = torch.repeat_interleave(torch.arange(len(x.q_lens), dtype=torch.int32), torch.tensor(x.q_lens))
+    q_pos = torch.cat([torch.arange(k - q, k, dtype=torch.int32) for q, k in zip(x.q_lens, x.kv_lens, strict=True)])
+    slot_seq, slot_pos, q_seq, q_pos = (t.to(dev) for t in (slot_seq, slot_pos, q_seq, q_pos))
+
+    def mask_mod(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+        return (slot_seq[kv_idx] == q_seq[q_idx]) & (slot_pos[kv_idx] <= q_pos[q_idx])
+
+    num_tokens = x.q.shape[0]
+    block_mask = create_block_mask(mask_mod, None, None, num_tokens, slots, device=dev)
+    q = x.q.transpose(0, 1).unsqueeze(0).contiguous()  # [1, Hq, T, D]
+    k = x.k_cache.view(1, slots, p.num_kv_heads, p.head_dim).transpose(1, 2)  # [1, Hkv, slots, D], no copy
+    v = x.v_cache.view(1, slots, p.num_kv_heads, p.head_dim).transpose(1, 2)
+    attend = _compiled() if dev.type == "cuda" else flex_attention
+    scale = x.scale
+
+    def fn() -> torch.Tensor:
+        return attend(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
+
+    def read(out: torch.Tensor) -> torch.Tensor:
+        return out[0].transpose(0, 1)
+
+    return Timed(fn, read)

@@ -1,0 +1,222 @@
+"""Results: the CSV row dataclass (its fields are the CSV columns, in order), CSV I/O, the
+Markdown summary and ``compare``."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .problems import PROBLEM_FIELDS, Problem
+
+__all__ = ["COLUMNS", "Row", "compare", "markdown_summary", "read_csv", "write_csv"]
+
+
+@dataclass
+class Row:
+    suite: str
+    op: str
+    provider: str
+    status: str  # ok | wrong | error | skipped
+    detail: str
+    # problem fields
+    batch: int
+    context: int
+    q_len: int
+    chunks: int
+    chunk_len: int
+    chunk_context: int
+    num_q_heads: int
+    num_kv_heads: int
+    head_dim: int
+    block_size: int
+    dtype: str
+    kv_dtype: str
+    label: str
+    # measurement
+    max_err: float = math.nan
+    p20_us: float = math.nan
+    p50_us: float = math.nan
+    p80_us: float = math.nan
+    runs: int = 0
+    method: str = ""
+    gbps: float = math.nan  # metrics.bytes_moved / p50
+    tflops: float = math.nan  # metrics.flops / p50
+    pct_roofline: float = math.nan  # 100 * roofline time (measured ceilings) / p50
+    ratio_to_baseline: float = math.nan  # baseline p50 / this p50 (>1: faster than baseline)
+    baseline: str = ""
+    # context
+    ceiling_gbps: float = math.nan
+    ceiling_tflops: float = math.nan
+    device: str = ""
+    torch: str = ""
+    triton: str = ""
+    vllm: str = ""
+    git_sha: str = ""
+    timestamp: str = ""
+
+    @classmethod
+    def for_problem(cls, suite: str, provider: str, problem: Problem, status: str, detail: str = "", **kw: Any) -> Row:
+        pf = {k: v for k, v in problem.as_dict().items()}
+        return cls(suite=suite, provider=provider, status=status, detail=detail, label=problem.label(), **pf, **kw)
+
+    def problem(self) -> Problem:
+        return Problem(**{k: getattr(self, k) for k in PROBLEM_FIELDS})
+
+    def case_key(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, k) for k in PROBLEM_FIELDS)
+
+
+COLUMNS = tuple(f.name for f in fields(Row))
+_TYPES = {f.name: f.type for f in fields(Row)}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6g}"
+    return str(v)
+
+
+def _parse(name: str, s: str) -> Any:
+    t = _TYPES[name]
+    if t in ("int", int):
+        return int(s) if s else 0
+    if t in ("float", float):
+        return float(s) if s else math.nan
+    return s
+
+
+def write_csv(rows: Iterable[Row], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(COLUMNS)
+        for r in rows:
+            w.writerow([_fmt(getattr(r, c)) for c in COLUMNS])
+
+
+def read_csv(path: Path | str) -> list[Row]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = set(COLUMNS) - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path} is not an attn-bench CSV: missing columns {sorted(missing)}")
+        return [Row(**{c: _parse(c, d[c]) for c in COLUMNS}) for d in reader]
+
+
+def fill_baselines(rows: list[Row], preference: dict[str, tuple[str, ...]]) -> None:
+    """Per case, ratio of the baseline's median to each provider's; the baseline is the first
+    provider in the row's suite preference list with an ``ok`` row for that case."""
+    ok: dict[tuple[str, tuple[Any, ...]], dict[str, Row]] = defaultdict(dict)
+    for r in rows:
+        if r.status == "ok":
+            ok[(r.suite, r.case_key())][r.provider] = r
+    for r in rows:
+        if r.status != "ok":
+            continue
+        case = ok[(r.suite, r.case_key())]
+        base = next((case[n] for n in preference.get(r.suite, ()) if n in case), None)
+        if base is not None:
+            r.baseline = base.provider
+            r.ratio_to_baseline = base.p50_us / r.p50_us
+
+
+def _cell(r: Row) -> str:
+    if r.status != "ok":
+        return f"{r.status}"
+    rate = f"{r.gbps:,.0f} GB/s" if r.op in ("decode", "kv_write") else f"{r.tflops:,.1f} TF/s"
+    ratio = "" if math.isnan(r.ratio_to_baseline) else f" · {r.ratio_to_baseline:.2f}x"
+    return f"{r.p50_us:,.1f} us · {rate}{ratio}"
+
+
+def markdown_summary(rows: list[Row], header: dict[str, str]) -> str:
+    """One table per (suite, op): cases down, providers across; then every skip and failure."""
+    out = ["# attn-bench results", ""]
+    out += [f"- **{k}**: {v}" for k, v in header.items()]
+    out += [
+        "",
+        "Cells: median time · GB/s (decode, KV write: K+V bytes once) or TFLOP/s (prefill, mixed)"
+        " · speed relative to the baseline provider (baseline time / this time).",
+        "",
+    ]
+    groups: dict[tuple[str, str], list[Row]] = defaultdict(list)
+    for r in rows:
+        groups[(r.suite, r.op)].append(r)
+    for (suite, op), rs in groups.items():
+        provs = [p for p in dict.fromkeys(r.provider for r in rs) if any(r.provider == p and r.status == "ok" for r in rs)]
+        if not provs:
+            continue
+        base = next((r.baseline for r in rs if r.baseline), "")
+        out += [f"## {suite}: {op}" + (f" (baseline: {base})" if base else ""), ""]
+        out.append("| case | " + " | ".join(provs) + " |")
+        out.append("|---|" + "---|" * len(provs))
+        cases: dict[tuple[Any, ...], dict[str, Row]] = defaultdict(dict)
+        labels: dict[tuple[Any, ...], str] = {}
+        for r in rs:
+            cases[r.case_key()][r.provider] = r
+            labels[r.case_key()] = r.label
+        for key, by in cases.items():
+            cells = [_cell(by[p]) if p in by else "" for p in provs]
+            out.append(f"| {labels[key]} | " + " | ".join(cells) + " |")
+        out.append("")
+    problems = [r for r in rows if r.status != "ok"]
+    if problems:
+        out += ["## Not timed", "", "| suite | provider | case | status | why |", "|---|---|---|---|---|"]
+        seen = set()
+        for r in problems:
+            # One line per (provider, reason) when the reason does not depend on the case.
+            key = (r.suite, r.provider, r.status, r.detail) if r.status == "skipped" else id(r)
+            if key in seen:
+                continue
+            seen.add(key)
+            case = "(all such cases)" if r.status == "skipped" else r.label
+            out.append(f"| {r.suite} | {r.provider} | {case} | {r.status} | {r.detail.replace('|', '/')} |")
+        out.append("")
+    return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    label: str
+    provider: str
+    old_us: float
+    new_us: float
+    ratio: float  # new / old; > 1 is slower
+    flag: str  # "regression" | "improvement" | ""
+
+
+def compare(old: list[Row], new: list[Row], threshold: float = 0.05) -> list[Comparison]:
+    """Per (case, provider) ratio of new to old medians; beyond ``threshold`` it is flagged."""
+    before = {(r.op, r.provider, r.case_key()): r for r in old if r.status == "ok"}
+    out = []
+    for r in new:
+        if r.status != "ok":
+            continue
+        o = before.get((r.op, r.provider, r.case_key()))
+        if o is None:
+            continue
+        ratio = r.p50_us / o.p50_us
+        flag = "regression" if ratio > 1 + threshold else "improvement" if ratio < 1 / (1 + threshold) else ""
+        out.append(Comparison(r.label, r.provider, o.p50_us, r.p50_us, ratio, flag))
+    return out
+
+
+def comparison_markdown(cmp: list[Comparison], threshold: float) -> str:
+    lines = [
+        f"| case | provider | old us | new us | new/old | (threshold {threshold:.0%}) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in cmp:
+        mark = {"regression": "**REGRESSION**", "improvement": "faster"}.get(c.flag, "")
+        lines.append(f"| {c.label} | {c.provider} | {c.old_us:,.1f} | {c.new_us:,.1f} | {c.ratio:.3f} | {mark} |")
+    n_reg = sum(c.flag == "regression" for c in cmp)
+    lines += ["", f"{len(cmp)} matched cases, {n_reg} regressions."]
+    return "\n".join(lines)
+
+
+def replace(row: Row, **changes: Any) -> Row:
+    return dataclasses.replace(row, **changes)
