@@ -28,6 +28,8 @@ __all__ = ["AttentionCase", "KVWriteCase", "time_launch"]
 TOLERANCE = {torch.float16: (4e-3, 4e-3), torch.bfloat16: (2e-2, 2e-2), torch.float32: (1e-4, 1e-4)}
 # Rows checked per end of a sequence: the reference on whole 32k prompts would need 128 GB.
 CHECK_ROWS = 32
+# Most splits any decode config may use here (the heuristic caps at 64, and so does the space).
+MAX_SPLITS = 64
 
 
 def _rand(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, gen: torch.Generator) -> torch.Tensor:
@@ -69,7 +71,7 @@ class AttentionCase:
         fp8 = self.kv_dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
         self.kv_scale = torch.ones(1, dtype=torch.float32, device=self.device) if fp8 else None
         self.workspace = torch.empty(
-            decode_workspace_numel(b, g.num_q_heads, g.head_dim, 256), dtype=torch.float32, device=self.device
+            decode_workspace_numel(b, g.num_q_heads, g.head_dim, MAX_SPLITS), dtype=torch.float32, device=self.device
         )
         self._checks = self._reference_rows()
 
@@ -128,9 +130,7 @@ class AttentionCase:
             spans = {(max(self.q_len - CHECK_ROWS, 0), self.q_len), (0, min(CHECK_ROWS, self.q_len))}
             for lo, hi in sorted(spans):
                 ctx = n - self.q_len + hi  # the rows lo..hi-1 are the last tokens of this context
-                ref = attention_ref(
-                    self.q[q0 + lo : q0 + hi], k[:ctx], v[:ctx], scale=g.head_dim**-0.5, causal=True
-                )
+                ref = attention_ref(self.q[q0 + lo : q0 + hi], k[:ctx], v[:ctx], scale=g.head_dim**-0.5, causal=True)
                 checks.append((torch.arange(q0 + lo, q0 + hi, device=self.device), ref))
         return checks
 
@@ -201,10 +201,12 @@ class KVWriteCase:
         return None
 
 
-def time_launch(launch: Callable[[], object], reps: int, prune_above_us: float | None = None) -> tuple[float, bool]:
+def time_launch(
+    launch: Callable[[], object], reps: int, *, cuda: bool, prune_above_us: float | None = None
+) -> tuple[float, bool]:
     """(median microseconds, pruned). ``pruned``: three replays already took longer than
     ``prune_above_us`` (clearly not a winner), so the full measurement was skipped."""
-    if not torch.cuda.is_available() or torch.device("cuda").type != "cuda":
+    if not cuda:
         return _time_wall(launch, reps)
     launch()  # compile outside the capture
     torch.cuda.synchronize()

@@ -24,6 +24,7 @@ GEOMETRIES = {
     "llama3-8b": Geometry(32, 8, 128),  # Llama-3.1-8B: the attn-bench default geometry
     "hd64": Geometry(32, 8, 64),  # Llama-3.2-1B
     "hd256": Geometry(16, 8, 256),  # Gemma-2-9B
+    "tiny": Geometry(4, 2, 32),  # CPU tests through the interpreter
 }
 
 

@@ -76,19 +76,21 @@ def load_doc(path: Path) -> dict[str, Any] | None:
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``<path>.lock`` (POSIX ``flock``)."""
-    lock_path = Path(str(path) + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as f:
-        if sys.platform != "win32":
-            import fcntl
+    """Hold an exclusive advisory lock (POSIX ``flock``) on the folder of ``path``: a lock on
+    the folder rather than on a lock file leaves nothing behind to be committed or shipped."""
+    folder = Path(path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    if sys.platform == "win32":  # no flock; a single writer is assumed
+        yield
+        return
+    import fcntl
 
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if sys.platform != "win32":
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def write_atomic(path: Path, doc: dict[str, Any]) -> None:

@@ -81,9 +81,7 @@ class ConfigSelector:
 
     # ---- hot path -------------------------------------------------------------------------
 
-    def decode(
-        self, problem: AttentionProblem, config: DecodeConfig | None = None, device: Any = None
-    ) -> DecodeConfig:
+    def decode(self, problem: AttentionProblem, config: DecodeConfig | None = None, device: Any = None) -> DecodeConfig:
         counts = self._counts["decode"]
         if config is not None:
             counts["explicit"] += 1
@@ -223,6 +221,7 @@ class ConfigSelector:
             for kernel, counts in self._counts.items()
         }
         out["tables"] = {
-            f"{kernel} on {info.name}": (t.origin if t is not None else None) for (kernel, info), t in self._tables.items()
+            f"{kernel} on {info.name}": (t.origin if t is not None else None)
+            for (kernel, info), t in self._tables.items()
         }
         return out
