@@ -115,7 +115,7 @@ def provider(
             name=name,
             ops=ops,
             make=make,
-            description=description or (make.__doc__ or "").strip().splitlines()[0],
+            description=description or (make.__doc__ or name).strip().splitlines()[0],
             requires=requires,
             cuda_only=cuda_only,
             supports=supports,

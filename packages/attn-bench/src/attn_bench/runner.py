@@ -53,10 +53,12 @@ def _version(dist: str) -> str:
 
 
 def _git_sha() -> str:
+    """The commit of the checkout this package runs from ("-dirty" with local changes)."""
+    here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10)
-        sha = out.stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+        git = {"capture_output": True, "text": True, "timeout": 10, "cwd": here}
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], **git).stdout.strip()  # type: ignore[call-overload]
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **git)  # type: ignore[call-overload]
         return sha + ("-dirty" if dirty.stdout.strip() else "") if sha else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -1,0 +1,353 @@
+"""End to end: vLLM offline throughput for a list of attention backends.
+
+Each backend runs in its own subprocess (``python -m attn_bench.e2e --worker SPEC``): one
+engine per process, so backends cannot leak state into each other. Every backend gets the
+same prompts (token ids drawn from a fixed seed), dummy weights (``load_format="dummy"``;
+vLLM seeds them, so every process holds the same weights), a model config shipped in
+``attn_bench/models`` and no tokenizer. Greedy decoding with ``ignore_eos`` fixes the output
+length; throughput is tokens / wall time of one ``generate`` call over all requests, after a
+short warm-up with other prompts. Greedy tokens are compared with the reference backend's
+(the first one): the share of each request's output before the first divergence, and the
+share of requests that agree to the end. With random weights the logits are nearly flat, so
+early divergence from rounding differences is expected and not by itself an error.
+
+Results of several invocations with the same ``--out`` accumulate there (run backends one
+at a time if each command must stay short).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+__all__ = ["WORKLOADS", "E2EOptions", "Workload", "run_e2e"]
+
+
+@dataclass(frozen=True)
+class Workload:
+    num_requests: int
+    input_len: int
+    output_len: int
+
+
+WORKLOADS = {
+    "256x1024-256": Workload(256, 1024, 256),
+    "64x8192-512": Workload(64, 8192, 512),
+    "1x500-4096": Workload(1, 500, 4096),
+    "tiny": Workload(4, 64, 16),  # a few seconds: checks the setup, not a benchmark
+}
+DEFAULT_WORKLOADS = ("256x1024-256", "64x8192-512", "1x500-4096")
+# Backend labels and the vLLM attention backend each selects. "ours": our plugin registers
+# vLLM's CUSTOM backend; pass ours=auto if it is installed as a platform plugin instead.
+BACKENDS = {"ours": "CUSTOM"}
+PROMPT_SEED = 1234
+TOKEN_RANGE = (1000, 128000)  # ordinary (non-special) Llama-3 token ids
+
+
+@dataclass
+class E2EOptions:
+    backends: list[str]
+    workloads: list[str] | None = None
+    out: Path | None = None
+    model: str = "llama-3.1-8b"
+    timeout_s: float = 1800
+    extra: list[str] = field(default_factory=list)
+    reference: str | None = None
+
+
+@dataclass
+class E2ERow:
+    label: str
+    backend: str
+    workload: str
+    num_requests: int
+    input_len: int
+    output_len: int
+    status: str
+    detail: str = ""
+    elapsed_s: float = float("nan")
+    total_tok_s: float = float("nan")
+    output_tok_s: float = float("nan")
+    ms_per_step: float = float("nan")  # elapsed / output_len: per-token latency for 1 request
+    init_s: float = float("nan")
+    reference: str = ""
+    agree_prefix: float = float("nan")  # mean share of each output before the first divergence
+    agree_exact: float = float("nan")  # share of requests identical to the reference
+    device: str = ""
+    vllm: str = ""
+    torch: str = ""
+    git_sha: str = ""
+    timestamp: str = ""
+
+
+def prompts(w: Workload, seed: int = PROMPT_SEED) -> list[list[int]]:
+    rng = random.Random(seed * 1_000_003 + w.num_requests * 7919 + w.input_len)
+    return [[rng.randrange(*TOKEN_RANGE) for _ in range(w.input_len)] for _ in range(w.num_requests)]
+
+
+def model_dir(model: str) -> str:
+    path = Path(model)
+    if path.is_dir():
+        return str(path.resolve())
+    shipped = resources.files("attn_bench").joinpath("models").joinpath(model)
+    if not shipped.joinpath("config.json").is_file():
+        raise ValueError(f"no model config {model!r}: neither a folder nor one of attn_bench/models")
+    return str(Path(str(shipped)).resolve())
+
+
+def _parse_backend(spec: str) -> tuple[str, str]:
+    label, _, backend = spec.partition("=")
+    return label, backend or BACKENDS.get(label, label)
+
+
+# ---------------------------------------------------------------------- worker (subprocess)
+def _worker(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    import torch
+    from vllm import LLM, SamplingParams
+
+    kwargs: dict[str, Any] = {
+        "model": spec["model"],
+        "load_format": "dummy",
+        "skip_tokenizer_init": True,
+        "dtype": "bfloat16",
+        "seed": 0,
+        "generation_config": "vllm",
+    }
+    if spec["backend"] != "auto":
+        kwargs["attention_config"] = {"backend": spec["backend"]}
+    kwargs.update(spec.get("extra", {}))
+    t0 = time.perf_counter()
+    llm = LLM(**kwargs)
+    init_s = time.perf_counter() - t0
+    results = []
+    for name in spec["workloads"]:
+        w = WORKLOADS[name]
+        sp = SamplingParams(
+            temperature=0.0, max_tokens=w.output_len, min_tokens=w.output_len, ignore_eos=True, detokenize=False
+        )
+        warm = [{"prompt_token_ids": p[:256]} for p in prompts(Workload(4, w.input_len, 8), seed=PROMPT_SEED + 1)]
+        llm.generate(warm, SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, detokenize=False), use_tqdm=False)
+        batch = [{"prompt_token_ids": p} for p in prompts(w)]
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        outs = llm.generate(batch, sp, use_tqdm=False)
+        el = time.perf_counter() - t
+        tokens = [list(o.outputs[0].token_ids) for o in outs]
+        results.append({"workload": name, "elapsed_s": el, "tokens": tokens})
+        print(f"[e2e] {spec['label']} {name}: {el:.1f}s", file=sys.stderr, flush=True)
+    Path(spec["result"]).write_text(
+        json.dumps(
+            {
+                "init_s": init_s,
+                "results": results,
+                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                "torch": torch.__version__,
+                "vllm": __import__("vllm").__version__,
+            }
+        )
+    )
+
+
+# ---------------------------------------------------------------------- parent
+def _agreement(ref: list[list[int]], got: list[list[int]]) -> tuple[float, float]:
+    shares, exact = [], 0
+    for a, b in zip(ref, got, strict=False):
+        n = 0
+        for x, y in zip(a, b, strict=False):
+            if x != y:
+                break
+            n += 1
+        shares.append(n / max(len(a), 1))
+        exact += a == b
+    return sum(shares) / max(len(shares), 1), exact / max(len(shares), 1)
+
+
+def _write(rows: list[E2ERow], out: Path) -> None:
+    import csv
+
+    cols = [f.name for f in fields(E2ERow)]
+    with open(out / "e2e.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for r in rows:
+            w.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in asdict(r).values()])
+    lines = [
+        "# attn-bench e2e: vLLM offline throughput",
+        "",
+        "Dummy weights, greedy, ignore_eos; throughput = tokens / wall time of one generate() call.",
+        "",
+        "| workload | backend | total tok/s | output tok/s | ms/step | vs first | greedy agreement (prefix / exact) | status |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    first: dict[str, float] = {}
+    for r in rows:
+        if r.status == "ok" and r.workload not in first:
+            first[r.workload] = r.total_tok_s
+    for r in rows:
+        if r.status != "ok":
+            lines.append(f"| {r.workload} | {r.label} | | | | | | {r.status}: {r.detail[:120]} |")
+            continue
+        rel = r.total_tok_s / first[r.workload]
+        agree = "reference" if r.label == r.reference else f"{r.agree_prefix:.2f} / {r.agree_exact:.2f}"
+        lines.append(
+            f"| {r.workload} | {r.label} | {r.total_tok_s:,.0f} | {r.output_tok_s:,.1f} | {r.ms_per_step:.2f} "
+            f"| {rel:.2f} | {agree} | ok |"
+        )
+    if rows:
+        lines += ["", f"device: {rows[0].device or '?'}; vLLM {rows[0].vllm}; torch {rows[0].torch}; git {rows[0].git_sha}"]
+    (out / "e2e.md").write_text("\n".join(lines) + "\n")
+
+
+def _collect(out: Path, reference: str | None) -> list[E2ERow]:
+    """Rows from every run recorded in ``out/runs.json`` (earlier invocations included); a
+    later run of the same (backend label, workload) replaces an earlier one."""
+    runs = json.loads((out / "runs.json").read_text())["runs"] if (out / "runs.json").exists() else []
+    tokens: dict[tuple[str, str], list[list[int]]] = {}
+    by_key: dict[tuple[str, str], E2ERow] = {}
+    for info in runs:
+        label = info["label"]
+        res_path = out / info["result"]
+        common = {"git_sha": info.get("git_sha", ""), "timestamp": info.get("timestamp", "")}
+        if info["status"] != "ok" or not res_path.exists():
+            for name in info["workloads"]:
+                w = WORKLOADS[name]
+                by_key[(label, name)] = E2ERow(
+                    label, info["backend"], name, w.num_requests, w.input_len, w.output_len,
+                    info["status"], info.get("detail", ""), **common,
+                )  # fmt: skip
+                tokens.pop((label, name), None)
+            continue
+        res = json.loads(res_path.read_text())
+        for r in res["results"]:
+            w = WORKLOADS[r["workload"]]
+            el = r["elapsed_s"]
+            tokens[(label, r["workload"])] = r["tokens"]
+            by_key[(label, r["workload"])] = E2ERow(
+                label=label,
+                backend=info["backend"],
+                workload=r["workload"],
+                num_requests=w.num_requests,
+                input_len=w.input_len,
+                output_len=w.output_len,
+                status="ok",
+                elapsed_s=el,
+                total_tok_s=w.num_requests * (w.input_len + w.output_len) / el,
+                output_tok_s=w.num_requests * w.output_len / el,
+                ms_per_step=1e3 * el / w.output_len,
+                init_s=res["init_s"],
+                device=res.get("device", ""),
+                vllm=res.get("vllm", ""),
+                torch=res.get("torch", ""),
+                **common,
+            )
+    labels = list(dict.fromkeys(info["label"] for info in runs))
+    rows = sorted(by_key.values(), key=lambda r: (list(WORKLOADS).index(r.workload), labels.index(r.label)))
+    for r in rows:
+        if r.status != "ok":
+            continue
+        ref = reference if reference and (reference, r.workload) in tokens else None
+        if ref is None:
+            ref = next((lb for lb in labels if (lb, r.workload) in tokens), None)
+        if ref is None:
+            continue
+        r.reference = ref
+        r.agree_prefix, r.agree_exact = _agreement(tokens[(ref, r.workload)], tokens[(r.label, r.workload)])
+    return rows
+
+
+def run_e2e(opts: E2EOptions) -> int:
+    from .runner import _git_sha
+
+    names = opts.workloads or list(DEFAULT_WORKLOADS)
+    for n in names:
+        if n not in WORKLOADS:
+            raise SystemExit(f"unknown workload {n!r}; known: {', '.join(WORKLOADS)}")
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = opts.out or Path("results") / "e2e" / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    model = model_dir(opts.model)
+    extra = {}
+    for kv in opts.extra:
+        k, _, v = kv.partition("=")
+        try:
+            extra[k] = json.loads(v)
+        except json.JSONDecodeError:
+            extra[k] = v
+    meta_path = out / "runs.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"runs": []}
+    sha = _git_sha()
+    ok = True
+    for spec_str in opts.backends:
+        label, backend = _parse_backend(spec_str)
+        tag = f"{label}-{len(meta['runs'])}"
+        result = out / f"result-{tag}.json"
+        spec = {
+            "label": label,
+            "backend": backend,
+            "model": model,
+            "workloads": names,
+            "extra": extra,
+            "result": str(result.resolve()),
+        }
+        spec_path = out / f"spec-{tag}.json"
+        spec_path.write_text(json.dumps(spec, indent=2))
+        log = out / f"log-{tag}.txt"
+        print(f"[e2e] {label} (attention backend {backend}): {', '.join(names)}  log: {log}", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        status, detail = "ok", ""
+        with open(log, "w") as f:
+            try:
+                proc = subprocess.run(
+                    [sys.executable, "-m", "attn_bench.e2e", "--worker", str(spec_path)],
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                    timeout=opts.timeout_s,
+                    env={**os.environ, "PYTHONHASHSEED": "0"},
+                )
+                if proc.returncode != 0 or not result.exists():
+                    status = "error"
+            except subprocess.TimeoutExpired:
+                status, detail = "error", f"timed out after {opts.timeout_s:.0f}s"
+        if status != "ok" and not detail:
+            tail = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+            detail = (tail[-1] if tail else f"exit status {proc.returncode}")[-300:]
+        ok &= status == "ok"
+        print(f"[e2e] {label}: {status} in {time.perf_counter() - t0:.0f}s {detail}", file=sys.stderr, flush=True)
+        meta["runs"].append(
+            {
+                "label": label,
+                "backend": backend,
+                "workloads": names,
+                "status": status,
+                "detail": detail,
+                "result": result.name,
+                "git_sha": sha,
+                "timestamp": stamp,
+            }
+        )
+        meta_path.write_text(json.dumps(meta, indent=2))
+        _write(_collect(out, opts.reference), out)
+    print((out / "e2e.md").read_text())
+    return 0 if ok else 1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="attn-bench e2e worker (one vLLM engine)")
+    ap.add_argument("--worker", required=True, help="path of the JSON spec written by run_e2e")
+    _worker(ap.parse_args().worker)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""attn-bench e2e with a stand-in `vllm` module: subprocess per backend, result files,
+agreement with the first backend, accumulation across invocations, failures reported."""
+
+import json
+import textwrap
+
+from attn_bench import e2e
+
+FAKE_VLLM = textwrap.dedent(
+    '''
+    __version__ = "0.0-fake"
+
+    class SamplingParams:
+        def __init__(self, max_tokens, **kw):
+            self.max_tokens = max_tokens
+
+    class _Completion:
+        def __init__(self, ids):
+            self.token_ids = ids
+
+    class _Output:
+        def __init__(self, ids):
+            self.outputs = [_Completion(ids)]
+
+    class LLM:
+        def __init__(self, model, attention_config=None, **kw):
+            import json, os
+            assert kw["load_format"] == "dummy" and kw["skip_tokenizer_init"]
+            assert json.load(open(os.path.join(model, "config.json")))["num_key_value_heads"] == 8
+            self.backend = (attention_config or {}).get("backend", "auto")
+            if self.backend == "BROKEN":
+                raise RuntimeError("backend BROKEN is not registered")
+
+        def generate(self, prompts, sp, use_tqdm=True):
+            outs = []
+            for p in prompts:
+                ids = [(p["prompt_token_ids"][0] + i) % 1000 for i in range(sp.max_tokens)]
+                if self.backend == "TRITON_ATTN":
+                    ids[len(ids) // 2] = -1  # diverges halfway
+                outs.append(_Output(ids))
+            return outs
+    '''
+)
+
+
+def test_e2e_with_a_fake_vllm(tmp_path, monkeypatch):
+    fake = tmp_path / "fake"
+    (fake / "vllm").mkdir(parents=True)
+    (fake / "vllm" / "__init__.py").write_text(FAKE_VLLM)
+    monkeypatch.setenv("PYTHONPATH", f"{fake}")
+    out = tmp_path / "e2e"
+    opts = e2e.E2EOptions(backends=["FLASH_ATTN", "TRITON_ATTN"], workloads=["tiny"], out=out, timeout_s=120)
+    assert e2e.run_e2e(opts) == 0
+    # A second invocation into the same folder adds a backend; a failing one is reported.
+    opts2 = e2e.E2EOptions(backends=["ours", "bad=BROKEN"], workloads=["tiny"], out=out, timeout_s=120)
+    assert e2e.run_e2e(opts2) == 1
+    rows = {r["label"]: r for r in _read(out / "e2e.csv")}
+    assert set(rows) == {"FLASH_ATTN", "TRITON_ATTN", "ours", "bad"}
+    assert rows["FLASH_ATTN"]["reference"] == "FLASH_ATTN" and float(rows["FLASH_ATTN"]["agree_exact"]) == 1.0
+    assert float(rows["TRITON_ATTN"]["agree_prefix"]) == 0.5 and float(rows["TRITON_ATTN"]["agree_exact"]) == 0.0
+    assert rows["ours"]["backend"] == "CUSTOM" and float(rows["ours"]["agree_exact"]) == 1.0
+    assert rows["bad"]["status"] == "error" and "BROKEN" in rows["bad"]["detail"]
+    assert float(rows["FLASH_ATTN"]["total_tok_s"]) > 0
+    assert "TRITON_ATTN" in (out / "e2e.md").read_text()
+    assert len(json.loads((out / "runs.json").read_text())["runs"]) == 4
+
+
+def test_prompts_are_deterministic_and_ordinary_tokens():
+    w = e2e.WORKLOADS["tiny"]
+    a, b = e2e.prompts(w), e2e.prompts(w)
+    assert a == b and len(a) == w.num_requests and all(len(p) == w.input_len for p in a)
+    assert all(e2e.TOKEN_RANGE[0] <= t < e2e.TOKEN_RANGE[1] for p in a for t in p)
+
+
+def test_shipped_model_config_is_llama_3_1_8b():
+    cfg = json.loads((__import__("pathlib").Path(e2e.model_dir("llama-3.1-8b")) / "config.json").read_text())
+    assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"]) == (4096, 32, 32)
+    assert (cfg["num_key_value_heads"], cfg["intermediate_size"], cfg["vocab_size"]) == (8, 14336, 128256)
+    assert cfg["rope_scaling"]["rope_type"] == "llama3" and cfg["rope_theta"] == 500000.0
+
+
+def _read(path):
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))

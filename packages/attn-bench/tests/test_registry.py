@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from attn_bench import registry
+from attn_bench.problems import OPS, Problem
+from attn_bench.registry import Timed, all_providers, get, provider
+
+EXPECTED = {
+    "ours-paged",
+    "ours-varlen",
+    "ours-kv-write",
+    "torch-sdpa",
+    "torch-kv-write",
+    "flex-attention",
+    "vllm-triton",
+    "vllm-fa3",
+    "vllm-kv-write",
+    "vllm-triton-kv-write",
+    "flash-attn",
+    "flashinfer",
+}
+
+
+def test_every_peer_is_registered_with_known_ops():
+    provs = all_providers()
+    assert {p.name for p in provs} == EXPECTED
+    for p in provs:
+        assert p.ops and set(p.ops) <= set(OPS)
+        assert p.description
+
+
+def test_missing_or_gpu_only_peers_say_why():
+    cpu = torch.device("cpu")
+    for p in all_providers():
+        why = p.unavailable(cpu)
+        assert why is None or (isinstance(why, str) and why)
+    assert get("vllm-fa3").unavailable(cpu)  # not installed or needs CUDA: never silently available on CPU
+    assert get("ours-paged").unavailable(cpu) is None
+
+
+def test_unsupported_problems_are_explained():
+    fp8 = Problem(op="decode", batch=1, context=64, kv_dtype="float8_e4m3fn")
+    assert "fp8" in get("torch-sdpa").unsupported(fp8)
+    assert get("ours-paged").unsupported(fp8) is None
+    assert "kv_write" in get("ours-paged").unsupported(Problem(op="kv_write", batch=1, context=4, q_len=4))
+
+
+def test_registration_rejects_duplicates_and_unknown_ops():
+    with pytest.raises(ValueError):
+        provider("x", ops=("nope",))
+    get("ours-paged")  # loads the registry
+
+    def make(x):
+        return Timed(lambda: None)
+
+    with pytest.raises(ValueError):
+        provider("ours-paged", ops=("decode",))(make)
+    with pytest.raises(ValueError):
+        get("no-such-provider")
+    assert "no-such-provider" not in registry.REGISTRY
