@@ -24,7 +24,10 @@ def bench(fn, iters=50):
     ts = []
     for _ in range(iters):
         s, e = torch.cuda.Event(True), torch.cuda.Event(True)
-        s.record(); g.replay(); e.record(); e.synchronize()
+        s.record()
+        g.replay()
+        e.record()
+        e.synchronize()
         ts.append(s.elapsed_time(e))
     ts.sort()
     return ts[len(ts) // 2] * 1e3  # us
@@ -38,8 +41,16 @@ def copy_ceiling():
 
 
 def decode(batch, ctx, kv=None, cfg=None):
-    b = paged_batch([1] * batch, [ctx] * batch, num_q_heads=32, num_kv_heads=8, head_dim=128,
-                    dtype=torch.bfloat16, kv_dtype=kv, spare_blocks=0)
+    b = paged_batch(
+        [1] * batch,
+        [ctx] * batch,
+        num_q_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        dtype=torch.bfloat16,
+        kv_dtype=kv,
+        spare_blocks=0,
+    )
     p = _problem(b.q, batch, 8, b.k_cache.dtype, 1, ctx)
     dc = cfg or select_decode_config(p)
     ws = torch.empty(max(decode_workspace_numel(batch, 32, 128, dc.num_splits), 1), device="cuda")
@@ -51,8 +62,15 @@ def decode(batch, ctx, kv=None, cfg=None):
 
 
 def prefill(batch, length, cfg=None):
-    b = paged_batch([length] * batch, [length] * batch, num_q_heads=32, num_kv_heads=8, head_dim=128,
-                    dtype=torch.bfloat16, spare_blocks=0)
+    b = paged_batch(
+        [length] * batch,
+        [length] * batch,
+        num_q_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        dtype=torch.bfloat16,
+        spare_blocks=0,
+    )
     out = torch.empty_like(b.q)
     c = AttentionConfig(prefill=cfg)
     t = bench(lambda: paged_attention(*b.args(), **b.lens(), out=out, config=c), 20)
@@ -66,17 +84,37 @@ def prefill(batch, length, cfg=None):
 if __name__ == "__main__":
     torch.manual_seed(0)
     print(torch.cuda.get_device_name(), "copy ceiling GB/s", round(copy_ceiling()))
-    for batch, ctx in [(1, 8192), (1, 32768), (16, 8192), (32, 32768), (64, 1024), (64, 8192), (128, 4096), (256, 2048)]:
-        t, bw, dc = decode(batch, ctx)
-        print(f"decode b={batch} ctx={ctx}: {t:.1f} us {bw:.0f} GB/s {dc}")
-    for tile_n, splits in [(32, None), (128, None)]:
-        for batch, ctx in [(1, 32768), (64, 8192)]:
-            dc0 = decode(batch, ctx)[2]
-            t, bw, dc = decode(batch, ctx, cfg=DecodeConfig(tile_n=tile_n, num_splits=dc0.num_splits, num_warps=4, num_stages=2))
-            print(f"  variant b={batch} ctx={ctx}: {t:.1f} us {bw:.0f} GB/s {dc}")
-    t, bw, _ = decode(64, 8192, kv=torch.float8_e4m3fn)
-    print(f"decode fp8 b=64 ctx=8192: {t:.1f} us {bw:.0f} GB/s")
-    for batch, length in [(1, 2048), (1, 8192), (4, 4096), (16, 1024)]:
-        for pc in [None, PrefillConfig(block_m=128, tile_n=64, num_warps=8, num_stages=3), PrefillConfig(block_m=128, tile_n=128, num_warps=8, num_stages=2), PrefillConfig(block_m=64, tile_n=64, num_warps=4, num_stages=3)]:
+    for batch, ctx in [(1, 8192), (1, 32768), (16, 8192), (32, 32768), (64, 1024), (64, 8192), (256, 2048)]:
+        base = decode(batch, ctx)
+        print(f"decode b={batch} ctx={ctx}: {base[0]:.1f} us {base[1]:.0f} GB/s {base[2]}")
+        for tile_n, mult, warps, stages in [
+            (128, 1, 4, 2),
+            (128, 2, 4, 3),
+            (64, 2, 4, 3),
+            (128, 1, 8, 3),
+            (256, 1, 8, 2),
+        ]:
+            sp = max(1, base[2].num_splits * mult)
+            t, bw, dc = decode(
+                batch, ctx, cfg=DecodeConfig(tile_n=tile_n, num_splits=sp, num_warps=warps, num_stages=stages)
+            )
+            print(f"   {t:.1f} us {bw:.0f} GB/s {dc}")
+    for tile_n, warps, stages in [(64, 4, 2), (128, 4, 2), (128, 8, 3), (256, 8, 2)]:
+        t, bw, dc = decode(
+            64,
+            8192,
+            kv=torch.float8_e4m3fn,
+            cfg=DecodeConfig(tile_n=tile_n, num_splits=1, num_warps=warps, num_stages=stages),
+        )
+        print(f"decode fp8 b=64 ctx=8192: {t:.1f} us {bw:.0f} GB/s {dc}")
+    for batch, length in [(1, 2048), (1, 8192), (16, 1024)]:
+        for pc in [
+            None,
+            PrefillConfig(block_m=64, tile_n=64, num_warps=4, num_stages=3),
+            PrefillConfig(block_m=128, tile_n=64, num_warps=4, num_stages=3),
+            PrefillConfig(block_m=128, tile_n=64, num_warps=8, num_stages=3),
+            PrefillConfig(block_m=64, tile_n=128, num_warps=4, num_stages=2),
+            PrefillConfig(block_m=128, tile_n=32, num_warps=4, num_stages=4),
+        ]:
             t, tf, tfs = prefill(batch, length, pc)
             print(f"prefill b={batch} L={length} {pc}: {t:.0f} us {tf:.0f} TFLOP/s (sdpa {tfs:.0f})")

@@ -32,6 +32,87 @@ def _tanh(x):
 
 
 @triton.jit
+def _attend_tiles(
+    q,  # [BLOCK_M, BLOCK_D]
+    m_i,
+    l_i,
+    acc,
+    t_lo,  # first key tile (inclusive)
+    t_hi,  # last key tile (exclusive)
+    k_head,
+    v_head,
+    bt_row,  # this sequence's block-table row
+    k_start,  # first key row of the sequence (contiguous K/V only)
+    kv_hi,  # keys at positions >= kv_hi are invisible to every row
+    q_pos,  # [BLOCK_M] absolute position of each row's token
+    row_ok,  # [BLOCK_M]
+    qk_scale,
+    softcap,
+    window,
+    slope,  # [BLOCK_M] ALiBi slope in log2 units
+    stride_k_b,
+    stride_k_t,
+    stride_k_d,
+    stride_v_b,
+    stride_v_t,
+    stride_v_d,
+    d,
+    d_ok,
+    offs_n,
+    TILE_N: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    PAGED: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    USE_WINDOW: tl.constexpr,
+    USE_SOFTCAP: tl.constexpr,
+    USE_ALIBI: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    MASKED: tl.constexpr,  # False: the caller guarantees every key of these tiles is visible
+):
+    for t in range(t_lo, t_hi):
+        k_pos = t * TILE_N + offs_n
+        if MASKED:
+            k_ok = k_pos < kv_hi
+        else:
+            k_ok = offs_n < TILE_N
+        if PAGED:
+            page = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_ok, other=0).to(tl.int64)
+            slot = k_pos % BLOCK_SIZE
+            k_off = page * stride_k_b + slot * stride_k_t
+            v_off = page * stride_v_b + slot * stride_v_t
+        else:
+            tok = (k_start + k_pos).to(tl.int64)
+            k_off = tok * stride_k_t
+            v_off = tok * stride_v_t
+        k = tl.load(k_head + k_off[None, :] + d[:, None] * stride_k_d, mask=k_ok[None, :] & d_ok[:, None], other=0.0)
+        if DOT_F32:
+            k = k.to(tl.float32)
+        else:
+            k = k.to(q.dtype)
+        s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
+        if USE_SOFTCAP:
+            s = softcap * _tanh(s / softcap) * LOG2E
+        if USE_ALIBI:
+            s += slope[:, None] * (k_pos[None, :] - q_pos[:, None]).to(tl.float32)
+        if MASKED:
+            visible = k_ok[None, :] & row_ok[:, None]
+            if CAUSAL:
+                visible &= k_pos[None, :] <= q_pos[:, None]
+            if USE_WINDOW:
+                visible &= k_pos[None, :] > q_pos[:, None] - window
+            s = tl.where(visible, s, float("-inf"))
+        m_i, l_i, acc, p = online_softmax_step(m_i, l_i, acc, s)
+        v = tl.load(v_head + v_off[:, None] + d[None, :] * stride_v_d, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
+        if DOT_F32:
+            v = v.to(tl.float32)
+        else:
+            v = v.to(q.dtype)
+        acc += tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    return m_i, l_i, acc
+
+
+@triton.jit
 def attention_kernel(
     q_ptr,  # [num_tokens, num_q_heads, HEAD_DIM]
     k_ptr,  # PAGED: [num_blocks, BLOCK_SIZE, num_kv_heads, HEAD_DIM]; else [total_k, num_kv_heads, HEAD_DIM]
@@ -150,6 +231,8 @@ def attention_kernel(
         qk_scale = qk_scale * LOG2E
     if USE_ALIBI:
         slope = tl.load(alibi_ptr + row_head).to(tl.float32) * LOG2E
+    else:
+        slope = tl.zeros([BLOCK_M], dtype=tl.float32)
 
     if USE_SINKS:
         sink = tl.load(sinks_ptr + row_head).to(tl.float32) * LOG2E
@@ -165,54 +248,99 @@ def attention_kernel(
     offs_n = tl.arange(0, TILE_N)
     k_head = k_ptr + kv_head.to(tl.int64) * stride_k_h
     v_head = v_ptr + kv_head.to(tl.int64) * stride_v_h
-    for t in range(t_begin, t_end):
-        k_pos = t * TILE_N + offs_n
-        k_ok = k_pos < kv_hi
-        if PAGED:
-            page = tl.load(
-                block_table_ptr + seq.to(tl.int64) * stride_bt_s + k_pos // BLOCK_SIZE,
-                mask=k_ok,
-                other=0,
-            ).to(tl.int64)
-            slot = k_pos % BLOCK_SIZE
-            k_off = page * stride_k_b + slot * stride_k_t
-            v_off = page * stride_v_b + slot * stride_v_t
-        else:
-            tok = (k_start + k_pos).to(tl.int64)
-            k_off = tok * stride_k_t
-            v_off = tok * stride_v_t
-        k = tl.load(
-            k_head + k_off[None, :] + d[:, None] * stride_k_d,
-            mask=k_ok[None, :] & d_ok[:, None],
-            other=0.0,
-        )
-        if DOT_F32:
-            k = k.to(tl.float32)
-        else:
-            k = k.to(q.dtype)
-        s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
-        if USE_SOFTCAP:
-            s = softcap * _tanh(s / softcap) * LOG2E
-        if USE_ALIBI:
-            s += slope[:, None] * (k_pos[None, :] - q_pos[:, None]).to(tl.float32)
-        visible = k_ok[None, :] & row_ok[:, None]
-        if CAUSAL:
-            visible &= k_pos[None, :] <= q_pos[:, None]
-        if USE_WINDOW:
-            visible &= k_pos[None, :] > q_pos[:, None] - window
-        s = tl.where(visible, s, float("-inf"))
-        m_i, l_i, acc, p = online_softmax_step(m_i, l_i, acc, s)
+    bt_row = block_table_ptr + seq.to(tl.int64) * stride_bt_s
 
-        v = tl.load(
-            v_head + v_off[:, None] + d[None, :] * stride_v_d,
-            mask=k_ok[:, None] & d_ok[None, :],
-            other=0.0,
-        )
-        if DOT_F32:
-            v = v.to(tl.float32)
-        else:
-            v = v.to(q.dtype)
-        acc += tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    # Tiles every valid row sees completely need no mask: left of the causal diagonal and
+    # inside every row's window. Only the edges [t_begin, full_lo) and [full_hi, t_end) pay
+    # for masking.
+    if CAUSAL:
+        full_hi = (ctx + q0 + 1) // TILE_N
+    else:
+        full_hi = seq_len // TILE_N
+    full_lo = tile_lo
+    if USE_WINDOW:
+        full_lo = tl.cdiv(tl.maximum(ctx + q_last - window + 1, 0), TILE_N)
+    full_lo = tl.minimum(tl.maximum(full_lo, t_begin), t_end)
+    full_hi = tl.minimum(tl.maximum(full_hi, full_lo), t_end)
+    args = (
+        k_head,
+        v_head,
+        bt_row,
+        k_start,
+        kv_hi,
+        q_pos,
+        row_ok,
+        qk_scale,
+        softcap,
+        window,
+        slope,
+        stride_k_b,
+        stride_k_t,
+        stride_k_d,
+        stride_v_b,
+        stride_v_t,
+        stride_v_d,
+        d,
+        d_ok,
+        offs_n,
+    )
+    m_i, l_i, acc = _attend_tiles(
+        q,
+        m_i,
+        l_i,
+        acc,
+        t_begin,
+        full_lo,
+        *args,
+        TILE_N,
+        BLOCK_SIZE,
+        PAGED,
+        CAUSAL,
+        USE_WINDOW,
+        USE_SOFTCAP,
+        USE_ALIBI,
+        DOT_F32,
+        DOT_PRECISION,
+        True,
+    )
+    m_i, l_i, acc = _attend_tiles(
+        q,
+        m_i,
+        l_i,
+        acc,
+        full_lo,
+        full_hi,
+        *args,
+        TILE_N,
+        BLOCK_SIZE,
+        PAGED,
+        CAUSAL,
+        USE_WINDOW,
+        USE_SOFTCAP,
+        USE_ALIBI,
+        DOT_F32,
+        DOT_PRECISION,
+        False,
+    )
+    m_i, l_i, acc = _attend_tiles(
+        q,
+        m_i,
+        l_i,
+        acc,
+        full_hi,
+        t_end,
+        *args,
+        TILE_N,
+        BLOCK_SIZE,
+        PAGED,
+        CAUSAL,
+        USE_WINDOW,
+        USE_SOFTCAP,
+        USE_ALIBI,
+        DOT_F32,
+        DOT_PRECISION,
+        True,
+    )
 
     out, lse = softmax_finish(m_i, l_i, acc)
     if KV_SCALED:
