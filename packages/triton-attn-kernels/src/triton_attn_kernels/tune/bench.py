@@ -1,7 +1,7 @@
 """One tuning case: inputs for a shape, a reference check of a config's output, and its time.
 
 On CUDA a config is timed by replaying a CUDA graph of the launch (the way vLLM runs
-decode), median of ``reps`` replays, each bracketed by CUDA events. In the interpreter
+decode), median of ``reps`` replays, each bracketed by CUDA events after an L2 flush. In the interpreter
 (tests) it is the median wall time of a few direct calls.
 """
 
@@ -40,8 +40,8 @@ def _rand(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, gen:
 
 @dataclass
 class AttentionCase:
-    """A paged batch: ``decode`` (one new token per sequence, ``seqlen`` context) or
-    ``prefill`` (``seqlen`` new tokens per sequence, nothing cached)."""
+    """A paged batch of ``shape.num_seqs`` sequences of ``shape.context`` tokens, the last
+    ``shape.q_len`` of them new (decode: 1)."""
 
     kernel: str
     geometry: Geometry
@@ -55,8 +55,8 @@ class AttentionCase:
     def __post_init__(self) -> None:
         g = self.geometry
         gen = torch.Generator(device=self.device).manual_seed(self.seed)
-        b, n, bs = self.shape.num_seqs, self.shape.seqlen, self.block_size
-        self.q_len = 1 if self.kernel == "decode" else n
+        b, n, bs = self.shape.num_seqs, self.shape.context, self.block_size
+        self.q_len = self.shape.q_len
         blocks = -(-n // bs)
         self.k_cache = _rand((b * blocks, bs, g.num_kv_heads, g.head_dim), self.kv_dtype, self.device, gen)
         self.v_cache = _rand((b * blocks, bs, g.num_kv_heads, g.head_dim), self.kv_dtype, self.device, gen)
@@ -83,7 +83,7 @@ class AttentionCase:
             num_kv_heads=g.num_kv_heads,
             head_dim=g.head_dim,
             max_seqlen_q=self.q_len,
-            max_seqlen_k=self.shape.seqlen,
+            max_seqlen_k=self.shape.context,
             dtype=str(self.dtype).removeprefix("torch."),
             kv_dtype=str(self.kv_dtype).removeprefix("torch."),
             num_sms=num_sms,
@@ -106,7 +106,7 @@ class AttentionCase:
                 self.seq_lens,
                 self.cu_seqlens_q,
                 max_seqlen_q=self.q_len,
-                max_seqlen_k=self.shape.seqlen,
+                max_seqlen_k=self.shape.context,
                 k_scale=self.kv_scale,
                 v_scale=self.kv_scale,
                 out=self.out,
@@ -119,7 +119,7 @@ class AttentionCase:
     def _reference_rows(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(row indices, fp32 reference) for the first and last CHECK_ROWS query rows of the
         first and last sequence: cheap at any size, and they cover both ends of the mask."""
-        b, n = self.shape.num_seqs, self.shape.seqlen
+        b, n = self.shape.num_seqs, self.shape.context
         g = self.geometry
         checks = []
         for s in sorted({0, b - 1}):
@@ -151,7 +151,7 @@ class AttentionCase:
 @dataclass
 class KVWriteCase:
     geometry: Geometry
-    shape: Shape  # shape.seqlen new tokens
+    shape: Shape  # writes shape.num_tokens new tokens
     dtype: torch.dtype
     kv_dtype: torch.dtype
     block_size: int
@@ -161,7 +161,7 @@ class KVWriteCase:
     def __post_init__(self) -> None:
         g = self.geometry
         gen = torch.Generator(device=self.device).manual_seed(self.seed)
-        t = self.shape.seqlen
+        t = self.shape.num_tokens
         blocks = -(-t // self.block_size) + 1
         self.key = _rand((t, g.num_kv_heads, g.head_dim), self.dtype, self.device, gen)
         self.value = _rand((t, g.num_kv_heads, g.head_dim), self.dtype, self.device, gen)
@@ -229,9 +229,23 @@ def time_launch(
         del graph
 
 
+_FLUSH: list[torch.Tensor] = []
+
+
+def _flush_buffer() -> torch.Tensor:
+    if not _FLUSH:
+        l2 = int(getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 0) or 64 << 20)
+        _FLUSH.append(torch.empty(max(2 * l2, 128 << 20), dtype=torch.uint8, device="cuda"))
+    return _FLUSH[0]
+
+
 def _replays(graph: torch.cuda.CUDAGraph, n: int) -> list[float]:
+    # As attn-bench times (so that a table wins where the benchmark looks): each replay starts
+    # from a cold L2, flushed by zeroing a buffer twice its size outside the timed span.
+    flush = _flush_buffer()
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
     for start, end in events:
+        flush.zero_()
         start.record()
         graph.replay()
         end.record()

@@ -112,12 +112,13 @@ def run(opts: RunOptions) -> dict[str, Any]:
                 **opts.extra,
             },
         )
-        tag = f"[{i:>3}/{len(jobs)}] {geom_name} {shape}"
+        what = f"{shape.num_tokens} tokens" if opts.kernel == "kv_write" else str(shape)
+        tag = f"[{i:>3}/{len(jobs)}] {geom_name} {what}"
         if time.monotonic() > deadline and written:
             opts.echo(f"{tag}: budget of {opts.budget_s:.0f} s spent; rerun the same command to resume")
             break
         if opts.kernel == "kv_write":
-            key = kv_write_key(geom.num_kv_heads, geom.head_dim, shape.seqlen, opts.dtype, kv_dtype)
+            key = kv_write_key(geom.num_kv_heads, geom.head_dim, shape.num_tokens, opts.dtype, kv_dtype)
             heuristic: Any = kv_write_heuristic(geom.num_kv_heads, geom.head_dim)
         else:
             key, heuristic = _attention_key(opts.kernel, geom, shape, opts.dtype, kv_dtype, num_sms, interp)
@@ -158,14 +159,13 @@ def run(opts: RunOptions) -> dict[str, Any]:
 def _attention_key(
     kernel: str, geom: Any, shape: Shape, dtype: torch.dtype, kv_dtype: torch.dtype, num_sms: int, interp: bool
 ) -> tuple[tuple, Any]:
-    q_len = 1 if kernel == "decode" else shape.seqlen
     problem = AttentionProblem(
         num_seqs=shape.num_seqs,
         num_q_heads=geom.num_q_heads,
         num_kv_heads=geom.num_kv_heads,
         head_dim=geom.head_dim,
-        max_seqlen_q=q_len,
-        max_seqlen_k=shape.seqlen,
+        max_seqlen_q=shape.q_len,
+        max_seqlen_k=shape.context,
         dtype=str(dtype).removeprefix("torch."),
         kv_dtype=str(kv_dtype).removeprefix("torch."),
         num_sms=num_sms,
@@ -244,4 +244,4 @@ def _splits_unused(case: Any, config: Any) -> bool:
     """A decode config with more splits than key tiles: some splits would have nothing to do."""
     splits = getattr(config, "num_splits", 1)
     tile_n = getattr(config, "tile_n", 1)
-    return splits > 1 and splits > -(-case.shape.seqlen // tile_n)
+    return splits > 1 and splits > -(-case.shape.context // tile_n)

@@ -20,47 +20,81 @@ class Geometry:
     head_dim: int
 
 
+# The attn-bench geometries (packages/attn-bench/src/attn_bench/suites/*.toml).
 GEOMETRIES = {
-    "llama3-8b": Geometry(32, 8, 128),  # Llama-3.1-8B: the attn-bench default geometry
-    "hd64": Geometry(32, 8, 64),  # Llama-3.2-1B
-    "hd256": Geometry(16, 8, 256),  # Gemma-2-9B
+    "llama3-8b": Geometry(32, 8, 128),  # Llama-3.1-8B: the default of every suite
+    "hd64": Geometry(32, 8, 64),
+    "hd256": Geometry(32, 8, 256),
+    "q64": Geometry(64, 8, 128),  # GQA group 8
     "tiny": Geometry(4, 2, 32),  # CPU tests through the interpreter
 }
 
 
 @dataclass(frozen=True)
 class Shape:
-    """decode: num_seqs sequences of context ``seqlen``, one new token each. prefill:
-    num_seqs fresh prompts of ``seqlen`` tokens. kv_write: ``seqlen`` new tokens."""
+    """``num_seqs`` sequences of ``context`` tokens, the last ``q_len`` of them new (decode:
+    q_len 1; fresh prefill: q_len == context). The KV write stores the new tokens,
+    ``num_seqs * q_len`` of them."""
 
     num_seqs: int
-    seqlen: int
+    context: int
+    q_len: int = 1
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_seqs * self.q_len
 
     def __str__(self) -> str:
-        return f"{self.num_seqs}x{self.seqlen}"
-
-
-def _grid(batches: Iterable[int], lengths: Iterable[int], max_work: float, power: int = 1) -> tuple[Shape, ...]:
-    # Cheapest first, so that a run cut short by its budget has covered the grid's breadth.
-    shapes = [Shape(b, n) for b, n in itertools.product(batches, lengths) if b * n**power <= max_work]
-    return tuple(sorted(shapes, key=lambda s: (s.num_seqs * s.seqlen**power, s.num_seqs)))
+        q = "" if self.q_len in (1, self.context) else f" q{self.q_len}"
+        return f"{self.num_seqs}x{self.context}{q}"
 
 
 K = 1024
-# attn-bench suites: decode batch 1..256 x context 1k..32k; prefill 1k..32k x batch 1..16.
-# Caps keep one timing under ~5 ms on an H100 (decode: 2M cached tokens = 8 GB of bf16 KV at
-# head_dim 128; prefill: 2^30 causal key-query pairs per head, one 32k prompt).
+CONTEXTS = (1 * K, 2 * K, 4 * K, 8 * K, 16 * K, 32 * K)
+
+
+def _sweep(batches: Iterable[int], contexts: Iterable[int], q_len: int | None, max_kv_tokens: int) -> list[Shape]:
+    """Shapes as an attn-bench sweep lists them; ``q_len=None`` means fresh prefill."""
+    out = []
+    for b, n in itertools.product(batches, contexts):
+        if b * n <= max_kv_tokens:
+            out.append(Shape(b, n, n if q_len is None else q_len))
+    return out
+
+
+def _ordered(shapes: Iterable[Shape]) -> tuple[Shape, ...]:
+    # Cheapest first (keys read, plus query-key pairs), so that a run cut short by its budget
+    # has covered the grid's breadth; nearest-key lookup fills the rest.
+    unique = dict.fromkeys(shapes)
+    return tuple(sorted(unique, key=lambda s: (s.num_seqs * (s.context + s.q_len * s.context / 64), s.num_seqs)))
+
+
+_ANCHOR_DECODE = [Shape(b, n) for b, n in ((1, 8 * K), (1, 32 * K), (16, 8 * K), (32, 32 * K), (64, 1 * K))]
+_ANCHOR_DECODE += [Shape(b, n) for b, n in ((64, 8 * K), (128, 4 * K), (256, 2 * K))]
+_ANCHOR_PREFILL = [Shape(b, n, n) for b, n in ((1, 2 * K), (1, 8 * K), (4, 4 * K), (16, 1 * K), (1, 32 * K))]
+
+# The attn-bench suites' shapes. default: the full decode / prefill / kv-write grids (one
+# geometry: about 4 + 3 + 0.5 minutes on an H100). quick: the suites' quick points.
 GRIDS: dict[str, dict[str, tuple[Shape, ...]]] = {
     "default": {
-        "decode": _grid((1, 4, 16, 64, 256), (1 * K, 4 * K, 8 * K, 32 * K), max_work=2 * K * K),
-        "prefill": _grid((1, 4, 16), (1 * K, 4 * K, 8 * K, 32 * K), max_work=float(32 * K) ** 2, power=2),
-        "kv_write": tuple(Shape(1, n) for n in (1, 16, 128, 1 * K, 4 * K, 16 * K)),
+        "decode": _ordered(_sweep((1, 4, 16, 32, 64, 128, 256), CONTEXTS, 1, 1 << 20)),
+        "prefill": _ordered(
+            _sweep((1, 4, 16), CONTEXTS, None, 1 << 16) + _sweep((1, 4), CONTEXTS[2:], 2 * K, 1 << 16)
+        ),
+        "kv_write": _ordered(
+            _sweep((1, 16, 64, 256), (4 * K,), 1, 1 << 20) + _sweep((1, 4, 16), (1 * K, 8 * K), None, 1 << 20)
+        ),
     },
-    # A few seconds in the interpreter: for CPU tests and a quick look on a new machine.
+    "quick": {
+        "decode": _ordered(_ANCHOR_DECODE + _sweep((1, 64), (2 * K, 16 * K), 1, 1 << 20) + [Shape(32, 8 * K)]),
+        "prefill": _ordered(_ANCHOR_PREFILL + [Shape(1, 16 * K, 2 * K)]),
+        "kv_write": _ordered([Shape(256, 4 * K, 1), Shape(4, 8 * K, 8 * K)]),
+    },
+    # Seconds in the interpreter with the tiny geometry: for CPU tests.
     "smoke": {
         "decode": (Shape(1, 40), Shape(3, 70)),
-        "prefill": (Shape(1, 33), Shape(2, 20)),
-        "kv_write": (Shape(1, 5), Shape(1, 40)),
+        "prefill": (Shape(1, 33, 33), Shape(2, 40, 20)),
+        "kv_write": (Shape(1, 5, 5), Shape(4, 40, 10)),
     },
 }
 

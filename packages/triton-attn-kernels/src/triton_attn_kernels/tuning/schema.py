@@ -8,18 +8,18 @@ from typing import Any
 
 from .keys import KERNELS, KernelSpec
 
-__all__ = ["SCHEMA_VERSION", "build_schema"]
+__all__ = ["DTYPES", "KV_DTYPES", "SCHEMA_VERSION", "build_schema"]
 
 SCHEMA_VERSION = 1
 
-_DTYPES = ["float16", "bfloat16", "float32"]
-_KV_DTYPES = [*_DTYPES, "float8_e4m3fn", "float8_e5m2"]
+DTYPES = ["float16", "bfloat16", "float32"]
+KV_DTYPES = [*DTYPES, "float8_e4m3fn", "float8_e5m2"]
 _POS_INT = {"type": "integer", "minimum": 1}
 
 
 def _key_schema(spec: KernelSpec) -> dict[str, Any]:
     props: dict[str, Any] = {name: _POS_INT for name in spec.numeric}
-    props.update(head_dim=_POS_INT, dtype={"enum": _DTYPES}, kv_dtype={"enum": _KV_DTYPES})
+    props.update(head_dim=_POS_INT, dtype={"enum": DTYPES}, kv_dtype={"enum": KV_DTYPES})
     return {"type": "object", "required": list(spec.key_fields), "additionalProperties": False, "properties": props}
 
 

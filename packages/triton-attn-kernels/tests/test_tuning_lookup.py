@@ -1,0 +1,297 @@
+"""Config lookup: exact key, nearest key, heuristic; device and family fallback; the user
+directory; broken files; memoisation and its cost. No kernel runs here."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from triton_attn_kernels import tuning
+from triton_attn_kernels.tuning import (
+    AttentionProblem,
+    ConfigSelector,
+    DecodeConfig,
+    DeviceInfo,
+    KVWriteConfig,
+    PrefillConfig,
+    decode_heuristic,
+    kv_write_heuristic,
+    prefill_heuristic,
+)
+from triton_attn_kernels.tuning.tables import device_file_name, find_table
+
+DATA = Path(__file__).parent / "test_tuning_data"
+H100 = DeviceInfo("NVIDIA H100 80GB HBM3", (9, 0))
+
+
+def problem(num_seqs: int = 1, q: int = 1, k: int = 1024, head_dim: int = 128, **kw: object) -> AttentionProblem:
+    base = AttentionProblem(
+        num_seqs=num_seqs,
+        num_q_heads=32,
+        num_kv_heads=8,
+        head_dim=head_dim,
+        max_seqlen_q=q,
+        max_seqlen_k=k,
+        dtype="bfloat16",
+        kv_dtype="bfloat16",
+        num_sms=132,
+    )
+    return replace(base, **kw)
+
+
+def selector(roots: list[Path] | None = None, device: DeviceInfo = H100, **kw: object) -> ConfigSelector:
+    return ConfigSelector(roots=roots if roots is not None else [DATA], device=device, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_global_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRITON_ATTN_TUNING_DIR", raising=False)
+    monkeypatch.delenv("TRITON_ATTN_TUNING", raising=False)
+    tuning.reset()
+    yield
+    tuning.reset()
+
+
+def test_exact_key_serves_the_table_entry() -> None:
+    sel = selector()
+    assert sel.decode(problem(1, 1, 32768)) == DecodeConfig(tile_n=128, num_splits=32, num_warps=8, num_stages=3)
+    assert sel.prefill(problem(1, 2048, 2048)) == PrefillConfig(block_m=128, tile_n=64, num_warps=8, num_stages=3)
+    kv = sel.kv_write(8, 128, num_tokens=4096, dtype="bfloat16", kv_dtype="bfloat16")
+    assert kv == KVWriteConfig(num_warps=4)
+    s = sel.stats()
+    assert (s["decode"]["exact"], s["prefill"]["exact"], s["kv_write"]["exact"]) == (1, 1, 1)
+
+
+def test_nearest_key_by_log2_distance() -> None:
+    sel = selector()
+    # 24k context is 0.4 octaves from 32k and 4.6 from 1k: the 32k entry.
+    assert sel.decode(problem(1, 1, 24000)).tile_n == 128
+    # 48 sequences at 6k: nearest is (64, 8192).
+    assert sel.decode(problem(48, 1, 6000)) == DecodeConfig(tile_n=64, num_splits=2, num_warps=4, num_stages=2)
+    # kv write: 3000 tokens -> the 4096 entry; 3 tokens -> the 1-token entry.
+    assert sel.kv_write(8, 128, num_tokens=3000, dtype="bfloat16", kv_dtype="bfloat16").num_warps == 4
+    assert sel.kv_write(8, 128, num_tokens=3, dtype="bfloat16", kv_dtype="bfloat16").num_warps == 1
+    assert sel.stats()["decode"]["nearest"] == 2
+
+
+def test_nearest_decode_never_splits_beyond_the_tiles() -> None:
+    # (1, 1024) stores 8 splits of 64 keys; at 300 keys only 5 tiles exist.
+    cfg = selector().decode(problem(1, 1, 300))
+    assert (cfg.tile_n, cfg.num_splits) == (64, 5)
+
+
+def test_categorical_fields_must_match() -> None:
+    sel = selector()
+    p = problem(1, 1, 32768, head_dim=64)
+    assert sel.decode(p) == decode_heuristic(p)  # no head_dim 64 entries
+    p = problem(1, 1, 32768, dtype="float16", kv_dtype="float16")
+    assert sel.decode(p) == decode_heuristic(p)
+    p = problem(1, 1, 32768, kv_dtype="float8_e4m3fn")
+    assert sel.decode(p) == decode_heuristic(p)
+    assert sel.stats()["decode"]["heuristic"] == 3
+
+
+def test_too_far_from_every_key_gives_the_heuristic() -> None:
+    sel = selector()
+    # 32 KV heads are 2 octaves from the stored 8: still in range.
+    p = problem(1, 1, 32768, num_q_heads=128, num_kv_heads=32)
+    assert sel.decode(p).tile_n == 128
+    # One KV head: 3 octaves from 8, beyond the 2-octave limit.
+    p = problem(1, 1, 32768, num_q_heads=4, num_kv_heads=1)
+    assert sel.decode(p) == decode_heuristic(p)
+    # A 100-token context is 3.4 octaves below the smallest stored 1024.
+    p = problem(1, 1, 100)
+    assert sel.decode(p) == decode_heuristic(p)
+
+
+def test_explicit_config_wins_and_is_counted() -> None:
+    sel = selector()
+    mine = DecodeConfig(tile_n=16, num_splits=3, num_warps=2, num_stages=1)
+    assert sel.decode(problem(1, 1, 32768), mine) is mine
+    assert tuning.select_prefill_config(problem(1, 8, 8), PrefillConfig(block_m=16)) == PrefillConfig(block_m=16)
+    assert sel.stats()["decode"]["explicit"] == 1
+    assert tuning.stats()["prefill"]["explicit"] == 1
+
+
+def test_interpreter_problems_use_the_heuristic_unless_forced() -> None:
+    p = problem(1, 1, 32768, interpreter=True)
+    assert selector().decode(p) == decode_heuristic(p)
+    assert selector(under_interpreter=True).decode(p).tile_n == 128
+    assert selector().kv_write(8, 128, num_tokens=1, dtype="bfloat16", kv_dtype="bfloat16", interpreter=True) == (
+        kv_write_heuristic(8, 128)
+    )
+
+
+def test_tables_switched_off() -> None:
+    p = problem(1, 1, 32768)
+    assert selector(use_tables=False).decode(p) == decode_heuristic(p)
+
+
+def test_no_cuda_device_means_heuristic() -> None:
+    # The global selector on a CPU-only machine (or a CPU tensor) finds no device to look up.
+    p = problem(1, 1, 32768)
+    assert tuning.select_decode_config(p, device="cpu") == decode_heuristic(p)
+    assert tuning.select_prefill_config(problem(1, 2048, 2048), device="cpu") == prefill_heuristic(problem(1, 2048, 2048))
+    assert tuning.stats()["decode"]["heuristic"] == 1
+
+
+def test_family_fallback_same_capability(tmp_path: Path) -> None:
+    # H100 PCIe and H200 have no table: they get the H100 SXM one (same capability 9.0).
+    for name in ("NVIDIA H100 PCIe", "NVIDIA H200"):
+        sel = selector(device=DeviceInfo(name, (9, 0)))
+        assert sel.decode(problem(1, 1, 32768)).tile_n == 128
+        assert "NVIDIA_H100_80GB_HBM3.json" in next(iter(sel.stats()["tables"].values()))
+    # An A100 (8.0) does not: heuristics.
+    sel = selector(device=DeviceInfo("NVIDIA A100-SXM4-80GB", (8, 0)))
+    assert sel.decode(problem(1, 1, 32768)) == decode_heuristic(problem(1, 1, 32768))
+    assert list(sel.stats()["tables"].values()) == [None]
+
+
+def test_family_fallback_prefers_the_closest_name(tmp_path: Path) -> None:
+    for name, splits in (("NVIDIA H100 80GB HBM3", 32), ("NVIDIA H200", 16)):
+        doc = json.loads((DATA / "decode" / "NVIDIA_H100_80GB_HBM3.json").read_text())
+        doc["device"]["name"] = name
+        doc["entries"] = [e for e in doc["entries"] if e["key"]["max_seqlen_k"] == 32768]
+        doc["entries"][0]["config"]["num_splits"] = splits
+        (tmp_path / "decode").mkdir(exist_ok=True)
+        (tmp_path / "decode" / device_file_name(name)).write_text(json.dumps(doc))
+    pcie = find_table("decode", "NVIDIA H100 PCIe", (9, 0), [tmp_path])
+    nvl = find_table("decode", "NVIDIA H200 NVL", (9, 0), [tmp_path])
+    assert pcie is not None and pcie.device_name == "NVIDIA H100 80GB HBM3"
+    assert nvl is not None and nvl.device_name == "NVIDIA H200"
+
+
+def test_user_directory_takes_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    user = tmp_path / "mine"
+    (user / "decode").mkdir(parents=True)
+    doc = json.loads((DATA / "decode" / "NVIDIA_H100_80GB_HBM3.json").read_text())
+    doc["entries"] = [e for e in doc["entries"] if e["key"]["max_seqlen_k"] == 32768]
+    doc["entries"][0]["config"] = {"tile_n": 32, "num_splits": 16, "num_warps": 4, "num_stages": 1}
+    (user / "decode" / "NVIDIA_H100_80GB_HBM3.json").write_text(json.dumps(doc))
+    sel = selector(roots=[user, DATA])
+    assert sel.decode(problem(1, 1, 32768)) == DecodeConfig(tile_n=32, num_splits=16, num_warps=4, num_stages=1)
+    # Keys the user's table lacks still come from the shipped table.
+    assert sel.decode(problem(64, 1, 8192)).num_splits == 2
+    assert "mine" in next(iter(sel.stats()["tables"].values()))
+
+    # Through the environment variable: read on first use, the search order user dir first.
+    from triton_attn_kernels.tuning import envs
+    from triton_attn_kernels.tuning.tables import search_roots
+
+    monkeypatch.setenv("TRITON_ATTN_TUNING_DIR", str(user))
+    tuning.reset()
+    assert search_roots(envs.tuning_dir())[0] == user
+    monkeypatch.setenv("TRITON_ATTN_TUNING", "0")
+    tuning.reset()
+    assert not envs.tables_enabled()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["truncated", "not_json", "wrong_version", "bad_config", "missing_field", "duplicate_key", "empty", "wrong_kernel"],
+)
+def test_broken_table_warns_and_falls_back(tmp_path: Path, damage: str) -> None:
+    src = (DATA / "decode" / "NVIDIA_H100_80GB_HBM3.json").read_text()
+    doc = json.loads(src)
+    if damage == "truncated":
+        text = src[: len(src) // 2]
+    elif damage == "not_json":
+        text = "tile_n = 64\n"
+    elif damage == "empty":
+        text = ""
+    else:
+        if damage == "wrong_version":
+            doc["schema_version"] = 99
+        elif damage == "bad_config":
+            doc["entries"][1]["config"]["tile_n"] = 48  # not a power of two
+        elif damage == "missing_field":
+            del doc["entries"][1]["config"]["num_stages"]
+        elif damage == "duplicate_key":
+            doc["entries"].append(doc["entries"][1])
+        elif damage == "wrong_kernel":
+            doc["kernel"] = "prefill"
+        text = json.dumps(doc)
+    (tmp_path / "decode").mkdir()
+    (tmp_path / "decode" / "NVIDIA_H100_80GB_HBM3.json").write_text(text)
+    p = problem(1, 1, 32768)
+    with pytest.warns(RuntimeWarning, match="skipping tuning table"):
+        got = selector(roots=[tmp_path]).decode(p)
+    assert got == decode_heuristic(p)
+    # A broken user table does not hide the shipped one.
+    with pytest.warns(RuntimeWarning, match="skipping tuning table"):
+        assert selector(roots=[tmp_path, DATA]).decode(p).tile_n == 128
+
+
+def test_missing_folders_are_quiet(tmp_path: Path) -> None:
+    p = problem(1, 1, 32768)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert selector(roots=[tmp_path / "nothing", tmp_path]).decode(p) == decode_heuristic(p)
+
+
+def test_memoised_and_nothing_read_twice(tmp_path: Path) -> None:
+    root = tmp_path / "t"
+    shutil.copytree(DATA, root)
+    sel = selector(roots=[root])
+    p = problem(1, 1, 32768)
+    first = sel.decode(p)
+    (root / "decode" / "NVIDIA_H100_80GB_HBM3.json").unlink()  # later lookups never touch the disk
+    assert sel.decode(p) is first
+    assert sel.decode(problem(64, 1, 8192)).num_splits == 2  # a new problem: the table is in memory
+    s = sel.stats()["decode"]
+    assert (s["exact"], s["problems"]) == (3, 2)
+
+
+def test_lookup_overhead() -> None:
+    """Benchmark: the memoised lookup a launch pays, per call (target < 5 us; the bound is
+    loose so that a busy CI machine cannot fail it)."""
+    sel = selector()
+    p = problem(64, 1, 8192)
+    sel.decode(p)
+    n = 20000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        tuning.select_decode_config(p)
+    per_call_global = (time.perf_counter() - t0) / n * 1e6
+    t0 = time.perf_counter()
+    for _ in range(n):
+        sel.decode(p)
+    per_call = (time.perf_counter() - t0) / n * 1e6
+    t0 = time.perf_counter()
+    for _ in range(n):
+        sel.kv_write(8, 128, num_tokens=64, dtype="bfloat16", kv_dtype="bfloat16")
+    per_call_kv = (time.perf_counter() - t0) / n * 1e6
+    print(
+        f"\nlookup per call: decode table hit {per_call:.2f} us, select_decode_config {per_call_global:.2f} us, "
+        f"kv_write {per_call_kv:.2f} us"
+    )
+    assert per_call < 50 and per_call_global < 50 and per_call_kv < 50
+
+
+def test_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from triton_attn_kernels.tuning import select
+
+    monkeypatch.setattr(select, "MEMO_LIMIT", 8)
+    sel = selector()
+    for k in range(1, 30):
+        sel.decode(problem(1, 1, 1000 + k))
+    assert sel.stats()["decode"]["problems"] <= 8
+
+
+def test_nothing_happens_at_import() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, triton_attn_kernels.tuning as t; "
+        "assert t.stats()['tables'] == {}; "
+        "assert 'triton_attn_kernels.tune' not in sys.modules; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"
