@@ -1,0 +1,318 @@
+"""Backend level: synthetic batches built through vLLM's own types (CommonAttentionMetadata,
+FullAttentionSpec, AttentionType, CUDAGraphMode) go through our builder, the Triton KV write
+and ``forward``; outputs and caches match ``triton_attn_kernels.reference`` (fp32).
+
+Shapes are small (Triton's interpreter on CPU) but hunt edges: a decode, a prefill chunk on
+a cached prefix, a fresh prefill, a sequence with no new tokens, padding tokens (slot -1),
+lengths on both sides of a page boundary, GQA 2 and 4, NHD and HND cache strides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import pytest
+import torch
+from triton_attn_kernels.reference import paged_attention_ref, varlen_attention_ref, write_kv_cache_ref
+from vllm.config import CUDAGraphMode
+from vllm.v1.attention.backend import AttentionCGSupport, AttentionType, CommonAttentionMetadata
+from vllm.v1.kv_cache_interface import FullAttentionSpec
+
+from vllm_triton_plugin.backend import (
+    FP8_CACHE_DTYPES,
+    TritonAttentionBackend,
+    TritonAttentionImpl,
+    TritonAttentionMetadataBuilder,
+)
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+BLOCK = 16
+HEAD = 32
+# (context length, new tokens) per sequence: decode, chunk on a cached prefix crossing a
+# page boundary, fresh prefill of exactly one page + 1, no new tokens, decode at page - 1.
+SEQS = [(37, 1), (21, 5), (17, 17), (12, 0), (15, 1)]
+PADDING = 3  # CUDA-graph style padding tokens after the last sequence
+TOL = {torch.float32: 2e-3, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+
+
+def vllm_config(num_q_heads, num_kv_heads, dtype, cache_dtype="auto", mode=CUDAGraphMode.NONE, max_num_seqs=8):
+    """The attributes of VllmConfig the builder reads, nothing else."""
+    model = SimpleNamespace(
+        get_num_attention_heads=lambda parallel: num_q_heads,
+        get_num_kv_heads=lambda parallel: num_kv_heads,
+        get_head_size=lambda: HEAD,
+        max_model_len=256,
+        dtype=dtype,
+    )
+    return SimpleNamespace(
+        model_config=model,
+        parallel_config=SimpleNamespace(),
+        cache_config=SimpleNamespace(cache_dtype=cache_dtype),
+        compilation_config=SimpleNamespace(cudagraph_mode=mode),
+        scheduler_config=SimpleNamespace(max_num_seqs=max_num_seqs),
+    )
+
+
+@dataclass
+class Batch:
+    common: CommonAttentionMetadata
+    query: torch.Tensor  # [tokens + padding, Hq, D]
+    key: torch.Tensor  # new tokens' K, [tokens + padding, Hkv, D]
+    value: torch.Tensor
+    old_key: torch.Tensor  # cached prefix K of every sequence, [sum of prefixes, Hkv, D]
+    old_value: torch.Tensor
+    old_slots: torch.Tensor
+
+
+def make_batch(seqs, num_q_heads, num_kv_heads, dtype, num_blocks, gen) -> Batch:
+    """Random tokens, a shuffled block table and slot mappings for ``seqs``."""
+    blocks_per_seq = [-(-ctx // BLOCK) for ctx, _ in seqs]
+    perm = torch.randperm(num_blocks, generator=gen)[: sum(blocks_per_seq)].to(torch.int32)
+    table = torch.zeros(len(seqs), max(blocks_per_seq), dtype=torch.int32)
+    new_slots, old_slots, cu = [], [], [0]
+    taken = 0
+    for i, ((ctx, q_len), nb) in enumerate(zip(seqs, blocks_per_seq, strict=True)):
+        table[i, :nb] = perm[taken : taken + nb]
+        taken += nb
+        slots = [int(table[i, p // BLOCK]) * BLOCK + p % BLOCK for p in range(ctx)]
+        old_slots += slots[: ctx - q_len]
+        new_slots += slots[ctx - q_len :]
+        cu.append(cu[-1] + q_len)
+    num_tokens = cu[-1]
+    new_slots += [-1] * PADDING
+
+    def rand(n, heads):
+        return torch.randn(n, heads, HEAD, generator=gen).to(dtype).to(DEVICE)
+
+    query_start_loc = torch.tensor(cu, dtype=torch.int32)
+    common = CommonAttentionMetadata(
+        query_start_loc=query_start_loc.to(DEVICE),
+        query_start_loc_cpu=query_start_loc,
+        seq_lens=torch.tensor([ctx for ctx, _ in seqs], dtype=torch.int32, device=DEVICE),
+        num_reqs=len(seqs),
+        num_actual_tokens=num_tokens + PADDING,
+        max_query_len=max(q for _, q in seqs),
+        max_seq_len=max(ctx for ctx, _ in seqs),
+        block_table_tensor=table.to(DEVICE),
+        slot_mapping=torch.tensor(new_slots, dtype=torch.int64, device=DEVICE),
+    )
+    return Batch(
+        common=common,
+        query=rand(num_tokens + PADDING, num_q_heads),
+        key=rand(num_tokens + PADDING, num_kv_heads),
+        value=rand(num_tokens + PADDING, num_kv_heads),
+        old_key=rand(len(old_slots), num_kv_heads),
+        old_value=rand(len(old_slots), num_kv_heads),
+        old_slots=torch.tensor(old_slots, dtype=torch.int64, device=DEVICE),
+    )
+
+
+def kv_cache(num_blocks, num_kv_heads, dtype, layout):
+    """vLLM's per-layer cache: logical [blocks, heads, tokens, 2*D], NHD or HND in memory."""
+    if layout == "NHD":
+        raw = torch.zeros(num_blocks, BLOCK, num_kv_heads, 2 * HEAD, dtype=dtype, device=DEVICE)
+        return raw.permute(0, 2, 1, 3)
+    return torch.zeros(num_blocks, num_kv_heads, BLOCK, 2 * HEAD, dtype=dtype, device=DEVICE)
+
+
+def layer(k_scale=1.0, v_scale=1.0):
+    return SimpleNamespace(
+        _k_scale=torch.tensor([k_scale], dtype=torch.float32, device=DEVICE),
+        _v_scale=torch.tensor([v_scale], dtype=torch.float32, device=DEVICE),
+    )
+
+
+def run_case(
+    *,
+    num_q_heads=4,
+    num_kv_heads=2,
+    dtype=torch.float32,
+    cache_dtype="auto",
+    layout="NHD",
+    sliding_window=None,
+    sinks=False,
+    softcap=None,
+    alibi=False,
+    mode=CUDAGraphMode.NONE,
+    seed=0,
+):
+    gen = torch.Generator().manual_seed(seed)
+    num_blocks = 24
+    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=num_kv_heads, head_size=HEAD, dtype=dtype)
+    config = vllm_config(num_q_heads, num_kv_heads, dtype, cache_dtype, mode)
+    builder = TritonAttentionMetadataBuilder(spec, ["layer.0"], config, DEVICE)
+    batch = make_batch(SEQS, num_q_heads, num_kv_heads, dtype, num_blocks, gen)
+    md = builder.build(0, batch.common)
+
+    sink_t = torch.randn(num_q_heads, generator=gen).to(DEVICE) if sinks else None
+    slopes = [2.0 ** (-(i + 1)) for i in range(num_q_heads)] if alibi else None
+    scale = HEAD**-0.5
+    impl = TritonAttentionImpl(
+        num_q_heads,
+        HEAD,
+        scale,
+        num_kv_heads,
+        slopes,
+        sliding_window,
+        cache_dtype,
+        softcap,
+        AttentionType.DECODER,
+        sinks=sink_t,
+    )
+    fp8 = FP8_CACHE_DTYPES.get(cache_dtype)
+    lay = layer(0.7, 1.3) if fp8 else layer()
+    cache = kv_cache(num_blocks, num_kv_heads, torch.uint8 if fp8 else dtype, layout)
+    k_cache, v_cache = impl._caches(cache)
+    # The cached prefix, written by the reference; then this step's tokens by our Triton write.
+    write_kv_cache_ref(batch.old_key, batch.old_value, k_cache, v_cache, batch.old_slots, k_scale=0.7, v_scale=1.3)
+    expect_k, expect_v = k_cache.clone(), v_cache.clone()
+    write_kv_cache_ref(
+        batch.key, batch.value, expect_k, expect_v, batch.common.slot_mapping, k_scale=0.7, v_scale=1.3
+    )
+    impl.do_kv_cache_update(lay, batch.key, batch.value, cache, md.slot_mapping)
+    if fp8:  # rounding of x / scale may differ by one fp8 step
+        torch.testing.assert_close(k_cache.float(), expect_k.float(), atol=0, rtol=0.13)
+        torch.testing.assert_close(v_cache.float(), expect_v.float(), atol=0, rtol=0.13)
+    else:
+        assert torch.equal(k_cache, expect_k) and torch.equal(v_cache, expect_v)
+
+    output = torch.full_like(batch.query, float("nan"))
+    impl.forward(lay, batch.query, batch.key, batch.value, cache, md, output)
+    ref = paged_attention_ref(
+        batch.query,
+        k_cache,
+        v_cache,
+        md.block_table,
+        md.seq_lens,
+        md.query_start_loc,
+        scale=scale,
+        sliding_window=sliding_window,
+        softcap=softcap,
+        alibi_slopes=impl.alibi_slopes,
+        sinks=sink_t,
+        k_scale=lay._k_scale if fp8 else None,
+        v_scale=lay._v_scale if fp8 else None,
+    )
+    n = int(batch.common.query_start_loc_cpu[-1])
+    torch.testing.assert_close(output[:n].float(), ref[:n], atol=TOL[dtype], rtol=TOL[dtype])
+    assert torch.isnan(output[n:]).all(), "padding rows must be left untouched"
+    return builder, md, batch
+
+
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.parametrize(("num_q_heads", "num_kv_heads"), [(4, 2), (4, 1)])
+def test_mixed_batch(layout, num_q_heads, num_kv_heads):
+    run_case(num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, layout=layout)
+
+
+def test_mixed_batch_fp16():
+    run_case(dtype=torch.float16, seed=1)
+
+
+@pytest.mark.parametrize("cache_dtype", ["fp8", "fp8_e5m2"])
+def test_fp8_kv_cache(cache_dtype):
+    run_case(cache_dtype=cache_dtype, seed=2)
+
+
+def test_sliding_window():
+    run_case(sliding_window=8, seed=3)
+
+
+def test_sinks():
+    run_case(sinks=True, seed=4)
+
+
+def test_softcap_and_alibi():
+    run_case(softcap=5.0, alibi=True, seed=5)
+
+
+def test_full_cudagraph_pins_decode_config_and_workspace():
+    builder, md, batch = run_case(mode=CUDAGraphMode.FULL_AND_PIECEWISE, seed=6)
+    assert builder.pin_splits
+    assert md.workspace is None or md.workspace.data_ptr() == builder.workspace.data_ptr()
+    # Same batch size, other lengths: a graph recorded with md's launch must stay valid.
+    short = builder.build(0, dataclasses.replace(batch.common, max_seq_len=2))
+    assert short.config.decode == md.config.decode
+    assert short.workspace is md.workspace
+    assert TritonAttentionMetadataBuilder.get_cudagraph_support(None, None) == AttentionCGSupport.ALWAYS
+
+
+def test_profiling_run_without_metadata():
+    impl = TritonAttentionImpl(4, HEAD, HEAD**-0.5, 2, None, None, "auto")
+    q = torch.randn(5, 4, HEAD, device=DEVICE)
+    out = torch.full_like(q, float("nan"))
+    impl.forward(layer(), q, q[:, :2], q[:, :2], torch.empty(0, device=DEVICE), None, out)
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+@pytest.mark.parametrize("attn_type", [AttentionType.ENCODER_ONLY, AttentionType.ENCODER])
+def test_encoder_attention(attn_type):
+    gen = torch.Generator().manual_seed(7)
+    lens = [5, 17, 1]
+    cu = torch.tensor([0, 5, 22, 23], dtype=torch.int32)
+    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=2, head_size=HEAD, dtype=torch.float32)
+    builder = TritonAttentionMetadataBuilder(spec, ["enc.0"], vllm_config(4, 2, torch.float32), DEVICE)
+    common = CommonAttentionMetadata(
+        query_start_loc=cu.to(DEVICE),
+        query_start_loc_cpu=cu,
+        seq_lens=torch.tensor(lens, dtype=torch.int32, device=DEVICE),
+        num_reqs=3,
+        num_actual_tokens=23,
+        max_query_len=17,
+        max_seq_len=17,
+        block_table_tensor=torch.zeros(3, 1, dtype=torch.int32, device=DEVICE),
+        slot_mapping=torch.full((23,), -1, dtype=torch.int64, device=DEVICE),
+        causal=False,
+    )
+    md = builder.build(0, common)
+    impl = TritonAttentionImpl(4, HEAD, HEAD**-0.5, 2, None, None, "auto", None, attn_type)
+    q, k, v = (torch.randn(23, h, HEAD, generator=gen).to(DEVICE) for h in (4, 2, 2))
+    out = torch.empty_like(q)
+    impl.do_kv_cache_update(layer(), k, v, torch.empty(0, device=DEVICE), common.slot_mapping)  # no cache: no-op
+    impl.forward(layer(), q, k, v, torch.empty(0, device=DEVICE), md, out)
+    ref = varlen_attention_ref(q, k, v, common.query_start_loc, common.query_start_loc, causal=False)
+    torch.testing.assert_close(out, ref, atol=2e-3, rtol=2e-3)
+
+
+def _validate(**overrides) -> list[str]:
+    args = dict(
+        head_size=64,
+        dtype=torch.bfloat16,
+        kv_cache_dtype="auto",
+        block_size=None,
+        use_mla=False,
+        has_sink=False,
+        use_sparse=False,
+        use_mm_prefix=False,
+        use_per_head_quant_scales=False,
+        device_capability=None,
+        attn_type=AttentionType.DECODER,
+        has_sliding_window=False,
+    )
+    args.update(overrides)
+    return TritonAttentionBackend.validate_configuration(**args)
+
+
+def test_validate_configuration_reasons():
+    assert _validate() == []
+    assert _validate(has_sink=True, has_sliding_window=True, kv_cache_dtype="fp8_e5m2") == []
+    (reason,) = _validate(head_size=48)
+    assert "head_size 48" in reason and "128" in reason
+    assert any("float16 differs from the model dtype bfloat16" in r for r in _validate(kv_cache_dtype="float16"))
+    assert any("MLA" in r for r in _validate(use_mla=True))
+    assert any("encoder" in r for r in _validate(attn_type=AttentionType.ENCODER_ONLY, has_sliding_window=True))
+    assert any("encoder_decoder" in r.lower() for r in _validate(attn_type=AttentionType.ENCODER_DECODER))
+    cap = SimpleNamespace(major=8, minor=0)
+    assert any("8.9" in r for r in _validate(kv_cache_dtype="fp8", device_capability=cap))
+
+
+def test_backend_contract():
+    assert TritonAttentionBackend.get_name() in ("CUSTOM", "TRITON_ONLY")
+    assert TritonAttentionBackend.get_impl_cls() is TritonAttentionImpl
+    assert TritonAttentionBackend.get_builder_cls() is TritonAttentionMetadataBuilder
+    assert TritonAttentionBackend.forward_includes_kv_cache_update is False
+    assert TritonAttentionBackend.supports_block_size(16) and TritonAttentionBackend.supports_block_size(544)
+    with pytest.raises(NotImplementedError, match="(?i)encoder_decoder"):
+        TritonAttentionImpl(4, HEAD, 1.0, 2, None, None, "auto", None, AttentionType.ENCODER_DECODER)
