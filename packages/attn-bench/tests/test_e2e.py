@@ -7,7 +7,7 @@ import textwrap
 from attn_bench import e2e
 
 FAKE_VLLM = textwrap.dedent(
-    '''
+    """
     __version__ = "0.0-fake"
 
     class SamplingParams:
@@ -39,7 +39,7 @@ FAKE_VLLM = textwrap.dedent(
                     ids[len(ids) // 2] = -1  # diverges halfway
                 outs.append(_Output(ids))
             return outs
-    '''
+    """
 )
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from triton_attn_kernels.reference import attention_ref, write_kv_cache_ref
 
 from .inputs import Inputs

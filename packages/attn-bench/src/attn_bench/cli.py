@@ -1,10 +1,10 @@
 """The ``attn-bench`` command.
 
-    attn-bench run SUITE... [--providers P,...] [--out DIR] [--quick] [--max-cases N] [--budget S]
-    attn-bench list
-    attn-bench plot RESULTS.csv [--out DIR]
-    attn-bench compare OLD.csv NEW.csv [--threshold 0.05] [--fail-on-regression]
-    attn-bench e2e [--backends ours,FLASH_ATTN,...] [--workload NAME ...] [--out DIR]
+attn-bench run SUITE... [--providers P,...] [--out DIR] [--quick] [--max-cases N] [--budget S]
+attn-bench list
+attn-bench plot RESULTS.csv [--out DIR]
+attn-bench compare OLD.csv NEW.csv [--threshold 0.05] [--fail-on-regression]
+attn-bench e2e [--backends ours,FLASH_ATTN,...] [--workload NAME ...] [--out DIR]
 """
 
 from __future__ import annotations

@@ -105,6 +105,16 @@ def model_dir(model: str) -> str:
     return str(Path(str(shipped)).resolve())
 
 
+def _env(backend: str) -> dict[str, str]:
+    """Peers run on stock vLLM: ``VLLM_PLUGINS=""`` keeps our plugin (and its platform) out of
+    their process even where it is installed. Ours (CUSTOM, or ``auto``) keeps the plugins.
+    A ``VLLM_PLUGINS`` set by the caller is left as it is."""
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    if backend not in ("CUSTOM", "auto") and "VLLM_PLUGINS" not in os.environ:
+        env["VLLM_PLUGINS"] = ""
+    return env
+
+
 def _parse_backend(spec: str) -> tuple[str, str]:
     label, _, backend = spec.partition("=")
     return label, backend or BACKENDS.get(label, label)
@@ -137,7 +147,9 @@ def _worker(spec_path: str) -> None:
             temperature=0.0, max_tokens=w.output_len, min_tokens=w.output_len, ignore_eos=True, detokenize=False
         )
         warm = [{"prompt_token_ids": p[:256]} for p in prompts(Workload(4, w.input_len, 8), seed=PROMPT_SEED + 1)]
-        llm.generate(warm, SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, detokenize=False), use_tqdm=False)
+        llm.generate(
+            warm, SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, detokenize=False), use_tqdm=False
+        )
         batch = [{"prompt_token_ids": p} for p in prompts(w)]
         if torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -206,7 +218,10 @@ def _write(rows: list[E2ERow], out: Path) -> None:
             f"| {rel:.2f} | {agree} | ok |"
         )
     if rows:
-        lines += ["", f"device: {rows[0].device or '?'}; vLLM {rows[0].vllm}; torch {rows[0].torch}; git {rows[0].git_sha}"]
+        lines += [
+            "",
+            f"device: {rows[0].device or '?'}; vLLM {rows[0].vllm}; torch {rows[0].torch}; git {rows[0].git_sha}",
+        ]
     (out / "e2e.md").write_text("\n".join(lines) + "\n")
 
 
@@ -304,7 +319,9 @@ def run_e2e(opts: E2EOptions) -> int:
         spec_path = out / f"spec-{tag}.json"
         spec_path.write_text(json.dumps(spec, indent=2))
         log = out / f"log-{tag}.txt"
-        print(f"[e2e] {label} (attention backend {backend}): {', '.join(names)}  log: {log}", file=sys.stderr, flush=True)
+        print(
+            f"[e2e] {label} (attention backend {backend}): {', '.join(names)}  log: {log}", file=sys.stderr, flush=True
+        )
         t0 = time.perf_counter()
         status, detail = "ok", ""
         with open(log, "w") as f:
@@ -314,7 +331,7 @@ def run_e2e(opts: E2EOptions) -> int:
                     stdout=f,
                     stderr=subprocess.STDOUT,
                     timeout=opts.timeout_s,
-                    env={**os.environ, "PYTHONHASHSEED": "0"},
+                    env=_env(backend),
                 )
                 if proc.returncode != 0 or not result.exists():
                     status = "error"

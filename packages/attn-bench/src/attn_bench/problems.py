@@ -13,10 +13,11 @@ Suites live in ``attn_bench/suites/<name>.toml``; see ``default.toml`` for the f
 from __future__ import annotations
 
 import itertools
-import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from importlib import resources
 from typing import Any
+
+import tomllib
 
 __all__ = ["OPS", "Problem", "Suite", "list_suites", "load_suite"]
 

@@ -125,12 +125,20 @@ def fill_baselines(rows: list[Row], preference: dict[str, tuple[str, ...]]) -> N
             r.ratio_to_baseline = base.p50_us / r.p50_us
 
 
+def _time(us: float) -> str:
+    return f"{us / 1e3:,.2f} ms" if us >= 1e4 else f"{us:,.1f} us"
+
+
+def _rate(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
 def _cell(r: Row) -> str:
     if r.status != "ok":
         return f"{r.status}"
-    rate = f"{r.gbps:,.0f} GB/s" if r.op in ("decode", "kv_write") else f"{r.tflops:,.1f} TF/s"
+    rate = f"{_rate(r.gbps)} GB/s" if r.op in ("decode", "kv_write") else f"{_rate(r.tflops)} TF/s"
     ratio = "" if math.isnan(r.ratio_to_baseline) else f" · {r.ratio_to_baseline:.2f}x"
-    return f"{r.p50_us:,.1f} us · {rate}{ratio}"
+    return f"{_time(r.p50_us)} · {rate}{ratio}"
 
 
 def markdown_summary(rows: list[Row], header: dict[str, str]) -> str:
@@ -147,7 +155,9 @@ def markdown_summary(rows: list[Row], header: dict[str, str]) -> str:
     for r in rows:
         groups[(r.suite, r.op)].append(r)
     for (suite, op), rs in groups.items():
-        provs = [p for p in dict.fromkeys(r.provider for r in rs) if any(r.provider == p and r.status == "ok" for r in rs)]
+        provs = [
+            p for p in dict.fromkeys(r.provider for r in rs) if any(r.provider == p and r.status == "ok" for r in rs)
+        ]
         if not provs:
             continue
         base = next((r.baseline for r in rs if r.baseline), "")

@@ -180,7 +180,7 @@ def run(opts: RunOptions) -> Path:
     print(f"attn-bench: measuring ceilings on {env['device']} ...", file=sys.stderr)
     ceil: Ceilings = measure_ceilings(device)
     print(
-        f"attn-bench: copy {ceil.copy_gbps:,.0f} GB/s, matmul {ceil.matmul_tflops:,.1f} TFLOP/s ({ceil.method})",
+        f"attn-bench: copy {ceil.copy_gbps:,.0f} GB/s, matmul {ceil.matmul_tflops:.4g} TFLOP/s ({ceil.method})",
         file=sys.stderr,
     )
     base = {
@@ -256,7 +256,7 @@ def _write(rows: list[Row], opts: RunOptions, out: Path, env: dict[str, str], ce
     header = {
         **env,
         "copy ceiling": f"{ceil.copy_gbps:,.0f} GB/s",
-        "bf16 matmul ceiling": f"{ceil.matmul_tflops:,.1f} TFLOP/s",
+        "bf16 matmul ceiling": f"{ceil.matmul_tflops:.4g} TFLOP/s",
         "ceilings measured": ceil.method,
         "suites": ", ".join(opts.suites) + (" (--quick)" if opts.quick else ""),
     }

@@ -132,24 +132,28 @@ def measure(
     return _summary(times, method)
 
 
+def _copy_gbps(device: torch.device, n: int, runs: int) -> float:
+    src = torch.empty(n, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    t = measure(lambda: dst.copy_(src), device, runs=runs, graph=False, flush=False).p50_us
+    return 2 * n / (t * 1e-6) / 1e9
+
+
+def _matmul_tflops(device: torch.device, m: int, dtype: torch.dtype, runs: int) -> float:
+    a = torch.randn(m, m, dtype=dtype, device=device)
+    b = torch.randn(m, m, dtype=dtype, device=device)
+    t = measure(lambda: a @ b, device, runs=runs, graph=False, flush=False).p50_us
+    return 2 * m**3 / (t * 1e-6) / 1e12
+
+
 def measure_ceilings(device: torch.device) -> Ceilings:
     """Device copy bandwidth and matmul throughput, measured now (not datasheet values)."""
     if device.type != "cuda":
-        n = 1 << 24
-        src = torch.empty(n, dtype=torch.uint8)
-        dst = torch.empty_like(src)
-        t = measure(lambda: dst.copy_(src), device, runs=5).p50_us
-        a = torch.randn(512, 512)
-        tm = measure(lambda: a @ a, device, runs=5).p50_us
-        return Ceilings(2 * n / (t * 1e-6) / 1e9, 2 * 512**3 / (tm * 1e-6) / 1e12, "cpu (not a GPU ceiling)")
-    n = 1 << 30
-    src = torch.empty(n, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    t = measure(lambda: dst.copy_(src), device, runs=30, graph=False, flush=False).p50_us
-    copy = 2 * n / (t * 1e-6) / 1e9
-    del src, dst
-    m = 8192
-    a = torch.randn(m, m, dtype=torch.bfloat16, device=device)
-    b = torch.randn(m, m, dtype=torch.bfloat16, device=device)
-    tm = measure(lambda: a @ b, device, runs=30, graph=False, flush=False).p50_us
-    return Ceilings(copy, 2 * m**3 / (tm * 1e-6) / 1e12, "1 GiB copy_; 8192^3 bf16 matmul; medians of 30")
+        return Ceilings(
+            _copy_gbps(device, 1 << 24, 5), _matmul_tflops(device, 512, torch.float32, 5), "cpu (not a GPU ceiling)"
+        )
+    return Ceilings(
+        _copy_gbps(device, 1 << 30, 30),
+        _matmul_tflops(device, 8192, torch.bfloat16, 30),
+        "1 GiB copy_ (read + write bytes); 8192^3 bf16 matmul; medians of 30",
+    )

@@ -10,6 +10,7 @@ it runs eagerly, for correctness only.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any
 
 import torch
@@ -23,6 +24,13 @@ from .common import ATTENTION_OPS, no_fp8
 def _compiled() -> Any:
     from torch.nn.attention.flex_attention import flex_attention
 
+    # Every case is a new static shape and block mask, so a suite recompiles flex_attention
+    # dozens of times; past dynamo's default limit (8) it would silently fall back to the
+    # unfused eager path (and run out of memory). Raise the limit for this process.
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(cfg, name):
+            setattr(cfg, name, max(getattr(cfg, name), 1024))
     return torch.compile(flex_attention, dynamic=False)
 
 
@@ -57,11 +65,18 @@ def flex(x: Inputs) -> Timed:
         return (slot_seq[kv_idx] == q_seq[q_idx]) & (slot_pos[kv_idx] <= q_pos[q_idx])
 
     num_tokens = x.q.shape[0]
-    block_mask = create_block_mask(mask_mod, None, None, num_tokens, slots, device=dev)
+    try:  # the compiled mask builder avoids materialising [tokens, slots] intermediates
+        block_mask = create_block_mask(mask_mod, None, None, num_tokens, slots, device=dev, _compile=dev.type == "cuda")
+    except TypeError:  # a torch without the _compile switch
+        block_mask = create_block_mask(mask_mod, None, None, num_tokens, slots, device=dev)
     q = x.q.transpose(0, 1).unsqueeze(0).contiguous()  # [1, Hq, T, D]
     k = x.k_cache.view(1, slots, p.num_kv_heads, p.head_dim).transpose(1, 2)  # [1, Hkv, slots, D], no copy
     v = x.v_cache.view(1, slots, p.num_kv_heads, p.head_dim).transpose(1, 2)
-    attend = _compiled() if dev.type == "cuda" else flex_attention
+    if dev.type == "cuda":
+        attend = _compiled()
+    else:  # eager on CPU is the unfused reference path: fine for smoke shapes, say nothing
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        attend = flex_attention
     scale = x.scale
 
     def fn() -> torch.Tensor:

@@ -151,9 +151,7 @@ def vllm_kv_write(x: Inputs) -> Timed:
     dtype = _kv_cache_dtype(x)
 
     def fn() -> tuple[torch.Tensor, torch.Tensor]:
-        ops.reshape_and_cache_flash(
-            x.key, x.value, x.k_cache, x.v_cache, x.slot_mapping, dtype, x.k_scale, x.v_scale
-        )
+        ops.reshape_and_cache_flash(x.key, x.value, x.k_cache, x.v_cache, x.slot_mapping, dtype, x.k_scale, x.v_scale)
         return x.k_cache, x.v_cache
 
     return Timed(fn)
