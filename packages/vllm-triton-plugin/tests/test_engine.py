@@ -66,13 +66,13 @@ def _engine(model: Path, out: Path, *, plugin: bool) -> subprocess.Popen:
     else:
         env.pop("TRITON_INTERPRET", None)
         env["VLLM_PLUGINS"] = ""
-    log = open(out.with_suffix(".log"), "w")  # noqa: SIM115 - closed with the process below
-    return subprocess.Popen(
-        [sys.executable, str(HERE / "engine_run.py"), str(model), str(out)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    with open(out.with_suffix(".log"), "w") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, str(HERE / "engine_run.py"), str(model), str(out)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _result(proc: subprocess.Popen, out: Path) -> dict:

@@ -15,15 +15,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from triton_attn_kernels import (
-    AttentionConfig,
-    DecodeConfig,
-    decode_workspace_numel,
-    paged_attention,
-    varlen_attention,
-    write_kv_cache,
-)
-from triton_attn_kernels.tuning import AttentionProblem, decode_heuristic
 from vllm.v1.attention.backend import (
     AttentionBackend,
     AttentionCGSupport,
@@ -33,6 +24,16 @@ from vllm.v1.attention.backend import (
     CommonAttentionMetadata,
     MultipleOf,
 )
+
+from triton_attn_kernels import (
+    AttentionConfig,
+    DecodeConfig,
+    decode_workspace_numel,
+    paged_attention,
+    varlen_attention,
+    write_kv_cache,
+)
+from triton_attn_kernels.tuning import AttentionProblem, decode_heuristic
 
 from . import _compat
 
@@ -259,7 +260,9 @@ class TritonAttentionBackend(_compat.KVCacheShapeMixin, AttentionBackend):
         return None
 
     @classmethod
-    def validate_configuration(cls, head_size: int, dtype: torch.dtype, kv_cache_dtype: Any, *args, **kwargs) -> list[str]:
+    def validate_configuration(
+        cls, head_size: int, dtype: torch.dtype, kv_cache_dtype: Any, *args, **kwargs
+    ) -> list[str]:
         """vLLM's checks (arguments differ across releases, hence ``*args, **kwargs``), with
         reasons that say what the kernels support, plus checks of our own."""
         reasons = super().validate_configuration(head_size, dtype, kv_cache_dtype, *args, **kwargs)
