@@ -137,7 +137,9 @@ def test_no_cuda_device_means_heuristic() -> None:
     # The global selector on a CPU-only machine (or a CPU tensor) finds no device to look up.
     p = problem(1, 1, 32768)
     assert tuning.select_decode_config(p, device="cpu") == decode_heuristic(p)
-    assert tuning.select_prefill_config(problem(1, 2048, 2048), device="cpu") == prefill_heuristic(problem(1, 2048, 2048))
+    assert tuning.select_prefill_config(problem(1, 2048, 2048), device="cpu") == prefill_heuristic(
+        problem(1, 2048, 2048)
+    )
     assert tuning.stats()["decode"]["heuristic"] == 1
 
 

@@ -108,9 +108,7 @@ def _dtype(name: str) -> torch.dtype:
 _ATTENTION_CASES = [(k, key, cfg) for k in ("decode", "prefill") for key, cfg in _configs(k)]
 
 
-@pytest.mark.parametrize(
-    "kernel,key,config", _ATTENTION_CASES, ids=[f"{c[0]}-{_case_id(c)}" for c in _ATTENTION_CASES]
-)
+@pytest.mark.parametrize("kernel,key,config", _ATTENTION_CASES, ids=[f"{c[0]}-{_case_id(c)}" for c in _ATTENTION_CASES])
 def test_stored_attention_config_matches_reference(kernel: str, key: tuple, config: object) -> None:
     head_dim, dtype, kv_dtype, _num_kv_heads, group = key[:5]
     dtype, kv_dtype = _dtype(dtype), _dtype(kv_dtype)
@@ -128,7 +126,16 @@ def test_stored_attention_config_matches_reference(kernel: str, key: tuple, conf
     cfg = AttentionConfig(decode=config) if kernel == "decode" else AttentionConfig(prefill=config)
     out = torch.full_like(q, float("nan"))
     paged_attention(
-        q, k_cache, v_cache, block_table, sl, cu, max_seqlen_q=max(q_lens), max_seqlen_k=max(seq_lens), out=out, config=cfg
+        q,
+        k_cache,
+        v_cache,
+        block_table,
+        sl,
+        cu,
+        max_seqlen_q=max(q_lens),
+        max_seqlen_k=max(seq_lens),
+        out=out,
+        config=cfg,
     )
     ref = paged_attention_ref(q, k_cache, v_cache, block_table, sl, cu)
     torch.testing.assert_close(out.float(), ref, atol=_tol(dtype), rtol=_tol(dtype))

@@ -174,8 +174,8 @@ class KVWriteCase:
         self.kv_scale = torch.ones(1, dtype=torch.float32, device=self.device) if fp8 else None
 
     def launcher(self, config: KVWriteConfig) -> Callable[[], object]:
-        def launch() -> object:
-            return write_kv_cache(
+        def launch() -> None:
+            write_kv_cache(
                 self.key,
                 self.value,
                 self.k_cache,

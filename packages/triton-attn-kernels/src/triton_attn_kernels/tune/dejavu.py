@@ -166,7 +166,9 @@ def convert(
     config_aliases = {**CONFIG_ALIASES, **(mapping or {})}
     defaults = asdict(spec.config_cls())
     timings = src.get("timings") or {}
-    entries, notes, seen = [], [], set()
+    entries: list[dict[str, Any]] = []
+    notes: list[str] = []
+    seen: set[tuple] = set()
     for raw_key, raw_config in src["cache"].items():
         values = parse_key(raw_key)
         fields: dict[str, Any] = {}

@@ -78,16 +78,14 @@ _ANCHOR_PREFILL = [Shape(b, n, n) for b, n in ((1, 2 * K), (1, 8 * K), (4, 4 * K
 GRIDS: dict[str, dict[str, tuple[Shape, ...]]] = {
     "default": {
         "decode": _ordered(_sweep((1, 4, 16, 32, 64, 128, 256), CONTEXTS, 1, 1 << 20)),
-        "prefill": _ordered(
-            _sweep((1, 4, 16), CONTEXTS, None, 1 << 16) + _sweep((1, 4), CONTEXTS[2:], 2 * K, 1 << 16)
-        ),
+        "prefill": _ordered(_sweep((1, 4, 16), CONTEXTS, None, 1 << 16) + _sweep((1, 4), CONTEXTS[2:], 2 * K, 1 << 16)),
         "kv_write": _ordered(
             _sweep((1, 16, 64, 256), (4 * K,), 1, 1 << 20) + _sweep((1, 4, 16), (1 * K, 8 * K), None, 1 << 20)
         ),
     },
     "quick": {
         "decode": _ordered(_ANCHOR_DECODE + _sweep((1, 64), (2 * K, 16 * K), 1, 1 << 20) + [Shape(32, 8 * K)]),
-        "prefill": _ordered(_ANCHOR_PREFILL + [Shape(1, 16 * K, 2 * K)]),
+        "prefill": _ordered([*_ANCHOR_PREFILL, Shape(1, 16 * K, 2 * K)]),
         "kv_write": _ordered([Shape(256, 4 * K, 1), Shape(4, 8 * K, 8 * K)]),
     },
     # Seconds in the interpreter with the tiny geometry: for CPU tests.
@@ -151,8 +149,8 @@ class Space:
 
 def space_for(kernel: str, head_dim: int, interpreter: bool = False) -> Space:
     if kernel == "decode":
-        tiles = (16, 32) if interpreter else (16, 32, 64) if head_dim > 128 else (32, 64, 128)
-        splits = (1, 2, 4) if interpreter else (1, 2, 4, 8, 16, 32, 64)
+        tiles: tuple[int, ...] = (16, 32) if interpreter else (16, 32, 64) if head_dim > 128 else (32, 64, 128)
+        splits: tuple[int, ...] = (1, 2, 4) if interpreter else (1, 2, 4, 8, 16, 32, 64)
         return Space(
             DecodeConfig,
             coarse={"tile_n": tiles, "num_splits": splits},
@@ -160,6 +158,7 @@ def space_for(kernel: str, head_dim: int, interpreter: bool = False) -> Space:
             defaults={"num_warps": 4, "num_stages": 2},
         )
     if kernel == "prefill":
+        coarse: dict[str, tuple[int, ...]]
         if interpreter:
             coarse = {"block_m": (16, 32), "tile_n": (16, 32)}
         elif head_dim > 128:

@@ -126,9 +126,9 @@ def merge_entries(
     with locked(path):
         try:
             doc = load_doc(path)
-        except TableError as e:
+        except TableError as err:
             aside = Path(str(path) + ".corrupt")
-            warnings.warn(f"{e}; moved to {aside}, starting a new table", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"{err}; moved to {aside}, starting a new table", RuntimeWarning, stacklevel=2)
             os.replace(path, aside)
             doc = None
         if doc is None:

@@ -69,7 +69,7 @@ class ConfigSelector:
         under_interpreter: bool = False,
         max_octaves: float = MAX_OCTAVES,
     ) -> None:
-        self._roots = list(roots) if roots is not None else None
+        self._roots: list[Resource] | None = list(roots) if roots is not None else None  # type: ignore[arg-type]
         self._fixed_device = device
         self._use_tables = use_tables
         self._under_interpreter = under_interpreter

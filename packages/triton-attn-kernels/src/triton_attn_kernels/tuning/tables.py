@@ -39,7 +39,8 @@ __all__ = [
 class Resource(Protocol):
     """What both :class:`pathlib.Path` and importlib's ``Traversable`` offer."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def is_dir(self) -> bool: ...
     def is_file(self) -> bool: ...
@@ -219,7 +220,11 @@ def search_roots(user_dir: Path | None) -> list[Resource]:
         if user_dir.is_dir():
             roots.append(user_dir)
         else:
-            warnings.warn(f"triton_attn_kernels: TRITON_ATTN_TUNING_DIR={user_dir} is not a directory", RuntimeWarning)
+            warnings.warn(
+                f"triton_attn_kernels: TRITON_ATTN_TUNING_DIR={user_dir} is not a directory",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     shipped = shipped_root()
     if shipped is not None:
         roots.append(shipped)
