@@ -314,3 +314,30 @@ def test_backend_contract():
     assert TritonAttentionBackend.supports_block_size(16) and TritonAttentionBackend.supports_block_size(544)
     with pytest.raises(NotImplementedError, match=r"(?i)encoder_decoder"):
         TritonAttentionImpl(4, HEAD, 1.0, 2, None, None, "auto", None, AttentionType.ENCODER_DECODER)
+
+
+@pytest.mark.skipif(
+    not hasattr(TritonAttentionBackend, "get_kv_cache_shape"), reason="vLLM >= 0.29 builds the cache view itself"
+)
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+def test_legacy_kv_cache_shape(layout):
+    """vLLM <= 0.28: allocate as its model runner does (logical shape permuted by the stride
+    order, then viewed back) and check that K/V land where the kernels look for them."""
+    from vllm.v1.attention.backends import utils
+
+    utils.set_kv_cache_layout(layout)
+    try:
+        shape = TritonAttentionBackend.get_kv_cache_shape(3, BLOCK, 2, HEAD)
+        order = TritonAttentionBackend.get_kv_cache_stride_order()
+        assert len(TritonAttentionBackend.get_kv_cache_stride_order(True)) == 5
+    finally:
+        utils.set_kv_cache_layout(None)
+    physical = torch.arange(torch.Size(shape).numel(), dtype=torch.float32).view([shape[i] for i in order])
+    cache = physical.permute(*[order.index(i) for i in range(4)])
+    assert tuple(cache.shape) == (3, 2, BLOCK, 2 * HEAD)
+    impl = TritonAttentionImpl(4, HEAD, 1.0, 2, None, None, "auto")
+    k_cache, v_cache = impl._caches(cache)
+    block, token, head = 2, 5, 1
+    expect = physical[block, token, head] if layout == "NHD" else physical[block, head, token]
+    assert torch.equal(k_cache[block, token, head], expect[:HEAD])
+    assert torch.equal(v_cache[block, token, head], expect[HEAD:])
