@@ -50,3 +50,18 @@ def test_compare_flags_regressions(tmp_path, capsys, synthetic):
     out = capsys.readouterr().out
     assert "REGRESSION" in out and "1 regressions" in out
     assert cli.main(["compare", str(tmp_path / "old.csv"), str(tmp_path / "new.csv"), "--fail-on-regression"]) == 1
+
+
+def test_anchors_set_a_run_beside_anchors_md(tmp_path, synthetic):
+    from attn_bench.anchors import anchors_markdown, check_anchors
+
+    rows = [
+        synthetic("vllm-triton", 34.6 * 1.2, batch=1, context=8192),
+        synthetic("vllm-fa3", 16.0, batch=1, context=8192),
+    ]
+    write_csv(rows, tmp_path / "r.csv")
+    checks = {(c.what, c.provider): c for c in check_anchors(tmp_path / "r.csv", None)}
+    assert checks[("decode b1 ctx8192", "vllm-triton")].ratio() == pytest.approx(1.2)
+    assert checks[("decode b32 ctx32768", "vllm-fa3")].measured is None
+    md = anchors_markdown(list(checks.values()), 0.10)
+    assert "**differs**" in md and "not in run" in md

@@ -79,6 +79,15 @@ def _cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_anchors(a: argparse.Namespace) -> int:
+    from .anchors import anchors_markdown, check_anchors
+
+    if a.csv is None and a.e2e is None:
+        raise SystemExit("give a results CSV and/or --e2e E2E.csv")
+    print(anchors_markdown(check_anchors(a.csv, a.e2e), a.tolerance))
+    return 0
+
+
 def _cmd_e2e(a: argparse.Namespace) -> int:
     from .e2e import E2EOptions, run_e2e
 
@@ -127,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threshold", type=float, default=0.05, help="flag ratios beyond 1 +/- this (default 0.05)")
     c.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a regression is flagged")
     c.set_defaults(func=_cmd_compare)
+
+    an = sub.add_parser("anchors", help="a run beside the peer numbers of ANCHORS.md (H100)")
+    an.add_argument("csv", type=Path, nargs="?", default=None, help="results.csv of `attn-bench run`")
+    an.add_argument("--e2e", type=Path, default=None, help="e2e.csv of `attn-bench e2e`")
+    an.add_argument("--tolerance", type=float, default=0.10)
+    an.set_defaults(func=_cmd_anchors)
 
     e = sub.add_parser("e2e", help="vLLM offline throughput per attention backend (one subprocess each)")
     e.add_argument(

@@ -109,7 +109,9 @@ def _env(backend: str) -> dict[str, str]:
     """Peers run on stock vLLM: ``VLLM_PLUGINS=""`` keeps our plugin (and its platform) out of
     their process even where it is installed. Ours (CUSTOM, or ``auto``) keeps the plugins.
     A ``VLLM_PLUGINS`` set by the caller is left as it is."""
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    # The model is a local config.json: nothing to fetch, and a machine without network
+    # should not wait on Hub retries.
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **os.environ, "PYTHONHASHSEED": "0"}
     if backend not in ("CUSTOM", "auto") and "VLLM_PLUGINS" not in os.environ:
         env["VLLM_PLUGINS"] = ""
     return env
