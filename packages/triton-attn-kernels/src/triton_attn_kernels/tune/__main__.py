@@ -148,6 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         reps=args.reps,
         fresh=args.fresh,
         device_name=args.device_name,
+        jobs=args.jobs,
         echo=lambda s: print(s, flush=True),
         command="python -m triton_attn_kernels.tune " + " ".join(map(shlex.quote, sys.argv[1:])),
     )
@@ -205,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=20, help="CUDA-graph replays per timing (median)")
     p.add_argument("--fresh", action="store_true", help="discard the existing table instead of resuming")
     p.add_argument("--device-name", default=None, help="file the results under this device name")
+    p.add_argument(
+        "--jobs", type=int, default=None, help="compile worker processes (default: min(8, cores/2); 0: none)"
+    )
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("validate", help="check table files against the schema and the reader")

@@ -94,8 +94,9 @@ class AttentionCase:
         if isinstance(config, DecodeConfig):
             cfg = AttentionConfig(decode=config)
         else:
-            # The decode launch of a prefill batch serves no sequence; one split keeps it minimal.
-            cfg = AttentionConfig(decode=DecodeConfig(num_splits=1), prefill=config)
+            # The decode launch of a prefill batch serves no sequence; one split of small tiles
+            # keeps it minimal at every head_dim.
+            cfg = AttentionConfig(decode=DecodeConfig(tile_n=32, num_splits=1), prefill=config)
 
         def launch() -> object:
             return paged_attention(
@@ -141,10 +142,17 @@ class AttentionCase:
         atol, rtol = TOLERANCE[self.dtype]
         for rows, ref in self._checks:
             got = self.out[rows].float()
-            bad = ~((got - ref).abs() <= atol + rtol * ref.abs())
-            if bool(bad.any()):
+            # Over long contexts the outputs are averages of many values and shrink towards 0,
+            # so the absolute part of the tolerance scales with the largest reference value.
+            scale = max(ref.abs().max().item(), 1e-3)
+            bad = ~((got - ref).abs() <= atol * scale + rtol * ref.abs())
+            rel = ((got - ref).norm() / ref.norm().clamp_min(1e-12)).item()
+            if bool(bad.any()) or not rel <= rtol:
                 err = (got - ref).abs().nan_to_num(float("inf")).max().item()
-                return f"max error {err:.3g} on {int(bad.sum())} values (tolerance {atol} + {rtol}*|ref|)"
+                return (
+                    f"max error {err:.3g} on {int(bad.sum())} values, relative error {rel:.3g} "
+                    f"(tolerance {atol} * {scale:.3g} + {rtol} * |ref|)"
+                )
         return None
 
 

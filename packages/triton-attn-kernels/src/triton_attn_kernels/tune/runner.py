@@ -4,9 +4,10 @@ config against the reference, time it, and merge the winner into the table file 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from ..tuning.keys import KERNELS, config_to_dict, decode_key, kv_write_key, pre
 from ..tuning.tables import TableError
 from . import store
 from .bench import AttentionCase, KVWriteCase, time_launch
+from .precompile import Precompiler
 from .space import GEOMETRIES, GRIDS, Shape, space_for
 
 __all__ = ["RunOptions", "run"]
@@ -46,7 +48,7 @@ class RunOptions:
     device_name: str | None = None  # default: torch.cuda.get_device_name()
     echo: Callable[[str], None] = print
     command: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    jobs: int | None = None  # compile workers; None: min(8, cores / 2) on CUDA, 0 in the interpreter
 
 
 def _versions() -> dict[str, str | None]:
@@ -88,72 +90,95 @@ def run(opts: RunOptions) -> dict[str, Any]:
     elif path.exists():
         path.unlink()
 
-    jobs = [(g, s) for g in opts.geometries for s in GRIDS[opts.grid][opts.kernel]]
-    opts.echo(
-        f"tune {opts.kernel} on {name}: {len(jobs)} shapes over {', '.join(opts.geometries)}, "
-        f"{len(done)} keys already in {path}; budget {opts.budget_s:.0f} s"
-    )
-    written = skipped = 0
-    for i, (geom_name, shape) in enumerate(jobs, 1):
+    todo: list[tuple[str, Shape, tuple, Any]] = []
+    skipped = 0
+    for geom_name in opts.geometries:
         geom = GEOMETRIES[geom_name]
-        space = space_for(opts.kernel, geom.head_dim, interp)
-        base = store.new_doc(
-            opts.kernel,
-            name,
-            cap,
-            num_sms=num_sms,
-            versions=_versions(),
-            config_space=space.declared(),
-            tuning={
-                "timing": "median of CUDA-graph replays" if cuda else "median wall time (interpreter)",
-                "reps": opts.reps,
-                "block_size": opts.block_size,
-                "command": opts.command,
-                **opts.extra,
-            },
-        )
-        what = f"{shape.num_tokens} tokens" if opts.kernel == "kv_write" else str(shape)
-        tag = f"[{i:>3}/{len(jobs)}] {geom_name} {what}"
-        if time.monotonic() > deadline and written:
-            opts.echo(f"{tag}: budget of {opts.budget_s:.0f} s spent; rerun the same command to resume")
-            break
-        if opts.kernel == "kv_write":
-            key = kv_write_key(geom.num_kv_heads, geom.head_dim, shape.num_tokens, opts.dtype, kv_dtype)
-            heuristic: Any = kv_write_heuristic(geom.num_kv_heads, geom.head_dim)
-        else:
-            key, heuristic = _attention_key(opts.kernel, geom, shape, opts.dtype, kv_dtype, num_sms, interp)
-        if key in done:
-            skipped += 1
-            continue
-        t0 = time.monotonic()
-        if opts.kernel == "kv_write":
-            case: Any = KVWriteCase(geom, shape, opts.dtype, kv_dtype, opts.block_size, device)
-        else:
-            case = AttentionCase(opts.kernel, geom, shape, opts.dtype, kv_dtype, opts.block_size, device)
-        # The first shape of a run always completes, so that every run makes progress.
-        stop = deadline if written else float("inf")
-        entry, note = _tune_case(case, space, heuristic, opts.reps, cuda, stop, opts.echo, tag)
-        del case
-        if cuda:
-            torch.cuda.empty_cache()
-        if entry is None:
-            opts.echo(f"{tag}: {note}")
-            if time.monotonic() > deadline:
-                opts.echo(f"budget of {opts.budget_s:.0f} s spent; rerun the same command to resume")
+        for shape in GRIDS[opts.grid][opts.kernel]:
+            if opts.kernel == "kv_write":
+                key = kv_write_key(geom.num_kv_heads, geom.head_dim, shape.num_tokens, opts.dtype, kv_dtype)
+                heuristic: Any = kv_write_heuristic(geom.num_kv_heads, geom.head_dim)
+            else:
+                key, heuristic = _attention_key(opts.kernel, geom, shape, opts.dtype, kv_dtype, num_sms, interp)
+            if key in done or any(key == t[2] for t in todo):
+                skipped += 1
+            else:
+                todo.append((geom_name, shape, key, heuristic))
+    jobs = opts.jobs if opts.jobs is not None else (min(8, (os.cpu_count() or 2) // 2) if cuda else 0)
+    opts.echo(
+        f"tune {opts.kernel} on {name}: {len(todo)} shapes to do over {', '.join(opts.geometries)} "
+        f"({skipped} already in {path}); budget {opts.budget_s:.0f} s; {jobs} compile workers"
+    )
+    written = 0
+    pre = Precompiler(0, opts.kernel, "", opts.dtype, kv_dtype, opts.block_size)  # replaced per geometry
+    pre_geometry = None
+    try:
+        for i, (geom_name, shape, key, heuristic) in enumerate(todo, 1):
+            geom = GEOMETRIES[geom_name]
+            space = space_for(opts.kernel, geom.head_dim, interp)
+            what = f"{shape.num_tokens} tokens" if opts.kernel == "kv_write" else str(shape)
+            tag = f"[{i:>3}/{len(todo)}] {geom_name} {what}"
+            if time.monotonic() > deadline and written:
+                opts.echo(f"{tag}: budget of {opts.budget_s:.0f} s spent; rerun the same command to resume")
                 break
-            continue
-        entry["key"] = KERNELS[opts.kernel].key_to_dict(key)
-        store.merge_entries(path, base, [entry], duration_s=time.monotonic() - t0)
-        done.add(key)
-        written += 1
-        gain = f", {entry['heuristic_us'] / entry['time_us']:.2f}x the heuristic" if entry["heuristic_us"] else ""
-        opts.echo(
-            f"{tag}: {_fmt(entry['config'])} {entry['time_us']:.1f} us{gain} "
-            f"({entry['configs_timed']} configs, {time.monotonic() - t0:.1f} s; "
-            f"elapsed {time.monotonic() - t_start:.0f}/{opts.budget_s:.0f} s)"
-        )
-    opts.echo(f"done: {written} keys written, {skipped} already present, table {path}")
-    return {"path": str(path), "written": written, "skipped": skipped, "shapes": len(jobs)}
+            if pre_geometry != geom_name:
+                pre.close()
+                pre = Precompiler(jobs, opts.kernel, geom_name, opts.dtype, kv_dtype, opts.block_size)
+                pre_geometry = geom_name
+                # Stage 1 is the same for every shape: compile it, and each shape's heuristic
+                # config, ahead of the timing loop, in the order the shapes come.
+                heuristics = [t[3] for t in todo[i - 1 :] if t[0] == geom_name]
+                pre.submit([*heuristics[:1], *space.stage1(), *heuristics[1:]])
+            t0 = time.monotonic()
+            if opts.kernel == "kv_write":
+                case: Any = KVWriteCase(geom, shape, opts.dtype, kv_dtype, opts.block_size, device)
+            else:
+                case = AttentionCase(opts.kernel, geom, shape, opts.dtype, kv_dtype, opts.block_size, device)
+            # The first shape of a run always completes, so that every run makes progress.
+            stop = deadline if written else float("inf")
+            entry, note = _tune_case(case, space, heuristic, opts.reps, cuda, stop, opts.echo, tag, pre)
+            del case
+            if cuda:
+                torch.cuda.empty_cache()
+            if entry is None:
+                opts.echo(f"{tag}: {note}")
+                if time.monotonic() > deadline:
+                    opts.echo(f"budget of {opts.budget_s:.0f} s spent; rerun the same command to resume")
+                    break
+                continue
+            entry["key"] = KERNELS[opts.kernel].key_to_dict(key)
+            base = store.new_doc(
+                opts.kernel,
+                name,
+                cap,
+                num_sms=num_sms,
+                versions=_versions(),
+                config_space=space.declared(),
+                tuning={
+                    "timing": "median of CUDA-graph replays after an L2 flush"
+                    if cuda
+                    else "median wall time (interpreter)",
+                    "reps": opts.reps,
+                    "block_size": opts.block_size,
+                    "command": opts.command,
+                },
+            )
+            store.merge_entries(path, base, [entry], duration_s=time.monotonic() - t0)
+            written += 1
+            gain = f", {entry['heuristic_us'] / entry['time_us']:.2f}x the heuristic" if entry["heuristic_us"] else ""
+            opts.echo(
+                f"{tag}: {_fmt(entry['config'])} {entry['time_us']:.1f} us{gain} "
+                f"({entry['configs_timed']} configs, {time.monotonic() - t0:.1f} s; "
+                f"elapsed {time.monotonic() - t_start:.0f}/{opts.budget_s:.0f} s)"
+            )
+    finally:
+        pre.close()
+    left = len(todo) - written
+    opts.echo(
+        f"done: {written} keys written, {skipped} already present, {left} left"
+        f"{' (rerun to resume)' if left else ''}; table {path}"
+    )
+    return {"path": str(path), "written": written, "skipped": skipped, "left": left}
 
 
 def _attention_key(
@@ -189,6 +214,7 @@ def _tune_case(
     deadline: float,
     echo: Callable[[str], None],
     tag: str,
+    pre: Precompiler,
 ) -> tuple[dict[str, Any] | None, str]:
     timed: dict[Any, float] = {}
     failed: dict[Any, str] = {}
@@ -216,12 +242,16 @@ def _tune_case(
         return True
 
     first = [heuristic, *space.stage1()]
+    pre.wait(first)
     if not measure(first):
         return None, "budget spent during stage 1; not written"
     if not timed:
         return None, f"no config ran correctly: {next(iter(failed.values()), 'empty space')}"
     ranked = sorted(timed, key=timed.__getitem__)
-    if space.keep and not measure(space.stage2(ranked[: space.keep])):
+    second = space.stage2(ranked[: space.keep]) if space.keep else []
+    pre.submit(second)
+    pre.wait(second)
+    if second and not measure(second):
         return None, "budget spent during stage 2; not written"
     ranked = sorted(timed, key=timed.__getitem__)
     best = ranked[0]
