@@ -13,7 +13,7 @@ from ._device import interpreting
 SUPPORTED_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 192, 256)
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
-# Grid axis 2 (sequences) is limited to 65535 programs by CUDA.
+# Grid axes 1 (sequences) and 2 (query tiles) are limited to 65535 programs by CUDA.
 MAX_SEQS = 65535
 
 

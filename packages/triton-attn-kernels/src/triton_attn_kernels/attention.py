@@ -160,7 +160,7 @@ def _launch(
         part_out: torch.Tensor,
         part_lse: torch.Tensor,
     ) -> None:
-        attention_kernel[(grid0, num_kv_heads * splits, num_seqs)](
+        attention_kernel[(num_kv_heads * splits, num_seqs, grid0)](
             q,
             k,
             v,
@@ -193,6 +193,20 @@ def _launch(
             **common,
         )
 
+    # Prefill specialisation (sequences with two or more new tokens): configured and checked
+    # first, so that a launch that cannot run fails before anything is written.
+    pcfg: PrefillConfig | None = None
+    if max_seqlen_q > 1:
+        pcfg = config.prefill or select_prefill_config(problem)
+        block_m = max(pcfg.block_m, triton.next_power_of_2(group))
+        block_q = block_m // group
+        q_tiles = triton.cdiv(max_seqlen_q, block_q)
+        if q_tiles > check.MAX_SEQS:
+            raise ValueError(
+                f"max_seqlen_q={max_seqlen_q} needs more than {check.MAX_SEQS} query tiles of {block_q} tokens; "
+                "split the prefill into chunks or pass a PrefillConfig with a larger block_m"
+            )
+
     # Decode specialisation: every sequence with exactly one new token.
     dcfg: DecodeConfig = config.decode or select_decode_config(problem)
     splits = dcfg.num_splits
@@ -209,7 +223,7 @@ def _launch(
         part_out = workspace[num_seqs * num_q_heads * splits : need]
     else:
         part_lse = part_out = out
-    mode = QLEN_ALL.value if max_seqlen_q == 1 else QLEN_ONE.value
+    mode = QLEN_ALL.value if pcfg is None else QLEN_ONE.value
     run(
         max(16, triton.next_power_of_2(group)),
         1,
@@ -235,25 +249,8 @@ def _launch(
             SPLITS_POW2=triton.next_power_of_2(splits),
             num_warps=4,
         )
-    if max_seqlen_q == 1:
-        return out
-
-    # Prefill specialisation: every sequence with two or more new tokens.
-    pcfg: PrefillConfig = config.prefill or select_prefill_config(problem)
-    block_m = max(pcfg.block_m, triton.next_power_of_2(group))
-    block_q = block_m // group
-    run(
-        block_m,
-        block_q,
-        pcfg.tile_n,
-        1,
-        QLEN_MANY.value,
-        triton.cdiv(max_seqlen_q, block_q),
-        pcfg.num_warps,
-        pcfg.num_stages,
-        out,
-        out,
-    )
+    if pcfg is not None:
+        run(block_m, block_q, pcfg.tile_n, 1, QLEN_MANY.value, q_tiles, pcfg.num_warps, pcfg.num_stages, out, out)
     return out
 
 

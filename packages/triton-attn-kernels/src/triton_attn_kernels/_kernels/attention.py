@@ -8,7 +8,7 @@ over NUM_SPLITS programs (split-KV); prefill is BLOCK_Q > 1 with NUM_SPLITS == 1
 and contiguous (varlen) K/V, causal masking, sliding window, softcap, ALiBi, sinks and
 scaled fp8 KV are ``tl.constexpr`` flags, so a launch compiles only what it uses.
 
-Grid: (query tiles, num_kv_heads * NUM_SPLITS, num_seqs).
+Grid: (num_kv_heads * NUM_SPLITS, num_seqs, query tiles); query tiles run heaviest first.
 """
 
 import triton
@@ -27,8 +27,10 @@ QLEN_MANY = tl.constexpr(2)  # only sequences with two or more new tokens (prefi
 
 @triton.jit
 def _tanh(x):
-    # tanh(x) = 1 - 2 / (exp(2x) + 1); exp2 saturates to inf/0, so the result stays in [-1, 1].
-    return 1.0 - 2.0 / (tl.exp2(x * (2.0 * LOG2E)) + 1.0)
+    # tanh(|x|) = (1 - e) / (1 + e) with e = exp(-2|x|) in (0, 1]: no overflow for any x.
+    e = tl.exp2(tl.abs(x) * (-2.0 * LOG2E))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
 
 
 @triton.jit
@@ -165,9 +167,11 @@ def attention_kernel(
     DOT_F32: tl.constexpr,  # upcast dot operands to fp32 (fp32 inputs, or the interpreter's bf16)
     DOT_PRECISION: tl.constexpr,
 ):
-    q_tile = tl.program_id(0)
-    kvh_split = tl.program_id(1)
-    seq = tl.program_id(2)
+    # Causal work grows with the query tile index, and the slowest grid axis is dispatched
+    # last: walk it backwards so the heaviest tiles start first and cheap ones fill the tail.
+    q_tile = tl.num_programs(2) - 1 - tl.program_id(2)
+    kvh_split = tl.program_id(0)
+    seq = tl.program_id(1)
     kv_head = kvh_split // NUM_SPLITS
     split = kvh_split % NUM_SPLITS
 
@@ -353,7 +357,7 @@ def attention_kernel(
         )
     else:
         # Split-KV partials (decode only, one token per sequence): merged by merge_kernel.
-        num_q_heads = (tl.num_programs(1) // NUM_SPLITS) * GROUP
+        num_q_heads = (tl.num_programs(0) // NUM_SPLITS) * GROUP
         part = (seq.to(tl.int64) * num_q_heads + row_head) * NUM_SPLITS + split
         tl.store(part_lse_ptr + part, lse, mask=row_ok)
         tl.store(
