@@ -6,7 +6,7 @@ nox -s lint     ruff check, ruff format --check, mypy on the public API
 nox -s build    wheels and sdists of the three packages into dist/
 nox -s docs     mkdocs --strict on docs/
 nox -s bench    attn-bench's default suite (the smoke suite on a machine without a GPU)
-nox -s tune     the offline tuner (GPU)
+nox -s tune     the offline tuner (GPU; `-- run decode`), table validation without arguments
 """
 
 from __future__ import annotations
@@ -122,7 +122,9 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def tune(session: nox.Session) -> None:
-    """Offline tuner (GPU): `nox -s tune -- run decode --budget 600`."""
+    """Offline tuner, writing dejavu_data/ (docs/tuning.md): `nox -s tune -- run decode --budget 240`.
+    Without arguments it validates every table (CPU is enough for that)."""
     _install_stack(session)
     session.install("-e", f"{KERNELS}[test]")
-    session.run("python", "-m", "triton_attn_kernels.tune", *(session.posargs or ["show"]), env=_env(session))
+    args = session.posargs or ["validate"]
+    session.run("python", "-m", "triton_attn_kernels.tune", *args, env=_env(session))
