@@ -14,6 +14,7 @@ import torch
 import triton
 
 from . import _validation as check
+from . import debug
 from ._device import interpreting, num_sms
 from ._kernels.attention import QLEN_ALL, QLEN_MANY, QLEN_ONE, attention_kernel, merge_kernel
 from .tuning import (
@@ -336,6 +337,17 @@ def paged_attention(
         out=out,
     )
     out = check.output(out, q)
+    if debug.enabled():
+        debug.check_paged_batch(
+            block_table,
+            seq_lens,
+            cu_seqlens_q,
+            num_tokens=q.shape[0],
+            num_blocks=k_cache.shape[0],
+            block_size=k_cache.shape[1],
+            max_seqlen_q=max_seqlen_q,
+            max_seqlen_k=max_seqlen_k,
+        )
     feats = _features(
         q,
         k_cache.dtype,

@@ -6,6 +6,7 @@ import torch
 import triton
 
 from . import _validation as check
+from . import debug
 from ._kernels.kv_cache import write_kv_kernel
 from .tuning import KVWriteConfig, kv_write_heuristic
 
@@ -57,6 +58,8 @@ def write_kv_cache(
         raise TypeError(f"config must be a KVWriteConfig or None, got {type(config).__name__}")
     if num_tokens == 0:
         return
+    if debug.enabled():
+        debug.check_slot_mapping(slot_mapping, num_blocks=k_cache.shape[0], block_size=k_cache.shape[1])
     quantize = k_cache.dtype in check.FP8_DTYPES
     ks = check.kv_scale("k_scale", k_scale, key.device) if quantize else slot_mapping
     vs = check.kv_scale("v_scale", v_scale, key.device) if quantize else slot_mapping
