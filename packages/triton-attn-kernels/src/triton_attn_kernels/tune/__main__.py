@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kv-dtype", default=None, choices=list(_KV_DTYPES), help="default: --dtype")
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--reps", type=int, default=20, help="CUDA-graph replays per timing (median)")
-    p.add_argument("--fresh", action="store_true", help="discard the existing table instead of resuming")
+    p.add_argument("--fresh", action="store_true", help="re-measure keys already in the table instead of skipping them")
     p.add_argument("--device-name", default=None, help="file the results under this device name")
     p.add_argument(
         "--jobs", type=int, default=None, help="compile worker processes (default: min(8, cores/2); 0: none)"

@@ -44,7 +44,7 @@ class RunOptions:
     kv_dtype: torch.dtype | None = None  # None: the query dtype
     block_size: int = 16
     reps: int = 20
-    fresh: bool = False
+    fresh: bool = False  # measure keys already in the table again (their entries are replaced)
     device_name: str | None = None  # default: torch.cuda.get_device_name()
     echo: Callable[[str], None] = print
     command: str = ""
@@ -87,8 +87,6 @@ def run(opts: RunOptions) -> dict[str, Any]:
         if doc is not None:
             spec = KERNELS[opts.kernel]
             done = {spec.key_from_dict(e["key"]) for e in doc["entries"]}
-    elif path.exists():
-        path.unlink()
 
     todo: list[tuple[str, Shape, tuple, Any]] = []
     skipped = 0
