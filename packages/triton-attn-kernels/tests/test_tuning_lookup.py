@@ -11,8 +11,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from triton_attn_kernels import tuning
+from triton_attn_kernels._device import interpreting
 from triton_attn_kernels.tuning import (
     AttentionProblem,
     ConfigSelector,
@@ -62,7 +64,7 @@ def test_exact_key_serves_the_table_entry() -> None:
     sel = selector()
     assert sel.decode(problem(1, 1, 32768)) == DecodeConfig(tile_n=128, num_splits=32, num_warps=8, num_stages=3)
     assert sel.prefill(problem(1, 2048, 2048)) == PrefillConfig(block_m=128, tile_n=64, num_warps=8, num_stages=3)
-    kv = sel.kv_write(8, 128, num_tokens=4096, dtype="bfloat16", kv_dtype="bfloat16")
+    kv = sel.kv_write(8, 128, num_tokens=4096, dtype="bfloat16", kv_dtype="bfloat16", interpreter=False)
     assert kv == KVWriteConfig(num_warps=4)
     s = sel.stats()
     assert (s["decode"]["exact"], s["prefill"]["exact"], s["kv_write"]["exact"]) == (1, 1, 1)
@@ -75,8 +77,9 @@ def test_nearest_key_by_log2_distance() -> None:
     # 48 sequences at 6k: nearest is (64, 8192).
     assert sel.decode(problem(48, 1, 6000)) == DecodeConfig(tile_n=64, num_splits=2, num_warps=4, num_stages=2)
     # kv write: 3000 tokens -> the 4096 entry; 3 tokens -> the 1-token entry.
-    assert sel.kv_write(8, 128, num_tokens=3000, dtype="bfloat16", kv_dtype="bfloat16").num_warps == 4
-    assert sel.kv_write(8, 128, num_tokens=3, dtype="bfloat16", kv_dtype="bfloat16").num_warps == 1
+    kw = {"dtype": torch.bfloat16, "kv_dtype": torch.bfloat16, "interpreter": False}
+    assert sel.kv_write(8, 128, num_tokens=3000, **kw).num_warps == 4  # type: ignore[arg-type]
+    assert sel.kv_write(8, 128, num_tokens=3, **kw).num_warps == 1  # type: ignore[arg-type]
     assert sel.stats()["decode"]["nearest"] == 2
 
 
@@ -126,6 +129,9 @@ def test_interpreter_problems_use_the_heuristic_unless_forced() -> None:
     assert selector().kv_write(8, 128, num_tokens=1, dtype="bfloat16", kv_dtype="bfloat16", interpreter=True) == (
         kv_write_heuristic(8, 128)
     )
+    # interpreter=None: TRITON_INTERPRET decides (set by conftest on machines without CUDA).
+    want = kv_write_heuristic(8, 128) if interpreting() else KVWriteConfig(num_warps=1)
+    assert selector().kv_write(8, 128, num_tokens=1, dtype="bfloat16", kv_dtype="bfloat16") == want
 
 
 def test_tables_switched_off() -> None:

@@ -62,11 +62,12 @@ def select_kv_write_config(
     kv_dtype: Any,
     config: KVWriteConfig | None = None,
     device: Any = None,
-    interpreter: bool = False,
+    interpreter: bool | None = None,
 ) -> KVWriteConfig:
-    """Config of the KV-cache write. ``dtype``/``kv_dtype``: torch dtypes (or their names) of
-    the new keys and of the cache; ``interpreter``: the launch runs in Triton's interpreter
-    (then the heuristic is used)."""
+    """``config`` if given, else the table's choice, else :func:`kv_write_heuristic`.
+    ``dtype``/``kv_dtype``: torch dtypes (or their names) of the new keys and of the cache;
+    ``device``: as in :func:`select_decode_config`; ``interpreter``: the launch runs in
+    Triton's interpreter, which gets the heuristic (``None``: ``TRITON_INTERPRET=1``)."""
     return _selector.kv_write(
         num_kv_heads,
         head_dim,

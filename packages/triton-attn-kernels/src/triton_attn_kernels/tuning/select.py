@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .._device import interpreting
 from . import envs
 from .configs import DecodeConfig, KVWriteConfig, PrefillConfig
 from .heuristics import AttentionProblem, decode_heuristic, kv_write_heuristic, prefill_heuristic
@@ -121,7 +122,7 @@ class ConfigSelector:
         kv_dtype: Any,
         config: KVWriteConfig | None = None,
         device: Any = None,
-        interpreter: bool = False,
+        interpreter: bool | None = None,
     ) -> KVWriteConfig:
         counts = self._counts["kv_write"]
         if config is not None:
@@ -133,7 +134,8 @@ class ConfigSelector:
         if hit is None:
             key = kv_write_key(num_kv_heads, head_dim, num_tokens, dtype, kv_dtype)
             fallback = kv_write_heuristic(num_kv_heads, head_dim)
-            hit = self._remember(memo, k, self._resolve(KV_WRITE, key, fallback, device, interpreter))
+            interp = interpreting() if interpreter is None else interpreter
+            hit = self._remember(memo, k, self._resolve(KV_WRITE, key, fallback, device, interp))
         counts[hit[1]] += 1
         return hit[0]  # type: ignore[return-value]
 
