@@ -33,6 +33,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
             device=a.device,
             plot=not a.no_plot,
             only=a.ops or [],
+            append=a.append,
         )
     )
     return 0
@@ -119,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--runs", type=int, default=None, help="timed runs per case (default 100 on CUDA, 3 on CPU)")
     r.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     r.add_argument("--no-plot", action="store_true", help="write CSV and Markdown only")
+    r.add_argument(
+        "--append", action="store_true", help="add to --out's results.csv (a rerun case+provider replaces its row)"
+    )
     r.set_defaults(func=_cmd_run)
 
     ls = sub.add_parser("list", help="list suites and providers (with skip reasons)")

@@ -116,6 +116,7 @@ def fill_baselines(rows: list[Row], preference: dict[str, tuple[str, ...]]) -> N
         if r.status == "ok":
             ok[(r.suite, r.case_key())][r.provider] = r
     for r in rows:
+        r.baseline, r.ratio_to_baseline = "", math.nan
         if r.status != "ok":
             continue
         case = ok[(r.suite, r.case_key())]

@@ -25,7 +25,7 @@ from .check import check
 from .inputs import make_inputs
 from .problems import Problem, load_suite
 from .registry import Provider, Skip, providers_for
-from .results import Row, fill_baselines, markdown_summary, write_csv
+from .results import Row, fill_baselines, markdown_summary, read_csv, write_csv
 from .timing import CPU_NOTE, Ceilings, measure, measure_ceilings
 
 __all__ = ["RunOptions", "environment", "run"]
@@ -43,6 +43,7 @@ class RunOptions:
     device: str | None = None
     plot: bool = True
     only: list[str] = field(default_factory=list)  # ops to keep
+    append: bool = False  # keep the rows of an existing out/results.csv (same case+provider: replaced)
 
 
 def _version(dist: str) -> str:
@@ -192,6 +193,10 @@ def run(opts: RunOptions) -> Path:
     provs = providers_for(opts.providers)
     cases = list(_cases(opts))
     rows: list[Row] = []
+    prior: list[Row] = []
+    if opts.append and (out / "results.csv").exists():
+        prior = read_csv(out / "results.csv")
+        print(f"attn-bench: appending to {len(prior)} rows in {out / 'results.csv'}", file=sys.stderr)
     log = out / "errors.log"
     t0 = time.perf_counter()
     bar = _Progress(len(cases))
@@ -235,9 +240,9 @@ def run(opts: RunOptions) -> Path:
         if device.type == "cuda":
             torch.cuda.empty_cache()
         bar.step(p.label())
-        _write(rows, opts, out, env, ceil, cpu)  # after every case: a killed run keeps its rows
+        _write(_merge(prior, rows), opts, out, env, ceil, cpu)  # after every case: a killed run keeps its rows
     bar.close()
-    _write(rows, opts, out, env, ceil, cpu)
+    _write(_merge(prior, rows), opts, out, env, ceil, cpu)
     counts = {s: sum(r.status == s for r in rows) for s in ("ok", "wrong", "error", "skipped")}
     print(f"attn-bench: {counts} in {time.perf_counter() - t0:.0f}s -> {out}", file=sys.stderr)
     if opts.plot:
@@ -249,8 +254,18 @@ def run(opts: RunOptions) -> Path:
     return out
 
 
+def _merge(prior: list[Row], rows: list[Row]) -> list[Row]:
+    new = {(r.suite, r.provider, r.case_key()) for r in rows}
+    return [r for r in prior if (r.suite, r.provider, r.case_key()) not in new] + rows
+
+
 def _write(rows: list[Row], opts: RunOptions, out: Path, env: dict[str, str], ceil: Ceilings, cpu: bool) -> None:
-    pref = {s: load_suite(s).baseline for s in opts.suites}
+    pref = {}
+    for name in dict.fromkeys([*opts.suites, *(r.suite for r in rows)]):
+        try:
+            pref[name] = load_suite(name).baseline
+        except ValueError:  # a suite of an older run that no longer exists
+            pref[name] = ()
     fill_baselines(rows, pref)
     write_csv(rows, out / "results.csv")
     header = {
@@ -258,7 +273,7 @@ def _write(rows: list[Row], opts: RunOptions, out: Path, env: dict[str, str], ce
         "copy ceiling": f"{ceil.copy_gbps:,.0f} GB/s",
         "bf16 matmul ceiling": f"{ceil.matmul_tflops:.4g} TFLOP/s",
         "ceilings measured": ceil.method,
-        "suites": ", ".join(opts.suites) + (" (--quick)" if opts.quick else ""),
+        "suites": ", ".join(dict.fromkeys(r.suite for r in rows)) + (" (--quick)" if opts.quick else ""),
     }
     if cpu:
         header["WARNING"] = CPU_NOTE
