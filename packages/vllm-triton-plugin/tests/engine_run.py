@@ -1,7 +1,7 @@
 """One vLLM engine run for test_engine.py, in its own process (vLLM spawns workers, and each
 engine must see its own environment: the plugin on or off).
 
-    python engine_run.py MODEL_DIR OUT_JSON
+    python engine_run.py MODEL_DIR OUT_JSON [KV_CACHE_DTYPE]
 
 Generates greedily in two rounds and writes the token ids, the attention backends the
 workers used and the prefix-cache hit count to OUT_JSON.
@@ -34,13 +34,14 @@ def attention_backends(model) -> list[str]:
     return sorted(f"{c.__module__}.{c.__qualname__}" for c in impls)
 
 
-def main(model_dir: str, out_path: str) -> None:
+def main(model_dir: str, out_path: str, kv_cache_dtype: str = "auto") -> None:
     from vllm import LLM, SamplingParams
 
     llm = LLM(
         model=model_dir,
         skip_tokenizer_init=True,
         dtype="float32",
+        kv_cache_dtype=kv_cache_dtype,
         enforce_eager=True,
         block_size=32,
         max_model_len=128,
@@ -69,4 +70,4 @@ def main(model_dir: str, out_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])
