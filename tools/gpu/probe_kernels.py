@@ -6,11 +6,17 @@ import sys
 import torch
 
 sys.path.insert(0, "packages/triton-attn-kernels/tests")
-from batches import paged_batch  # noqa: E402
+from batches import paged_batch
 
-from triton_attn_kernels import AttentionConfig, DecodeConfig, PrefillConfig, decode_workspace_numel, paged_attention  # noqa: E402
-from triton_attn_kernels.tuning import select_decode_config  # noqa: E402
-from triton_attn_kernels.attention import _problem  # noqa: E402
+from triton_attn_kernels import (
+    AttentionConfig,
+    DecodeConfig,
+    PrefillConfig,
+    decode_workspace_numel,
+    paged_attention,
+)
+from triton_attn_kernels.attention import _problem
+from triton_attn_kernels.tuning import select_decode_config
 
 
 def bench(fn, iters=50):
