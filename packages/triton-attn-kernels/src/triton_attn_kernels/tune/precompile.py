@@ -71,7 +71,7 @@ class Precompiler:
         except Exception:  # a broken pool: carry on without it
             self.close()
 
-    def wait(self, configs: list[Any], timeout_s: float = 600.0) -> None:
+    def wait(self, configs: list[Any], timeout_s: float = 120.0) -> None:
         """Block until the workers are done with ``configs`` (so the main process does not
         compile them a second time), or until ``timeout_s``."""
         futures = [self._futures[c] for c in configs if c in self._futures]

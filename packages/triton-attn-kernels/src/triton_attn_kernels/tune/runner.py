@@ -225,6 +225,7 @@ def _tune_case(
                 return False
             if config != heuristic and _splits_unused(case, config):
                 continue
+            pre.wait([config])  # compiled by a worker meanwhile: loads from Triton's cache
             try:
                 problem = case.check(config)
                 if problem is not None:
@@ -240,7 +241,6 @@ def _tune_case(
         return True
 
     first = [heuristic, *space.stage1()]
-    pre.wait(first)
     if not measure(first):
         return None, "budget spent during stage 1; not written"
     if not timed:
@@ -248,7 +248,6 @@ def _tune_case(
     ranked = sorted(timed, key=timed.__getitem__)
     second = space.stage2(ranked[: space.keep]) if space.keep else []
     pre.submit(second)
-    pre.wait(second)
     if second and not measure(second):
         return None, "budget spent during stage 2; not written"
     ranked = sorted(timed, key=timed.__getitem__)
