@@ -146,7 +146,8 @@ def run_case(
     batch = make_batch(SEQS, num_q_heads, num_kv_heads, dtype, num_blocks, gen)
     md = builder.build(0, batch.common)
 
-    sink_t = torch.randn(num_q_heads, generator=gen).to(DEVICE) if sinks else None
+    # Sinks arrive as a model parameter in the model dtype.
+    sink_t = torch.randn(num_q_heads, generator=gen).to(dtype).to(DEVICE) if sinks else None
     slopes = [2.0 ** (-(i + 1)) for i in range(num_q_heads)] if alibi else None
     scale = HEAD**-0.5
     impl = TritonAttentionImpl(
@@ -161,6 +162,7 @@ def run_case(
         AttentionType.DECODER,
         sinks=sink_t,
     )
+    impl.process_weights_after_loading(dtype)
     fp8 = FP8_CACHE_DTYPES.get(cache_dtype)
     lay = layer(0.7, 1.3) if fp8 else layer()
     cache = kv_cache(num_blocks, num_kv_heads, torch.uint8 if fp8 else dtype, layout)
@@ -218,8 +220,9 @@ def test_sliding_window():
     run_case(sliding_window=8, seed=3)
 
 
-def test_sinks():
-    run_case(sinks=True, seed=4)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sinks(dtype):
+    run_case(sinks=True, dtype=dtype, seed=4)
 
 
 def test_softcap_and_alibi():

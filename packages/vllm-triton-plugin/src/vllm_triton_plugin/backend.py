@@ -320,6 +320,16 @@ class TritonAttentionImpl(AttentionImpl[TritonAttentionMetadata]):
         if sinks is not None and sinks.shape != (num_heads,):
             raise ValueError(f"sinks must have shape [num_heads={num_heads}], got {tuple(sinks.shape)}")
         self.sinks = sinks
+        self._sinks_f32: torch.Tensor | None = None
+
+    def process_weights_after_loading(self, act_dtype: torch.dtype) -> None:
+        # The kernels read sinks as contiguous fp32; convert the loaded parameter once here
+        # rather than in every forward (which must not allocate under CUDA graphs).
+        if self.sinks is not None:
+            self._sinks_f32 = self.sinks.detach().float().contiguous()
+
+    def _sinks(self) -> torch.Tensor | None:
+        return self._sinks_f32 if self._sinks_f32 is not None else self.sinks
 
     def _caches(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k_cache, v_cache = _compat.split_kv_cache(kv_cache, self.head_size)
@@ -394,7 +404,7 @@ class TritonAttentionImpl(AttentionImpl[TritonAttentionMetadata]):
                 causal=False,
                 softcap=self.softcap,
                 alibi_slopes=self._alibi(query.device),
-                sinks=self.sinks,
+                sinks=self._sinks(),
                 out=output[:n],
             )
             return output
@@ -414,7 +424,7 @@ class TritonAttentionImpl(AttentionImpl[TritonAttentionMetadata]):
             sliding_window=self.sliding_window,
             softcap=self.softcap,
             alibi_slopes=self._alibi(query.device),
-            sinks=self.sinks,
+            sinks=self._sinks(),
             k_scale=layer._k_scale if fp8 else None,
             v_scale=layer._v_scale if fp8 else None,
             out=output,
