@@ -97,7 +97,11 @@ def test_categorical_fields_must_match() -> None:
     assert sel.decode(p) == decode_heuristic(p)
     p = problem(1, 1, 32768, kv_dtype="float8_e4m3fn")
     assert sel.decode(p) == decode_heuristic(p)
-    assert sel.stats()["decode"]["heuristic"] == 3
+    p = problem(1, 1, 32768, num_q_heads=64)  # GQA group 8: a different GROUP constexpr
+    assert sel.decode(p) == decode_heuristic(p)
+    assert sel.stats()["decode"]["heuristic"] == 4
+    kv = {"num_tokens": 4096, "dtype": "bfloat16", "kv_dtype": "bfloat16", "interpreter": False}
+    assert sel.kv_write(4, 128, **kv) == kv_write_heuristic(4, 128)  # type: ignore[arg-type]
 
 
 def test_too_far_from_every_key_gives_the_heuristic() -> None:

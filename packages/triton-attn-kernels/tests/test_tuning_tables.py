@@ -79,9 +79,9 @@ def _tol(dtype: torch.dtype) -> float:
     return {torch.float16: 5e-3, torch.bfloat16: 3e-2, torch.float32: 1e-4}[dtype]
 
 
-def _configs(kernel: str) -> list[tuple[tuple, object]]:
-    """(key, config) for every stored config of ``kernel`` (winners and runners-up), once per
-    distinct (compile-time key fields, GQA group, config)."""
+def _configs(kernel: str) -> list[tuple[dict, object]]:
+    """(key as a dict, config) for every stored config of ``kernel`` (winners and runners-up),
+    once per distinct (compile-time key fields, config)."""
     out: dict[tuple, tuple] = {}
     for path in TABLES:
         if path.parent.name != kernel:
@@ -89,16 +89,16 @@ def _configs(kernel: str) -> list[tuple[tuple, object]]:
         table = read_table(path)
         n = len(table.spec.categorical)
         for key, entry in table.entries.items():
-            group = key[n + 1] if kernel != "kv_write" else None
             for cfg in (entry.config, entry.runner_up[0] if entry.runner_up else None):
                 if cfg is not None:
-                    out.setdefault((*key[:n], group, cfg), (key, cfg))
+                    out.setdefault((*key[:n], cfg), (table.spec.key_to_dict(key), cfg))
     return list(out.values())
 
 
 def _case_id(case: tuple) -> str:
     key, cfg = case[-2], case[-1]
-    return "-".join(str(v) for v in (*key[:3], *config_to_dict(cfg).values()))  # type: ignore[arg-type]
+    fields = [key["head_dim"], key.get("group", key.get("num_kv_heads")), key["dtype"], key["kv_dtype"]]
+    return "-".join(str(v) for v in (*fields, *config_to_dict(cfg).values()))  # type: ignore[arg-type]
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -109,9 +109,8 @@ _ATTENTION_CASES = [(k, key, cfg) for k in ("decode", "prefill") for key, cfg in
 
 
 @pytest.mark.parametrize("kernel,key,config", _ATTENTION_CASES, ids=[f"{c[0]}-{_case_id(c)}" for c in _ATTENTION_CASES])
-def test_stored_attention_config_matches_reference(kernel: str, key: tuple, config: object) -> None:
-    head_dim, dtype, kv_dtype, _num_kv_heads, group = key[:5]
-    dtype, kv_dtype = _dtype(dtype), _dtype(kv_dtype)
+def test_stored_attention_config_matches_reference(kernel: str, key: dict, config: object) -> None:
+    head_dim, group, dtype, kv_dtype = key["head_dim"], key["group"], _dtype(key["dtype"]), _dtype(key["kv_dtype"])
     num_kv_heads, block_size = 1, 16
     # Odd lengths across page and tile boundaries; a prefill batch also gets a decode.
     seq_lens = [97, 33] if kernel == "decode" else [54, 23, 40]
@@ -145,8 +144,8 @@ _KV_CASES = _configs("kv_write")
 
 
 @pytest.mark.parametrize("key,config", _KV_CASES, ids=[_case_id(c) for c in _KV_CASES])
-def test_stored_kv_write_config_matches_reference(key: tuple, config: object) -> None:
-    head_dim, dtype, kv_dtype, num_kv_heads = key[:4]
+def test_stored_kv_write_config_matches_reference(key: dict, config: object) -> None:
+    head_dim, num_kv_heads, dtype, kv_dtype = key["head_dim"], key["num_kv_heads"], key["dtype"], key["kv_dtype"]
     dtype, kv_dtype = _dtype(dtype), _dtype(kv_dtype)
     tokens, block_size = 21, 16
     key_t = torch.randn(tokens, num_kv_heads, head_dim, device=DEVICE).to(dtype)

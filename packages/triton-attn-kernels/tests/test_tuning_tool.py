@@ -129,7 +129,7 @@ def test_run_decode_shape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert summary["written"] == 1, lines
     table = read_table(Path(summary["path"]))
     ((key, entry),) = table.entries.items()
-    assert key == (32, "bfloat16", "bfloat16", 2, 2, 2, 37)
+    assert key == (32, 2, "bfloat16", "bfloat16", 2, 2, 37)
     assert isinstance(entry.config, DecodeConfig)
     # The written table serves that key.
     sel = ConfigSelector(roots=[tmp_path], device=DeviceInfo("CPU test", None), under_interpreter=True)

@@ -53,14 +53,23 @@ class KernelSpec:
         return tuple(d[name] for name in self.key_fields)
 
 
-# head_dim, dtype and kv_dtype are compile-time constants of the kernel: no transfer between them.
-_CATEGORICAL = ("head_dim", "dtype", "kv_dtype")
-# Decode: num_kv_heads * num_seqs programs before splitting, so both decide num_splits.
-DECODE = KernelSpec("decode", DecodeConfig, _CATEGORICAL, ("num_kv_heads", "group", "num_seqs", "max_seqlen_k"))
-PREFILL = KernelSpec(
-    "prefill", PrefillConfig, _CATEGORICAL, ("num_kv_heads", "group", "num_seqs", "max_seqlen_q", "max_seqlen_k")
+# Categorical fields are compile-time constants of the kernel (HEAD_DIM, GROUP, NUM_KV_HEADS,
+# the dtypes): a config tuned for one value says nothing reliable about another (GROUP, for
+# one, changes how many tokens a prefill tile of block_m rows holds).
+DECODE = KernelSpec(
+    "decode",
+    DecodeConfig,
+    ("head_dim", "group", "dtype", "kv_dtype"),
+    # num_kv_heads * num_seqs programs before splitting: both decide num_splits.
+    ("num_kv_heads", "num_seqs", "max_seqlen_k"),
 )
-KV_WRITE = KernelSpec("kv_write", KVWriteConfig, _CATEGORICAL, ("num_kv_heads", "num_tokens"))
+PREFILL = KernelSpec(
+    "prefill",
+    PrefillConfig,
+    ("head_dim", "group", "dtype", "kv_dtype"),
+    ("num_kv_heads", "num_seqs", "max_seqlen_q", "max_seqlen_k"),
+)
+KV_WRITE = KernelSpec("kv_write", KVWriteConfig, ("head_dim", "num_kv_heads", "dtype", "kv_dtype"), ("num_tokens",))
 KERNELS: dict[str, KernelSpec] = {s.name: s for s in (DECODE, PREFILL, KV_WRITE)}
 
 
@@ -70,15 +79,15 @@ def dtype_name(dtype: Any) -> str:
 
 
 def decode_key(p: AttentionProblem) -> tuple:
-    return (p.head_dim, p.dtype, p.kv_dtype, p.num_kv_heads, p.group, p.num_seqs, p.max_seqlen_k)
+    return (p.head_dim, p.group, p.dtype, p.kv_dtype, p.num_kv_heads, p.num_seqs, p.max_seqlen_k)
 
 
 def prefill_key(p: AttentionProblem) -> tuple:
-    return (p.head_dim, p.dtype, p.kv_dtype, p.num_kv_heads, p.group, p.num_seqs, p.max_seqlen_q, p.max_seqlen_k)
+    return (p.head_dim, p.group, p.dtype, p.kv_dtype, p.num_kv_heads, p.num_seqs, p.max_seqlen_q, p.max_seqlen_k)
 
 
 def kv_write_key(num_kv_heads: int, head_dim: int, num_tokens: int, dtype: Any, kv_dtype: Any) -> tuple:
-    return (head_dim, dtype_name(dtype), dtype_name(kv_dtype), num_kv_heads, num_tokens)
+    return (head_dim, num_kv_heads, dtype_name(dtype), dtype_name(kv_dtype), num_tokens)
 
 
 def log2_point(spec: KernelSpec, key: tuple) -> tuple[float, ...]:

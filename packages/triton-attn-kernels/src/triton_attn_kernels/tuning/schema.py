@@ -18,8 +18,8 @@ _POS_INT = {"type": "integer", "minimum": 1}
 
 
 def _key_schema(spec: KernelSpec) -> dict[str, Any]:
-    props: dict[str, Any] = {name: _POS_INT for name in spec.numeric}
-    props.update(head_dim=_POS_INT, dtype={"enum": DTYPES}, kv_dtype={"enum": KV_DTYPES})
+    props: dict[str, Any] = {name: _POS_INT for name in spec.key_fields}
+    props.update(dtype={"enum": DTYPES}, kv_dtype={"enum": KV_DTYPES})
     return {"type": "object", "required": list(spec.key_fields), "additionalProperties": False, "properties": props}
 
 

@@ -126,12 +126,11 @@ def _time(value: Any, where: str) -> float | None:
 
 def _key(spec: KernelSpec, d: Any, where: str) -> tuple:
     _require(isinstance(d, dict) and set(d) == set(spec.key_fields), f"{where} must have exactly {spec.key_fields}")
-    head_dim = d["head_dim"]
-    ok = isinstance(head_dim, int) and not isinstance(head_dim, bool) and head_dim >= 1
-    _require(ok, f"{where}.head_dim must be an integer >= 1, got {head_dim!r}")
     _require(d["dtype"] in DTYPES, f"{where}.dtype must be one of {DTYPES}, got {d['dtype']!r}")
     _require(d["kv_dtype"] in KV_DTYPES, f"{where}.kv_dtype must be one of {KV_DTYPES}, got {d['kv_dtype']!r}")
-    for name in spec.numeric:
+    for name in spec.key_fields:
+        if name in ("dtype", "kv_dtype"):
+            continue
         value = d[name]
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
         _require(ok, f"{where}.{name} must be an integer >= 1, got {value!r}")
