@@ -28,6 +28,8 @@ __all__ = ["RunOptions", "run"]
 
 # Stage-1 configs slower than this many times the best so far skip the full measurement.
 PRUNE_FACTOR = 1.3
+# Split-KV exists to fill idle SMs; past this many programs per SM it only adds merge work.
+WAVES = 16
 # The heuristic keeps its key unless a tuned config beats it by more than this: a table
 # entry must not make a kernel slower through timing noise.
 KEEP_HEURISTIC = 1.01
@@ -134,7 +136,7 @@ def run(opts: RunOptions) -> dict[str, Any]:
                 case = AttentionCase(opts.kernel, geom, shape, opts.dtype, kv_dtype, opts.block_size, device)
             # The first shape of a run always completes, so that every run makes progress.
             stop = deadline if written else float("inf")
-            entry, note = _tune_case(case, space, heuristic, opts.reps, cuda, stop, opts.echo, tag, pre)
+            entry, note = _tune_case(case, space, heuristic, opts.reps, cuda, stop, opts.echo, tag, pre, num_sms)
             del case
             if cuda:
                 torch.cuda.empty_cache()
@@ -213,6 +215,7 @@ def _tune_case(
     echo: Callable[[str], None],
     tag: str,
     pre: Precompiler,
+    num_sms: int,
 ) -> tuple[dict[str, Any] | None, str]:
     timed: dict[Any, float] = {}
     failed: dict[Any, str] = {}
@@ -223,7 +226,7 @@ def _tune_case(
                 continue
             if time.monotonic() > deadline:
                 return False
-            if config != heuristic and _splits_unused(case, config):
+            if config != heuristic and _pointless(case, config, num_sms):
                 continue
             pre.wait([config])  # compiled by a worker meanwhile: loads from Triton's cache
             try:
@@ -267,8 +270,13 @@ def _tune_case(
     return entry, ""
 
 
-def _splits_unused(case: Any, config: Any) -> bool:
-    """A decode config with more splits than key tiles: some splits would have nothing to do."""
+def _pointless(case: Any, config: Any, num_sms: int) -> bool:
+    """Decode configs not worth timing: more splits than key tiles (idle splits), or splits
+    on a batch that already has more than WAVES programs per SM without them."""
     splits = getattr(config, "num_splits", 1)
-    tile_n = getattr(config, "tile_n", 1)
-    return splits > 1 and splits > -(-case.shape.context // tile_n)
+    if splits == 1:
+        return False
+    if splits > -(-case.shape.context // config.tile_n):
+        return True
+    programs = case.shape.num_seqs * case.geometry.num_kv_heads * splits
+    return programs > WAVES * num_sms
