@@ -10,6 +10,7 @@ split-KV workspace; ``forward`` neither allocates nor reads device values on the
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -148,7 +149,11 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             num_sms=self.num_sms,
             interpreter=self.interpreter,
         )
-        return decode_heuristic(problem)
+        config = decode_heuristic(problem)
+        # NUM_SPLITS is a compile-time constant: rounding it up to a power of two bounds the
+        # kernel variants a server compiles (at most 7 up to 64 splits, each compiled in
+        # vLLM's warm-up runs before graph capture) at the cost of a few idle split programs.
+        return dataclasses.replace(config, num_splits=1 << (config.num_splits - 1).bit_length())
 
     def build(
         self,
