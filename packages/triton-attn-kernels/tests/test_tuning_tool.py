@@ -260,3 +260,15 @@ def test_validate_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 def test_nox_tune_default_command_runs() -> None:
     assert main(["validate"]) == 0  # every shipped table (none yet is fine)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernel", ["decode", "prefill", "kv_write"])
+def test_run_on_gpu(tmp_path: Path, kernel: str) -> None:
+    """The CUDA path: compile workers, CUDA-graph timing, reference gate; tiny shapes."""
+    summary, lines = _tiny_run(tmp_path, kernel, budget=120, jobs=2, reps=5)
+    assert summary["written"] == 2, lines
+    table = read_table(Path(summary["path"]))
+    assert table.capability is not None and "CUDA-graph" in table.meta["tuning"]["timing"]
+    assert all(e.time_us and e.heuristic_us and e.time_us <= e.heuristic_us * 1.01 for e in table.entries.values())
+    assert main(["validate", summary["path"]]) == 0
