@@ -8,7 +8,10 @@ from attn_bench.results import COLUMNS, Row, compare, fill_baselines, markdown_s
 
 
 def test_columns_are_the_dataclass_fields_and_contain_the_issue_fields():
+    from attn_bench.problems import PROBLEM_FIELDS
+
     assert COLUMNS == tuple(f.name for f in dataclasses.fields(Row))
+    assert set(PROBLEM_FIELDS) <= set(COLUMNS), "Row must carry every Problem field"
     needed = {"op", "provider", "batch", "context", "head_dim", "kv_dtype", "p20_us", "p50_us", "p80_us", "gbps",
               "tflops", "pct_roofline", "ratio_to_baseline", "device", "torch", "triton", "vllm", "git_sha"}  # fmt: skip
     assert needed <= set(COLUMNS)

@@ -70,7 +70,7 @@ def _attention(x: Inputs, got: torch.Tensor) -> CheckResult:
             blocks = x.block_table[i, : -(-end // bs)].long()
             k = x.k_cache[blocks].flatten(0, 1)[:end].float() * ks
             v = x.v_cache[blocks].flatten(0, 1)[:end].float() * vs
-            ref = attention_ref(x.q[cu[i] + lo : cu[i] + hi], k, v, scale=x.scale, causal=True)
+            ref = attention_ref(x.q[cu[i] + lo : cu[i] + hi], k, v, scale=x.scale, causal=True, **x.features())
             err = (got[cu[i] + lo : cu[i] + hi].float() - ref).abs().max().item()
             if err != err:  # NaN: rows left unwritten or a broken kernel
                 return CheckResult(False, float("nan"), f"NaN in output of sequence {i} rows {lo}:{hi}")

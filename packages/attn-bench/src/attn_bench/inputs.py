@@ -45,10 +45,24 @@ class Inputs:
     slot_mapping: torch.Tensor  # [num_tokens] int64, the new tokens' cache slots
     q_lens: list[int] = field(default_factory=list)
     kv_lens: list[int] = field(default_factory=list)
+    # The problem's attention variant (at most one is set).
+    window: int | None = None  # a query at p sees keys at positions > p - window
+    softcap: float | None = None
+    alibi_slopes: torch.Tensor | None = None  # [Hq] float32
+    sinks: torch.Tensor | None = None  # [Hq] float32
 
     @property
     def scale(self) -> float:
         return self.problem.head_dim**-0.5
+
+    def features(self) -> dict[str, object]:
+        """The variant as keyword arguments of triton_attn_kernels / its reference."""
+        return {
+            "sliding_window": self.window,
+            "softcap": self.softcap,
+            "alibi_slopes": self.alibi_slopes,
+            "sinks": self.sinks,
+        }
 
     def new_out(self) -> torch.Tensor:
         """An output buffer poisoned with NaN, so an unwritten row fails the check."""
@@ -132,6 +146,18 @@ def make_inputs(problem: Problem, device: torch.device | str, *, seed: int = 0) 
         pos = torch.arange(kl - ql, kl)
         slots.append(table[i, pos // p.block_size].long() * p.block_size + pos % p.block_size)
     cu = torch.tensor([0, *q_lens], dtype=torch.int64).cumsum(0).to(torch.int32)
+    feature, arg = p.variant_arg()
+    variant: dict[str, object] = {}
+    if feature == "window":
+        variant["window"] = int(arg)
+    elif feature == "softcap":
+        variant["softcap"] = arg
+    elif feature == "alibi":  # the ALiBi paper's geometric slopes, 2^(-8 i / H)
+        variant["alibi_slopes"] = torch.tensor(
+            [2.0 ** (-8.0 * (i + 1) / p.num_q_heads) for i in range(p.num_q_heads)], device=device
+        )
+    elif feature == "sinks":
+        variant["sinks"] = torch.randn(p.num_q_heads, generator=gen).to(device)
     return Inputs(
         problem=p,
         device=device,
@@ -148,4 +174,5 @@ def make_inputs(problem: Problem, device: torch.device | str, *, seed: int = 0) 
         slot_mapping=torch.cat(slots).to(device),
         q_lens=q_lens,
         kv_lens=kv_lens,
+        **variant,  # type: ignore[arg-type]
     )

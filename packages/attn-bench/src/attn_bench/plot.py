@@ -32,6 +32,8 @@ def _variant(r: Row) -> str:
         parts.append("decode-step" if r.q_len == 1 else "prompt")
     if r.op == "mixed":
         parts.append(f"plus{r.chunks}x{r.chunk_len}-of-{r.chunk_context}")
+    if r.variant:
+        parts.append(r.variant.replace("=", ""))
     return "_".join(parts)
 
 

@@ -24,6 +24,7 @@ __all__ = ["OPS", "Problem", "Suite", "list_suites", "load_suite"]
 OPS = ("decode", "prefill", "mixed", "kv_write")
 DTYPES = ("float16", "bfloat16", "float32")
 KV_DTYPES = ("float16", "bfloat16", "float32", "float8_e4m3fn", "float8_e5m2")
+VARIANTS = ("window", "softcap", "alibi", "sinks")  # attention features, one at a time
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Problem:
     block_size: int = 16
     dtype: str = "bfloat16"
     kv_dtype: str = "bfloat16"
+    variant: str = ""  # "" | "window=W" | "softcap=C" | "alibi" | "sinks"
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
@@ -58,11 +60,27 @@ class Problem:
             raise ValueError(f"a decode problem has q_len 1, got {self.q_len}")
         if self.num_q_heads % self.num_kv_heads:
             raise ValueError(f"num_q_heads ({self.num_q_heads}) must be a multiple of num_kv_heads")
+        if self.variant:
+            name, value = self.variant_arg()
+            if name not in VARIANTS or (name in ("window", "softcap") and not value > 0):
+                raise ValueError(
+                    f"variant must be '', 'window=W', 'softcap=C', 'alibi' or 'sinks', got {self.variant!r}"
+                )
+            if self.op == "kv_write":
+                raise ValueError("kv_write problems have no attention variant")
         if self.op == "mixed":
             if self.chunks < 1 or not 1 <= self.chunk_len <= self.chunk_context:
                 raise ValueError("a mixed problem needs chunks >= 1 and 1 <= chunk_len <= chunk_context")
         elif self.chunks or self.chunk_len or self.chunk_context:
             raise ValueError(f"chunks/chunk_len/chunk_context are for mixed problems, not {self.op!r}")
+
+    def variant_arg(self) -> tuple[str, float]:
+        """(name, value) of the variant: ("window", 1024.0), ("alibi", 0.0), ("", 0.0)."""
+        name, _, value = self.variant.partition("=")
+        try:
+            return name, float(value) if value else 0.0
+        except ValueError as exc:
+            raise ValueError(f"variant {self.variant!r}: {value!r} is not a number") from exc
 
     # -- derived shapes ---------------------------------------------------------------
     def seqs(self) -> list[tuple[int, int]]:
@@ -107,6 +125,8 @@ class Problem:
         parts += [f"h{self.num_q_heads}:{self.num_kv_heads}", f"d{self.head_dim}", dt.get(self.dtype, self.dtype)]
         if self.kv_dtype != self.dtype:
             parts.append(f"kv:{self.kv_dtype}")
+        if self.variant:
+            parts.append(self.variant)
         return " ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:

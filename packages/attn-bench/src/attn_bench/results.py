@@ -24,7 +24,7 @@ class Row:
     provider: str
     status: str  # ok | wrong | error | skipped
     detail: str
-    # problem fields
+    # problem fields: every field of problems.Problem (a test keeps the two in step)
     batch: int
     context: int
     q_len: int
@@ -37,6 +37,7 @@ class Row:
     block_size: int
     dtype: str
     kv_dtype: str
+    variant: str
     label: str
     # measurement
     max_err: float = math.nan

@@ -10,10 +10,16 @@ import torch
 
 from ..inputs import Inputs
 from ..registry import Timed, provider
-from .common import ATTENTION_OPS, no_fp8
+from .common import ATTENTION_OPS, supports
 
 
-@provider("flash-attn", ops=ATTENTION_OPS, requires=("flash_attn",), cuda_only=True, supports=no_fp8)
+@provider(
+    "flash-attn",
+    ops=ATTENTION_OPS,
+    requires=("flash_attn",),
+    cuda_only=True,
+    supports=supports(fp8=False, variants=("window", "softcap", "alibi")),
+)
 def flash_attn_varlen(x: Inputs) -> Timed:
     """flash_attn.flash_attn_varlen_func on contiguous K/V (bottom-right causal)."""
     from flash_attn import flash_attn_varlen_func
@@ -21,6 +27,9 @@ def flash_attn_varlen(x: Inputs) -> Timed:
     p = x.problem
     k, v = x.contiguous_kv
     cu_k = x.cu_seqlens_k
+    window = (x.window - 1, 0) if x.window else (-1, -1)  # FA: keys in [i - left, i + right]
+    softcap = x.softcap or 0.0
+    alibi = x.alibi_slopes
 
     def fn() -> torch.Tensor:
         return flash_attn_varlen_func(
@@ -33,6 +42,9 @@ def flash_attn_varlen(x: Inputs) -> Timed:
             p.max_seqlen_k,
             softmax_scale=x.scale,
             causal=True,
+            window_size=window,
+            softcap=softcap,
+            alibi_slopes=alibi,
         )
 
     return Timed(fn)

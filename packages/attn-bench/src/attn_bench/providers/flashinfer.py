@@ -7,12 +7,12 @@ import torch
 
 from ..inputs import Inputs
 from ..registry import Timed, provider
-from .common import ATTENTION_OPS, no_fp8
+from .common import ATTENTION_OPS, plain_only
 
 _WORKSPACE_BYTES = 256 << 20
 
 
-@provider("flashinfer", ops=ATTENTION_OPS, requires=("flashinfer",), cuda_only=True, supports=no_fp8)
+@provider("flashinfer", ops=ATTENTION_OPS, requires=("flashinfer",), cuda_only=True, supports=plain_only)
 def flashinfer_paged(x: Inputs) -> Timed:
     """flashinfer BatchDecode/BatchPrefillWithPagedKVCacheWrapper (NHD, page size as the suite)."""
     import flashinfer

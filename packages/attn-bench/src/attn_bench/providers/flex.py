@@ -17,7 +17,7 @@ import torch
 
 from ..inputs import Inputs
 from ..registry import Timed, provider
-from .common import ATTENTION_OPS, no_fp8
+from .common import ATTENTION_OPS, plain_only
 
 
 @functools.cache
@@ -40,7 +40,7 @@ def _available() -> str | None:
     return None
 
 
-@provider("flex-attention", ops=ATTENTION_OPS, supports=no_fp8, available=_available)
+@provider("flex-attention", ops=ATTENTION_OPS, supports=plain_only, available=_available)
 def flex(x: Inputs) -> Timed:
     """torch flex_attention with a paged block mask over physical cache slots."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention

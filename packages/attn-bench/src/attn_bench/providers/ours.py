@@ -6,7 +6,7 @@ import torch
 
 from ..inputs import Inputs
 from ..registry import Timed, provider
-from .common import ATTENTION_OPS, no_fp8
+from .common import ATTENTION_OPS, supports
 
 
 def _decode_config(x: Inputs, paged: bool):  # type: ignore[no-untyped-def]
@@ -40,7 +40,12 @@ def _workspace(x: Inputs, config) -> torch.Tensor:  # type: ignore[no-untyped-de
     return torch.empty(max(n, 1), dtype=torch.float32, device=x.device)
 
 
-@provider("ours-paged", ops=ATTENTION_OPS, requires=("triton_attn_kernels",))
+@provider(
+    "ours-paged",
+    ops=ATTENTION_OPS,
+    requires=("triton_attn_kernels",),
+    supports=supports(fp8=True, variants=("window", "softcap", "alibi", "sinks")),
+)
 def ours_paged(x: Inputs) -> Timed:
     """triton_attn_kernels.paged_attention: one call for decodes, prefills and mixed batches (paged)."""
     from triton_attn_kernels import paged_attention
@@ -50,6 +55,7 @@ def ours_paged(x: Inputs) -> Timed:
     ws = _workspace(x, config)
     out = x.new_out()
     scales = {"k_scale": x.k_scale, "v_scale": x.v_scale} if p.fp8 else {}
+    feats = x.features()
 
     def fn() -> torch.Tensor:
         return paged_attention(
@@ -65,12 +71,18 @@ def ours_paged(x: Inputs) -> Timed:
             config=config,
             workspace=ws,
             **scales,
+            **feats,  # type: ignore[arg-type]
         )
 
     return Timed(fn)
 
 
-@provider("ours-varlen", ops=ATTENTION_OPS, requires=("triton_attn_kernels",), supports=no_fp8)
+@provider(
+    "ours-varlen",
+    ops=ATTENTION_OPS,
+    requires=("triton_attn_kernels",),
+    supports=supports(fp8=False, variants=("window", "softcap", "alibi", "sinks")),
+)
 def ours_varlen(x: Inputs) -> Timed:
     """triton_attn_kernels.varlen_attention on contiguous (unpaged) K/V."""
     from triton_attn_kernels import varlen_attention
@@ -81,6 +93,7 @@ def ours_varlen(x: Inputs) -> Timed:
     config = _decode_config(x, paged=False)
     ws = _workspace(x, config)
     out = x.new_out()
+    feats = x.features()
 
     def fn() -> torch.Tensor:
         return varlen_attention(
@@ -94,6 +107,7 @@ def ours_varlen(x: Inputs) -> Timed:
             out=out,
             config=config,
             workspace=ws,
+            **feats,  # type: ignore[arg-type]
         )
 
     return Timed(fn)

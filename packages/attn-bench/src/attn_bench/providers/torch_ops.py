@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ..inputs import Inputs
 from ..registry import Timed, provider
-from .common import ATTENTION_OPS, no_fp8
+from .common import ATTENTION_OPS, plain_only
 
 
 def _groups(x: Inputs) -> list[tuple[int, int, int, int]]:
@@ -22,7 +22,7 @@ def _groups(x: Inputs) -> list[tuple[int, int, int, int]]:
     return out
 
 
-@provider("torch-sdpa", ops=ATTENTION_OPS, supports=no_fp8)
+@provider("torch-sdpa", ops=ATTENTION_OPS, supports=plain_only)
 def torch_sdpa(x: Inputs) -> Timed:
     """torch.nn.functional.scaled_dot_product_attention on contiguous [B, H, L, D] tensors (enable_gqa), one call per run of equal-length sequences."""
     from torch.nn.attention.bias import causal_lower_right

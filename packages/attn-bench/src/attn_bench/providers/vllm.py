@@ -12,7 +12,7 @@ import torch
 
 from ..inputs import Inputs
 from ..registry import Skip, Timed, provider
-from .common import ATTENTION_OPS, no_fp8
+from .common import ATTENTION_OPS, supports
 
 # vllm/v1/attention/backends/triton_attn.py: MIN_LAUNCH_GRID_SIZE_2D and
 # NUM_PAR_SOFTMAX_SEGMENTS (read from there when present, these are the 0.26 values).
@@ -51,6 +51,7 @@ def _triton_constants() -> tuple[int, int]:
     ops=ATTENTION_OPS,
     requires=("vllm",),
     cuda_only=True,
+    supports=supports(fp8=True, variants=("window", "softcap", "alibi", "sinks")),
     available=_import_vllm,
 )
 def vllm_triton(x: Inputs) -> Timed:
@@ -71,6 +72,8 @@ def vllm_triton(x: Inputs) -> Timed:
     v_descale = x.v_scale.expand(p.num_seqs, p.num_kv_heads)
     mode = KVQuantMode.FP8_PER_TENSOR if p.fp8 else KVQuantMode.NONE
     out = x.new_out()
+    # As vLLM's backends: window_size = (W - 1, 0) for a causal sliding window of W keys.
+    window = (x.window - 1, 0) if x.window else (-1, -1)
 
     def fn() -> torch.Tensor:
         unified_attention(
@@ -84,9 +87,9 @@ def vllm_triton(x: Inputs) -> Timed:
             max_seqlen_k=p.max_seqlen_k,
             softmax_scale=x.scale,
             causal=True,
-            window_size=(-1, -1),
+            window_size=window,
             block_table=x.block_table,
-            softcap=0,
+            softcap=x.softcap or 0,
             q_descale=None,
             k_descale=k_descale,
             v_descale=v_descale,
@@ -95,6 +98,8 @@ def vllm_triton(x: Inputs) -> Timed:
             softmax_segm_output=segm_out,
             softmax_segm_max=segm_max,
             softmax_segm_expsum=segm_sum,
+            alibi_slopes=x.alibi_slopes,
+            sinks=x.sinks,
             kv_quant_mode=mode,
         )
         return out
@@ -107,7 +112,7 @@ def vllm_triton(x: Inputs) -> Timed:
     ops=ATTENTION_OPS,
     requires=("vllm",),
     cuda_only=True,
-    supports=no_fp8,
+    supports=supports(fp8=False, variants=("window", "softcap", "sinks")),
     available=_fa3_available,
 )
 def vllm_fa3(x: Inputs) -> Timed:
@@ -116,6 +121,9 @@ def vllm_fa3(x: Inputs) -> Timed:
 
     p = x.problem
     out = x.new_out()
+    window = [x.window - 1, 0] if x.window else None
+    softcap = x.softcap or 0.0
+    sinks = {"s_aux": x.sinks} if x.sinks is not None else {}
 
     def fn() -> torch.Tensor:
         flash_attn_varlen_func(
@@ -131,6 +139,9 @@ def vllm_fa3(x: Inputs) -> Timed:
             block_table=x.block_table,
             out=out,
             fa_version=3,
+            window_size=window,
+            softcap=softcap,
+            **sinks,
         )
         return out
 
