@@ -49,6 +49,10 @@ class Resource(Protocol):
     def joinpath(self, *child: str) -> Any: ...
 
 
+# Nearest-key search resolution: 1/NEAR_GRID octave.
+NEAR_GRID = 8
+
+
 class TableError(ValueError):
     """A table file that cannot be used (unreadable, not JSON, or not the schema)."""
 
@@ -72,6 +76,9 @@ class Table:
     meta: dict[str, Any] = field(default_factory=dict)
     # categorical part of a key -> [(log2 point of the numeric part, key)], built on first use
     _groups: dict[tuple, list[tuple[tuple[float, ...], tuple]]] | None = field(default=None, repr=False)
+    # (categorical part, grid point) -> nearest stored key or None: decode problems change
+    # max_seqlen_k at every step, and each new value would otherwise cost a search
+    _near: dict[tuple, tuple | None] = field(default_factory=dict, repr=False)
 
     def over(self, base: Table) -> Table:
         """This table's entries layered over ``base``'s (same kernel)."""
@@ -82,20 +89,32 @@ class Table:
     def lookup(self, key: tuple, max_octaves: float) -> tuple[Entry, str] | None:
         """The entry for ``key`` (``"exact"``), else the stored key with the same categorical
         fields at the smallest summed log2 distance whose every numeric field lies within
-        ``max_octaves`` (``"nearest"``), else None. Ties go to the smaller key."""
+        ``max_octaves`` (``"nearest"``), else None. Distances are measured from the key's
+        numeric fields rounded to 1/8 octave (so one search serves a range of sizes); ties go
+        to the smaller key."""
         hit = self.entries.get(key)
         if hit is not None:
             return hit, "exact"
+        n = len(self.spec.categorical)
+        point = tuple(round(v * NEAR_GRID) / NEAR_GRID for v in log2_point(self.spec, key))
+        memo_key = (key[:n], point, max_octaves)
+        if memo_key not in self._near:
+            if len(self._near) >= 4096:
+                self._near.clear()
+            self._near[memo_key] = self._nearest(key[:n], point, max_octaves)
+        near = self._near[memo_key]
+        return (self.entries[near], "nearest") if near is not None else None
+
+    def _nearest(self, categorical: tuple, point: tuple[float, ...], max_octaves: float) -> tuple | None:
         if self._groups is None:
             groups: dict[tuple, list[tuple[tuple[float, ...], tuple]]] = {}
             n = len(self.spec.categorical)
-            for k in sorted(self.entries, key=repr):
+            for k in sorted(self.entries):
                 groups.setdefault(k[:n], []).append((log2_point(self.spec, k), k))
             self._groups = groups
-        candidates = self._groups.get(key[: len(self.spec.categorical)])
+        candidates = self._groups.get(categorical)
         if not candidates:
             return None
-        point = log2_point(self.spec, key)
         best: tuple[float, tuple] | None = None
         for p, k in candidates:
             gaps = [abs(a - b) for a, b in zip(point, p, strict=True)]
@@ -103,7 +122,7 @@ class Table:
                 continue
             if best is None or sum(gaps) < best[0]:
                 best = (sum(gaps), k)
-        return (self.entries[best[1]], "nearest") if best else None
+        return best[1] if best else None
 
 
 def device_file_name(device_name: str) -> str:
