@@ -117,6 +117,12 @@ def _env(backend: str) -> dict[str, str]:
     return env
 
 
+def _plugin_installed() -> bool:
+    from importlib.metadata import entry_points
+
+    return any(ep.name == "triton_attn_backend" for ep in entry_points(group="vllm.general_plugins"))
+
+
 def _parse_backend(spec: str) -> tuple[str, str]:
     label, _, backend = spec.partition("=")
     return label, backend or BACKENDS.get(label, label)
@@ -302,6 +308,12 @@ def run_e2e(opts: E2EOptions) -> int:
             extra[k] = json.loads(v)
         except json.JSONDecodeError:
             extra[k] = v
+    if any(_parse_backend(b)[1] == "CUSTOM" for b in opts.backends) and not _plugin_installed():
+        print(
+            "[e2e] WARNING: no vLLM plugin entry point 'triton_attn_backend' is installed, so the CUSTOM "
+            "backend will not exist; install vllm-triton-plugin (e.g. pip install --no-deps its wheel).",
+            file=sys.stderr,
+        )
     meta_path = out / "runs.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"runs": []}
     sha = _git_sha()

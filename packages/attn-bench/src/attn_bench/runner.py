@@ -104,18 +104,21 @@ def _cases(opts: RunOptions) -> Iterator[tuple[str, Problem]]:
 
 
 class _Progress:
-    """tqdm when installed, else one line per step with an ETA."""
+    """tqdm on a terminal (when installed), else one line per case with elapsed time and ETA
+    (readable in a log file)."""
 
     def __init__(self, total: int) -> None:
         self.total, self.done, self.t0 = total, 0, time.perf_counter()
-        try:
-            from tqdm import tqdm
+        self.bar: Any = None
+        if sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
 
-            self.bar: Any = tqdm(total=total, unit="case", dynamic_ncols=True, file=sys.stderr)
-        except ImportError:
-            self.bar = None
+                self.bar = tqdm(total=total, unit="case", dynamic_ncols=True, file=sys.stderr)
+            except ImportError:
+                pass
 
-    def step(self, what: str) -> None:
+    def step(self, what: str, outcome: str = "") -> None:
         self.done += 1
         if self.bar is not None:
             self.bar.set_postfix_str(what[:60], refresh=False)
@@ -123,7 +126,8 @@ class _Progress:
             return
         el = time.perf_counter() - self.t0
         eta = el / self.done * (self.total - self.done)
-        print(f"[{self.done}/{self.total}] {el:6.0f}s elapsed, ETA {eta:5.0f}s  {what}", file=sys.stderr, flush=True)
+        line = f"[{self.done}/{self.total}] {el:5.0f}s, ETA {eta:4.0f}s  {what}"
+        print(line + (f"  | {outcome}" if outcome else ""), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -201,6 +205,7 @@ def run(opts: RunOptions) -> Path:
     t0 = time.perf_counter()
     bar = _Progress(len(cases))
     for suite, p in cases:
+        first_row = len(rows)
         over = opts.budget_s is not None and time.perf_counter() - t0 > opts.budget_s
         x = None
         setup_error = ""
@@ -239,7 +244,7 @@ def run(opts: RunOptions) -> Path:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        bar.step(p.label())
+        bar.step(p.label(), _outcome(rows[first_row:]))
         _write(_merge(prior, rows), opts, out, env, ceil, cpu)  # after every case: a killed run keeps its rows
     bar.close()
     _write(_merge(prior, rows), opts, out, env, ceil, cpu)
@@ -252,6 +257,17 @@ def run(opts: RunOptions) -> Path:
         for m in made:
             print(f"attn-bench: {m}", file=sys.stderr)
     return out
+
+
+def _outcome(rows: list[Row]) -> str:
+    """One case's results in a few words: medians of timed providers, other statuses."""
+    parts = []
+    for r in rows:
+        if r.status == "ok":
+            parts.append(f"{r.provider} {r.p50_us:,.1f}us")
+        elif r.status != "skipped":
+            parts.append(f"{r.provider} {r.status.upper()}")
+    return ", ".join(parts)
 
 
 def _merge(prior: list[Row], rows: list[Row]) -> list[Row]:
