@@ -135,7 +135,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .runner import RunOptions, run
 
-    geometries = list(GEOMETRIES) if args.geometry == ["all"] else args.geometry
+    geometries = [g for g in GEOMETRIES if g != "tiny"] if "all" in args.geometry else args.geometry
     opts = RunOptions(
         kernel=args.kernel,
         geometries=geometries,
@@ -198,7 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("kernel", choices=list(KERNELS))
     p.add_argument("--geometry", nargs="+", default=["llama3-8b"], choices=[*GEOMETRIES, "all"])
     p.add_argument("--grid", default="default", choices=list(GRIDS))
-    p.add_argument("--budget", type=float, default=480.0, help="seconds; the run stops after the shape in progress")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=480.0,
+        help="seconds; when spent the run stops and drops the shape in progress (never a run's first); rerun to resume",
+    )
     p.add_argument("--out", default="dejavu_data", help="table root; writes OUT/KERNEL/DEVICE.json")
     p.add_argument("--dtype", default="bfloat16", choices=list(_DTYPES))
     p.add_argument("--kv-dtype", default=None, choices=list(_KV_DTYPES), help="default: --dtype")
