@@ -204,12 +204,14 @@ def run(opts: RunOptions) -> Path:
     log = out / "errors.log"
     t0 = time.perf_counter()
     bar = _Progress(len(cases))
+    broken = ""  # set when the device is left in an error state: the rest cannot run
     for suite, p in cases:
         first_row = len(rows)
         over = opts.budget_s is not None and time.perf_counter() - t0 > opts.budget_s
+        stop = "time budget spent" if over else broken
         x = None
         setup_error = ""
-        if not over:
+        if not stop:
             try:
                 x = make_inputs(p, device)
             except Exception as exc:  # e.g. out of memory for the largest cases
@@ -219,8 +221,11 @@ def run(opts: RunOptions) -> Path:
             if reason is not None:
                 rows.append(Row.for_problem(suite, prov.name, p, "skipped", reason, **base))
                 continue
-            if over:
-                rows.append(Row.for_problem(suite, prov.name, p, "skipped", "time budget spent", **base))
+            if stop:
+                rows.append(Row.for_problem(suite, prov.name, p, "skipped", stop, **base))
+                continue
+            if broken:
+                rows.append(Row.for_problem(suite, prov.name, p, "skipped", broken, **base))
                 continue
             if x is None:
                 rows.append(Row.for_problem(suite, prov.name, p, "error", setup_error, **base))
@@ -236,8 +241,9 @@ def run(opts: RunOptions) -> Path:
                     f.write(f"== {suite} | {prov.name} | {p.label()}\n{traceback.format_exc()}\n")
                 try:
                     _sync(device)
-                except Exception:
-                    pass
+                except Exception as sticky:  # e.g. an illegal memory access poisons the context
+                    broken = f"device in error state after {prov.name} failed on {p.label()}: {type(sticky).__name__}"
+                    print(f"attn-bench: {broken}; the remaining cases are skipped", file=sys.stderr)
             rows.append(Row.for_problem(suite, prov.name, p, **{**base, **fields_}))
             gc.collect()
         del x
