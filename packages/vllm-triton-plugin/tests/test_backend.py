@@ -50,7 +50,7 @@ def vllm_config(num_q_heads, num_kv_heads, dtype, cache_dtype="auto", mode=CUDAG
         model_config=model,
         parallel_config=SimpleNamespace(),
         cache_config=SimpleNamespace(cache_dtype=cache_dtype),
-        compilation_config=SimpleNamespace(cudagraph_mode=mode),
+        compilation_config=SimpleNamespace(cudagraph_mode=mode, static_forward_context={}),
         scheduler_config=SimpleNamespace(max_num_seqs=max_num_seqs),
     )
 

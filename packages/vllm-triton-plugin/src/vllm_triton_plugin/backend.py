@@ -25,6 +25,7 @@ from vllm.v1.attention.backend import (
     CommonAttentionMetadata,
     MultipleOf,
 )
+from vllm.v1.attention.backends.utils import get_num_attention_heads_from_layers
 
 from triton_attn_kernels import (
     AttentionConfig,
@@ -108,7 +109,10 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
         model_config = vllm_config.model_config
         parallel_config = vllm_config.parallel_config
-        self.num_q_heads = model_config.get_num_attention_heads(parallel_config)
+        # Per-layer head counts may differ from the model-wide one (non-uniform models).
+        self.num_q_heads = get_num_attention_heads_from_layers(
+            vllm_config, layer_names
+        ) or model_config.get_num_attention_heads(parallel_config)
         self.num_kv_heads = getattr(kv_cache_spec, "num_kv_heads", None) or model_config.get_num_kv_heads(
             parallel_config
         )
