@@ -24,7 +24,7 @@ def _groups(x: Inputs) -> list[tuple[int, int, int, int]]:
 
 @provider("torch-sdpa", ops=ATTENTION_OPS, supports=plain_only)
 def torch_sdpa(x: Inputs) -> Timed:
-    """torch.nn.functional.scaled_dot_product_attention on contiguous [B, H, L, D] tensors (enable_gqa), one call per run of equal-length sequences."""
+    """torch.nn.functional.scaled_dot_product_attention on contiguous [B, H, L, D] tensors (enable_gqa; chunks on a prefix: lower-right causal mask, K/V heads expanded), one call per run of equal-length sequences."""
     from torch.nn.attention.bias import causal_lower_right
 
     p = x.problem
@@ -36,19 +36,26 @@ def torch_sdpa(x: Inputs) -> Timed:
         q = x.q[cu_q[first] : cu_q[first + n]].view(n, ql, p.num_q_heads, p.head_dim).transpose(1, 2).contiguous()
         k = k_all[cu_k[first] : cu_k[first + n]].view(n, kl, p.num_kv_heads, p.head_dim).transpose(1, 2).contiguous()
         v = v_all[cu_k[first] : cu_k[first + n]].view(n, kl, p.num_kv_heads, p.head_dim).transpose(1, 2).contiguous()
+        gqa = p.num_q_heads != p.num_kv_heads
         if ql == 1:
             mask, causal = None, False  # the one new token sees the whole context
         elif ql == kl:
             mask, causal = None, True
         else:  # queries are the last ql positions: bottom-right aligned causal mask
             mask, causal = causal_lower_right(ql, kl), False
-        calls.append((q, k, v, mask, causal))
+            if gqa:
+                # The fused kernels that take this mask have no GQA: give them full heads
+                # (copied at setup) rather than send them to the unfused math path.
+                group = p.num_q_heads // p.num_kv_heads
+                k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+                gqa = False
+        calls.append((q, k, v, mask, causal, gqa))
     scale = x.scale
 
     def fn() -> list[torch.Tensor]:
         return [
-            F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=c, scale=scale, enable_gqa=True)
-            for q, k, v, m, c in calls
+            F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=c, scale=scale, enable_gqa=g)
+            for q, k, v, m, c, g in calls
         ]
 
     def read(outs: list[torch.Tensor]) -> torch.Tensor:
