@@ -198,7 +198,7 @@ def _launch(
     # first, so that a launch that cannot run fails before anything is written.
     pcfg: PrefillConfig | None = None
     if max_seqlen_q > 1:
-        pcfg = config.prefill or select_prefill_config(problem)
+        pcfg = select_prefill_config(problem, config.prefill, device=q.device)
         block_m = max(pcfg.block_m, triton.next_power_of_2(group))
         block_q = block_m // group
         q_tiles = triton.cdiv(max_seqlen_q, block_q)
@@ -209,7 +209,7 @@ def _launch(
             )
 
     # Decode specialisation: every sequence with exactly one new token.
-    dcfg: DecodeConfig = config.decode or select_decode_config(problem)
+    dcfg: DecodeConfig = select_decode_config(problem, config.decode, device=q.device)
     splits = dcfg.num_splits
     need = decode_workspace_numel(num_seqs, num_q_heads, head_dim, splits)
     if need:

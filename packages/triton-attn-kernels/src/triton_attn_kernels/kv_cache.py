@@ -8,7 +8,7 @@ import triton
 from . import _validation as check
 from . import debug
 from ._kernels.kv_cache import write_kv_kernel
-from .tuning import KVWriteConfig, kv_write_heuristic
+from .tuning import KVWriteConfig, select_kv_write_config
 
 __all__ = ["write_kv_cache"]
 
@@ -63,7 +63,15 @@ def write_kv_cache(
     quantize = k_cache.dtype in check.FP8_DTYPES
     ks = check.kv_scale("k_scale", k_scale, key.device) if quantize else slot_mapping
     vs = check.kv_scale("v_scale", v_scale, key.device) if quantize else slot_mapping
-    cfg = config or kv_write_heuristic(num_kv_heads, head_dim)
+    cfg = select_kv_write_config(
+        num_kv_heads,
+        head_dim,
+        num_tokens=num_tokens,
+        dtype=key.dtype,
+        kv_dtype=k_cache.dtype,
+        config=config,
+        device=key.device,
+    )
     write_kv_kernel[(num_tokens,)](
         key,
         value,
