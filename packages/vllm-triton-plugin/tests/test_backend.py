@@ -344,3 +344,58 @@ def test_legacy_kv_cache_shape(layout):
     expect = physical[block, token, head] if layout == "NHD" else physical[block, head, token]
     assert torch.equal(k_cache[block, token, head], expect[:HEAD])
     assert torch.equal(v_cache[block, token, head], expect[HEAD:])
+
+
+@pytest.mark.parametrize("captured_max_query_len", [1, 8])
+def test_graph_replay_with_new_batch_contents(captured_max_query_len):
+    """What a full CUDA graph does: the host values of the capture-time metadata are frozen,
+    the device tensors are vLLM's persistent buffers, rewritten in place before each replay.
+    Capture as vLLM does (uniform decode: max_query_len 1; mixed: max_query_len = tokens),
+    then replay batches of the same padded size with other lengths (a padded request with no
+    tokens included) and compare with the reference."""
+    gen = torch.Generator().manual_seed(8)
+    num_reqs, num_tokens, num_blocks = 4, 8 if captured_max_query_len > 1 else 4, 24
+    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=1, head_size=HEAD, dtype=torch.float32)
+    builder = TritonAttentionMetadataBuilder(
+        spec, ["layer.0"], vllm_config(4, 1, torch.float32, mode=CUDAGraphMode.FULL), DEVICE
+    )
+    # Persistent buffers, as the model runner keeps them.
+    query_start_loc = torch.zeros(num_reqs + 1, dtype=torch.int32, device=DEVICE)
+    seq_lens = torch.ones(num_reqs, dtype=torch.int32, device=DEVICE)
+    block_table = torch.zeros(num_reqs, 4, dtype=torch.int32, device=DEVICE)
+    capture_lens = [num_tokens // num_reqs] * num_reqs
+    query_start_loc.copy_(torch.tensor([0, *torch.tensor(capture_lens).cumsum(0).tolist()]))
+    seq_lens.copy_(torch.tensor(capture_lens))
+    captured = builder.build(
+        0,
+        CommonAttentionMetadata(
+            query_start_loc=query_start_loc,
+            query_start_loc_cpu=query_start_loc.cpu(),
+            seq_lens=seq_lens,
+            num_reqs=num_reqs,
+            num_actual_tokens=num_tokens,
+            max_query_len=captured_max_query_len,
+            max_seq_len=captured_max_query_len,
+            block_table_tensor=block_table,
+            slot_mapping=torch.full((num_tokens,), -1, dtype=torch.int64, device=DEVICE),
+        ),
+    )
+    assert captured.config.decode.num_splits > 1  # the split-KV path, with its workspace
+    impl = TritonAttentionImpl(4, HEAD, HEAD**-0.5, 1, None, None, "auto")
+    cache = kv_cache(num_blocks, 1, torch.float32, "NHD")
+    cache.copy_(torch.randn(cache.shape, generator=gen))
+    k_cache, v_cache = impl._caches(cache)
+    replays = [[(40, 1), (17, 1), (0, 0), (3, 1)]]
+    if captured_max_query_len > 1:
+        replays.append([(40, 1), (21, 5), (0, 0), (2, 2)])
+    for seqs in replays:
+        lens = [q for _, q in seqs]
+        query_start_loc.copy_(torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()]))
+        seq_lens.copy_(torch.tensor([ctx for ctx, _ in seqs]))
+        block_table.copy_(torch.randperm(num_blocks, generator=gen)[: block_table.numel()].view(block_table.shape))
+        query = torch.randn(num_tokens, 4, HEAD, generator=gen).to(DEVICE)
+        output = torch.full_like(query, float("nan"))
+        impl.forward(layer(), query, query[:, :1], query[:, :1], cache, captured, output)
+        ref = paged_attention_ref(query, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale=HEAD**-0.5)
+        n = sum(lens)
+        torch.testing.assert_close(output[:n], ref[:n], atol=2e-3, rtol=2e-3)
