@@ -65,9 +65,13 @@ def flex(x: Inputs) -> Timed:
         return (slot_seq[kv_idx] == q_seq[q_idx]) & (slot_pos[kv_idx] <= q_pos[q_idx])
 
     num_tokens = x.q.shape[0]
-    try:  # the compiled mask builder avoids materialising [tokens, slots] intermediates
-        block_mask = create_block_mask(mask_mod, None, None, num_tokens, slots, device=dev, _compile=dev.type == "cuda")
-    except TypeError:  # a torch without the _compile switch
+    block_mask = None
+    if dev.type == "cuda":
+        try:  # the compiled mask builder avoids materialising [tokens, slots] intermediates
+            block_mask = create_block_mask(mask_mod, None, None, num_tokens, slots, device=dev, _compile=True)
+        except Exception:  # no _compile switch in this torch, or its compile failed: build eagerly
+            block_mask = None
+    if block_mask is None:
         block_mask = create_block_mask(mask_mod, None, None, num_tokens, slots, device=dev)
     q = x.q.transpose(0, 1).unsqueeze(0).contiguous()  # [1, Hq, T, D]
     k = x.k_cache.view(1, slots, p.num_kv_heads, p.head_dim).transpose(1, 2)  # [1, Hkv, slots, D], no copy
