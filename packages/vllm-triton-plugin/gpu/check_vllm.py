@@ -230,7 +230,11 @@ def run_engine(engine: str, args: argparse.Namespace, model: Path, workdir: Path
         return {"engine": engine, "error": f"rc={rc}", "log": str(log)}
     result = json.loads(out.read_text())
     result["wall_s"] = round(wall, 1)
-    print(f"[{engine}] ok in {wall:.0f}s, generate {result['generate_s']}s, impls {result['impls']}", flush=True)
+    print(
+        f"[{engine}] ok in {wall:.0f}s, generate {result['generate_s']}s, impls {result['impls']}, "
+        f"randomised matrices {result['randomised_matrices']}",
+        flush=True,
+    )
     return result
 
 
@@ -244,7 +248,12 @@ def compare(args: argparse.Namespace, model: Path, workdir: Path) -> bool:
             print(f"  {label:24s} {name:10s} ERROR {run['error']} ({run['log']})")
             ok = False
             continue
-        if name == "flash_attn" or ref is None or "error" in ref:
+        if name == "flash_attn":
+            if not any("flash_attn" in i for i in run["impls"]):
+                print(f"  {label:24s} flash_attn reference did not run FlashAttention: {run['impls']}")
+                ok = False
+            continue
+        if ref is None or "error" in ref:
             continue
         same = sum(a == b for a, b in zip(run["tokens"], ref["tokens"], strict=True))
         first_diff = [
