@@ -14,7 +14,7 @@ import tomllib
 
 from .results import read_csv
 
-__all__ = ["AnchorCheck", "check_anchors", "load_anchors"]
+__all__ = ["AnchorCheck", "anchors_markdown", "check_anchors", "load_anchors"]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .problems import Problem
 
-__all__ = ["DTYPE_BYTES", "bytes_moved", "flops", "intensity"]
+__all__ = ["DTYPE_BYTES", "bytes_moved", "flops", "intensity", "roofline_seconds", "visible_pairs"]
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
 

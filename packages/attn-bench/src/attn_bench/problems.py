@@ -13,13 +13,13 @@ Suites live in ``attn_bench/suites/<name>.toml``; see ``default.toml`` for the f
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from typing import Any
 
 import tomllib
 
-__all__ = ["OPS", "Problem", "Suite", "list_suites", "load_suite"]
+__all__ = ["OPS", "PROBLEM_FIELDS", "Problem", "Suite", "list_suites", "load_suite"]
 
 OPS = ("decode", "prefill", "mixed", "kv_write")
 DTYPES = ("float16", "bfloat16", "float32")
@@ -217,7 +217,3 @@ def load_suite(name: str) -> Suite:
         problems=_dedupe(problems),
         quick=_dedupe(quick),
     )
-
-
-def with_fields(p: Problem, **changes: Any) -> Problem:
-    return replace(p, **changes)

@@ -25,7 +25,7 @@ import torch
 from .inputs import Inputs
 from .problems import OPS, Problem
 
-__all__ = ["REGISTRY", "Provider", "Skip", "Timed", "get", "provider", "providers_for"]
+__all__ = ["REGISTRY", "Provider", "Skip", "Timed", "all_providers", "get", "provider", "providers_for"]
 
 
 class Skip(Exception):

@@ -4,7 +4,6 @@ Markdown summary and ``compare``."""
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Iterable
@@ -14,7 +13,7 @@ from typing import Any
 
 from .problems import PROBLEM_FIELDS, Problem
 
-__all__ = ["COLUMNS", "Row", "compare", "markdown_summary", "read_csv", "write_csv"]
+__all__ = ["COLUMNS", "Row", "compare", "comparison_markdown", "fill_baselines", "markdown_summary", "read_csv", "write_csv"]
 
 
 @dataclass
@@ -228,7 +227,3 @@ def comparison_markdown(cmp: list[Comparison], threshold: float) -> str:
     n_reg = sum(c.flag == "regression" for c in cmp)
     lines += ["", f"{len(cmp)} matched cases, {n_reg} regressions."]
     return "\n".join(lines)
-
-
-def replace(row: Row, **changes: Any) -> Row:
-    return dataclasses.replace(row, **changes)
