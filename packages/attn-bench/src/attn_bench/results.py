@@ -13,7 +13,16 @@ from typing import Any
 
 from .problems import PROBLEM_FIELDS, Problem
 
-__all__ = ["COLUMNS", "Row", "compare", "comparison_markdown", "fill_baselines", "markdown_summary", "read_csv", "write_csv"]
+__all__ = [
+    "COLUMNS",
+    "Row",
+    "compare",
+    "comparison_markdown",
+    "fill_baselines",
+    "markdown_summary",
+    "read_csv",
+    "write_csv",
+]
 
 
 @dataclass
