@@ -58,3 +58,16 @@ def test_registration_rejects_duplicates_and_unknown_ops():
     with pytest.raises(ValueError):
         get("no-such-provider")
     assert "no-such-provider" not in registry.REGISTRY
+
+
+def test_list_command_names_every_provider_and_skip_reason(capsys):
+    from attn_bench import cli
+
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in EXPECTED:
+        assert name in out
+    if not torch.cuda.is_available():
+        assert "SKIPPED" in out  # at least the CUDA-only peers
+    for suite in ("decode", "prefill", "mixed", "kv-write", "smoke", "default"):
+        assert suite in out
