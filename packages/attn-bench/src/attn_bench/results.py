@@ -183,18 +183,20 @@ def markdown_summary(rows: list[Row], header: dict[str, str]) -> str:
             cells = [_cell(by[p]) if p in by else "" for p in provs]
             out.append(f"| {labels[key]} | " + " | ".join(cells) + " |")
         out.append("")
-    problems = [r for r in rows if r.status != "ok"]
-    if problems:
-        out += ["## Not timed", "", "| suite | provider | case | status | why |", "|---|---|---|---|---|"]
-        seen = set()
-        for r in problems:
-            # One line per (provider, reason) when the reason does not depend on the case.
-            key = (r.suite, r.provider, r.status, r.detail) if r.status == "skipped" else id(r)
-            if key in seen:
-                continue
-            seen.add(key)
-            case = "(all such cases)" if r.status == "skipped" else r.label
-            out.append(f"| {r.suite} | {r.provider} | {case} | {r.status} | {r.detail.replace('|', '/')} |")
+    failed = [r for r in rows if r.status in ("wrong", "error")]
+    if failed:
+        out += ["## Failed (not timed)", "", "| suite | provider | case | status | why |", "|---|---|---|---|---|"]
+        for r in failed:
+            out.append(f"| {r.suite} | {r.provider} | {r.label} | {r.status} | {r.detail.replace('|', '/')} |")
+        out.append("")
+    skipped: dict[tuple[str, str], list[Row]] = defaultdict(list)
+    for r in rows:
+        if r.status == "skipped":
+            skipped[(r.provider, r.detail)].append(r)
+    if skipped:
+        out += ["## Skipped", "", "| provider | why | cases |", "|---|---|---|"]
+        for (prov, why), rs in skipped.items():
+            out.append(f"| {prov} | {why.replace('|', '/')} | {len(rs)} |")
         out.append("")
     return "\n".join(out)
 

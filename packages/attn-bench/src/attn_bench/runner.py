@@ -217,6 +217,8 @@ def run(opts: RunOptions) -> Path:
             except Exception as exc:  # e.g. out of memory for the largest cases
                 setup_error = f"inputs: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
         for prov in provs:
+            if p.op not in prov.ops:  # not a peer for this op: no row at all
+                continue
             reason = prov.unavailable(device) or prov.unsupported(p)
             if reason is not None:
                 rows.append(Row.for_problem(suite, prov.name, p, "skipped", reason, **base))
