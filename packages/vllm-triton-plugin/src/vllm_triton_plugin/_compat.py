@@ -28,14 +28,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from vllm.v1.attention.backend import AttentionBackend
 from vllm.v1.attention.backends.registry import AttentionBackendEnum
 
 __all__ = [
     "OWN_BACKEND_NAME",
-    "KVCacheShapeMixin",
     "backend_name",
     "can_register_own_name",
+    "kv_cache_shape_mixin",
     "platform_detected",
     "register_own_name",
     "split_kv_cache",
@@ -107,10 +106,13 @@ class _NoLegacyMethods:
     pass
 
 
-# vLLM >= 0.29 removed both methods from AttentionBackend and never calls them.
-KVCacheShapeMixin: type[Any] = (
-    _LegacyKVCacheShape if hasattr(AttentionBackend, "get_kv_cache_shape") else _NoLegacyMethods
-)
+def kv_cache_shape_mixin() -> type[Any]:
+    """Base class giving the backend the legacy KV-cache methods where vLLM still asks for
+    them (<= 0.28; 0.29 removed both from AttentionBackend and never calls them). A function,
+    so that importing this module (the entry points do) does not import vLLM's backend base."""
+    from vllm.v1.attention.backend import AttentionBackend
+
+    return _LegacyKVCacheShape if hasattr(AttentionBackend, "get_kv_cache_shape") else _NoLegacyMethods
 
 
 def platform_detected(kind: str) -> bool:

@@ -204,7 +204,7 @@ _REASONS = {
 }
 
 
-class TritonAttentionBackend(_compat.KVCacheShapeMixin, AttentionBackend):
+class TritonAttentionBackend(_compat.kv_cache_shape_mixin(), AttentionBackend):
     supported_dtypes: ClassVar[list[torch.dtype]] = list(SUPPORTED_DTYPES)
     supported_kv_cache_dtypes: ClassVar[list[Any]] = ["auto", "float16", "bfloat16", *FP8_CACHE_DTYPES]
     # vLLM calls impl.do_kv_cache_update (our Triton write) before impl.forward.
