@@ -47,6 +47,15 @@ def test_import_has_no_side_effects():
     assert _python(code) == "[] True"
 
 
+def test_entry_points_are_cheap():
+    # Called in every vLLM process: neither our backend module nor the kernels get imported.
+    code = (
+        "import sys, vllm_triton_plugin as p; p.register_backend(); p.platform_plugin(); "
+        "print(sorted(m for m in ('vllm_triton_plugin.backend', 'triton_attn_kernels') if m in sys.modules))"
+    )
+    assert _python(code) == "[]"
+
+
 def test_register_backend_is_idempotent():
     register_backend()
     register_backend()
