@@ -351,9 +351,11 @@ def run_e2e(opts: E2EOptions) -> int:
                     status = "error"
             except subprocess.TimeoutExpired:
                 status, detail = "error", f"timed out after {opts.timeout_s:.0f}s"
-        if status != "ok" and not detail:
-            tail = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-            detail = (tail[-1] if tail else f"exit status {proc.returncode}")[-300:]
+        if status != "ok":
+            tail = [ln.rstrip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+            print("\n".join(["[e2e] last lines of " + str(log), *tail[-25:]]), file=sys.stderr, flush=True)
+            if not detail:
+                detail = (tail[-1].strip() if tail else f"exit status {proc.returncode}")[-300:]
         ok &= status == "ok"
         print(f"[e2e] {label}: {status} in {time.perf_counter() - t0:.0f}s {detail}", file=sys.stderr, flush=True)
         meta["runs"].append(
