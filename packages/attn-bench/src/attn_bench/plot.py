@@ -63,6 +63,7 @@ def _throughput(rows: list[Row], path: Path, title: str, colors: dict[str, Any],
         if not math.isnan(ceiling):
             ax.axhline(ceiling, ls="--", color="grey", lw=1, label="measured ceiling")
         ax.set_xscale("log", base=2)
+        ax.set_ylim(bottom=0)
         ax.set_title(f"batch {b}", fontsize=9)
         ax.set_xlabel("context (tokens)")
         ax.set_ylabel(_UNIT[metric])
