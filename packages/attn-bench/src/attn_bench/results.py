@@ -147,8 +147,9 @@ def _cell(r: Row) -> str:
     if r.status != "ok":
         return f"{r.status}"
     rate = f"{_rate(r.gbps)} GB/s" if r.op in ("decode", "kv_write") else f"{_rate(r.tflops)} TF/s"
+    pct = "" if math.isnan(r.pct_roofline) else f" ({r.pct_roofline:.0f}%)"
     ratio = "" if math.isnan(r.ratio_to_baseline) else f" · {r.ratio_to_baseline:.2f}x"
-    return f"{_time(r.p50_us)} · {rate}{ratio}"
+    return f"{_time(r.p50_us)} · {rate}{pct}{ratio}"
 
 
 def markdown_summary(rows: list[Row], header: dict[str, str]) -> str:
@@ -158,7 +159,8 @@ def markdown_summary(rows: list[Row], header: dict[str, str]) -> str:
     out += [
         "",
         "Cells: median time · GB/s (decode, KV write: K+V bytes once) or TFLOP/s (prefill, mixed)"
-        " · speed relative to the baseline provider (baseline time / this time).",
+        " (percent of the measured roofline) · speed relative to the baseline provider"
+        " (baseline time / this time).",
         "",
     ]
     groups: dict[tuple[str, str], list[Row]] = defaultdict(list)
