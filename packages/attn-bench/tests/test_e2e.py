@@ -65,6 +65,23 @@ def test_e2e_with_a_fake_vllm(tmp_path, monkeypatch):
     assert len(json.loads((out / "runs.json").read_text())["runs"]) == 4
 
 
+def test_e2e_folders_merge_with_agreement_across_them(tmp_path, monkeypatch):
+    from attn_bench import cli
+
+    fake = tmp_path / "fake"
+    (fake / "vllm").mkdir(parents=True)
+    (fake / "vllm" / "__init__.py").write_text(FAKE_VLLM)
+    monkeypatch.setenv("PYTHONPATH", f"{fake}")
+    for label in ("FLASH_ATTN", "TRITON_ATTN"):  # one backend per command, as on a busy GPU
+        e2e.run_e2e(e2e.E2EOptions(backends=[label], workloads=["tiny"], out=tmp_path / label, timeout_s=120))
+    assert (
+        cli.main(["merge", str(tmp_path / "FLASH_ATTN"), str(tmp_path / "TRITON_ATTN"), "--out", str(tmp_path / "m")])
+        == 0
+    )
+    rows = {r["label"]: r for r in _read(tmp_path / "m" / "e2e.csv")}
+    assert rows["TRITON_ATTN"]["reference"] == "FLASH_ATTN" and float(rows["TRITON_ATTN"]["agree_prefix"]) == 0.5
+
+
 def test_prompts_are_deterministic_and_ordinary_tokens():
     w = e2e.WORKLOADS["tiny"]
     a, b = e2e.prompts(w), e2e.prompts(w)

@@ -68,3 +68,16 @@ def test_anchors_set_a_run_beside_anchors_md(tmp_path, synthetic):
     assert checks[("decode b32 ctx32768", "vllm-fa3")].measured is None
     md = anchors_markdown(list(checks.values()), 0.10)
     assert "**differs**" in md and "not in run" in md
+
+
+def test_merge_combines_run_folders(tmp_path, synthetic):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    write_csv([synthetic("ours-paged", 10.0), synthetic("torch-sdpa", 20.0)], a / "results.csv")
+    write_csv([synthetic("ours-paged", 8.0), synthetic("ours-paged", 5.0, batch=2)], b / "results.csv")
+    assert cli.main(["merge", str(a), str(b), "--out", str(tmp_path / "m"), "--no-plot"]) == 0
+    rows = {(r.provider, r.batch): r for r in read_csv(tmp_path / "m" / "results.csv")}
+    assert set(rows) == {("ours-paged", 1), ("torch-sdpa", 1), ("ours-paged", 2)}
+    assert rows[("ours-paged", 1)].p50_us == 8.0  # the later folder wins
+    assert (tmp_path / "m" / "summary.md").exists()

@@ -80,6 +80,22 @@ def _cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_merge(a: argparse.Namespace) -> int:
+    from .e2e import merge_e2e
+    from .runner import merge
+
+    micro = [s for s in a.sources if (s / "results.csv").exists() or s.suffix == ".csv"]
+    e2e = [s for s in a.sources if (s / "runs.json").exists()]
+    if not micro and not e2e:
+        raise SystemExit("no results.csv or e2e runs.json in the given folders")
+    if micro:
+        merge(micro, a.out, plot=not a.no_plot)
+    if e2e:
+        out = merge_e2e(e2e, a.out / "e2e" if micro else a.out, a.reference)
+        print((out / "e2e.md").read_text())
+    return 0
+
+
 def _cmd_anchors(a: argparse.Namespace) -> int:
     from .anchors import anchors_markdown, check_anchors
 
@@ -140,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threshold", type=float, default=0.05, help="flag ratios beyond 1 +/- this (default 0.05)")
     c.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a regression is flagged")
     c.set_defaults(func=_cmd_compare)
+
+    m = sub.add_parser("merge", help="combine result folders of several runs (microbench and/or e2e)")
+    m.add_argument("sources", nargs="+", type=Path, help="folders holding results.csv and/or e2e runs.json")
+    m.add_argument("--out", type=Path, required=True)
+    m.add_argument("--reference", default=None, help="e2e: backend label whose tokens others are compared with")
+    m.add_argument("--no-plot", action="store_true")
+    m.set_defaults(func=_cmd_merge)
 
     an = sub.add_parser("anchors", help="a run beside the peer numbers of ANCHORS.md (H100)")
     an.add_argument("csv", type=Path, nargs="?", default=None, help="results.csv of `attn-bench run`")

@@ -376,6 +376,26 @@ def run_e2e(opts: E2EOptions) -> int:
     return 0 if ok else 1
 
 
+def merge_e2e(sources: list[Path], out: Path, reference: str | None = None) -> Path:
+    """Gather the runs of several e2e folders (e.g. one backend per short GPU command) into
+    ``out`` and redo the table, greedy agreement included."""
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / "runs.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"runs": []}
+    for src in sources:
+        if src.resolve() == out.resolve() or not (src / "runs.json").exists():
+            continue
+        for info in json.loads((src / "runs.json").read_text())["runs"]:
+            tag = f"{info['label']}-{len(meta['runs'])}"
+            result = src / info["result"]
+            if result.exists():
+                (out / f"result-{tag}.json").write_bytes(result.read_bytes())
+            meta["runs"].append({**info, "result": f"result-{tag}.json"})
+    meta_path.write_text(json.dumps(meta, indent=2))
+    _write(_collect(out, reference), out)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="attn-bench e2e worker (one vLLM engine)")
     ap.add_argument("--worker", required=True, help="path of the JSON spec written by run_e2e")

@@ -303,3 +303,46 @@ def _write(rows: list[Row], opts: RunOptions, out: Path, env: dict[str, str], ce
         header["WARNING"] = CPU_NOTE
     (out / "summary.md").write_text(markdown_summary(rows, header))
     (out / "env.json").write_text(json.dumps({**header, "argv": sys.argv}, indent=2))
+
+
+def merge(sources: list[Path], out: Path, plot: bool = True) -> Path:
+    """Combine the results.csv of several run folders (e.g. one per short GPU command) into
+    ``out``: a later folder's row for the same suite, case and provider replaces an earlier
+    one; baselines, summary and plots are redone over the union."""
+    rows: list[Row] = []
+    for src in sources:
+        path = src / "results.csv" if src.is_dir() else src
+        if path.exists():
+            rows = _merge(rows, read_csv(path))
+    if not rows:
+        raise SystemExit(f"no results.csv in {', '.join(map(str, sources))}")
+    out.mkdir(parents=True, exist_ok=True)
+    pref = {}
+    for name in dict.fromkeys(r.suite for r in rows):
+        try:
+            pref[name] = load_suite(name).baseline
+        except ValueError:
+            pref[name] = ()
+    fill_baselines(rows, pref)
+    write_csv(rows, out / "results.csv")
+    first = rows[0]
+    header = {
+        "device": ", ".join(dict.fromkeys(r.device for r in rows)),
+        "torch": first.torch,
+        "triton": first.triton,
+        "vllm": first.vllm,
+        "git_sha": ", ".join(dict.fromkeys(r.git_sha for r in rows)),
+        "copy ceiling": ", ".join(dict.fromkeys(f"{r.ceiling_gbps:,.0f} GB/s" for r in rows)),
+        "bf16 matmul ceiling": ", ".join(dict.fromkeys(f"{r.ceiling_tflops:.4g} TFLOP/s" for r in rows)),
+        "merged from": ", ".join(map(str, sources)),
+    }
+    if any(r.method.startswith("cpu") for r in rows):
+        header["WARNING"] = CPU_NOTE
+    (out / "summary.md").write_text(markdown_summary(rows, header))
+    print(f"attn-bench: {len(rows)} rows -> {out}", file=sys.stderr)
+    if plot:
+        from .plot import plot_csv
+
+        for m in plot_csv(out / "results.csv", out):
+            print(f"attn-bench: {m}", file=sys.stderr)
+    return out
