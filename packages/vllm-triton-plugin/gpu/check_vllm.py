@@ -66,6 +66,8 @@ ENGINES = {
     # name: (environment changes, LLM keyword arguments)
     "triton": ({"VLLM_PLUGINS": None}, {}),  # the plugin's platform, our backend by default
     "flash_attn": ({"VLLM_PLUGINS": ""}, {"attention_backend": "FLASH_ATTN"}),  # stock vLLM
+    # stock vLLM's own Triton backend: the noise floor of a kernel-for-kernel comparison
+    "triton_attn": ({"VLLM_PLUGINS": ""}, {"attention_backend": "TRITON_ATTN"}),
     # stock CUDA platform, our backend chosen by name through the general plugin
     "custom": ({"VLLM_PLUGINS": "triton_attn_backend"}, {"attention_backend": "CUSTOM"}),
 }

@@ -16,7 +16,7 @@ import triton
 from . import _validation as check
 from . import debug
 from ._device import interpreting, num_sms
-from ._kernels.attention import QLEN_ALL, QLEN_MANY, QLEN_ONE, attention_kernel, merge_kernel
+from ._kernels.attention import attention_kernel, merge_kernel
 from .tuning import (
     AttentionConfig,
     AttentionProblem,
@@ -154,7 +154,7 @@ def _launch(
         block_q: int,
         tile_n: int,
         splits: int,
-        mode: int,
+        decode: bool,
         grid0: int,
         warps: int,
         stages: int,
@@ -188,7 +188,7 @@ def _launch(
             BLOCK_Q=block_q,
             TILE_N=tile_n,
             NUM_SPLITS=splits,
-            QLEN_MODE=mode,
+            IS_DECODE=decode,
             num_warps=warps,
             num_stages=stages,
             **common,
@@ -224,13 +224,12 @@ def _launch(
         part_out = workspace[num_seqs * num_q_heads * splits : need]
     else:
         part_lse = part_out = out
-    mode = QLEN_ALL.value if pcfg is None else QLEN_ONE.value
     run(
         max(16, triton.next_power_of_2(group)),
         1,
         dcfg.tile_n,
         splits,
-        mode,
+        True,
         1,
         dcfg.num_warps,
         dcfg.num_stages,
@@ -251,7 +250,7 @@ def _launch(
             num_warps=4,
         )
     if pcfg is not None:
-        run(block_m, block_q, pcfg.tile_n, 1, QLEN_MANY.value, q_tiles, pcfg.num_warps, pcfg.num_stages, out, out)
+        run(block_m, block_q, pcfg.tile_n, 1, False, q_tiles, pcfg.num_warps, pcfg.num_stages, out, out)
     return out
 
 

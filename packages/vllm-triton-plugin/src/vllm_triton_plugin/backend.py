@@ -35,7 +35,7 @@ from triton_attn_kernels import (
     varlen_attention,
     write_kv_cache,
 )
-from triton_attn_kernels.tuning import AttentionProblem, decode_heuristic
+from triton_attn_kernels.tuning import AttentionProblem, decode_heuristic, prefill_heuristic
 
 from . import _compat
 
@@ -139,9 +139,19 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             for n in range(1, max_seqs + 1)
         )
         self.workspace = torch.empty(need, dtype=torch.float32, device=device) if need else None
+        # One prefill configuration per model: table lookups per batch shape would compile a
+        # new kernel variant whenever a new shape maps to another entry, in the middle of
+        # serving (seen on the H100: seconds of JIT during the first generations).
+        self.prefill = prefill_heuristic(
+            dataclasses.replace(
+                self._problem(vllm_config.scheduler_config.max_num_seqs, self.max_model_len),
+                max_seqlen_q=getattr(vllm_config.scheduler_config, "max_num_batched_tokens", None)
+                or self.max_model_len,
+            )
+        )
 
-    def _decode_config(self, num_seqs: int, max_seq_len: int) -> DecodeConfig:
-        problem = AttentionProblem(
+    def _problem(self, num_seqs: int, max_seq_len: int) -> AttentionProblem:
+        return AttentionProblem(
             num_seqs=num_seqs,
             num_q_heads=self.num_q_heads,
             num_kv_heads=self.num_kv_heads,
@@ -153,7 +163,9 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             num_sms=self.num_sms,
             interpreter=self.interpreter,
         )
-        config = decode_heuristic(problem)
+
+    def _decode_config(self, num_seqs: int, max_seq_len: int) -> DecodeConfig:
+        config = decode_heuristic(self._problem(num_seqs, max_seq_len))
         # NUM_SPLITS is a compile-time constant: rounding it up to a power of two bounds the
         # kernel variants a server compiles (at most 7 up to 64 splits, each compiled in
         # vLLM's warm-up runs before graph capture) at the cost of a few idle split programs.
@@ -185,7 +197,7 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             block_table=cm.block_table_tensor,
             slot_mapping=cm.slot_mapping,
             causal=cm.causal,
-            config=AttentionConfig(decode=decode),
+            config=AttentionConfig(decode=decode, prefill=self.prefill),
             workspace=workspace,
         )
 

@@ -18,12 +18,6 @@ from .softmax import merge_splits, online_softmax_step, softmax_finish
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
-# QLEN_MODE: which sequences a launch serves, so that decode and prefill launches can
-# share one batch without any host-side knowledge of its composition.
-QLEN_ALL = tl.constexpr(0)
-QLEN_ONE = tl.constexpr(1)  # only sequences with exactly one new token (decode launch)
-QLEN_MANY = tl.constexpr(2)  # only sequences with two or more new tokens (prefill launch)
-
 
 @triton.jit
 def _tanh(x):
@@ -163,7 +157,7 @@ def attention_kernel(
     USE_SINKS: tl.constexpr,
     KV_SCALED: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
-    QLEN_MODE: tl.constexpr,
+    IS_DECODE: tl.constexpr,  # serve sequences with exactly one new token; else those with two or more
     DOT_F32: tl.constexpr,  # upcast dot operands to fp32 (fp32 inputs, or the interpreter's bf16)
     DOT_PRECISION: tl.constexpr,
 ):
@@ -177,10 +171,13 @@ def attention_kernel(
 
     q_start = tl.load(cu_seqlens_q_ptr + seq)
     q_len = tl.load(cu_seqlens_q_ptr + seq + 1) - q_start
-    if QLEN_MODE == QLEN_ONE:
+    # The decode and prefill launches of a mixed batch each skip the other's sequences, so
+    # the host never reads the batch composition, and a pure-decode batch compiles the same
+    # decode variant as a mixed one.
+    if IS_DECODE:
         if q_len != 1:
             return
-    if QLEN_MODE == QLEN_MANY:
+    else:
         if q_len < 2:
             return
     q0 = q_tile * BLOCK_Q
