@@ -51,6 +51,15 @@ def count(name: str, value: Any, *, minimum: int = 0) -> int:
     return value
 
 
+def batch_limits(num_seqs: int, max_seqlen_q: Any, max_seqlen_k: Any) -> None:
+    if num_seqs > MAX_SEQS:
+        raise ValueError(f"at most {MAX_SEQS} sequences per call, got {num_seqs}")
+    count("max_seqlen_q", max_seqlen_q)
+    count("max_seqlen_k", max_seqlen_k)
+    if max_seqlen_q > max_seqlen_k:
+        raise ValueError(f"max_seqlen_q ({max_seqlen_q}) must not exceed max_seqlen_k ({max_seqlen_k})")
+
+
 def positive_float(name: str, value: Any) -> float | None:
     if value is None:
         return None

@@ -320,12 +320,7 @@ def paged_attention(
         raise ValueError(f"block_table must have num_seqs={num_seqs} rows (seq_lens), got {block_table.shape[0]}")
     if cu_seqlens_q.shape[0] != num_seqs + 1:
         raise ValueError(f"cu_seqlens_q must have num_seqs + 1 = {num_seqs + 1} entries, got {cu_seqlens_q.shape[0]}")
-    if num_seqs > check.MAX_SEQS:
-        raise ValueError(f"at most {check.MAX_SEQS} sequences per call, got {num_seqs}")
-    check.count("max_seqlen_q", max_seqlen_q)
-    check.count("max_seqlen_k", max_seqlen_k)
-    if max_seqlen_q > max_seqlen_k:
-        raise ValueError(f"max_seqlen_q ({max_seqlen_q}) must not exceed max_seqlen_k ({max_seqlen_k})")
+    check.batch_limits(num_seqs, max_seqlen_q, max_seqlen_k)
     check.same_device(
         q.device,
         k_cache=k_cache,
@@ -425,12 +420,7 @@ def varlen_attention(
             f"cu_seqlens_q and cu_seqlens_k must both have num_seqs + 1 entries, got "
             f"{cu_seqlens_q.shape[0]} and {cu_seqlens_k.shape[0]}"
         )
-    if num_seqs > check.MAX_SEQS:
-        raise ValueError(f"at most {check.MAX_SEQS} sequences per call, got {num_seqs}")
-    check.count("max_seqlen_q", max_seqlen_q)
-    check.count("max_seqlen_k", max_seqlen_k)
-    if max_seqlen_q > max_seqlen_k:
-        raise ValueError(f"max_seqlen_q ({max_seqlen_q}) must not exceed max_seqlen_k ({max_seqlen_k})")
+    check.batch_limits(num_seqs, max_seqlen_q, max_seqlen_k)
     check.same_device(q.device, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, out=out)
     out = check.output(out, q)
     feats = _features(
