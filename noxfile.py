@@ -128,3 +128,10 @@ def tune(session: nox.Session) -> None:
     session.install("-e", f"{KERNELS}[test]")
     args = session.posargs or ["validate"]
     session.run("python", "-m", "triton_attn_kernels.tune", *args, env=_env(session))
+
+
+@nox.session(python=False)
+def e2e(session: nox.Session) -> None:
+    """`attn-bench e2e` in the current environment (it needs the GPU's vLLM, which a fresh venv
+    cannot provide): `nox -s e2e -- --backends FLASH_ATTN ours --workload 256x1024-256`."""
+    session.run("python", "-m", "attn_bench", "e2e", *session.posargs)
