@@ -27,7 +27,9 @@ the rest at 1/20, so argmax is a contest among a few tokens with wide gaps; (3) 
 mantissa bits, bf16 has 7): the hidden state and the logits carry 8x less rounding. Token
 flips per position between two correct kernels: 7% with the old N(0, 0.02) weights in bf16,
 1.4% with (1)+(2) in bf16, 0.3% with (1)+(2) in fp16 (about 30 of 32 prompts identical over 16
-tokens); the bug still flips 9.5% (about 6 of 32 identical), 52 of 97 flips at a clear margin.
+tokens), none at a clear margin; the bug still flips 9.5% (about 6 of 32 identical), 52 of 97
+flips at a clear margin. At 32 layers (fp16, (1)+(2)): 0.5% (about 29-30 of 32) against 6.8%
+for the bug, 47 of 70 at a clear margin.
 
 Verdict. A prompt whose tokens differ is only a failure when the reference's top-1/top-2
 logprob margin at the first differing token is at least --tie-margin nats: a divergence at a
