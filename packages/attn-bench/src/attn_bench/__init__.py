@@ -14,6 +14,7 @@ Layout::
     plot.py         PNG plots and roofline, from the CSV only
     runner.py       runs a suite: build, check, time, write
     e2e.py          vLLM offline throughput per attention backend (one subprocess each)
+    weights.py      sharper random weights for e2e runs (greedy tokens comparable across backends)
     cli.py          the `attn-bench` command
 """
 

@@ -117,6 +117,7 @@ def _cmd_e2e(a: argparse.Namespace) -> int:
             timeout_s=a.timeout,
             extra=a.engine_arg or [],
             reference=a.reference,
+            weights=a.weights,
         )
     )
 
@@ -183,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--timeout", type=float, default=1800, help="seconds per backend subprocess")
     e.add_argument("--reference", default=None, help="backend label whose tokens others are compared with")
     e.add_argument("--engine-arg", action="append", help="extra LLM(...) keyword as KEY=JSON, repeatable")
+    e.add_argument(
+        "--weights",
+        choices=["sharp", "dummy"],
+        default="sharp",
+        help="sharp (default): redraw the dummy weights so greedy tokens are comparable (attn_bench.weights)",
+    )
     e.set_defaults(func=_cmd_e2e)
     return ap
 

@@ -7,9 +7,15 @@ vLLM seeds them, so every process holds the same weights), a model config shippe
 ``attn_bench/models`` and no tokenizer. Greedy decoding with ``ignore_eos`` fixes the output
 length; throughput is tokens / wall time of one ``generate`` call over all requests, after a
 short warm-up with other prompts. Greedy tokens are compared with the reference backend's
-(the first one): the share of each request's output before the first divergence, and the
-share of requests that agree to the end. With random weights the logits are nearly flat, so
-early divergence from rounding differences is expected and not by itself an error.
+(the first one): the share of requests whose first 16 tokens agree, the share of each
+request's output before the first divergence, and the share that agree to the end.
+
+Weights: vLLM's dummy weights (uniform in +-1e-3) give nearly flat logits, so two correct
+backends part ways on rounding at the first few tokens. Unless ``--weights dummy``, each
+engine redraws them after loading by the rules of :mod:`attn_bench.weights` (same values in
+every process; speed does not depend on the values), which keep greedy argmax away from ties.
+The function reaches vLLM's engine process through ``apply_model``, which needs
+``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` (set for the worker only).
 
 Results of several invocations with the same ``--out`` accumulate there (run backends one
 at a time if each command must stay short).
@@ -63,6 +69,7 @@ class E2EOptions:
     timeout_s: float = 1800
     extra: list[str] = field(default_factory=list)
     reference: str | None = None
+    weights: str = "sharp"  # "sharp": redraw (attn_bench.weights); "dummy": vLLM's as loaded
 
 
 @dataclass
@@ -81,6 +88,7 @@ class E2ERow:
     ms_per_step: float = float("nan")  # elapsed / output_len: per-token latency for 1 request
     init_s: float = float("nan")
     reference: str = ""
+    agree_first16: float = float("nan")  # share of requests whose first 16 tokens equal the reference's
     agree_prefix: float = float("nan")  # mean share of each output before the first divergence
     agree_exact: float = float("nan")  # share of requests identical to the reference
     device: str = ""
@@ -112,6 +120,8 @@ def _env(backend: str) -> dict[str, str]:
     # The model is a local config.json: nothing to fetch, and a machine without network
     # should not wait on Hub retries.
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **os.environ, "PYTHONHASHSEED": "0"}
+    # apply_model (the weight redraw) sends a function to vLLM's engine process.
+    env["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
     if backend not in ("CUSTOM", "auto") and "VLLM_PLUGINS" not in os.environ:
         env["VLLM_PLUGINS"] = ""
     return env
@@ -148,6 +158,17 @@ def _worker(spec_path: str) -> None:
     t0 = time.perf_counter()
     llm = LLM(**kwargs)
     init_s = time.perf_counter() - t0
+    drawn: dict[str, int] = {}
+    if spec.get("weights", "sharp") == "sharp":
+        from .weights import check_counts, redraw
+
+        cfg = json.loads((Path(spec["model"]) / "config.json").read_text())
+        layers = cfg["num_hidden_layers"]
+        fn = redraw(std=0.02, seed=1234, num_layers=layers, live_vocab=8, vocab_size=cfg["vocab_size"])
+        for counts in llm.apply_model(fn):
+            for kind, n in counts.items():
+                drawn[kind] = drawn.get(kind, 0) + n
+        check_counts(drawn, layers)
     results = []
     for name in spec["workloads"]:
         w = WORKLOADS[name]
@@ -171,6 +192,7 @@ def _worker(spec_path: str) -> None:
         json.dumps(
             {
                 "init_s": init_s,
+                "weights": drawn or "dummy",
                 "results": results,
                 "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                 "torch": torch.__version__,
@@ -181,8 +203,10 @@ def _worker(spec_path: str) -> None:
 
 
 # ---------------------------------------------------------------------- parent
-def _agreement(ref: list[list[int]], got: list[list[int]]) -> tuple[float, float]:
-    shares, exact = [], 0
+def _agreement(ref: list[list[int]], got: list[list[int]]) -> tuple[float, float, float]:
+    """(share of requests whose first 16 tokens agree, mean share of each output before the
+    first divergence, share of requests identical to the end)."""
+    shares, first16, exact = [], 0, 0
     for a, b in zip(ref, got, strict=False):
         n = 0
         for x, y in zip(a, b, strict=False):
@@ -190,8 +214,10 @@ def _agreement(ref: list[list[int]], got: list[list[int]]) -> tuple[float, float
                 break
             n += 1
         shares.append(n / max(len(a), 1))
+        first16 += a[:16] == b[:16]
         exact += a == b
-    return sum(shares) / max(len(shares), 1), exact / max(len(shares), 1)
+    count = max(len(shares), 1)
+    return first16 / count, sum(shares) / count, exact / count
 
 
 def _write(rows: list[E2ERow], out: Path) -> None:
@@ -206,9 +232,12 @@ def _write(rows: list[E2ERow], out: Path) -> None:
     lines = [
         "# attn-bench e2e: vLLM offline throughput",
         "",
-        "Dummy weights, greedy, ignore_eos; throughput = tokens / wall time of one generate() call.",
+        "load_format=dummy (weights redrawn sharper unless --weights dummy), greedy, ignore_eos;",
+        "throughput = tokens / wall time of one generate() call. Greedy agreement with the",
+        "reference: requests whose first 16 tokens agree / mean share before the first divergence /",
+        "requests identical to the end.",
         "",
-        "| workload | backend | total tok/s | output tok/s | ms/step | vs first | greedy agreement (prefix / exact) | status |",
+        "| workload | backend | total tok/s | output tok/s | ms/step | vs first | greedy agreement (16 / prefix / exact) | status |",
         "|---|---|---|---|---|---|---|---|",
     ]
     first: dict[str, float] = {}
@@ -220,7 +249,11 @@ def _write(rows: list[E2ERow], out: Path) -> None:
             lines.append(f"| {r.workload} | {r.label} | | | | | | {r.status}: {r.detail[:120]} |")
             continue
         rel = r.total_tok_s / first[r.workload]
-        agree = "reference" if r.label == r.reference else f"{r.agree_prefix:.2f} / {r.agree_exact:.2f}"
+        agree = (
+            "reference"
+            if r.label == r.reference
+            else f"{r.agree_first16:.2f} / {r.agree_prefix:.2f} / {r.agree_exact:.2f}"
+        )
         lines.append(
             f"| {r.workload} | {r.label} | {r.total_tok_s:,.0f} | {r.output_tok_s:,.1f} | {r.ms_per_step:.2f} "
             f"| {rel:.2f} | {agree} | ok |"
@@ -286,7 +319,9 @@ def _collect(out: Path, reference: str | None) -> list[E2ERow]:
         if ref is None:
             continue
         r.reference = ref
-        r.agree_prefix, r.agree_exact = _agreement(tokens[(ref, r.workload)], tokens[(r.label, r.workload)])
+        r.agree_first16, r.agree_prefix, r.agree_exact = _agreement(
+            tokens[(ref, r.workload)], tokens[(r.label, r.workload)]
+        )
     return rows
 
 
@@ -329,6 +364,7 @@ def run_e2e(opts: E2EOptions) -> int:
             "workloads": names,
             "extra": extra,
             "result": str(result.resolve()),
+            "weights": opts.weights,
         }
         spec_path = out / f"spec-{tag}.json"
         spec_path.write_text(json.dumps(spec, indent=2))

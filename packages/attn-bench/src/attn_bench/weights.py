@@ -1,0 +1,92 @@
+"""Sharper random weights for end-to-end runs with ``load_format="dummy"``.
+
+vLLM's dummy weights are uniform in +-1e-3: every logit is nearly the same, greedy argmax is a
+near-tie at most positions, and any two correct attention kernels part ways on rounding. The
+speed of a run does not depend on the values, so after loading we redraw every matrix in place
+(the same values in every process) by rules that keep argmax away from ties (measured in a CPU
+emulation of Llama-3.1-8B, teacher-forced, SDPA against fp32-math attention; numbers in
+``packages/vllm-triton-plugin/gpu/check_vllm.py``):
+
+- the token embedding carries a residual stream of RMS 1; ``o_proj`` ~ N(0, std / sqrt(2L)) and
+  ``down_proj`` ~ N(0, std / 2L) write into it, so the layers stay near the identity and do not
+  amplify rounding while attention still moves the hidden state by ~13%;
+- ``live_vocab`` rows of ``lm_head`` give logits of std 1 nat (the final norm gives RMS 1), the
+  other rows 1/20 of that: argmax is a contest among a few tokens with wide gaps;
+- norm weights 1, every other matrix N(0, std).
+
+Works on vLLM's fused parameters (``qkv_proj``, ``gate_up_proj``) and on a Hugging Face state
+dict alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+__all__ = ["check_counts", "draw_weights", "redraw"]
+
+_KINDS = ("embed_tokens", "lm_head", "o_proj", "down_proj")
+
+
+def draw_weights(
+    named_params: Iterable[tuple[str, Any]],
+    *,
+    std: float,
+    seed: int,
+    num_layers: int,
+    live_vocab: int,
+    vocab_size: int,
+) -> dict[str, int]:
+    """Redraw ``named_params`` (name, tensor) in place; returns how many matrices of each kind
+    (embed_tokens, lm_head, o_proj, down_proj, other) were drawn."""
+    import torch
+
+    counts: dict[str, int] = {}
+    gen = None
+    for name, param in sorted(named_params, key=lambda item: item[0]):
+        if not param.dtype.is_floating_point:
+            continue
+        if param.dim() < 2:
+            if "norm" in name:
+                param.fill_(1.0)
+            continue
+        if gen is None:
+            gen = torch.Generator(device=param.device).manual_seed(seed)
+        kind = next((k for k in _KINDS if k in name), "other")
+        sigma = {
+            "embed_tokens": 1.0,
+            "lm_head": param.shape[1] ** -0.5,
+            "o_proj": std / (2 * num_layers) ** 0.5,
+            "down_proj": std / (2 * num_layers),
+        }.get(kind, std)
+        param.normal_(0.0, sigma, generator=gen)
+        if kind == "lm_head" and 0 < live_vocab < vocab_size:
+            dead = torch.ones(param.shape[0], dtype=torch.bool)
+            dead[torch.randperm(vocab_size, generator=torch.Generator().manual_seed(seed))[:live_vocab]] = False
+            param[dead.to(param.device)] *= 0.05
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def redraw(*, std: float, seed: int, num_layers: int, live_vocab: int, vocab_size: int) -> Callable[[Any], dict]:
+    """A function for ``vllm.LLM.apply_model``: redraws the model's weights, returns the counts.
+    It pickles by reference to this module, so engine processes only need attn-bench installed
+    (and ``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` to accept a function)."""
+    import functools
+
+    return functools.partial(
+        _apply, std=std, seed=seed, num_layers=num_layers, live_vocab=live_vocab, vocab_size=vocab_size
+    )
+
+
+def _apply(model: Any, **kw: Any) -> dict[str, int]:
+    import torch
+
+    with torch.no_grad():
+        return draw_weights(model.named_parameters(), **kw)
+
+
+def check_counts(counts: dict[str, int], num_layers: int) -> None:
+    """Raise when a redraw missed layers (e.g. a model whose parameter names differ)."""
+    if counts.get("o_proj") != num_layers or counts.get("down_proj") != num_layers or not counts.get("lm_head"):
+        raise RuntimeError(f"weight redraw missed layers (expected o_proj/down_proj x {num_layers}): {counts}")

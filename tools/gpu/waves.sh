@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# One H100 session on a 4-GPU machine (nvidia-h100-x4): independent lanes, one per GPU, run
+# side by side so a call of under 10 minutes does four GPUs' work. vLLM 0.26 staged and our
+# wheels installed first (`bash tools/gpu/session.sh setup`). Logs of every lane come back as
+# $OUT/WAVE.tgz, their tails as $OUT/WAVE.txt.
+#
+#   bash tools/gpu/waves.sh check    # GPU tests, check_vllm (graphs, fp8, eager + serve), soak, fuzz, sanitizer
+#   bash tools/gpu/waves.sh e2e      # attn-bench e2e: ours / FLASH_ATTN / TRITON_ATTN, fp8 (timings alone on a GPU)
+#   bash tools/gpu/waves.sh bench    # attn-bench decode / prefill / mixed against FA3 and TRITON_ATTN
+#
+# Timings in a lane have their GPU to themselves (the e2e and bench waves put one timed job on
+# each GPU); the check wave shares GPU 0 between the soak and the kernel fuzzing (no timings).
+set -uo pipefail
+source .gpu/bin/env.sh
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+unset TRITON_INTERPRET
+wave=$1
+budget=${WAVE_BUDGET:-555}  # seconds until every lane must have stopped
+start=$(date +%s)
+left() { echo $((budget - ($(date +%s) - start))); }
+logs=/tmp/wave-$wave
+rm -rf "$logs" && mkdir -p "$logs"
+gpu=packages/vllm-triton-plugin/gpu
+cv() { (cd $gpu && timeout "$(left)" python3 check_vllm.py "$@"); }
+e2e() { timeout "$(left)" python3 -m attn_bench e2e --timeout "$(left)" "$@"; }
+lane() { # lane GPU NAME COMMANDS...
+  local dev=$1 name=$2
+  shift 2
+  # OUT: scripts that write under $OUT write into the lane folder (the tarball) instead.
+  (export CUDA_VISIBLE_DEVICES=$dev OUT=$logs VLLM_CACHE_ROOT=/tmp/vllm-cache-$name; echo "== lane $name on GPU $dev"; eval "$@"; echo "== lane $name done rc=$? at $(($(date +%s) - start))s") \
+    >"$logs/$name.log" 2>&1 &
+}
+
+case $wave in
+check)
+  lane 0 soak "python3 tools/gpu/reliability/soak.py --num-layers 8 --duration 240 --gpu-memory-utilization 0.5 \
+      --workdir /tmp/soak --out $logs/soak.json 2>&1 | tail -40"
+  lane 0 kernels-fuzz "sleep 20; timeout 150 bash tools/gpu/reliability/sanitize.sh --quick 2>&1 | tail -15; \
+      timeout \$((\$(left) - 10)) python3 tools/gpu/reliability/fuzz_gpu.py --budget 200 --max-kv-gib 12 --out $logs/fuzz.json 2>&1 | tail -25"
+  lane 1 tests-eager-serve "timeout 240 python3 -m pytest -q -m gpu packages/triton-attn-kernels/tests -p no:cacheprovider 2>&1 | tail -8; \
+      cv --enforce-eager --serve --engines triton flash_attn --workdir $logs/cv-eager 2>&1 | tail -30"
+  lane 2 graphs "cv --engines triton flash_attn triton_attn --workdir $logs/cv-graphs 2>&1 | tail -60"
+  lane 3 fp8 "cv --kv-cache-dtype fp8 --engines triton flash_attn triton_attn --workdir $logs/cv-fp8 2>&1 | tail -60"
+  ;;
+e2e)
+  # Each lane one GPU; ours and FLASH_ATTN on two GPUs in opposite orders (GPU-to-GPU spread).
+  w="256x1024-256 64x8192-512 1x500-4096"
+  lane 0 a "e2e --backends ours,FLASH_ATTN --workload $w --out $logs/e2e-a 2>&1 | tail -20"
+  lane 1 b "e2e --backends FLASH_ATTN,ours --workload $w --out $logs/e2e-b 2>&1 | tail -20"
+  lane 2 c "e2e --backends TRITON_ATTN --workload $w --out $logs/e2e-c 2>&1 | tail -20"
+  lane 3 d "e2e --backends FLASH_ATTN,ours --workload 64x8192-512 --engine-arg kv_cache_dtype=fp8 \
+      --out $logs/e2e-fp8 2>&1 | tail -20"
+  ;;
+bench)
+  p=ours-paged,vllm-fa3,vllm-triton
+  lane 0 decode "timeout \$(left) python3 -m attn_bench run decode --providers $p --budget \$((\$(left) - 30)) --out $logs/decode 2>&1 | tail -30"
+  lane 1 prefill "timeout \$(left) python3 -m attn_bench run prefill --providers $p --budget \$((\$(left) - 30)) --out $logs/prefill 2>&1 | tail -30"
+  lane 2 mixed "timeout \$(left) python3 -m attn_bench run mixed kv-write --providers $p --budget \$((\$(left) - 30)) --out $logs/mixed 2>&1 | tail -30"
+  lane 3 tuning "timeout \$(left) python3 -m attn_bench run decode prefill --quick --providers ours-paged --budget 200 --out $logs/tables 2>&1 | tail -8; \
+      TRITON_ATTN_TUNING=0 timeout \$(left) python3 -m attn_bench run decode prefill --quick --providers ours-paged --budget 200 --out $logs/heuristic 2>&1 | tail -8"
+  ;;
+*)
+  echo "unknown wave $wave" >&2
+  exit 2
+  ;;
+esac
+wait
+for f in "$logs"/*.log; do echo "######## $f"; tail -c 6000 "$f"; done >"$OUT/$wave.txt"
+tar czf "$OUT/$wave.tgz" -C /tmp "wave-$wave" --exclude='*.safetensors' --exclude='*.bin'
+ls -la "$OUT"
