@@ -7,6 +7,8 @@
 #   bash tools/gpu/waves.sh check    # GPU tests, check_vllm (graphs, fp8, eager + serve), soak, fuzz, sanitizer
 #   bash tools/gpu/waves.sh e2e      # attn-bench e2e: ours / FLASH_ATTN / TRITON_ATTN, fp8 (timings alone on a GPU)
 #   bash tools/gpu/waves.sh bench    # attn-bench decode / prefill / mixed against FA3 and TRITON_ATTN
+#   bash tools/gpu/waves.sh verify   # fp8 in bf16, vllm serve, kernels + fuzz again, sanitizer, tables vs heuristics
+# Set ATTN_BENCH_COMMIT=<sha> (no git history travels) so result rows name the commit.
 #
 # Timings in a lane have their GPU to themselves (the e2e and bench waves put one timed job on
 # each GPU); the check wave shares GPU 0 between the soak and the kernel fuzzing (no timings).
@@ -58,6 +60,31 @@ bench)
   lane 2 mixed "timeout \$(left) python3 -m attn_bench run mixed kv-write --providers $p --budget \$((\$(left) - 30)) --out $logs/mixed 2>&1 | tail -30"
   lane 3 tuning "timeout \$(left) python3 -m attn_bench run decode prefill --quick --providers ours-paged --budget 200 --out $logs/tables 2>&1 | tail -8; \
       TRITON_ATTN_TUNING=0 timeout \$(left) python3 -m attn_bench run decode prefill --quick --providers ours-paged --budget 200 --out $logs/heuristic 2>&1 | tail -8"
+  ;;
+verify)
+  # After the check wave: fp8 in bf16 (FA3's fp8 path needs it), `vllm serve`, the kernels
+  # again (fp8 KV write rebuilt), the fp8 write probe, the sanitizer alone on a GPU, the
+  # fuzzer, tables against heuristics (issue 5) and an interrupted tuning run resumed.
+  lane 0 fp8 "cv --kv-cache-dtype fp8 --live-vocab 2 --dead-scale 0 --engines triton flash_attn triton_attn \
+      --workdir $logs/cv-fp8 2>&1 | tail -60; \
+      cv --enforce-eager --engines custom flash_attn --workdir $logs/cv-custom 2>&1 | tail -12"
+  lane 1 serve-tests-fuzz "cv --serve-only --workdir $logs/cv-serve 2>&1 | tail -8; \
+      timeout 240 python3 -m pytest -q -m gpu packages/triton-attn-kernels/tests -p no:cacheprovider 2>&1 | tail -8; \
+      timeout 60 python3 tools/gpu/probe_fp8_write.py 2>&1 | tail -30; \
+      timeout 90 python3 -c \"import logging, runpy, sys; logging.basicConfig(level=logging.DEBUG); \
+sys.argv = ['fuzz_gpu.py', '--replay', '1000048']; runpy.run_path('tools/gpu/reliability/fuzz_gpu.py', run_name='__main__')\" \
+      2>&1 | grep -v '^DEBUG:triton_attn_kernels.tuning.*decode' | tail -25; \
+      timeout \$((\$(left) - 10)) python3 tools/gpu/reliability/fuzz_gpu.py --budget \$((\$(left) - 60)) --seed 3000000 \
+      --out $logs/fuzz.json 2>&1 | tail -40"
+  lane 2 sanitize "bash tools/gpu/reliability/sanitize.sh 2>&1 | tail -30"
+  lane 3 tuning "q='decode prefill mixed kv-write --quick --providers ours-paged --budget 150'; \
+      timeout 200 python3 -m attn_bench run \$q --out $logs/tables 2>&1 | tail -4; \
+      TRITON_ATTN_TUNING=0 timeout 200 python3 -m attn_bench run \$q --out $logs/heuristic 2>&1 | tail -4; \
+      python3 -m attn_bench compare $logs/heuristic/results.csv $logs/tables/results.csv 2>&1 | tail -60; \
+      t0=\$(date +%s); timeout -s KILL 30 python3 -m triton_attn_kernels.tune run prefill --geometry llama3-8b \
+      --out $logs/tune 2>&1 | tail -3; echo killed after \$((\$(date +%s) - t0))s; \
+      timeout \$((\$(left) - 5)) python3 -m triton_attn_kernels.tune run prefill --geometry llama3-8b --out $logs/tune 2>&1 | tail -6; \
+      echo tuning total \$((\$(date +%s) - t0))s; python3 -m triton_attn_kernels.tune show $logs/tune/prefill/*.json 2>&1 | head -30"
   ;;
 *)
   echo "unknown wave $wave" >&2

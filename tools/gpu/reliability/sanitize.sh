@@ -41,12 +41,12 @@ unset TRITON_INTERPRET
 
 # name | seconds allowed | command. Small shapes: the sanitizer slows every launch ~10-100x.
 groups=(
-  "paged|90|python3 -m pytest -q -p no:cacheprovider $tests/test_paged_attention.py -k 'mixed_batch_dtypes_and_gqa or test_head_dims or block_sizes_and_layouts or fp8_kv or split_kv_any_count or padding_rows_untouched or prefill_tiles or empty_batches'"
+  "paged|220|python3 -m pytest -q -p no:cacheprovider $tests/test_paged_attention.py -k 'mixed_batch_dtypes_and_gqa or test_head_dims or block_sizes_and_layouts or fp8_kv or split_kv_any_count or padding_rows_untouched or prefill_tiles or empty_batches'"
   "kv_cache|40|python3 -m pytest -q -p no:cacheprovider $tests/test_kv_cache.py"
   # The random paged batches of test_properties are what fuzz_sample draws (with padding and
   # specials), so only its varlen and KV-write properties run here.
-  "properties|90|python3 -m pytest -q -p no:cacheprovider $tests/test_properties.py -k 'varlen or kv_writes'"
-  "fuzz_sample|120|python3 tools/gpu/reliability/fuzz_gpu.py --small --cases 30 --seed 2000000 --out $logs/fuzz_sample.json"
+  "properties|120|python3 -m pytest -q -p no:cacheprovider $tests/test_properties.py -k 'varlen or kv_writes'"
+  "fuzz_sample|150|python3 tools/gpu/reliability/fuzz_gpu.py --small --cases 30 --seed 2000000 --out $logs/fuzz_sample.json"
 )
 [ "$quick" = 1 ] && groups=("${groups[@]:0:2}")
 

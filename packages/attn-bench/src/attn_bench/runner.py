@@ -7,6 +7,7 @@ import datetime as dt
 import gc
 import importlib.metadata
 import json
+import os
 import platform
 import re
 import subprocess
@@ -54,7 +55,10 @@ def _version(dist: str) -> str:
 
 
 def _git_sha() -> str:
-    """The commit of the checkout this package runs from ("-dirty" with local changes)."""
+    """The commit of the checkout this package runs from ("-dirty" with local changes), or
+    ``$ATTN_BENCH_COMMIT`` where set (an installed wheel on a machine without the git history)."""
+    if os.environ.get("ATTN_BENCH_COMMIT"):
+        return os.environ["ATTN_BENCH_COMMIT"]
     here = Path(__file__).resolve().parent
     try:
         git = {"capture_output": True, "text": True, "timeout": 10, "cwd": here}

@@ -7,8 +7,8 @@ import triton.language as tl
 @triton.jit
 def _round_to_grid(x, MANT: tl.constexpr, EMIN: tl.constexpr):
     """Round fp32 ``x`` to nearest-even on the grid of a float format with MANT mantissa
-    bits and smallest normal exponent EMIN, so that the final cast is exact whatever the
-    backend's conversion does (Triton's interpreter loses the carry across binades)."""
+    bits and smallest normal exponent EMIN (Triton's interpreter loses the carry across
+    binades in its own conversion, and the GPU's was seen to differ for e5m2)."""
     bits = x.to(tl.int32, bitcast=True)
     exp = tl.maximum(((bits >> 23) & 0xFF) - 127, EMIN)
     step = ((exp - MANT + 127) << 23).to(tl.float32, bitcast=True)
@@ -17,6 +17,24 @@ def _round_to_grid(x, MANT: tl.constexpr, EMIN: tl.constexpr):
     # scaling by powers of two is exact.
     magic = 12582912.0
     return ((x * inv_step + magic) - magic) * step
+
+
+@triton.jit
+def _fp8_bits(x, MANT: tl.constexpr, EMIN: tl.constexpr):
+    """The fp8 byte of fp32 ``x`` (within the format's range), rounded to nearest even and
+    built with integer arithmetic: exact on every backend, whatever its own fp32 -> fp8
+    conversion does with subnormals and rounding (the GPU's was seen to differ for e5m2).
+    Exponent bias 1 - EMIN (e4m3fn: 7, e5m2: 15); the sign of zero kept; NaN becomes 0x7F,
+    a NaN in both formats."""
+    sign = (x.to(tl.int32, bitcast=True) >> 24) & 0x80
+    r = _round_to_grid(tl.abs(x), MANT, EMIN)
+    bits = r.to(tl.int32, bitcast=True)
+    exp = ((bits >> 23) & 0xFF) - 127
+    normal = ((exp + 1 - EMIN) << MANT) | ((bits >> (23 - MANT)) & ((1 << MANT) - 1))
+    # below the smallest normal r is a multiple of 2**(EMIN - MANT): this product is an integer
+    sub = (r * (1 << (MANT - EMIN))).to(tl.int32)
+    byte = sign | tl.where(exp >= EMIN, normal, sub)
+    return tl.where(x != x, 0x7F, byte).to(tl.uint8)
 
 
 @triton.jit
@@ -65,21 +83,21 @@ def write_kv_kernel(
     k = tl.load(key_ptr + tok * stride_key_t + h[:, None] * stride_key_h + d[None, :] * stride_key_d, mask=ok)
     v = tl.load(value_ptr + tok * stride_value_t + h[:, None] * stride_value_h + d[None, :] * stride_value_d, mask=ok)
     if QUANTIZE:
-        k = _round_to_grid(
-            tl.clamp(tl.math.div_rn(k.to(tl.float32), tl.load(k_scale_ptr)), -FP8_MAX, FP8_MAX), FP8_MANT, FP8_EMIN
+        k = tl.clamp(
+            tl.math.div_rn(k.to(tl.float32), tl.load(k_scale_ptr)),
+            -FP8_MAX,
+            FP8_MAX,
+            propagate_nan=tl.PropagateNan.ALL,
         )
-        v = _round_to_grid(
-            tl.clamp(tl.math.div_rn(v.to(tl.float32), tl.load(v_scale_ptr)), -FP8_MAX, FP8_MAX), FP8_MANT, FP8_EMIN
+        v = tl.clamp(
+            tl.math.div_rn(v.to(tl.float32), tl.load(v_scale_ptr)),
+            -FP8_MAX,
+            FP8_MAX,
+            propagate_nan=tl.PropagateNan.ALL,
         )
+        k = _fp8_bits(k, FP8_MANT, FP8_EMIN).to(k_cache_ptr.dtype.element_ty, bitcast=True)
+        v = _fp8_bits(v, FP8_MANT, FP8_EMIN).to(v_cache_ptr.dtype.element_ty, bitcast=True)
     kc = k_cache_ptr + block * stride_kc_b + offset * stride_kc_t
     vc = v_cache_ptr + block * stride_vc_b + offset * stride_vc_t
-    tl.store(
-        kc + h[:, None] * stride_kc_h + d[None, :] * stride_kc_d,
-        k.to(k_cache_ptr.dtype.element_ty),
-        mask=ok,
-    )
-    tl.store(
-        vc + h[:, None] * stride_vc_h + d[None, :] * stride_vc_d,
-        v.to(v_cache_ptr.dtype.element_ty),
-        mask=ok,
-    )
+    tl.store(kc + h[:, None] * stride_kc_h + d[None, :] * stride_kc_d, k.to(k_cache_ptr.dtype.element_ty), mask=ok)
+    tl.store(vc + h[:, None] * stride_vc_h + d[None, :] * stride_vc_d, v.to(v_cache_ptr.dtype.element_ty), mask=ok)
