@@ -93,3 +93,17 @@ def test_fp8_bytes_exhaustive(kv_dtype):
     nan = x.isnan()
     assert got.float()[nan].isnan().all()
     assert torch.equal(got.view(torch.uint8)[~nan], want.view(torch.uint8)[~nan])
+
+
+def test_fp8_quotient_is_the_true_fp32_quotient():
+    """0.5625 / fp32(0.3) = 1.87499988 rounds to 1.75 in e5m2; multiplying by the reciprocal
+    (what `x / float` does on CUDA) gives 1.875, a tie that rounds to 2.0. The H100 fuzzer
+    caught write_kv_cache_ref doing the latter; kernel and reference must both give 1.75."""
+    x = torch.full((1, 1, 16), 0.5625, dtype=torch.bfloat16, device=DEVICE)
+    slots = torch.zeros(1, dtype=torch.int64, device=DEVICE)
+    caches = [torch.zeros(1, 16, 1, 16, dtype=torch.float8_e5m2, device=DEVICE) for _ in range(4)]
+    write_kv_cache(x, x, caches[0], caches[1], slots, k_scale=0.3, v_scale=torch.tensor(0.3, device=DEVICE))
+    write_kv_cache_ref(x, x, caches[2], caches[3], slots, k_scale=0.3, v_scale=0.3)
+    assert (x.float() * (1 / torch.tensor(0.3))).to(torch.float8_e5m2).float()[0, 0, 0] == 2.0  # the trap
+    for c in caches:
+        assert torch.equal(c[0, 0].float(), torch.full((1, 16), 1.75, device=DEVICE))

@@ -177,5 +177,10 @@ def write_kv_cache_ref(
             x = src[tok].float()
             if cache.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
                 fmax = torch.finfo(cache.dtype).max
-                x = (x / _scale_value(sc)).clamp(-fmax, fmax)
+                # The fp32 quotient by the fp32 scale, correctly rounded: computed in float64
+                # (exact enough that rounding to fp32 is the true quotient's rounding). A
+                # plain `x / float` on CUDA multiplies by the reciprocal, one ulp off at
+                # times, which moves values across fp8 rounding boundaries.
+                scale = torch.tensor(_scale_value(sc), dtype=torch.float32).double()
+                x = (x.double() / scale.to(x.device)).float().clamp(-fmax, fmax)
             cache[slot // block_size, slot % block_size] = x.to(cache.dtype)
