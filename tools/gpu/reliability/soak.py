@@ -11,9 +11,11 @@ divergence is reported with the top-1/top-2 logprob margin at the first differin
 position, and only a divergence at a clear margin (> --tie-margin in both runs) fails.
 
 The model is the Llama-3.1-8B architecture (config.json written here, nothing downloaded).
-``--weights random`` (default) writes a seeded N(0, std) checkpoint, so logits have real
-margins; ``--weights dummy`` uses vLLM's ``--load-format dummy`` (near-uniform logits:
-almost every position is a tie, so the greedy comparison says little there).
+``--weights sharp`` (default) writes a seeded checkpoint drawn by ``attn_bench.weights`` (2 live
+lm_head rows, the rest exactly 0: few near-ties); ``--weights random`` one from N(0, std) (on the
+H100, 8 layers: 2,077 of 3,359 compared positions had a top-1/top-2 margin under 0.2 nats, so
+81 of 128 sequential reruns split at a near-tie); ``--weights dummy`` uses vLLM's
+``--load-format dummy`` (near-uniform logits: almost every position is a tie).
 
 On the H100 (vLLM 0.26 + our wheels in /tmp/site, see tools/gpu/session.sh setup)::
 
@@ -112,21 +114,24 @@ NEG_INF_SENTINEL = -9999.0
 def write_model(root: Path, config: dict, weights: str, std: float, seed: int, dtype: str) -> Path:
     """config.json (+ a seeded random safetensors checkpoint for ``weights == "random"``)."""
     layers = config["num_hidden_layers"]
-    tag = f"random-std{std}-seed{seed}-{dtype}" if weights == "random" else "dummy"
+    tag = f"{weights}-std{std}-seed{seed}-{dtype}" if weights != "dummy" else "dummy"
     path = root / f"{'tiny' if config['vocab_size'] == 256 else 'llama-3.1-8b-arch'}-{layers}l-{tag}"
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(config, indent=2))
     gen_cfg = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}
     (path / "generation_config.json").write_text(json.dumps(gen_cfg))
-    if weights == "random" and not (path / "model.safetensors.index.json").exists():
-        _write_random_weights(path, config, std, seed, dtype)
+    if weights != "dummy" and not (path / "model.safetensors.index.json").exists():
+        _write_random_weights(path, config, std, seed, dtype, sharp=weights == "sharp")
     return path
 
 
-def _write_random_weights(path: Path, config: dict, std: float, seed: int, dtype: str) -> None:
+def _write_random_weights(path: Path, config: dict, std: float, seed: int, dtype: str, sharp: bool) -> None:
     """Matrices from N(0, std), norms 1; the projections into the residual stream (o_proj,
     down_proj) get std / sqrt(2 * layers) as in GPT-2's initialisation, so that deep random
-    stacks stay well conditioned. One shard per layer keeps host memory small."""
+    stacks stay well conditioned. ``sharp``: each shard redrawn by attn_bench.weights instead
+    (2 live lm_head rows, the others exactly 0), so greedy argmax is rarely a near-tie and the
+    rerun comparison says something at most positions. One shard per layer keeps host memory
+    small."""
     import torch
     from safetensors.torch import save_file
 
@@ -145,6 +150,21 @@ def _write_random_weights(path: Path, config: dict, std: float, seed: int, dtype
     weight_map: dict[str, str] = {}
 
     def save(tensors: dict[str, torch.Tensor], name: str) -> None:
+        if sharp:
+            from attn_bench.weights import draw_weights
+
+            drawn = {k: v.to(device=device, dtype=torch.float32) for k, v in tensors.items()}
+            shard_seed = seed * 1000 + len(weight_map)  # a different stream per shard
+            draw_weights(
+                drawn.items(),
+                std=std,
+                seed=shard_seed,
+                num_layers=layers,
+                live_vocab=2,
+                vocab_size=vocab,
+                dead_scale=0.0,
+            )
+            tensors = {k: v.to(torch_dtype).cpu() for k, v in drawn.items()}
         save_file(tensors, str(path / name))
         weight_map.update(dict.fromkeys(tensors, name))
 
@@ -485,7 +505,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tie-margin", type=float, default=0.2, help="logprob margin below which a split is a tie")
     p.add_argument("--tiny", action="store_true", help="2-layer hidden-128 model, for CPU runs")
     p.add_argument("--num-layers", type=int, default=None, help="decoder layers (default 32; --tiny 2)")
-    p.add_argument("--weights", choices=["random", "dummy"], default="random")
+    p.add_argument(
+        "--weights",
+        choices=["sharp", "random", "dummy"],
+        default="sharp",
+        help="sharp: attn_bench.weights rules (few near-ties); random: N(0, std); dummy: vLLM's",
+    )
     p.add_argument("--weight-std", type=float, default=0.02, help="std of --weights random (tiny: 0.5)")
     p.add_argument("--dtype", default=None, help="model dtype (default bfloat16; --tiny float32)")
     p.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2"])

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 import triton
 
+from . import _fallback, debug
 from . import _validation as check
-from . import debug
 from ._device import interpreting, num_sms
 from ._kernels.attention import attention_kernel, merge_kernel
 from .tuning import (
@@ -224,17 +224,13 @@ def _launch(
         part_out = workspace[num_seqs * num_q_heads * splits : need]
     else:
         part_lse = part_out = out
-    run(
-        max(16, triton.next_power_of_2(group)),
-        1,
-        dcfg.tile_n,
-        splits,
-        True,
-        1,
-        dcfg.num_warps,
-        dcfg.num_stages,
-        part_out,
-        part_lse,
+    decode_m = max(16, triton.next_power_of_2(group))
+    specialisation = lambda: (*common.items(), q.dtype, k.dtype, out.dtype)  # noqa: E731  (after a crash)
+    _fallback.launch(
+        lambda tile_n, warps, stages: run(decode_m, 1, tile_n, splits, True, 1, warps, stages, part_out, part_lse),
+        (dcfg.tile_n, dcfg.num_warps, dcfg.num_stages),
+        [t for t in _fallback.alternatives(dcfg.tile_n, dcfg.num_warps, dcfg.num_stages) if t[0] == dcfg.tile_n],
+        lambda: ("decode", decode_m, splits, *specialisation()),
     )
     if splits > 1:
         merge_kernel[(num_q_heads, num_seqs)](
@@ -250,7 +246,12 @@ def _launch(
             num_warps=4,
         )
     if pcfg is not None:
-        run(block_m, block_q, pcfg.tile_n, 1, False, q_tiles, pcfg.num_warps, pcfg.num_stages, out, out)
+        _fallback.launch(
+            lambda tile_n, warps, stages: run(block_m, block_q, tile_n, 1, False, q_tiles, warps, stages, out, out),
+            (pcfg.tile_n, pcfg.num_warps, pcfg.num_stages),
+            _fallback.alternatives(pcfg.tile_n, pcfg.num_warps, pcfg.num_stages),
+            lambda: ("prefill", block_m, *specialisation()),
+        )
     return out
 
 
