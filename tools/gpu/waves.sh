@@ -8,6 +8,7 @@
 #   bash tools/gpu/waves.sh e2e      # attn-bench e2e: ours / FLASH_ATTN / TRITON_ATTN, fp8 (timings alone on a GPU)
 #   bash tools/gpu/waves.sh bench    # attn-bench decode / prefill / mixed against FA3 and TRITON_ATTN
 #   bash tools/gpu/waves.sh verify   # fp8 in bf16, vllm serve, kernels + fuzz again, sanitizer, tables vs heuristics
+#   bash tools/gpu/waves.sh next     # what is still to run: 5-minute soak, gpu tests, all providers, e2e agreement
 # Set ATTN_BENCH_COMMIT=<sha> (no git history travels) so result rows name the commit.
 #
 # Timings in a lane have their GPU to themselves (the e2e and bench waves put one timed job on
@@ -85,6 +86,18 @@ sys.argv = ['fuzz_gpu.py', '--replay', '1000048']; runpy.run_path('tools/gpu/rel
       --out $logs/tune 2>&1 | tail -3; echo killed after \$((\$(date +%s) - t0))s; \
       timeout \$((\$(left) - 5)) python3 -m triton_attn_kernels.tune run prefill --geometry llama3-8b --out $logs/tune 2>&1 | tail -6; \
       echo tuning total \$((\$(date +%s) - t0))s; python3 -m triton_attn_kernels.tune show $logs/tune/prefill/*.json 2>&1 | head -30"
+  ;;
+next)
+  # What the 2026-11-27 session left for the GPU: the 5-minute soak with sharp weights, the
+  # kernel tests with the ptxas-fallback replay, every microbenchmark provider (FlexAttention
+  # included) on the quick points, and e2e agreement with the e2e weights of 2 live rows.
+  lane 0 soak "python3 tools/gpu/reliability/soak.py --num-layers 8 --duration 300 --workdir /tmp/soak \
+      --out $logs/soak.json 2>&1 | tail -40"
+  lane 1 tests "timeout 300 python3 -m pytest -q -m gpu packages/triton-attn-kernels/tests -p no:cacheprovider 2>&1 | tail -15"
+  lane 2 bench "timeout \$(left) python3 -m attn_bench run decode prefill mixed --quick \
+      --providers ours-paged,ours-varlen,torch-sdpa,flex-attention,vllm-triton,vllm-fa3 --budget \$((\$(left) - 30)) \
+      --out $logs/bench 2>&1 | tail -40"
+  lane 3 e2e "e2e --backends ours,FLASH_ATTN --workload 256x1024-256 64x8192-512 --out $logs/e2e 2>&1 | tail -20"
   ;;
 *)
   echo "unknown wave $wave" >&2
