@@ -78,7 +78,7 @@ sys.argv = ['fuzz_gpu.py', '--replay', '1000048']; runpy.run_path('tools/gpu/rel
       timeout \$((\$(left) - 10)) python3 tools/gpu/reliability/fuzz_gpu.py --budget \$((\$(left) - 60)) --seed 3000000 \
       --out $logs/fuzz.json 2>&1 | tail -40"
   lane 2 sanitize "bash tools/gpu/reliability/sanitize.sh 2>&1 | tail -30"
-  lane 3 tuning "q='decode prefill mixed kv-write --quick --providers ours-paged --budget 150'; \
+  lane 3 tuning "q='decode prefill mixed kv-write --quick --providers ours-paged,ours-kv-write --budget 150'; \
       timeout 200 python3 -m attn_bench run \$q --out $logs/tables 2>&1 | tail -4; \
       TRITON_ATTN_TUNING=0 timeout 200 python3 -m attn_bench run \$q --out $logs/heuristic 2>&1 | tail -4; \
       python3 -m attn_bench compare $logs/heuristic/results.csv $logs/tables/results.csv 2>&1 | tail -60; \
@@ -94,8 +94,8 @@ next)
   lane 0 soak "python3 tools/gpu/reliability/soak.py --num-layers 8 --duration 300 --workdir /tmp/soak \
       --out $logs/soak.json 2>&1 | tail -40"
   lane 1 tests "timeout 300 python3 -m pytest -q -m gpu packages/triton-attn-kernels/tests -p no:cacheprovider 2>&1 | tail -15"
-  lane 2 bench "timeout \$(left) python3 -m attn_bench run decode prefill mixed --quick \
-      --providers ours-paged,ours-varlen,torch-sdpa,flex-attention,vllm-triton,vllm-fa3 --budget \$((\$(left) - 30)) \
+  lane 2 bench "timeout \$(left) python3 -m attn_bench run decode prefill mixed kv-write --quick \
+      --providers ours-paged,ours-varlen,torch-sdpa,flex-attention,vllm-triton,vllm-fa3,ours-kv-write,vllm-kv-write,torch-kv-write --budget \$((\$(left) - 30)) \
       --out $logs/bench 2>&1 | tail -40"
   lane 3 e2e "e2e --backends ours,FLASH_ATTN --workload 256x1024-256 64x8192-512 --out $logs/e2e 2>&1 | tail -20"
   ;;
