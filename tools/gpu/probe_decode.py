@@ -36,7 +36,8 @@ def kernel_times(fn):
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    for batch, ctx in [(1, 8192), (1, 32768), (16, 8192)]:
+    # (1, 1024) and (1, 4096): the contexts of the e2e latency workload (500 in, 4096 out).
+    for batch, ctx in [(1, 1024), (1, 4096), (1, 8192), (1, 32768), (16, 8192)]:
         b = paged_batch(
             [1] * batch,
             [ctx] * batch,

@@ -93,7 +93,8 @@ next)
   # included) on the quick points, and e2e agreement with the e2e weights of 2 live rows.
   lane 0 soak "python3 tools/gpu/reliability/soak.py --num-layers 8 --duration 300 --workdir /tmp/soak \
       --out $logs/soak.json 2>&1 | tail -40"
-  lane 1 tests "timeout 300 python3 -m pytest -q -m gpu packages/triton-attn-kernels/tests -p no:cacheprovider 2>&1 | tail -15"
+  lane 1 tests "timeout 300 python3 -m pytest -q -m gpu packages/triton-attn-kernels/tests -p no:cacheprovider 2>&1 | tail -15; \
+      timeout \$(left) python3 tools/gpu/probe_decode.py 2>&1 | tail -60"
   lane 2 bench "timeout \$(left) python3 -m attn_bench run decode prefill mixed kv-write --quick \
       --providers ours-paged,ours-varlen,torch-sdpa,flex-attention,vllm-triton,vllm-fa3,ours-kv-write,vllm-kv-write,torch-kv-write --budget \$((\$(left) - 30)) \
       --out $logs/bench 2>&1 | tail -40"
