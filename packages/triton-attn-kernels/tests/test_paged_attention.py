@@ -112,6 +112,27 @@ def test_split_kv_any_count(num_splits):
     assert_matches(out, ref, torch.float16)
 
 
+def test_empty_splits_write_and_read_no_output_rows():
+    """A split with no key stores only its lse (-inf) and merge_kernel reads no output row for
+    it: with a NaN-poisoned workspace, the empty splits' rows stay NaN and the result is clean."""
+    from triton_attn_kernels import decode_workspace_numel
+
+    heads, splits, dim = 4, 8, 32
+    b = paged_batch([1, 1], [16, 90], num_q_heads=heads, num_kv_heads=2, head_dim=dim)
+    cfg = AttentionConfig(decode=DecodeConfig(tile_n=16, num_splits=splits))
+    n = decode_workspace_numel(2, heads, dim, splits)
+    ws = torch.full((n,), float("nan"), device=b.q.device)
+    sinks = torch.randn(heads, device=b.q.device)
+    out = paged_attention(*b.args(), **b.lens(), config=cfg, workspace=ws, sinks=sinks)
+    assert_matches(out, paged_attention_ref(*b.args(), sinks=sinks), torch.float16)
+    rows = ws[2 * heads * splits :].view(2, heads, splits, dim)
+    # Sequence 0 has one tile of 16 keys: only split 0 wrote; sequence 1 (6 tiles) used 6.
+    assert not rows[0, :, 0].isnan().any() and rows[0, :, 1:].isnan().all()
+    assert not rows[1, :, :6].isnan().any() and rows[1, :, 6:].isnan().all()
+    lse = ws[: 2 * heads * splits].view(2, heads, splits)
+    assert (lse[0, :, 1:] == float("-inf")).all()
+
+
 @pytest.mark.parametrize("tile_n,block_m", [(16, 16), (32, 32), (64, 64)])
 def test_prefill_tiles(tile_n, block_m):
     b = paged_batch([20, 33, 2], [20, 70, 40], num_q_heads=8, num_kv_heads=2)

@@ -201,15 +201,6 @@ def attention_kernel(
     d = tl.arange(0, BLOCK_D)
     d_ok = d < HEAD_DIM
 
-    q_tok = (q_start + q_idx).to(tl.int64)
-    q = tl.load(
-        q_ptr + q_tok[:, None] * stride_q_t + row_head[:, None] * stride_q_h + d[None, :] * stride_q_d,
-        mask=row_ok[:, None] & d_ok[None, :],
-        other=0.0,
-    )
-    if DOT_F32:
-        q = q.to(tl.float32)
-
     # Key range this tile of queries can see; tiles outside it are never visited.
     q_last = tl.minimum(q0 + BLOCK_Q, q_len) - 1
     if CAUSAL:
@@ -224,6 +215,25 @@ def attention_kernel(
     per_split = tl.cdiv(n_tiles, NUM_SPLITS)
     t_begin = tile_lo + split * per_split
     t_end = tl.minimum(t_begin + per_split, tile_lo + n_tiles)
+    if NUM_SPLITS > 1:
+        # Split-KV partials (decode only, one token per sequence), merged by merge_kernel.
+        num_q_heads = (tl.num_programs(0) // NUM_SPLITS) * GROUP
+        part = (seq.to(tl.int64) * num_q_heads + row_head) * NUM_SPLITS + split
+        if (split > 0) & (t_begin >= t_end):
+            # No key for this split (the split count is fixed for the longest context, e.g.
+            # under CUDA graphs): an lse of -inf marks it empty and merge_kernel reads no
+            # output row for it. Split 0 always runs (it holds the sinks).
+            tl.store(part_lse_ptr + part, tl.full([BLOCK_M], float("-inf"), tl.float32), mask=row_ok)
+            return
+
+    q_tok = (q_start + q_idx).to(tl.int64)
+    q = tl.load(
+        q_ptr + q_tok[:, None] * stride_q_t + row_head[:, None] * stride_q_h + d[None, :] * stride_q_d,
+        mask=row_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
+    if DOT_F32:
+        q = q.to(tl.float32)
 
     qk_scale = scale
     if KV_SCALED:
@@ -353,9 +363,6 @@ def attention_kernel(
             mask=row_ok[:, None] & d_ok[None, :],
         )
     else:
-        # Split-KV partials (decode only, one token per sequence): merged by merge_kernel.
-        num_q_heads = (tl.num_programs(0) // NUM_SPLITS) * GROUP
-        part = (seq.to(tl.int64) * num_q_heads + row_head) * NUM_SPLITS + split
         tl.store(part_lse_ptr + part, lse, mask=row_ok)
         tl.store(
             part_out_ptr + part[:, None] * HEAD_DIM + d[None, :],
@@ -388,9 +395,10 @@ def merge_kernel(
     d = tl.arange(0, BLOCK_D)
     base = (seq.to(tl.int64) * tl.num_programs(0) + head) * NUM_SPLITS
     lse = tl.load(part_lse_ptr + base + sp, mask=sp < NUM_SPLITS, other=float("-inf"))
+    # Splits with lse == -inf saw no key and wrote no output row (their weight is 0 anyway).
     part = tl.load(
         part_out_ptr + (base + sp)[:, None] * HEAD_DIM + d[None, :],
-        mask=(sp < NUM_SPLITS)[:, None] & (d < HEAD_DIM)[None, :],
+        mask=(lse > float("-inf"))[:, None] & (d < HEAD_DIM)[None, :],
         other=0.0,
     )
     out = merge_splits(lse, part)
