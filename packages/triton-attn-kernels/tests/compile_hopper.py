@@ -68,6 +68,7 @@ def attention(hd=128, group=4, paged=True, causal=True, feats=FEATURES, dtype="b
         DOT_F32=dtype == "fp32",
         DOT_PRECISION="ieee" if dtype == "fp32" else "tf32",
         **{**feats, "KV_SCALED": kv is not None and kv.startswith("fp8")},
+        FP8_VIA_F16=dtype == "bf16" and kv is not None and kv.startswith("fp8"),
     )
     cx.update({k: v for k, v in launch.items() if k.isupper()})
     opts = {k: v for k, v in launch.items() if not k.isupper()}

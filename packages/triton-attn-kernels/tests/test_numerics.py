@@ -43,3 +43,16 @@ def test_huge_negative_sinks_and_positive_sinks():
         out = paged_attention(*b.args(), **b.lens(), out=poisoned_like(b.q), sinks=sinks)
         assert torch.isfinite(out).all()
         assert_matches(out, paged_attention_ref(*b.args(), sinks=sinks), torch.float16)
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_fp8_kv_with_large_bf16_queries(kv_dtype):
+    """fp8 KV with a bf16 query computes its dots in fp16, the query pre-scaled by the softmax
+    scale (and k_scale): queries of magnitude 1e5, beyond fp16's 65504 as they are, stay finite
+    and match the reference."""
+    b = paged_batch([1, 5], [40, 30], dtype=torch.bfloat16, kv_dtype=kv_dtype)
+    b.q.mul_(1e5 / b.q.abs().max())
+    out = paged_attention(*b.args(), **b.lens(), out=poisoned_like(b.q), k_scale=0.05, v_scale=0.5)
+    assert torch.isfinite(out).all()
+    ref = paged_attention_ref(*b.args(), k_scale=0.05, v_scale=0.5)
+    torch.testing.assert_close(out.float(), ref, atol=5e-2, rtol=5e-2)

@@ -132,7 +132,10 @@ def _launch(
     else:  # contiguous [total, heads, dim]: no block stride
         kstr, vstr = (0, *k.stride()), (0, *v.stride())
     dummy = cu_seqlens_q  # stands in for pointers a specialisation never reads
-    interp_bf16 = interpreting() and q.dtype == torch.bfloat16
+    # fp8 KV with a bf16 query: the kernel does its dots in fp16 (FP8_VIA_F16), so no bf16
+    # dot runs even under the interpreter (which gets bf16 dots wrong: DOT_F32 there).
+    fp8_via_f16 = feats.k_scale is not None and q.dtype == torch.bfloat16
+    interp_bf16 = interpreting() and q.dtype == torch.bfloat16 and not fp8_via_f16
     common = dict(
         HEAD_DIM=head_dim,
         BLOCK_D=triton.next_power_of_2(head_dim),
@@ -145,6 +148,7 @@ def _launch(
         USE_ALIBI=feats.alibi is not None,
         USE_SINKS=feats.sinks is not None,
         KV_SCALED=feats.k_scale is not None,
+        FP8_VIA_F16=fp8_via_f16,
         DOT_F32=q.dtype == torch.float32 or interp_bf16,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
     )

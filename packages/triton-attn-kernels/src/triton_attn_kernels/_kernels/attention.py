@@ -156,6 +156,7 @@ def attention_kernel(
     USE_ALIBI: tl.constexpr,
     USE_SINKS: tl.constexpr,
     KV_SCALED: tl.constexpr,
+    FP8_VIA_F16: tl.constexpr,  # fp8 KV with a bf16 query: dots in fp16 (see below)
     NUM_SPLITS: tl.constexpr,
     IS_DECODE: tl.constexpr,  # serve sequences with exactly one new token; else those with two or more
     DOT_F32: tl.constexpr,  # upcast dot operands to fp32 (fp32 inputs, or the interpreter's bf16)
@@ -226,6 +227,11 @@ def attention_kernel(
             tl.store(part_lse_ptr + part, tl.full([BLOCK_M], float("-inf"), tl.float32), mask=row_ok)
             return
 
+    qk_scale = scale
+    if KV_SCALED:
+        qk_scale = qk_scale * tl.load(k_scale_ptr)
+    if not USE_SOFTCAP:
+        qk_scale = qk_scale * LOG2E
     q_tok = (q_start + q_idx).to(tl.int64)
     q = tl.load(
         q_ptr + q_tok[:, None] * stride_q_t + row_head[:, None] * stride_q_h + d[None, :] * stride_q_d,
@@ -234,12 +240,15 @@ def attention_kernel(
     )
     if DOT_F32:
         q = q.to(tl.float32)
+    elif FP8_VIA_F16:
+        # fp8 -> fp16 is one instruction per pair of values and exact (every e4m3 and e5m2 value
+        # is an fp16 value); fp8 -> bf16 costs one more conversion per value on Hopper, which
+        # bounds fp8 decode by conversion throughput, not bandwidth. So K, V and the
+        # probabilities go to fp16, and so does the query, scaled first (fp16 has 3 more
+        # mantissa bits than bf16; pre-scaling by ~0.13 keeps |q| far from fp16's 65504).
+        q = (q.to(tl.float32) * qk_scale).to(tl.float16)
+        qk_scale = 1.0
 
-    qk_scale = scale
-    if KV_SCALED:
-        qk_scale = qk_scale * tl.load(k_scale_ptr)
-    if not USE_SOFTCAP:
-        qk_scale = qk_scale * LOG2E
     if USE_ALIBI:
         slope = tl.load(alibi_ptr + row_head).to(tl.float32) * LOG2E
     else:
