@@ -32,10 +32,21 @@ def signature(fn, constexprs: dict, pointers: dict) -> dict:
 
 
 def compile_one(fn, constexprs: dict, pointers: dict, warps: int = 4, stages: int = 2) -> None:
+    """Specialised as Triton's launcher would for contiguous tensors from PyTorch: innermost
+    strides equal to 1 become constants, pointers and other strides are multiples of 16 (so
+    loads vectorise and the pipeliner issues cp.async, as on the GPU)."""
+    constexprs = {**{n: 1 for n in fn.arg_names if n.startswith("stride") and n.endswith("_d")}, **constexprs}
+    sig = signature(fn, constexprs, pointers)
+    attrs = {
+        (i,): [["tt.divisibility", 16]]
+        for i, n in enumerate(fn.arg_names)
+        if sig[n].startswith("*") or (n.startswith("stride") and n not in constexprs)
+    }
     src = ASTSource(
         fn=fn,
-        signature=signature(fn, constexprs, pointers),
+        signature=sig,
         constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()},
+        attrs=attrs,
     )
     triton.compile(src, target=TARGET, options={"num_warps": warps, "num_stages": stages})
 
