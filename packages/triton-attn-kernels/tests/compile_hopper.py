@@ -115,8 +115,8 @@ def kv_write(cache: str):
     compile_one(write_kv_kernel, cx, {**ptrs, "slot_ptr": "*i64"})
 
 
-def merge():
-    cx = dict(HEAD_DIM=128, BLOCK_D=128, NUM_SPLITS=16, SPLITS_POW2=16)
+def merge(splits: int = 16):
+    cx = dict(HEAD_DIM=128, BLOCK_D=128, NUM_SPLITS=splits, SPLITS_POW2=splits)
     compile_one(merge_kernel, cx, {"cu_seqlens_q_ptr": "*i32", "out_ptr": "*bf16"})
 
 
@@ -136,7 +136,9 @@ VARIANTS = {
     "prefill head_dim 64, fp16, sinks (fuzz seed 1000048)": lambda: prefill(
         hd=64, group=8, dtype="fp16", feats={**FEATURES, "USE_SINKS": True}
     ),
+    "decode 256 splits (top of the tuner's space)": lambda: decode(NUM_SPLITS=256, stages=1),
     "merge": merge,
+    "merge of 256 splits": lambda: merge(256),
     "kv write bf16": lambda: kv_write("bf16"),
     "kv write fp8 e4m3": lambda: kv_write("fp8e4nv"),
     "kv write fp8 e5m2": lambda: kv_write("fp8e5"),

@@ -103,7 +103,7 @@ def test_fp8_scales_matter():
     torch.testing.assert_close(out2.float(), 2 * out1.float(), atol=1e-2, rtol=1e-2)
 
 
-@pytest.mark.parametrize("num_splits", [1, 2, 3, 8, 64])
+@pytest.mark.parametrize("num_splits", [1, 2, 3, 8, 64, 256])
 def test_split_kv_any_count(num_splits):
     # More splits than tiles leaves some splits empty; their partials must not leak in.
     b = paged_batch([1, 1, 1, 1], [1, 16, 17, 90], num_q_heads=8, num_kv_heads=2)
