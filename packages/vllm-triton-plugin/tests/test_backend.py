@@ -19,6 +19,7 @@ from vllm.config import CUDAGraphMode
 from vllm.v1.attention.backend import AttentionCGSupport, AttentionType, CommonAttentionMetadata
 from vllm.v1.kv_cache_interface import FullAttentionSpec
 
+from triton_attn_kernels import DecodeConfig
 from triton_attn_kernels.reference import paged_attention_ref, varlen_attention_ref, write_kv_cache_ref
 from vllm_triton_plugin.backend import (
     FP8_CACHE_DTYPES,
@@ -399,3 +400,23 @@ def test_graph_replay_with_new_batch_contents(captured_max_query_len):
         ref = paged_attention_ref(query, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale=HEAD**-0.5)
         n = sum(lens)
         torch.testing.assert_close(output[:n], ref[:n], atol=2e-3, rtol=2e-3)
+
+
+def test_pinned_decode_config_comes_from_the_tuning_lookup(monkeypatch):
+    """Under full CUDA graphs the decode config per batch size is the tuning lookup's (tables,
+    else heuristic); per-step choices (no full graphs) stay with the heuristic."""
+    from vllm_triton_plugin import backend as be
+
+    seen = []
+
+    def lookup(problem, config=None, *, device=None):
+        seen.append(problem)
+        return DecodeConfig(tile_n=16, num_splits=4, num_warps=4, num_stages=1)
+
+    monkeypatch.setattr(be, "select_decode_config", lookup)
+    builder, md, _ = run_case(mode=CUDAGraphMode.FULL_AND_PIECEWISE, seed=8)
+    assert seen and all(p.max_seqlen_k == builder.max_model_len for p in seen)
+    assert md.config.decode == DecodeConfig(tile_n=16, num_splits=4, num_warps=4, num_stages=1)
+    seen.clear()
+    builder, md, _ = run_case(mode=CUDAGraphMode.PIECEWISE, seed=8)
+    assert not seen and not builder.pin_splits

@@ -35,7 +35,7 @@ from triton_attn_kernels import (
     varlen_attention,
     write_kv_cache,
 )
-from triton_attn_kernels.tuning import AttentionProblem, decode_heuristic, prefill_heuristic
+from triton_attn_kernels.tuning import AttentionProblem, decode_heuristic, prefill_heuristic, select_decode_config
 
 from . import _compat
 
@@ -126,6 +126,7 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         else:
             self.num_sms = _CPU_PROGRAMS
         self.interpreter = os.environ.get("TRITON_INTERPRET", "0") == "1"
+        self.table_device = device  # whose tuning tables the pinned decode config comes from
         # With full CUDA graphs the decode launch is recorded once per padded batch size and
         # replayed for any sequence lengths, so the split count must not depend on them:
         # choose it for the longest possible context. Eager and piecewise runs use the batch's.
@@ -165,7 +166,17 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         )
 
     def _decode_config(self, num_seqs: int, max_seq_len: int) -> DecodeConfig:
-        config = decode_heuristic(self._problem(num_seqs, max_seq_len))
+        problem = self._problem(num_seqs, max_seq_len)
+        if self.pin_splits:
+            # Pinned (one config per batch size, chosen once): the tuning table's entry for
+            # this batch size at the longest context, else the heuristic. On the H100 the
+            # table's batch-1 entries (64-key tiles, one stage) ran 1.06-1.36x faster than
+            # the heuristic's (128-key tiles, two stages) in the tuner's measurements.
+            config = select_decode_config(problem, device=self.table_device)
+        else:
+            # Per step: the heuristic only, so that a new sequence length never maps to a
+            # table entry whose kernel variant is not compiled yet (JIT in mid-serving).
+            config = decode_heuristic(problem)
         # NUM_SPLITS is a compile-time constant: rounding it up to a power of two bounds the
         # kernel variants a server compiles (at most 7 up to 64 splits, each compiled in
         # vLLM's warm-up runs before graph capture) at the cost of a few idle split programs.
