@@ -98,7 +98,7 @@ next)
   lane 2 bench "timeout \$(left) python3 -m attn_bench run decode prefill mixed kv-write --quick \
       --providers ours-paged,ours-varlen,torch-sdpa,flex-attention,vllm-triton,vllm-fa3,ours-kv-write,vllm-kv-write,torch-kv-write --budget \$((\$(left) - 30)) \
       --out $logs/bench 2>&1 | tail -40"
-  lane 3 e2e "e2e --backends ours,FLASH_ATTN --workload 256x1024-256 64x8192-512 --out $logs/e2e 2>&1 | tail -20"
+  lane 3 e2e "e2e --backends ours,FLASH_ATTN --workload 256x1024-256 64x8192-512 1x500-4096 --out $logs/e2e 2>&1 | tail -20"
   ;;
 *)
   echo "unknown wave $wave" >&2
