@@ -31,7 +31,7 @@ def signature(fn, constexprs: dict, pointers: dict) -> dict:
     return sig
 
 
-def compile_one(fn, constexprs: dict, pointers: dict, warps: int = 4, stages: int = 2) -> None:
+def compile_one(fn, constexprs: dict, pointers: dict, warps: int = 4, stages: int = 2):
     """Specialised as Triton's launcher would for contiguous tensors from PyTorch: innermost
     strides equal to 1 become constants, pointers and other strides are multiples of 16 (so
     loads vectorise and the pipeliner issues cp.async, as on the GPU)."""
@@ -48,7 +48,7 @@ def compile_one(fn, constexprs: dict, pointers: dict, warps: int = 4, stages: in
         constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()},
         attrs=attrs,
     )
-    triton.compile(src, target=TARGET, options={"num_warps": warps, "num_stages": stages})
+    return triton.compile(src, target=TARGET, options={"num_warps": warps, "num_stages": stages})
 
 
 def attention_ptrs(dtype: str, kv: str) -> dict:
@@ -83,19 +83,21 @@ def attention(hd=128, group=4, paged=True, causal=True, feats=FEATURES, dtype="b
     )
     cx.update({k: v for k, v in launch.items() if k.isupper()})
     opts = {k: v for k, v in launch.items() if not k.isupper()}
-    compile_one(attention_kernel, cx, attention_ptrs(dtype, kv or dtype), **opts)
+    return compile_one(attention_kernel, cx, attention_ptrs(dtype, kv or dtype), **opts)
 
 
 def decode(**kw):
     group = kw.get("group", 4)
     launch = dict(BLOCK_M=max(16, triton.next_power_of_2(group)), BLOCK_Q=1, TILE_N=128, NUM_SPLITS=16, IS_DECODE=True)
-    attention(**{**launch, **kw})
+    return attention(**{**launch, **kw})
 
 
 def prefill(**kw):
     group = kw.get("group", 4)
     launch = dict(BLOCK_M=128, BLOCK_Q=128 // group, TILE_N=64, NUM_SPLITS=1, IS_DECODE=False, stages=3)
-    attention(**{**launch, **kw})
+    if "BLOCK_M" in kw:
+        launch["BLOCK_Q"] = kw["BLOCK_M"] // group
+    return attention(**{**launch, **kw})
 
 
 def kv_write(cache: str):
