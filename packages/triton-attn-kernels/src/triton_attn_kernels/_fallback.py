@@ -32,10 +32,11 @@ def alternatives(tile_n: int, num_warps: int, num_stages: int) -> list[Tiles]:
 
 
 def launch(
-    run: Callable[[int, int, int], None], first: Tiles, alts: Sequence[Tiles], key: Callable[[], Hashable]
+    run: Callable[[int, int, int], None], first: Tiles, key: Callable[[], Hashable], *, narrower: bool = True
 ) -> None:
-    """``run(*first)``; if ptxas crashes on it, the first of ``alts`` that compiles.
-    ``key()`` names the specialisation (only built after a crash, or once one happened)."""
+    """``run(*first)``; if ptxas crashes on it, the first of :func:`alternatives` that compiles
+    (with ``narrower=False`` only those that keep ``first``'s tile width). ``key()`` names the
+    specialisation; nothing beyond the launch itself runs until a crash has happened."""
     if _CHOSEN:
         first = _CHOSEN.get((key(), first), first)
     try:
@@ -43,6 +44,7 @@ def launch(
         return
     except PTXASError as err:
         failure = err
+    alts: Sequence[Tiles] = [t for t in alternatives(*first) if narrower or t[0] == first[0]]
     for alt in alts:
         try:
             run(*alt)

@@ -233,8 +233,8 @@ def _launch(
     _fallback.launch(
         lambda tile_n, warps, stages: run(decode_m, 1, tile_n, splits, True, 1, warps, stages, part_out, part_lse),
         (dcfg.tile_n, dcfg.num_warps, dcfg.num_stages),
-        [t for t in _fallback.alternatives(dcfg.tile_n, dcfg.num_warps, dcfg.num_stages) if t[0] == dcfg.tile_n],
         lambda: ("decode", decode_m, splits, *specialisation()),
+        narrower=False,
     )
     if splits > 1:
         merge_kernel[(num_q_heads, num_seqs)](
@@ -253,7 +253,6 @@ def _launch(
         _fallback.launch(
             lambda tile_n, warps, stages: run(block_m, block_q, tile_n, 1, False, q_tiles, warps, stages, out, out),
             (pcfg.tile_n, pcfg.num_warps, pcfg.num_stages),
-            _fallback.alternatives(pcfg.tile_n, pcfg.num_warps, pcfg.num_stages),
             lambda: ("prefill", block_m, *specialisation()),
         )
     return out
