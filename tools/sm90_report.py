@@ -4,10 +4,16 @@ the ptxas bundled with Triton reports its resources. A first look before spendin
 
     python tools/sm90_report.py prefill     # the prefill tuning space, Llama-3.1-8B geometry
     python tools/sm90_report.py decode
+    python tools/sm90_report.py ptx         # a fingerprint of each test variant's PTX
+
+`ptx` shows whether a source change alters the generated code: fingerprints equal before
+and after a refactor mean the GPU runs exactly what it ran before (source line numbers and
+debug sections are left out of the fingerprint).
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import re
@@ -21,7 +27,7 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 sys.path.insert(0, str(Path(__file__).parents[1] / "packages" / "triton-attn-kernels" / "tests"))
 
 import triton
-from compile_hopper import decode, prefill
+from compile_hopper import VARIANTS, decode, prefill
 
 
 def ptxas() -> str:
@@ -46,9 +52,23 @@ def report(kernel) -> str:
     )
 
 
+def fingerprint(ptx: str) -> str:
+    """PTX without source locations, debug labels and debug sections, hashed."""
+    code = ptx.split("\n\t.section\t.debug", 1)[0]
+    lines = [
+        ln
+        for ln in code.splitlines()
+        if not ln.lstrip().startswith((".loc", ".file", "$L__func_end", "//")) and not re.fullmatch(r"\$L__tmp\d+:", ln)
+    ]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
 def main() -> None:
     which = sys.argv[1] if len(sys.argv) > 1 else "prefill"
-    if which == "prefill":
+    if which == "ptx":
+        for name, build in VARIANTS.items():
+            print(f"{fingerprint(build().asm['ptx'])}  {name}", flush=True)
+    elif which == "prefill":
         for bm, tn, w, st in itertools.product((64, 128), (32, 64, 128), (4, 8), (1, 2, 3)):
             k = prefill(BLOCK_M=bm, TILE_N=tn, warps=w, stages=st)
             print(f"prefill block_m {bm:3d} tile_n {tn:3d} warps {w} stages {st}: {report(k)}", flush=True)

@@ -114,12 +114,12 @@ def kv_write(cache: str):
         FP8_EMIN={"fp8e4nv": -6, "fp8e5": -14}.get(cache, 0),
     )
     ptrs = {"key_ptr": "*bf16", "value_ptr": "*bf16", "k_cache_ptr": f"*{cache}", "v_cache_ptr": f"*{cache}"}
-    compile_one(write_kv_kernel, cx, {**ptrs, "slot_ptr": "*i64"})
+    return compile_one(write_kv_kernel, cx, {**ptrs, "slot_ptr": "*i64"})
 
 
 def merge(splits: int = 16):
     cx = dict(HEAD_DIM=128, BLOCK_D=128, NUM_SPLITS=splits, SPLITS_POW2=splits)
-    compile_one(merge_kernel, cx, {"cu_seqlens_q_ptr": "*i32", "out_ptr": "*bf16"})
+    return compile_one(merge_kernel, cx, {"cu_seqlens_q_ptr": "*i32", "out_ptr": "*bf16"})
 
 
 VARIANTS = {

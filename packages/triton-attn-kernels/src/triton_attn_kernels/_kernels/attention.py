@@ -282,85 +282,53 @@ def attention_kernel(
         full_lo = tl.cdiv(tl.maximum(ctx + q_last - window + 1, 0), TILE_N)
     full_lo = tl.minimum(tl.maximum(full_lo, t_begin), t_end)
     full_hi = tl.minimum(tl.maximum(full_hi, full_lo), t_end)
-    args = (
-        k_head,
-        v_head,
-        bt_row,
-        k_start,
-        kv_hi,
-        q_pos,
-        row_ok,
-        qk_scale,
-        softcap,
-        window,
-        slope,
-        stride_k_b,
-        stride_k_t,
-        stride_k_d,
-        stride_v_b,
-        stride_v_t,
-        stride_v_d,
-        d,
-        d_ok,
-        offs_n,
-    )
-    m_i, l_i, acc = _attend_tiles(
-        q,
-        m_i,
-        l_i,
-        acc,
-        t_begin,
-        full_lo,
-        *args,
-        TILE_N,
-        BLOCK_SIZE,
-        PAGED,
-        CAUSAL,
-        USE_WINDOW,
-        USE_SOFTCAP,
-        USE_ALIBI,
-        DOT_F32,
-        DOT_PRECISION,
-        True,
-    )
-    m_i, l_i, acc = _attend_tiles(
-        q,
-        m_i,
-        l_i,
-        acc,
-        full_lo,
-        full_hi,
-        *args,
-        TILE_N,
-        BLOCK_SIZE,
-        PAGED,
-        CAUSAL,
-        USE_WINDOW,
-        USE_SOFTCAP,
-        USE_ALIBI,
-        DOT_F32,
-        DOT_PRECISION,
-        False,
-    )
-    m_i, l_i, acc = _attend_tiles(
-        q,
-        m_i,
-        l_i,
-        acc,
-        full_hi,
-        t_end,
-        *args,
-        TILE_N,
-        BLOCK_SIZE,
-        PAGED,
-        CAUSAL,
-        USE_WINDOW,
-        USE_SOFTCAP,
-        USE_ALIBI,
-        DOT_F32,
-        DOT_PRECISION,
-        True,
-    )
+    # Three ranges of tiles, in key order: masked left edge, unmasked middle, masked right
+    # edge. MASKED is a compile-time constant per range, so the middle carries no mask code.
+    for part_idx in tl.static_range(3):
+        if part_idx == 0:
+            lo, hi = t_begin, full_lo
+        elif part_idx == 1:
+            lo, hi = full_lo, full_hi
+        else:
+            lo, hi = full_hi, t_end
+        m_i, l_i, acc = _attend_tiles(
+            q,
+            m_i,
+            l_i,
+            acc,
+            lo,
+            hi,
+            k_head,
+            v_head,
+            bt_row,
+            k_start,
+            kv_hi,
+            q_pos,
+            row_ok,
+            qk_scale,
+            softcap,
+            window,
+            slope,
+            stride_k_b,
+            stride_k_t,
+            stride_k_d,
+            stride_v_b,
+            stride_v_t,
+            stride_v_d,
+            d,
+            d_ok,
+            offs_n,
+            TILE_N,
+            BLOCK_SIZE,
+            PAGED,
+            CAUSAL,
+            USE_WINDOW,
+            USE_SOFTCAP,
+            USE_ALIBI,
+            DOT_F32,
+            DOT_PRECISION,
+            part_idx != 1,
+        )
 
     out, lse = softmax_finish(m_i, l_i, acc)
     if KV_SCALED:
