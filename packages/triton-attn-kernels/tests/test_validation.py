@@ -39,7 +39,10 @@ CASES = [
     ("max_seqlen_k", lambda b: 2, ValueError, "must not exceed max_seqlen_k"),
     ("sliding_window", lambda b: 0, ValueError, "sliding_window must be >= 1"),
     ("sliding_window", lambda b: 2.5, TypeError, "sliding_window must be an int"),
-    ("softcap", lambda b: -1.0, ValueError, "softcap must be > 0"),
+    ("softcap", lambda b: -1.0, ValueError, "softcap must be a finite number > 0"),
+    # An infinite cap would compute inf * tanh(s / inf) = inf * 0 = NaN: refused, not run.
+    ("softcap", lambda b: float("inf"), ValueError, "softcap must be a finite number > 0"),
+    ("scale", lambda b: float("nan"), ValueError, "scale must be a finite number > 0"),
     ("scale", lambda b: "x", TypeError, "scale must be a float"),
     ("causal", lambda b: 1, TypeError, "causal must be a bool"),
     ("alibi_slopes", lambda b: torch.ones(3, device=DEVICE), ValueError, "alibi_slopes must have shape"),
@@ -64,6 +67,18 @@ def test_head_ratio_and_head_dim():
     b = paged_batch([1], [5], head_dim=48)
     with pytest.raises(ValueError, match="head_dim must be one of"):
         paged_attention(*b.args(), **b.lens())
+
+
+def test_float_fp8_scales_share_one_device_tensor():
+    # A float scale becomes a one-element device tensor once, not on every launch.
+    from triton_attn_kernels import _validation as check
+
+    a = check.kv_scale("k_scale", 0.5, torch.device(DEVICE))
+    assert a.dtype == torch.float32 and a.tolist() == [0.5]
+    assert check.kv_scale("v_scale", 0.5, torch.device(DEVICE)) is a
+    assert check.kv_scale("k_scale", None, torch.device(DEVICE)).tolist() == [1.0]
+    with pytest.raises(ValueError, match="k_scale must be a finite number > 0"):
+        check.kv_scale("k_scale", float("inf"), torch.device(DEVICE))
 
 
 def test_fp8_scale_must_be_one_element():

@@ -4,6 +4,8 @@ contents (no host synchronisation)."""
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import torch
@@ -65,8 +67,8 @@ def positive_float(name: str, value: Any) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a float or None, got {type(value).__name__}")
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
     return float(value)
 
 
@@ -91,10 +93,17 @@ def per_head(name: str, t: Any, num_q_heads: int, device: torch.device) -> torch
     return t.float().contiguous()
 
 
+@functools.lru_cache(maxsize=64)
+def _constant_scale(value: float, device: torch.device) -> torch.Tensor:
+    # Read-only for the kernels, so one tensor per (value, device) serves every call: no
+    # allocation and no host-to-device copy per launch.
+    return torch.full((1,), value, dtype=torch.float32, device=device)
+
+
 def kv_scale(name: str, value: Any, device: torch.device) -> torch.Tensor:
     """A per-tensor fp8 scale as a one-element fp32 tensor on the device (no host sync)."""
     if value is None:
-        return torch.ones(1, dtype=torch.float32, device=device)
+        return _constant_scale(1.0, device)
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must hold one element (per-tensor scale), got shape {tuple(value.shape)}")
@@ -102,7 +111,7 @@ def kv_scale(name: str, value: Any, device: torch.device) -> torch.Tensor:
             raise ValueError(f"{name} must be on {device} like the cache, got {value.device}")
         return value.reshape(1).to(torch.float32)
     positive_float(name, value)
-    return torch.full((1,), float(value), dtype=torch.float32, device=device)
+    return _constant_scale(float(value), device)
 
 
 def head_geometry(q: torch.Tensor, num_kv_heads: int, head_dim: int, kv_name: str) -> int:
