@@ -61,38 +61,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# Llama-3.1-8B's config.json (architecture fields only; meta-llama/Llama-3.1-8B).
-LLAMA_31_8B = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "attention_bias": False,
-    "attention_dropout": 0.0,
-    "bos_token_id": 128000,
-    "eos_token_id": 128001,
-    "hidden_act": "silu",
-    "hidden_size": 4096,
-    "initializer_range": 0.02,
-    "intermediate_size": 14336,
-    "max_position_embeddings": 131072,
-    "mlp_bias": False,
-    "num_attention_heads": 32,
-    "num_hidden_layers": 32,
-    "num_key_value_heads": 8,
-    "pretraining_tp": 1,
-    "rms_norm_eps": 1e-05,
-    "rope_scaling": {
-        "factor": 8.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192,
-        "rope_type": "llama3",
-    },
-    "rope_theta": 500000.0,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-    "use_cache": True,
-    "vocab_size": 128256,
-}
+from attn_bench.e2e import model_config
+
+# Llama-3.1-8B's config.json (architecture fields only), shipped with attn-bench.
+LLAMA_31_8B = model_config("llama-3.1-8b")
 
 TINY = {  # --cpu: the same architecture family at toy size (Triton's interpreter is slow)
     "hidden_size": 64,

@@ -113,6 +113,12 @@ def model_dir(model: str) -> str:
     return str(Path(str(shipped)).resolve())
 
 
+def model_config(model: str = "llama-3.1-8b") -> dict[str, Any]:
+    """The config.json of a shipped model (or of a folder) as a dict: the one copy that the
+    GPU scripts (the plugin's check_vllm.py, the serving soak) start from."""
+    return json.loads((Path(model_dir(model)) / "config.json").read_text())
+
+
 def _env(backend: str) -> dict[str, str]:
     """Peers run on stock vLLM: ``VLLM_PLUGINS=""`` keeps our plugin (and its platform) out of
     their process even where it is installed. Ours (CUSTOM, or ``auto``) keeps the plugins.
