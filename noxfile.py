@@ -7,6 +7,8 @@ nox -s build    wheels and sdists of the three packages into dist/
 nox -s docs     mkdocs --strict on docs/
 nox -s bench    attn-bench's default suite (the smoke suite on a machine without a GPU)
 nox -s tune     the offline tuner (GPU; `-- run decode`), table validation without arguments
+nox -s sm90     the kernels compiled for the H100 by its Triton (3.6.0) on the CPU (part of `tests`);
+                `-- prefill`, `-- decode`, `-- ptx`: registers, spills, PTX fingerprints
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ def _install_stack(session: nox.Session) -> None:
 @nox.session(python="3.11")
 @_pruned
 def tests(session: nox.Session) -> None:
-    """Kernels and bench tests here, then the plugin session."""
+    """Kernels and bench tests here, then the plugin session (and on a CPU machine the sm90
+    session: the kernels compiled by the H100 image's Triton)."""
     _install_stack(session)
     session.install("-e", f"{KERNELS}[test]", "-e", f"{BENCH}[test]")
     marker = "gpu or not gpu" if has_cuda() else "not gpu"
@@ -86,6 +89,8 @@ def tests(session: nox.Session) -> None:
         env=_env(session),
     )
     session.notify("plugin")
+    if not has_cuda():
+        session.notify("sm90")
 
 
 @nox.session(python="3.11")
@@ -154,6 +159,21 @@ def tune(session: nox.Session) -> None:
     session.install("-e", f"{KERNELS}[test]")
     args = session.posargs or ["validate"]
     session.run("python", "-m", "triton_attn_kernels.tune", *args, env=_env(session))
+
+
+@nox.session(python="3.11")
+@_pruned
+def sm90(session: nox.Session) -> None:
+    """The kernels as the H100 image's Triton (3.6.0) and its ptxas build them, on a CPU: every
+    variant of tests/compile_hopper.py compiles (ptxas crashes recovered as the launcher does);
+    with arguments, tools/sm90_report.py (registers, spills, shared memory, PTX fingerprints)."""
+    session.install(TORCH, "triton==3.6.0", "numpy<2.4")
+    session.install("--no-deps", "-e", KERNELS)
+    env = {"TRITON_DEFAULT_FP_FUSION": "1"}
+    if session.posargs:
+        session.run("python", "tools/sm90_report.py", *session.posargs, env=env)
+    else:
+        session.run("python", f"{KERNELS}/tests/compile_hopper.py", env=env)
 
 
 @nox.session(python=False)

@@ -1,8 +1,10 @@
 """Compile kernel specialisations for Hopper (sm_90) with the real Triton compiler, down to a
 cubin (Triton bundles ptxas), on a machine without a GPU: catches what only the compiler
 rejects (the interpreter runs plain Python). Run by test_compile_hopper.py in a subprocess,
-since the tests' process runs Triton's interpreter. Prints one line per variant:
-``ok NAME`` or ``FAIL NAME: error``."""
+since the tests' process runs Triton's interpreter, and by ``nox -s sm90`` with the H100
+image's Triton (3.6.0). Prints one line per variant: ``ok NAME`` or ``FAIL NAME: error``.
+Where ptxas crashes on an attention variant, the tiles the launcher would fall back to
+(``triton_attn_kernels._fallback``) are compiled instead, as on the GPU, and the line says so."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ import sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from triton.runtime.errors import PTXASError
 
+from triton_attn_kernels._fallback import alternatives
 from triton_attn_kernels._kernels.attention import attention_kernel, merge_kernel
 from triton_attn_kernels._kernels.kv_cache import write_kv_kernel
 
@@ -122,23 +126,30 @@ def merge(splits: int = 16):
     return compile_one(merge_kernel, cx, {"cu_seqlens_q_ptr": "*i32", "out_ptr": "*bf16"})
 
 
-VARIANTS = {
-    "decode bf16 split-KV": lambda: decode(),
-    "decode bf16 one split": lambda: decode(NUM_SPLITS=1),
-    "decode every feature": lambda: decode(feats=ALL_FEATURES),
-    "decode fp8 e4m3 KV": lambda: decode(kv="fp8e4nv"),
-    "decode fp8 e5m2 KV, fp16": lambda: decode(dtype="fp16", kv="fp8e5"),
-    "decode head_dim 64, 8 heads per KV head": lambda: decode(hd=64, group=8),
-    "decode head_dim 256": lambda: decode(hd=256, TILE_N=64),
-    "decode fp32": lambda: decode(dtype="fp32", TILE_N=32),
-    "prefill bf16 paged causal": lambda: prefill(),
-    "prefill every feature": lambda: prefill(feats=ALL_FEATURES),
-    "prefill varlen, not causal": lambda: prefill(paged=False, causal=False),
-    "prefill fp8 e4m3 KV": lambda: prefill(kv="fp8e4nv"),
-    "prefill head_dim 64, fp16, sinks (fuzz seed 1000048)": lambda: prefill(
-        hd=64, group=8, dtype="fp16", feats={**FEATURES, "USE_SINKS": True}
+# Attention variants take tile overrides (TILE_N, warps, stages) so that a ptxas crash can be
+# retried with the launcher's fallback tiles; DECODE_TILES / PREFILL_TILES are their defaults.
+DECODE_TILES = (128, 4, 2)
+PREFILL_TILES = (64, 4, 3)
+ATTENTION = {
+    "decode bf16 split-KV": (decode, {}),
+    "decode bf16 one split": (decode, dict(NUM_SPLITS=1)),
+    "decode every feature": (decode, dict(feats=ALL_FEATURES)),
+    "decode fp8 e4m3 KV": (decode, dict(kv="fp8e4nv")),
+    "decode fp8 e5m2 KV, fp16": (decode, dict(dtype="fp16", kv="fp8e5")),
+    "decode head_dim 64, 8 heads per KV head": (decode, dict(hd=64, group=8)),
+    "decode head_dim 256": (decode, dict(hd=256, TILE_N=64)),
+    "decode fp32": (decode, dict(dtype="fp32", TILE_N=32)),
+    "prefill bf16 paged causal": (prefill, {}),
+    "prefill every feature": (prefill, dict(feats=ALL_FEATURES)),
+    "prefill varlen, not causal": (prefill, dict(paged=False, causal=False)),
+    "prefill fp8 e4m3 KV": (prefill, dict(kv="fp8e4nv")),
+    "prefill head_dim 64, fp16, sinks (fuzz seed 1000048)": (
+        prefill,
+        dict(hd=64, group=8, dtype="fp16", feats={**FEATURES, "USE_SINKS": True}),
     ),
-    "decode 256 splits (top of the tuner's space)": lambda: decode(NUM_SPLITS=256, stages=1),
+    "decode 256 splits (top of the tuner's space)": (decode, dict(NUM_SPLITS=256, stages=1)),
+}
+OTHERS = {
     "merge": merge,
     "merge of 256 splits": lambda: merge(256),
     "kv write bf16": lambda: kv_write("bf16"),
@@ -147,9 +158,46 @@ VARIANTS = {
 }
 
 
+def tiles_of(build, kw: dict) -> tuple[int, int, int]:
+    default = DECODE_TILES if build is decode else PREFILL_TILES
+    return (kw.get("TILE_N", default[0]), kw.get("warps", default[1]), kw.get("stages", default[2]))
+
+
+def compile_attention(build, kw: dict):
+    """(kernel, note): the variant as given; after a ptxas crash, the first fallback that
+    compiles (decode keeps its tile width, as the launcher's ``narrower=False``)."""
+    first = tiles_of(build, kw)
+    try:
+        return build(**kw), ""
+    except PTXASError:
+        pass
+    for alt in alternatives(*first):
+        if build is decode and alt[0] != first[0]:
+            continue
+        try:
+            kernel = build(**{**kw, "TILE_N": alt[0], "warps": alt[1], "stages": alt[2]})
+        except PTXASError:
+            continue
+        return kernel, f" (ptxas crashed on (tile_n, warps, stages)={first}; the launcher's fallback {alt} compiles)"
+    raise RuntimeError(f"ptxas crashed on {first} and on every fallback")
+
+
+VARIANTS = {
+    **{name: (lambda b=b, kw=kw: compile_attention(b, kw)[0]) for name, (b, kw) in ATTENTION.items()},
+    **OTHERS,
+}
+
+
 if __name__ == "__main__":
     failed = 0
-    for name, build in VARIANTS.items():
+    for name, (build, kw) in ATTENTION.items():
+        try:
+            _, note = compile_attention(build, kw)
+            print(f"ok {name}{note}", flush=True)
+        except Exception as err:  # report every variant, then fail
+            failed += 1
+            print(f"FAIL {name}: {type(err).__name__}: {str(err)[:2000]}", flush=True)
+    for name, build in OTHERS.items():
         try:
             build()
             print(f"ok {name}", flush=True)
