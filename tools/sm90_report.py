@@ -5,6 +5,12 @@ the ptxas bundled with Triton reports its resources. A first look before spendin
     python tools/sm90_report.py prefill     # the prefill tuning space, Llama-3.1-8B geometry
     python tools/sm90_report.py decode
     python tools/sm90_report.py ptx         # a fingerprint of each test variant's PTX
+    python tools/sm90_report.py crashes     # ptxas over many launch specialisations
+
+`crashes` compiles the specialisations a launch can produce (head sizes, GQA groups, dtypes,
+fp8 KV, feature mixes, the heuristics' and the H100 tables' tiles) and lists every one that
+ptxas rejects or crashes on, with the fallback tiles that compile (``_fallback``). Run it
+with the GPU image's Triton (``nox -s sm90 -- crashes``); it takes minutes.
 
 `ptx` shows whether a source change alters the generated code: fingerprints equal before
 and after a refactor mean the GPU runs exactly what it ran before (source line numbers and
@@ -27,7 +33,7 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 sys.path.insert(0, str(Path(__file__).parents[1] / "packages" / "triton-attn-kernels" / "tests"))
 
 import triton
-from compile_hopper import VARIANTS, decode, prefill
+from compile_hopper import ALL_FEATURES, FEATURES, VARIANTS, compile_attention, decode, prefill
 
 
 def ptxas() -> str:
@@ -63,9 +69,75 @@ def fingerprint(ptx: str) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
+HEAD_DIMS = (64, 80, 96, 128, 192, 256)
+FEATURE_MIXES = {
+    "plain": FEATURES,
+    "sinks": {**FEATURES, "USE_SINKS": True},
+    "softcap+window": {**FEATURES, "USE_SOFTCAP": True, "USE_WINDOW": True},
+    "alibi": {**FEATURES, "USE_ALIBI": True},
+    "all": ALL_FEATURES,
+}
+# (tile_n, warps, stages): the heuristics' choices and every distinct H100 table entry.
+PREFILL_TILES = {"small-d": [(128, 64, 4, 3)], "large-d": [(64, 32, 4, 2)], "tables": [(64, 32, 4, 2), (64, 64, 4, 2)]}
+DECODE_TILES = [(128, 2, 16), (64, 1, 1), (64, 1, 16), (32, 1, 64), (128, 3, 2), (32, 2, 64)]
+
+
+def _cases():
+    for hd, group, dtype, kv in itertools.product(HEAD_DIMS, (1, 4, 8), ("bf16", "fp16"), (None, "fp8e4nv")):
+        for mix, feats in FEATURE_MIXES.items():
+            base = dict(hd=hd, group=group, dtype=dtype, kv=kv, feats=feats)
+            tiles = PREFILL_TILES["small-d" if hd <= 128 else "large-d"]
+            if hd == 128:
+                tiles = tiles + PREFILL_TILES["tables"]
+            for bm, tn, w, st in tiles:
+                yield (
+                    f"prefill d{hd} g{group} {dtype} kv={kv or dtype} {mix} {bm}x{tn} w{w} s{st}",
+                    "prefill",
+                    {**base, "BLOCK_M": bm, "TILE_N": tn, "warps": w, "stages": st},
+                )
+            if mix in ("plain", "all"):
+                for tn, st, splits in DECODE_TILES:
+                    if hd > 128 and tn > 64:
+                        continue
+                    yield (
+                        f"decode d{hd} g{group} {dtype} kv={kv or dtype} {mix} tile {tn} s{st} splits {splits}",
+                        "decode",
+                        {**base, "TILE_N": tn, "stages": st, "NUM_SPLITS": splits},
+                    )
+
+
+def _try(case):
+    import contextlib
+    import io
+
+    name, kind, kw = case
+    with contextlib.redirect_stderr(io.StringIO()):
+        try:
+            _, note = compile_attention(decode if kind == "decode" else prefill, kw)
+        except Exception as err:
+            return f"FAIL {name}: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+    return f"fallback {name}{note}" if note else ""
+
+
+def crashes() -> None:
+    import multiprocessing
+
+    cases = list(_cases())
+    print(f"{len(cases)} specialisations, {os.cpu_count()} processes", flush=True)
+    bad = 0
+    with multiprocessing.Pool(os.cpu_count()) as pool:
+        for line in pool.imap_unordered(_try, cases, chunksize=4):
+            if line:
+                bad += 1
+                print(line, flush=True)
+    print(f"{len(cases)} compiled, {bad} needed a fallback or failed", flush=True)
+
+
 def main() -> None:
     which = sys.argv[1] if len(sys.argv) > 1 else "prefill"
-    if which == "ptx":
+    if which == "crashes":
+        crashes()
+    elif which == "ptx":
         for name, build in VARIANTS.items():
             print(f"{fingerprint(build().asm['ptx'])}  {name}", flush=True)
     elif which == "prefill":

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import triton
 
 from . import _fallback, debug
 from . import _validation as check
 from ._device import interpreting, num_sms
+from ._intmath import cdiv, next_pow2
 from ._kernels.attention import attention_kernel, merge_kernel
 from .tuning import (
     AttentionConfig,
@@ -138,7 +138,7 @@ def _launch(
     interp_bf16 = interpreting() and q.dtype == torch.bfloat16 and not fp8_via_f16
     common = dict(
         HEAD_DIM=head_dim,
-        BLOCK_D=triton.next_power_of_2(head_dim),
+        BLOCK_D=next_pow2(head_dim),
         GROUP=group,
         BLOCK_SIZE=block_size,
         PAGED=paged,
@@ -203,9 +203,9 @@ def _launch(
     pcfg: PrefillConfig | None = None
     if max_seqlen_q > 1:
         pcfg = select_prefill_config(problem, config.prefill, device=q.device)
-        block_m = max(pcfg.block_m, triton.next_power_of_2(group))
+        block_m = max(pcfg.block_m, next_pow2(group))
         block_q = block_m // group
-        q_tiles = triton.cdiv(max_seqlen_q, block_q)
+        q_tiles = cdiv(max_seqlen_q, block_q)
         if q_tiles > check.MAX_SEQS:
             raise ValueError(
                 f"max_seqlen_q={max_seqlen_q} needs more than {check.MAX_SEQS} query tiles of {block_q} tokens; "
@@ -228,7 +228,7 @@ def _launch(
         part_out = workspace[num_seqs * num_q_heads * splits : need]
     else:
         part_lse = part_out = out
-    decode_m = max(16, triton.next_power_of_2(group))
+    decode_m = max(16, next_pow2(group))
     specialisation = lambda: (*common.items(), q.dtype, k.dtype, out.dtype)  # noqa: E731  (after a crash)
     _fallback.launch(
         lambda tile_n, warps, stages: run(decode_m, 1, tile_n, splits, True, 1, warps, stages, part_out, part_lse),
@@ -244,9 +244,9 @@ def _launch(
             out,
             *out.stride(),
             HEAD_DIM=head_dim,
-            BLOCK_D=triton.next_power_of_2(head_dim),
+            BLOCK_D=next_pow2(head_dim),
             NUM_SPLITS=splits,
-            SPLITS_POW2=triton.next_power_of_2(splits),
+            SPLITS_POW2=next_pow2(splits),
             num_warps=4,
         )
     if pcfg is not None:

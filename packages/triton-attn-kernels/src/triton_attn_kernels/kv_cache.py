@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-import triton
 
 from . import _validation as check
 from . import debug
+from ._intmath import next_pow2
 from ._kernels.kv_cache import write_kv_kernel
 from .tuning import KVWriteConfig, select_kv_write_config
 
@@ -86,8 +86,8 @@ def write_kv_cache(
         *v_cache.stride(),
         NUM_KV_HEADS=num_kv_heads,
         HEAD_DIM=head_dim,
-        BLOCK_H=triton.next_power_of_2(num_kv_heads),
-        BLOCK_D=triton.next_power_of_2(head_dim),
+        BLOCK_H=next_pow2(num_kv_heads),
+        BLOCK_D=next_pow2(head_dim),
         BLOCK_SIZE=k_cache.shape[1],
         QUANTIZE=quantize,
         FP8_MAX=float(torch.finfo(k_cache.dtype).max) if quantize else 0.0,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .._intmath import cdiv
 from .configs import DecodeConfig, KVWriteConfig, PrefillConfig
 
 
@@ -31,10 +32,6 @@ class AttentionProblem:
         return self.num_q_heads // self.num_kv_heads
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def decode_heuristic(p: AttentionProblem) -> DecodeConfig:
     if p.interpreter:
         # Tiny tiles so that CPU test shapes still cross tile and page boundaries.
@@ -49,8 +46,8 @@ def decode_heuristic(p: AttentionProblem) -> DecodeConfig:
     # Split-KV: enough programs to give every SM about two, but never a split shorter than
     # two tiles, where the merge would cost more than the parallelism gains.
     programs = max(p.num_seqs * p.num_kv_heads, 1)
-    want = _cdiv(2 * p.num_sms, programs)
-    most = max(_cdiv(p.max_seqlen_k, 2 * tile_n), 1)
+    want = cdiv(2 * p.num_sms, programs)
+    most = max(cdiv(p.max_seqlen_k, 2 * tile_n), 1)
     num_splits = max(1, min(want, most, 64))
     return DecodeConfig(tile_n=tile_n, num_splits=num_splits, num_warps=4, num_stages=2)
 

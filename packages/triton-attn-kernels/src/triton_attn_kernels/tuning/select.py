@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .._device import interpreting
+from .._intmath import cdiv
 from . import envs
 from .configs import DecodeConfig, KVWriteConfig, PrefillConfig
 from .heuristics import AttentionProblem, decode_heuristic, kv_write_heuristic, prefill_heuristic
@@ -42,10 +43,6 @@ MEMO_LIMIT = 1 << 16
 class DeviceInfo:
     name: str  # torch.cuda.get_device_name(), e.g. "NVIDIA H100 80GB HBM3"
     capability: tuple[int, int] | None  # torch.cuda.get_device_capability()
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 class ConfigSelector:
@@ -160,7 +157,7 @@ class ConfigSelector:
         if isinstance(config, DecodeConfig) and source == "nearest":
             # A split needs at least one tile of keys; a nearest entry tuned for a longer
             # context would leave the extra splits idle and still pay their merge.
-            tiles = max(1, _cdiv(problem.max_seqlen_k, config.tile_n))
+            tiles = max(1, cdiv(problem.max_seqlen_k, config.tile_n))
             if config.num_splits > tiles:
                 config = replace(config, num_splits=tiles)
         return config, source
