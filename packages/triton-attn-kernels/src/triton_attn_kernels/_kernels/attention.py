@@ -86,11 +86,18 @@ def _attend_tiles(
             k = k.to(tl.float32)
         else:
             k = k.to(q.dtype)
-        s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
-        if USE_SOFTCAP:
-            s = softcap * _tanh(s / softcap) * LOG2E
-        if USE_ALIBI:
-            s += slope[:, None] * (k_pos[None, :] - q_pos[:, None]).to(tl.float32)
+        s = tl.dot(q, k, input_precision=DOT_PRECISION)
+        if USE_SOFTCAP or USE_ALIBI:
+            s = s * qk_scale
+            if USE_SOFTCAP:
+                s = softcap * _tanh(s / softcap) * LOG2E
+            if USE_ALIBI:
+                s += slope[:, None] * (k_pos[None, :] - q_pos[:, None]).to(tl.float32)
+            s_scale = 1.0
+        else:
+            # The scale folds into the softmax: max of the raw logits, then one FMA per
+            # logit (s * scale - max) instead of a multiply and a subtract.
+            s_scale = qk_scale
         if MASKED:
             visible = k_ok[None, :] & row_ok[:, None]
             if CAUSAL:
@@ -98,7 +105,7 @@ def _attend_tiles(
             if USE_WINDOW:
                 visible &= k_pos[None, :] > q_pos[:, None] - window
             s = tl.where(visible, s, float("-inf"))
-        m_i, l_i, acc, p = online_softmax_step(m_i, l_i, acc, s)
+        m_i, l_i, acc, p = online_softmax_step(m_i, l_i, acc, s, s_scale)
         v = tl.load(v_head + v_off[:, None] + d[None, :] * stride_v_d, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
         if DOT_F32:
             v = v.to(tl.float32)

@@ -15,14 +15,16 @@ def online_softmax_step(
     m_i,  # [BLOCK_M] running max (log2 units)
     l_i,  # [BLOCK_M] running denominator
     acc,  # [BLOCK_M, BLOCK_D] running numerator
-    s,  # [BLOCK_M, TILE_N] logits of this tile in log2 units, -inf where masked
+    s,  # [BLOCK_M, TILE_N] logits of this tile, -inf where masked; s * scale is in log2 units
+    scale,  # > 0 (1.0 where the caller has scaled s already)
 ):
     """Fold one tile of logits in; return the new state and the tile's probabilities."""
-    m_new = tl.maximum(m_i, tl.max(s, 1))
+    # scale > 0, so the row maximum of s * scale is the row maximum of s, times scale.
+    m_new = tl.maximum(m_i, tl.max(s, 1) * scale)
     # A row that has seen only masked keys keeps m == -inf; subtract 0 instead so that
     # exp2(-inf - (-inf)) never appears.
     m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.exp2(s - m_ref[:, None])
+    p = tl.exp2(s * scale - m_ref[:, None])
     alpha = tl.exp2(m_i - m_ref)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
