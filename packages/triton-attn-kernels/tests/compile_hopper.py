@@ -84,6 +84,7 @@ def attention(hd=128, group=4, paged=True, causal=True, feats=FEATURES, dtype="b
         DOT_PRECISION="ieee" if dtype == "fp32" else "tf32",
         **{**feats, "KV_SCALED": kv is not None and kv.startswith("fp8")},
         FP8_VIA_F16=dtype == "bf16" and kv is not None and kv.startswith("fp8"),
+        PREFETCH_PAGES=False,
     )
     cx.update({k: v for k, v in launch.items() if k.isupper()})
     opts = {k: v for k, v in launch.items() if not k.isupper()}
@@ -148,6 +149,10 @@ ATTENTION = {
         dict(hd=64, group=8, dtype="fp16", feats={**FEATURES, "USE_SINKS": True}),
     ),
     "decode 256 splits (top of the tuner's space)": (decode, dict(NUM_SPLITS=256, stages=1)),
+    "decode, page numbers prefetched": (decode, dict(PREFETCH_PAGES=True)),
+    "decode fp8 e4m3 KV, page numbers prefetched": (decode, dict(kv="fp8e4nv", PREFETCH_PAGES=True)),
+    "prefill, page numbers prefetched": (prefill, dict(PREFETCH_PAGES=True)),
+    "prefill every feature, page numbers prefetched": (prefill, dict(feats=ALL_FEATURES, PREFETCH_PAGES=True)),
 }
 OTHERS = {
     "merge": merge,

@@ -141,6 +141,33 @@ def test_prefill_tiles(tile_n, block_m):
     assert_matches(out, ref, torch.float16)
 
 
+@pytest.mark.parametrize(
+    "features",
+    [{}, dict(sliding_window=7), dict(causal=False), "all"],
+    ids=lambda f: f if isinstance(f, str) else "-".join(f"{k}={v}" for k, v in f.items()) or "plain",
+)
+@pytest.mark.parametrize("block_size", [16, 32])
+def test_prefetched_page_numbers(features, block_size):
+    """prefetch_pages=1: page numbers loaded one tile ahead (the last tile of a range loads
+    none, masked), for decode splits and prefill tiles, with tiles smaller and larger than a
+    page, windows that skip tiles and every feature."""
+    b = paged_batch([*MIXED_Q, 1, 9], [*MIXED_K, 130, 75], num_q_heads=8, num_kv_heads=2, block_size=block_size)
+    if features == "all":
+        features = dict(
+            sliding_window=20,
+            softcap=5.0,
+            alibi_slopes=torch.rand(8, device=b.q.device),
+            sinks=torch.randn(8, device=b.q.device),
+        )
+    for tile_n in (16, 64):
+        cfg = AttentionConfig(
+            decode=DecodeConfig(tile_n=tile_n, num_splits=3, prefetch_pages=1),
+            prefill=PrefillConfig(block_m=16, tile_n=tile_n, prefetch_pages=1),
+        )
+        out, ref = run(b, config=cfg, **features)
+        assert_matches(out, ref, torch.float16)
+
+
 def test_pure_decode_batch_and_padding_rows_untouched():
     b = paged_batch([1, 1, 0, 1], [30, 1, 12, 64], q_padding=3)
     out, ref = run(b)

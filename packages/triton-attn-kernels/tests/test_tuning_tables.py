@@ -158,3 +158,23 @@ def test_stored_kv_write_config_matches_reference(key: dict, config: object) -> 
     write_kv_cache(key_t, value_t, k_cache, v_cache, slots, config=config)
     write_kv_cache_ref(key_t, value_t, k_ref, v_ref, slots)
     assert torch.equal(k_cache.float(), k_ref.float()) and torch.equal(v_cache.float(), v_ref.float())
+
+
+def test_configs_without_later_fields_get_their_defaults() -> None:
+    """Tables written before prefetch_pages existed stay valid (the field defaults to 0, what
+    every launch did then); a value other than 0 or 1 is refused by the reader and the schema."""
+    import jsonschema
+
+    from triton_attn_kernels.tuning.keys import KERNELS, config_from_dict
+
+    old = {"block_m": 128, "tile_n": 64, "num_warps": 4, "num_stages": 3}
+    assert config_from_dict(KERNELS["prefill"], old).prefetch_pages == 0
+    assert config_from_dict(KERNELS["prefill"], {**old, "prefetch_pages": 1}).prefetch_pages == 1
+    with pytest.raises(ValueError, match="prefetch_pages must be 0 or 1"):
+        config_from_dict(KERNELS["prefill"], {**old, "prefetch_pages": 2})
+    with pytest.raises(ValueError, match="missing"):
+        config_from_dict(KERNELS["prefill"], {"block_m": 128, "tile_n": 64, "num_warps": 4})
+    schema = build_schema()["$defs"]["prefill_config"]
+    jsonschema.validate(old, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**old, "prefetch_pages": 2}, schema)

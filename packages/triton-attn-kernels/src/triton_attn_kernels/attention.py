@@ -162,6 +162,7 @@ def _launch(
         grid0: int,
         warps: int,
         stages: int,
+        prefetch: int,
         part_out: torch.Tensor,
         part_lse: torch.Tensor,
     ) -> None:
@@ -193,6 +194,8 @@ def _launch(
             TILE_N=tile_n,
             NUM_SPLITS=splits,
             IS_DECODE=decode,
+            # Contiguous K/V has no page numbers: one variant whatever the config says.
+            PREFETCH_PAGES=bool(prefetch) and paged,
             num_warps=warps,
             num_stages=stages,
             **common,
@@ -231,9 +234,11 @@ def _launch(
     decode_m = max(16, next_pow2(group))
     specialisation = lambda: (*common.items(), q.dtype, k.dtype, out.dtype)  # noqa: E731  (after a crash)
     _fallback.launch(
-        lambda tile_n, warps, stages: run(decode_m, 1, tile_n, splits, True, 1, warps, stages, part_out, part_lse),
+        lambda tile_n, warps, stages: run(
+            decode_m, 1, tile_n, splits, True, 1, warps, stages, dcfg.prefetch_pages, part_out, part_lse
+        ),
         (dcfg.tile_n, dcfg.num_warps, dcfg.num_stages),
-        lambda: ("decode", decode_m, splits, *specialisation()),
+        lambda: ("decode", decode_m, splits, dcfg.prefetch_pages, *specialisation()),
         narrower=False,
     )
     if splits > 1:
@@ -251,9 +256,11 @@ def _launch(
         )
     if pcfg is not None:
         _fallback.launch(
-            lambda tile_n, warps, stages: run(block_m, block_q, tile_n, 1, False, q_tiles, warps, stages, out, out),
+            lambda tile_n, warps, stages: run(
+                block_m, block_q, tile_n, 1, False, q_tiles, warps, stages, pcfg.prefetch_pages, out, out
+            ),
             (pcfg.tile_n, pcfg.num_warps, pcfg.num_stages),
-            lambda: ("prefill", block_m, *specialisation()),
+            lambda: ("prefill", block_m, pcfg.prefetch_pages, *specialisation()),
         )
     return out
 

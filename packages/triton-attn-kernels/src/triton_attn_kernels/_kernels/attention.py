@@ -58,6 +58,7 @@ def _attend_tiles(
     TILE_N: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     PAGED: tl.constexpr,
+    PREFETCH_PAGES: tl.constexpr,
     CAUSAL: tl.constexpr,
     USE_WINDOW: tl.constexpr,
     USE_SOFTCAP: tl.constexpr,
@@ -66,6 +67,14 @@ def _attend_tiles(
     DOT_PRECISION: tl.constexpr,
     MASKED: tl.constexpr,  # False: the caller guarantees every key of these tiles is visible
 ):
+    if PAGED and PREFETCH_PAGES:
+        # Page numbers one tile ahead, carried in registers: the K/V addresses of a tile then
+        # come from the previous iteration, not from a load of this one, and the compiler's
+        # pipeliner keeps the K/V loads NUM_STAGES - 1 tiles ahead. Without it (sm_90 code,
+        # Triton 3.6) every iteration waits for all its copies (cp.async.wait_group 0).
+        stop = tl.minimum(kv_hi, t_hi * TILE_N)  # no key at or beyond it is in this range
+        first = t_lo * TILE_N + offs_n
+        page_next = tl.load(bt_row + first // BLOCK_SIZE, mask=first < stop, other=0)
     for t in range(t_lo, t_hi):
         k_pos = t * TILE_N + offs_n
         if MASKED:
@@ -73,7 +82,12 @@ def _attend_tiles(
         else:
             k_ok = offs_n < TILE_N
         if PAGED:
-            page = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_ok, other=0).to(tl.int64)
+            if PREFETCH_PAGES:
+                page = page_next.to(tl.int64)
+                ahead = k_pos + TILE_N
+                page_next = tl.load(bt_row + ahead // BLOCK_SIZE, mask=ahead < stop, other=0)
+            else:
+                page = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_ok, other=0).to(tl.int64)
             slot = k_pos % BLOCK_SIZE
             k_off = page * stride_k_b + slot * stride_k_t
             v_off = page * stride_v_b + slot * stride_v_t
@@ -157,6 +171,7 @@ def attention_kernel(
     TILE_N: tl.constexpr,  # keys per inner iteration (may span several pages)
     BLOCK_SIZE: tl.constexpr,  # page size of the paged cache
     PAGED: tl.constexpr,
+    PREFETCH_PAGES: tl.constexpr,  # PAGED only: page numbers loaded one tile ahead (see _attend_tiles)
     CAUSAL: tl.constexpr,
     USE_WINDOW: tl.constexpr,
     USE_SOFTCAP: tl.constexpr,
@@ -328,6 +343,7 @@ def attention_kernel(
             TILE_N,
             BLOCK_SIZE,
             PAGED,
+            PREFETCH_PAGES,
             CAUSAL,
             USE_WINDOW,
             USE_SOFTCAP,

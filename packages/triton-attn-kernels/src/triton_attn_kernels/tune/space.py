@@ -148,6 +148,10 @@ class Space:
 
 
 def space_for(kernel: str, head_dim: int, interpreter: bool = False) -> Space:
+    # Page numbers one tile ahead let Triton 3.6 pipeline paged K/V loads (sm_90 code: its
+    # copies otherwise wait for each other every iteration); it also changes registers and
+    # shared memory, so the tuner decides. Not swept in the interpreter (no pipelining there).
+    prefetch: dict[str, tuple[int, ...]] = {} if interpreter else {"prefetch_pages": (0, 1)}
     if kernel == "decode":
         tiles: tuple[int, ...] = (16, 32) if interpreter else (16, 32, 64) if head_dim > 128 else (32, 64, 128)
         # The H100 tables of 2026-11-27 chose 64, the top of the old space, at batch 1 from
@@ -157,7 +161,11 @@ def space_for(kernel: str, head_dim: int, interpreter: bool = False) -> Space:
         return Space(
             DecodeConfig,
             coarse={"tile_n": tiles, "num_splits": splits},
-            fine={"num_warps": (4,) if interpreter else (4, 8), "num_stages": (1, 2) if interpreter else (1, 2, 3)},
+            fine={
+                "num_warps": (4,) if interpreter else (4, 8),
+                "num_stages": (1, 2) if interpreter else (1, 2, 3),
+                **prefetch,
+            },
             defaults={"num_warps": 4, "num_stages": 2},
         )
     if kernel == "prefill":
@@ -171,7 +179,11 @@ def space_for(kernel: str, head_dim: int, interpreter: bool = False) -> Space:
         return Space(
             PrefillConfig,
             coarse=coarse,
-            fine={"num_warps": (4,) if interpreter else (4, 8), "num_stages": (1, 2) if interpreter else (1, 2, 3)},
+            fine={
+                "num_warps": (4,) if interpreter else (4, 8),
+                "num_stages": (1, 2) if interpreter else (1, 2, 3),
+                **prefetch,
+            },
             defaults={"num_stages": 2},
         )
     if kernel == "kv_write":

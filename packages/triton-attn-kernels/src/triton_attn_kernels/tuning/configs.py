@@ -10,26 +10,47 @@ def _pow2(name: str, value: int, lo: int, hi: int) -> None:
         raise ValueError(f"{name} must be a power of two in [{lo}, {hi}], got {value!r}")
 
 
+def _stages(value: int) -> None:
+    if not isinstance(value, int) or not 1 <= value <= 8:
+        raise ValueError(f"num_stages must be an int in [1, 8], got {value!r}")
+
+
+def _flag(name: str, value: int) -> None:
+    # An int, not a bool: table configs are integers (JSON and the schema).
+    if type(value) is not int or value not in (0, 1):
+        raise ValueError(f"{name} must be 0 or 1, got {value!r}")
+
+
+# Config fields added after the first tables were written: a table entry without one gets
+# the field's default (what every launch did before the field existed).
+OPTIONAL_FIELDS = ("prefetch_pages",)
+# Fields that are switches (0 or 1) rather than positive sizes.
+FLAG_FIELDS = ("prefetch_pages",)
+
+
 @dataclass(frozen=True)
 class DecodeConfig:
     """Split-KV decode: sequences with one new token.
 
     tile_n: keys per inner iteration (may span several pages).
     num_splits: programs that share one sequence's keys; partials merged afterwards.
+    prefetch_pages: 1 loads a paged cache's page numbers one tile ahead, so that the
+    compiler pipelines the K/V loads num_stages - 1 tiles ahead (see docs/kernels.md).
     """
 
     tile_n: int = 64
     num_splits: int = 1
     num_warps: int = 4
     num_stages: int = 2
+    prefetch_pages: int = 0
 
     def __post_init__(self) -> None:
         _pow2("tile_n", self.tile_n, 16, 512)
         if not isinstance(self.num_splits, int) or not 1 <= self.num_splits <= 256:
             raise ValueError(f"num_splits must be an int in [1, 256], got {self.num_splits!r}")
         _pow2("num_warps", self.num_warps, 1, 16)
-        if not isinstance(self.num_stages, int) or not 1 <= self.num_stages <= 8:
-            raise ValueError(f"num_stages must be an int in [1, 8], got {self.num_stages!r}")
+        _stages(self.num_stages)
+        _flag("prefetch_pages", self.prefetch_pages)
 
 
 @dataclass(frozen=True)
@@ -40,19 +61,21 @@ class PrefillConfig:
     GROUP query heads of a KV head are packed together, so a program covers
     block_m // GROUP tokens.
     tile_n: keys per inner iteration.
+    prefetch_pages: as in :class:`DecodeConfig`.
     """
 
     block_m: int = 64
     tile_n: int = 64
     num_warps: int = 4
     num_stages: int = 2
+    prefetch_pages: int = 0
 
     def __post_init__(self) -> None:
         _pow2("block_m", self.block_m, 16, 256)
         _pow2("tile_n", self.tile_n, 16, 256)
         _pow2("num_warps", self.num_warps, 1, 16)
-        if not isinstance(self.num_stages, int) or not 1 <= self.num_stages <= 8:
-            raise ValueError(f"num_stages must be an int in [1, 8], got {self.num_stages!r}")
+        _stages(self.num_stages)
+        _flag("prefetch_pages", self.prefetch_pages)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .configs import DecodeConfig, KVWriteConfig, PrefillConfig
+from .configs import OPTIONAL_FIELDS, DecodeConfig, KVWriteConfig, PrefillConfig
 from .heuristics import AttentionProblem
 
 __all__ = [
@@ -104,7 +104,8 @@ def config_from_dict(spec: KernelSpec, d: Any) -> Config:
     """Raises ValueError/TypeError for unknown or missing fields and out-of-range values."""
     if not isinstance(d, dict):
         raise TypeError(f"a {spec.name} config must be an object, got {type(d).__name__}")
-    unknown, missing = set(d) - set(spec.config_fields), set(spec.config_fields) - set(d)
+    unknown = set(d) - set(spec.config_fields)
+    missing = set(spec.config_fields) - set(d) - set(OPTIONAL_FIELDS)
     if unknown or missing:
         raise ValueError(f"{spec.name} config {d}: unknown fields {sorted(unknown)}, missing {sorted(missing)}")
     if any(isinstance(v, bool) for v in d.values()):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .configs import FLAG_FIELDS, OPTIONAL_FIELDS
 from .keys import KERNELS, KernelSpec
 
 __all__ = ["DTYPES", "KV_DTYPES", "SCHEMA_VERSION", "build_schema"]
@@ -15,6 +16,7 @@ SCHEMA_VERSION = 1
 DTYPES = ["float16", "bfloat16", "float32"]
 KV_DTYPES = [*DTYPES, "float8_e4m3fn", "float8_e5m2"]
 _POS_INT = {"type": "integer", "minimum": 1}
+_FLAG = {"enum": [0, 1]}
 
 
 def _key_schema(spec: KernelSpec) -> dict[str, Any]:
@@ -27,9 +29,9 @@ def _config_schema(spec: KernelSpec) -> dict[str, Any]:
     fields = list(spec.config_fields)
     return {
         "type": "object",
-        "required": fields,
+        "required": [f for f in fields if f not in OPTIONAL_FIELDS],
         "additionalProperties": False,
-        "properties": {name: _POS_INT for name in fields},
+        "properties": {name: _FLAG if name in FLAG_FIELDS else _POS_INT for name in fields},
     }
 
 
@@ -120,7 +122,7 @@ def build_schema() -> dict[str, Any]:
             "key_fields": {"type": "array", "items": {"type": "string"}},
             "config_space": {
                 "type": "object",
-                "additionalProperties": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+                "additionalProperties": {"type": "array", "items": {"type": "integer", "minimum": 0}},
             },
             "entries": {
                 "type": "array",
