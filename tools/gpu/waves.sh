@@ -90,11 +90,17 @@ sys.argv = ['fuzz_gpu.py', '--replay', '1000048']; runpy.run_path('tools/gpu/rel
 next)
   # What the 2026-11-27 session left for the GPU: the 5-minute soak with sharp weights, the
   # kernel tests with the ptxas-fallback replay, every microbenchmark provider (FlexAttention
-  # included) on the quick points, and e2e agreement with the e2e weights of 2 live rows.
+  # included) on the quick points, and e2e agreement with the e2e weights of 2 live rows;
+  # then whether prefetch_pages pays (prefill tuner, quick grid).
   lane 0 soak "python3 tools/gpu/reliability/soak.py --num-layers 8 --duration 300 --workdir /tmp/soak \
       --out $logs/soak.json 2>&1 | tail -40"
+  # prefetch_pages (page numbers one tile ahead, so paged K/V copies pipeline): the tuner
+  # times it against the current tiles on the prefill quick grid; `show` prints both.
   lane 1 tests "timeout 300 python3 -m pytest -q -m gpu packages/triton-attn-kernels/tests -p no:cacheprovider 2>&1 | tail -15; \
-      timeout \$(left) python3 tools/gpu/probe_decode.py 2>&1 | tail -60"
+      timeout 90 python3 tools/gpu/probe_decode.py 2>&1 | tail -60; \
+      timeout \$((\$(left) - 15)) python3 -m triton_attn_kernels.tune run prefill --grid quick --fresh \
+      --budget \$((\$(left) - 40)) --out $logs/tune 2>&1 | tail -20; \
+      python3 -m triton_attn_kernels.tune show $logs/tune/prefill/*.json 2>&1 | tail -30"
   lane 2 bench "timeout \$(left) python3 -m attn_bench run decode prefill mixed kv-write --quick \
       --providers ours-paged,ours-varlen,torch-sdpa,flex-attention,vllm-triton,vllm-fa3,ours-kv-write,vllm-kv-write,torch-kv-write --budget \$((\$(left) - 30)) \
       --out $logs/bench 2>&1 | tail -40"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from batches import FP8, assert_matches, paged_batch, poisoned_like
 
-from triton_attn_kernels import AttentionConfig, DecodeConfig, decode_workspace_numel, paged_attention
+from triton_attn_kernels import AttentionConfig, DecodeConfig, PrefillConfig, decode_workspace_numel, paged_attention
 from triton_attn_kernels._kernels.attention import attention_kernel
 from triton_attn_kernels.reference import paged_attention_ref
 
@@ -16,8 +16,8 @@ pytestmark = pytest.mark.gpu
 LLAMA = dict(num_q_heads=32, num_kv_heads=8, head_dim=128)
 
 
-def check(b, dtype, **feats):
-    out = paged_attention(*b.args(), **b.lens(), out=poisoned_like(b.q), **feats)
+def check(b, dtype, config=None, **feats):
+    out = paged_attention(*b.args(), **b.lens(), out=poisoned_like(b.q), config=config, **feats)
     assert_matches(out, paged_attention_ref(*b.args(), **feats), dtype)
 
 
@@ -40,6 +40,26 @@ def test_llama_prefill_and_mixed(dtype, kv):
         **LLAMA,
     )
     check(b, dtype)
+
+
+@pytest.mark.parametrize("kv", ["same", torch.float8_e4m3fn])
+@pytest.mark.parametrize("stages", [1, 2, 3])
+def test_prefetched_page_numbers_on_tensor_cores(kv, stages):
+    """prefetch_pages=1 (the compiler pipelines the K/V copies num_stages - 1 tiles ahead) on
+    the H100's tensor cores: mixed batch, bf16, with and without fp8 KV, a sliding window."""
+    b = paged_batch(
+        [1024, 1, 300, 1, 0, 77],
+        [1024, 2000, 2348, 9, 50, 77],
+        dtype=torch.bfloat16,
+        kv_dtype=None if kv == "same" else kv,
+        **LLAMA,
+    )
+    cfg = AttentionConfig(
+        decode=DecodeConfig(tile_n=64, num_splits=4, num_stages=stages, prefetch_pages=1),
+        prefill=PrefillConfig(block_m=128, tile_n=64, num_warps=8, num_stages=stages, prefetch_pages=1),
+    )
+    for feats in ({}, dict(sliding_window=700)):
+        check(b, torch.bfloat16, config=cfg, **feats)
 
 
 @pytest.mark.parametrize("head_dim", [64, 80, 256])
