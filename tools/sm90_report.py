@@ -6,6 +6,7 @@ the ptxas bundled with Triton reports its resources. A first look before spendin
     python tools/sm90_report.py decode
     python tools/sm90_report.py ptx         # a fingerprint of each test variant's PTX
     python tools/sm90_report.py crashes     # ptxas over many launch specialisations
+    python tools/sm90_report.py crashes --prefetch-pages    # the same with prefetch_pages=1
 
 `crashes` compiles the specialisations a launch can produce (head sizes, GQA groups, dtypes,
 fp8 KV, feature mixes, the heuristics' and the H100 tables' tiles) and lists every one that
@@ -82,10 +83,11 @@ PREFILL_TILES = {"small-d": [(128, 64, 4, 3)], "large-d": [(64, 32, 4, 2)], "tab
 DECODE_TILES = [(128, 2, 16), (64, 1, 1), (64, 1, 16), (32, 1, 64), (128, 3, 2), (32, 2, 64)]
 
 
-def _cases():
+def _cases(prefetch: bool = False):
     for hd, group, dtype, kv in itertools.product(HEAD_DIMS, (1, 4, 8), ("bf16", "fp16"), (None, "fp8e4nv")):
         for mix, feats in FEATURE_MIXES.items():
-            base = dict(hd=hd, group=group, dtype=dtype, kv=kv, feats=feats)
+            base = dict(hd=hd, group=group, dtype=dtype, kv=kv, feats=feats, PREFETCH_PAGES=prefetch)
+            mix = f"{mix}, page numbers prefetched" if prefetch else mix
             tiles = PREFILL_TILES["small-d" if hd <= 128 else "large-d"]
             if hd == 128:
                 tiles = tiles + PREFILL_TILES["tables"]
@@ -95,7 +97,7 @@ def _cases():
                     "prefill",
                     {**base, "BLOCK_M": bm, "TILE_N": tn, "warps": w, "stages": st},
                 )
-            if mix in ("plain", "all"):
+            if mix.split(",")[0] in ("plain", "all"):
                 for tn, st, splits in DECODE_TILES:
                     if hd > 128 and tn > 64:
                         continue
@@ -119,10 +121,10 @@ def _try(case):
     return f"fallback {name}{note}" if note else ""
 
 
-def crashes() -> None:
+def crashes(prefetch: bool = False) -> None:
     import multiprocessing
 
-    cases = list(_cases())
+    cases = list(_cases(prefetch))
     print(f"{len(cases)} specialisations, {os.cpu_count()} processes", flush=True)
     bad = 0
     with multiprocessing.Pool(os.cpu_count()) as pool:
@@ -136,7 +138,7 @@ def crashes() -> None:
 def main() -> None:
     which = sys.argv[1] if len(sys.argv) > 1 else "prefill"
     if which == "crashes":
-        crashes()
+        crashes(prefetch="--prefetch-pages" in sys.argv[2:])
     elif which == "ptx":
         for name, build in VARIANTS.items():
             print(f"{fingerprint(build().asm['ptx'])}  {name}", flush=True)
