@@ -158,7 +158,7 @@ def tune(session: nox.Session) -> None:
     _install_stack(session)
     session.install("-e", f"{KERNELS}[test]")
     args = session.posargs or ["validate"]
-    session.run("python", "-m", "triton_attn_kernels.tune", *args, env=_env(session))
+    session.run("python", "-m", "triton_attn_kernels.tuner", *args, env=_env(session))
 
 
 @nox.session(python="3.11")

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from triton_attn_kernels.tune import bench, store
-from triton_attn_kernels.tune.__main__ import main
-from triton_attn_kernels.tune.dejavu import convert, parse_config, parse_key
-from triton_attn_kernels.tune.runner import RunOptions, run
-from triton_attn_kernels.tune.space import GEOMETRIES, Shape, space_for
+from triton_attn_kernels.tuner import bench, store
+from triton_attn_kernels.tuner.__main__ import main
+from triton_attn_kernels.tuner.dejavu import convert, parse_config, parse_key
+from triton_attn_kernels.tuner.runner import RunOptions, run
+from triton_attn_kernels.tuner.space import GEOMETRIES, Shape, space_for
 from triton_attn_kernels.tuning import ConfigSelector, DecodeConfig, DeviceInfo, KVWriteConfig
 from triton_attn_kernels.tuning.tables import TableError, read_table
 
@@ -120,7 +120,7 @@ def test_run_writes_resumes_and_honours_the_budget(tmp_path: Path) -> None:
 
 
 def test_run_decode_shape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from triton_attn_kernels.tune import space
+    from triton_attn_kernels.tuner import space
 
     monkeypatch.setitem(space.GRIDS["smoke"], "decode", (Shape(2, 37),))
     # One compile worker: on CPU it only runs the interpreter, but exercises the hand-off.

@@ -1,6 +1,6 @@
 """The JSON Schema of a tuning table, generated from the kernel specs so that it cannot drift
 from the code. ``dejavu_data/schema.json`` is this output (a test checks they are equal);
-regenerate it with ``python -m triton_attn_kernels.tune schema > dejavu_data/schema.json``."""
+regenerate it with ``python -m triton_attn_kernels.tuner schema > dejavu_data/schema.json``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``python -m triton_attn_kernels.tune``: the offline tuner and its table tools.
+"""``python -m triton_attn_kernels.tuner``: the offline tuner and its table tools.
 
     run KERNEL [--geometry llama3-8b] [--budget 480] [--out dejavu_data]   tune on this GPU
     validate [PATH ...]       check table files (default: every table found)
@@ -150,7 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         device_name=args.device_name,
         jobs=args.jobs,
         echo=lambda s: print(s, flush=True),
-        command="python -m triton_attn_kernels.tune " + " ".join(map(shlex.quote, sys.argv[1:])),
+        command="python -m triton_attn_kernels.tuner " + " ".join(map(shlex.quote, sys.argv[1:])),
     )
     run(opts)
     return 0
@@ -191,7 +191,7 @@ def cmd_import_dejavu(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m triton_attn_kernels.tune", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m triton_attn_kernels.tuner", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="tune one kernel over a problem grid on this GPU")

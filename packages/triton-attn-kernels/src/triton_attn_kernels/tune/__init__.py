@@ -1,2 +1,0 @@
-"""The offline tuner: ``python -m triton_attn_kernels.tune`` (``nox -s tune``). Run on a GPU,
-it writes the tables that :mod:`triton_attn_kernels.tuning` reads; see docs/tuning.md."""
