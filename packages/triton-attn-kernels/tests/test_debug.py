@@ -12,9 +12,6 @@ from triton_attn_kernels import debug, paged_attention, write_kv_cache
 @pytest.fixture
 def debug_on(monkeypatch):
     monkeypatch.setenv("TRITON_ATTN_DEBUG", "1")
-    debug.enabled.cache_clear()
-    yield
-    debug.enabled.cache_clear()
 
 
 def test_bad_block_id(debug_on):
@@ -46,6 +43,6 @@ def test_bad_slot(debug_on):
         write_kv_cache(key, key, kc, kc.clone(), torch.tensor([0, 32], device=DEVICE))
 
 
-def test_off_by_default():
-    debug.enabled.cache_clear()
+def test_off_by_default(monkeypatch):
+    monkeypatch.delenv("TRITON_ATTN_DEBUG", raising=False)
     assert not debug.enabled()

@@ -134,7 +134,63 @@ def kv_pair(k: torch.Tensor, v: torch.Tensor, q: torch.Tensor, *, k_name: str, v
         raise TypeError(f"{k_name} dtype must be q's dtype ({q.dtype}) or an fp8 dtype, got {k.dtype}")
 
 
-def output(out: Any, q: torch.Tensor) -> torch.Tensor:
+def cache_blocks(name: str, cache: torch.Tensor) -> None:
+    """A paged cache [num_blocks, block_size, ...] with at least one block of one slot."""
+    num_blocks, block_size = cache.shape[0], cache.shape[1]
+    if num_blocks < 1 or block_size < 1:
+        raise ValueError(f"{name} must have num_blocks >= 1 and block_size >= 1, got shape {tuple(cache.shape)}")
+
+
+def byte_range(t: torch.Tensor) -> tuple[int, int]:
+    """``[first, last + 1)``: the bytes ``t``'s elements can occupy (empty for no elements)."""
+    if t.numel() == 0:
+        return (0, 0)
+    lo = hi = t.data_ptr()
+    for size, stride in zip(t.shape, t.stride(), strict=True):
+        span = (size - 1) * stride * t.element_size()
+        if span < 0:
+            lo += span
+        else:
+            hi += span
+    return lo, hi + t.element_size()
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    # Byte ranges, not element sets: two views interleaved in one buffer (out = buf[..., :d],
+    # q = buf[..., d:]) count as overlapping. That costs nothing to decide, and no caller
+    # needs such a layout for a tensor that one kernel writes while others read.
+    (a0, a1), (b0, b1) = byte_range(a), byte_range(b)
+    return a0 < b1 and b0 < a1
+
+
+def _self_overlapping(t: torch.Tensor) -> bool:
+    """Whether two elements of ``t`` may share memory (a zero stride, or strides too small
+    for the sizes); decided from shape and strides alone, conservatively."""
+    reach = 1  # elements spanned by the dimensions taken so far, smallest stride first
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape, strict=True) if sz > 1):
+        if stride < reach:
+            return True
+        reach = stride * (size - 1) + reach
+    return False
+
+
+def not_overlapping(name: str, t: torch.Tensor, **others: torch.Tensor | None) -> None:
+    """A tensor a kernel writes: its elements distinct, sharing no memory with ``others``."""
+    if _self_overlapping(t):
+        raise ValueError(
+            f"{name} must not have overlapping elements (a zero stride or strides too small for "
+            f"shape {tuple(t.shape)}), got strides {t.stride()}"
+        )
+    for other_name, other in others.items():
+        if other is not None and _overlap(t, other):
+            raise ValueError(
+                f"{name} must not share memory with {other_name} (it is written while {other_name} is read)"
+            )
+
+
+def output(out: Any, q: torch.Tensor, **others: torch.Tensor | None) -> torch.Tensor:
+    """``out`` checked (or allocated): q's shape, dtype and device, elements distinct, and
+    no memory shared with ``q`` or any of ``others`` (the tensors the launch reads)."""
     if out is None:
         return torch.empty_like(q)
     tensor("out", out, ndim=3, dtypes=(q.dtype,))
@@ -142,4 +198,21 @@ def output(out: Any, q: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"out must have q's shape {tuple(q.shape)}, got {tuple(out.shape)}")
     if out.device != q.device:
         raise ValueError(f"out must be on {q.device} like q, got {out.device}")
+    not_overlapping("out", out, q=q, **others)
     return out
+
+
+def workspace(ws: Any, device: torch.device, *, need: int = 0, **others: torch.Tensor | None) -> torch.Tensor | None:
+    """``None``, or a 1-D contiguous float32 tensor on ``device`` with at least ``need``
+    elements that shares no memory with ``others``."""
+    if ws is None:
+        return None
+    tensor("workspace", ws, ndim=1, dtypes=(torch.float32,))
+    if ws.numel() > 1 and ws.stride(0) != 1:
+        raise ValueError(f"workspace must be contiguous, got stride {ws.stride(0)}")
+    if ws.device != device:
+        raise ValueError(f"workspace must be on {device} like q, got {ws.device}")
+    if ws.numel() < need:
+        raise ValueError(f"workspace must have at least {need} elements (decode_workspace_numel), got {ws.numel()}")
+    not_overlapping("workspace", ws, **others)
+    return ws

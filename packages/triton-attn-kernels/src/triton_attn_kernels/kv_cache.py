@@ -32,7 +32,10 @@ def write_kv_cache(
             float8_e4m3fn / float8_e5m2 (then values are stored as ``x / scale``, clamped to the
             format's range); any strides.
         slot_mapping: [num_tokens] int32 or int64; ``slot = block * block_size + offset``;
-            ``-1`` marks a padding token, which is skipped.
+            ``-1`` marks a padding token, which is skipped. Any other entry outside
+            ``[0, num_blocks * block_size)`` is skipped too (that token writes nothing, and no
+            byte outside the caches is touched); in debug mode (:mod:`.debug`) it raises a
+            ValueError naming ``slot_mapping`` and the token instead.
         k_scale, v_scale: fp8 quantisation scales (float or one-element tensor; ``None`` means
             1.0); ignored for caches in key's dtype.
         config: ``None`` (heuristic) or a :class:`KVWriteConfig`.
@@ -44,6 +47,7 @@ def write_kv_cache(
     check.tensor("k_cache", k_cache, ndim=4)
     check.tensor("v_cache", v_cache, ndim=4)
     check.kv_pair(k_cache, v_cache, key, k_name="k_cache", v_name="v_cache")
+    check.cache_blocks("k_cache", k_cache)
     num_tokens, num_kv_heads, head_dim = key.shape
     if tuple(k_cache.shape[2:]) != (num_kv_heads, head_dim):
         raise ValueError(
@@ -54,13 +58,19 @@ def write_kv_cache(
     if slot_mapping.shape[0] != num_tokens:
         raise ValueError(f"slot_mapping must have num_tokens={num_tokens} entries, got {slot_mapping.shape[0]}")
     check.same_device(key.device, value=value, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping)
+    # Written caches: each one's elements distinct, and no memory shared with what is read.
+    # k_cache and v_cache may interleave (halves of one [.., 2 * head_dim] allocation).
+    check.not_overlapping("k_cache", k_cache, key=key, value=value, slot_mapping=slot_mapping)
+    check.not_overlapping("v_cache", v_cache, key=key, value=value, slot_mapping=slot_mapping)
     if config is not None and not isinstance(config, KVWriteConfig):
         raise TypeError(f"config must be a KVWriteConfig or None, got {type(config).__name__}")
     if num_tokens == 0:
         return
+    quantize = k_cache.dtype in check.FP8_DTYPES
     if debug.enabled():
         debug.check_slot_mapping(slot_mapping, num_blocks=k_cache.shape[0], block_size=k_cache.shape[1])
-    quantize = k_cache.dtype in check.FP8_DTYPES
+        if quantize:
+            debug.check_fp8_scales(k_scale=k_scale, v_scale=v_scale)
     ks = check.kv_scale("k_scale", k_scale, key.device) if quantize else slot_mapping
     vs = check.kv_scale("v_scale", v_scale, key.device) if quantize else slot_mapping
     cfg = select_kv_write_config(
@@ -84,6 +94,7 @@ def write_kv_cache(
         *value.stride(),
         *k_cache.stride(),
         *v_cache.stride(),
+        k_cache.shape[0] * k_cache.shape[1],
         NUM_KV_HEADS=num_kv_heads,
         HEAD_DIM=head_dim,
         BLOCK_H=next_pow2(num_kv_heads),

@@ -43,7 +43,7 @@ def write_kv_kernel(
     value_ptr,  # [num_tokens, NUM_KV_HEADS, HEAD_DIM]
     k_cache_ptr,  # [num_blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM]
     v_cache_ptr,  # [num_blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM]
-    slot_ptr,  # [num_tokens] int32 or int64; -1 marks padding
+    slot_ptr,  # [num_tokens] int32 or int64; -1 marks padding, any entry outside [0, num_slots) is skipped
     k_scale_ptr,  # [1] fp32, QUANTIZE only
     v_scale_ptr,  # [1] fp32, QUANTIZE only
     stride_key_t,
@@ -60,6 +60,7 @@ def write_kv_kernel(
     stride_vc_t,
     stride_vc_h,
     stride_vc_d,
+    num_slots,  # num_blocks * BLOCK_SIZE
     NUM_KV_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -70,15 +71,19 @@ def write_kv_kernel(
     FP8_MANT: tl.constexpr,
     FP8_EMIN: tl.constexpr,
 ):
-    """Grid (num_tokens,): one program copies all heads of one token."""
+    """Grid (num_tokens,): one program copies all heads of one token.
+
+    Every address is formed in int64 (a slot, or a head times a large stride of an HND view,
+    can pass 2**31 elements), and a slot outside the cache writes nothing: whatever
+    slot_mapping holds, no byte outside k_cache and v_cache is touched."""
     tok = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + tok).to(tl.int64)
-    if slot < 0:
+    if (slot < 0) | (slot >= num_slots):
         return
     block = slot // BLOCK_SIZE
     offset = slot % BLOCK_SIZE
-    h = tl.arange(0, BLOCK_H)
-    d = tl.arange(0, BLOCK_D)
+    h = tl.arange(0, BLOCK_H).to(tl.int64)
+    d = tl.arange(0, BLOCK_D).to(tl.int64)
     ok = (h < NUM_KV_HEADS)[:, None] & (d < HEAD_DIM)[None, :]
     k = tl.load(key_ptr + tok * stride_key_t + h[:, None] * stride_key_h + d[None, :] * stride_key_d, mask=ok)
     v = tl.load(value_ptr + tok * stride_value_t + h[:, None] * stride_value_h + d[None, :] * stride_value_d, mask=ok)

@@ -5,19 +5,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def _int(name: str, value: object) -> int:
+    # An int, not a bool or a float: table configs are integers (JSON and the schema), and
+    # the values become compile-time constants of the kernels.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    return value
+
+
 def _pow2(name: str, value: int, lo: int, hi: int) -> None:
-    if not isinstance(value, int) or value < lo or value > hi or value & (value - 1):
+    if _int(name, value) < lo or value > hi or value & (value - 1):
         raise ValueError(f"{name} must be a power of two in [{lo}, {hi}], got {value!r}")
 
 
 def _stages(value: int) -> None:
-    if not isinstance(value, int) or not 1 <= value <= 8:
+    if not 1 <= _int("num_stages", value) <= 8:
         raise ValueError(f"num_stages must be an int in [1, 8], got {value!r}")
 
 
 def _flag(name: str, value: int) -> None:
-    # An int, not a bool: table configs are integers (JSON and the schema).
-    if type(value) is not int or value not in (0, 1):
+    if _int(name, value) not in (0, 1):
         raise ValueError(f"{name} must be 0 or 1, got {value!r}")
 
 
@@ -46,7 +53,7 @@ class DecodeConfig:
 
     def __post_init__(self) -> None:
         _pow2("tile_n", self.tile_n, 16, 512)
-        if not isinstance(self.num_splits, int) or not 1 <= self.num_splits <= 256:
+        if not 1 <= _int("num_splits", self.num_splits) <= 256:
             raise ValueError(f"num_splits must be an int in [1, 256], got {self.num_splits!r}")
         _pow2("num_warps", self.num_warps, 1, 16)
         _stages(self.num_stages)
@@ -93,3 +100,9 @@ class AttentionConfig:
 
     decode: DecodeConfig | None = None
     prefill: PrefillConfig | None = None
+
+    def __post_init__(self) -> None:
+        for name, cls in (("decode", DecodeConfig), ("prefill", PrefillConfig)):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, cls):
+                raise TypeError(f"AttentionConfig.{name} must be a {cls.__name__} or None, got {type(value).__name__}")

@@ -1,7 +1,9 @@
 """Every environment variable the kernels package reads, in one place.
 
-Each is read once, on the first launch that needs it (never at import time and never again
-on the hot path); :func:`triton_attn_kernels.tuning.reset` forgets the values, for tests.
+The tuning variables are read once, on the first launch that needs them (never at import
+time and never again on the hot path); :func:`triton_attn_kernels.tuning.reset` forgets the
+values, for tests. ``TRITON_ATTN_DEBUG`` is read at every launch (one dictionary lookup), so
+that turning it on in a running process takes effect at the next call.
 
 ``TRITON_ATTN_TUNING_DIR``
     A directory laid out like ``dejavu_data/`` (``<kernel>/<DEVICE_NAME>.json``). Its tables
@@ -11,6 +13,12 @@ on the hot path); :func:`triton_attn_kernels.tuning.reset` forgets the values, f
 ``TRITON_ATTN_TUNING``
     ``1`` (default): use tuning tables. ``0``: heuristics only, for A/B benchmarks of the
     tables against the heuristics. An explicit ``config=`` argument is honoured either way.
+
+``TRITON_ATTN_DEBUG``
+    ``1`` (also ``true``, ``on``, ``yes``): every launch first checks the contents of its index
+    tensors and fp8 scales on the host (:mod:`triton_attn_kernels.debug`), which synchronises
+    the device. Unset or ``0``: off. :func:`triton_attn_kernels.debug.set_enabled` overrides
+    it from Python.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import functools
 import os
 from pathlib import Path
 
-__all__ = ["tables_enabled", "tuning_dir"]
+__all__ = ["debug_requested", "tables_enabled", "tuning_dir"]
 
 
 @functools.cache
@@ -32,6 +40,12 @@ def tuning_dir() -> Path | None:
 def tables_enabled() -> bool:
     value = os.environ.get("TRITON_ATTN_TUNING", "1").strip().lower()
     return value not in ("0", "off", "false", "no")
+
+
+def debug_requested() -> bool:
+    """``TRITON_ATTN_DEBUG``, read at each call (not memoised)."""
+    value = os.environ.get("TRITON_ATTN_DEBUG")
+    return value is not None and value.strip().lower() in ("1", "true", "on", "yes")
 
 
 def _forget() -> None:

@@ -5,7 +5,10 @@ Roots, highest precedence first: ``TRITON_ATTN_TUNING_DIR`` (see :mod:`.envs`), 
 source checkout, the repository's top-level ``dejavu_data/``). The file format is described
 in ``docs/tuning.md`` and validated by ``dejavu_data/schema.json`` (:mod:`.schema`); the
 reader below checks the same rules by hand so that the runtime needs no ``jsonschema``.
-A file that cannot be read or is invalid is skipped with a warning, never an exception.
+A file that cannot be read or is invalid is skipped with a warning, never an exception:
+whatever a file holds (deep nesting, numbers of thousands of digits, bytes that are not
+UTF-8), the lookup falls back to the next table or the heuristic, and the selector remembers
+the outcome, so the file is read and warned about once, not at every launch.
 """
 
 from __future__ import annotations
@@ -164,7 +167,19 @@ def _config(spec: KernelSpec, d: Any, where: str) -> Config:
 
 
 def parse_table(doc: Any, origin: str = "<memory>", kernel: str | None = None) -> Table:
-    """Check a loaded JSON document against the table format; raises :class:`TableError`."""
+    """Check a loaded JSON document against the table format; raises :class:`TableError`,
+    and nothing else, for any document."""
+    try:
+        return _parse(doc, origin, kernel)
+    except TableError:
+        raise
+    except Exception as e:
+        # A document the checks themselves trip over (an integer too large for a float, a
+        # nesting too deep for repr): as unusable as one that fails a check.
+        raise TableError(f"{type(e).__name__}: {e}") from None
+
+
+def _parse(doc: Any, origin: str, kernel: str | None) -> Table:
     _require(isinstance(doc, dict), "a table must be a JSON object")
     version = doc.get("schema_version")
     _require(version == SCHEMA_VERSION, f"schema_version {version!r} is not {SCHEMA_VERSION}")
@@ -209,17 +224,42 @@ def read_table(resource: Resource | Path, kernel: str | None = None) -> Table:
     """Read and check one file; raises :class:`TableError` for any problem with it."""
     try:
         doc = json.loads(resource.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TableError(f"cannot read: {e}") from None
+    except Exception as e:
+        # OSError, UnicodeError, JSONDecodeError, but also ValueError (an integer of more
+        # than sys.get_int_max_str_digits() digits), RecursionError (deep nesting) and
+        # MemoryError: any of them means this file cannot be used.
+        raise TableError(f"cannot read: {type(e).__name__}: {e}") from None
     return parse_table(doc, str(resource), kernel)
+
+
+def _skip(what: Any, why: Any) -> None:
+    warnings.warn(f"triton_attn_kernels: skipping tuning table {what}: {why}", RuntimeWarning, stacklevel=3)
 
 
 def _load(resource: Resource, kernel: str) -> Table | None:
     try:
         return read_table(resource, kernel)
     except TableError as e:
-        warnings.warn(f"triton_attn_kernels: skipping tuning table {resource}: {e}", RuntimeWarning, stacklevel=2)
+        _skip(resource, e)
         return None
+
+
+def _is_file(resource: Resource) -> bool:
+    try:
+        return resource.is_file()
+    except OSError as e:  # e.g. no permission to look into the folder
+        _skip(resource, f"cannot read: {e}")
+        return False
+
+
+def _listing(folder: Resource) -> list[Any]:
+    try:
+        if not folder.is_dir():
+            return []
+        return sorted(folder.iterdir(), key=lambda r: r.name)
+    except OSError as e:
+        _skip(f"folder {folder}", f"cannot list: {e}")
+        return []
 
 
 def shipped_root() -> Resource | None:
@@ -235,7 +275,11 @@ def shipped_root() -> Resource | None:
 def search_roots(user_dir: Path | None) -> list[Resource]:
     roots: list[Resource] = []
     if user_dir is not None:
-        if user_dir.is_dir():
+        try:
+            usable = user_dir.is_dir()
+        except OSError:  # no permission to look at it
+            usable = False
+        if usable:
             roots.append(user_dir)
         else:
             warnings.warn(
@@ -269,7 +313,7 @@ def find_table(
     layers = []
     for root in roots:
         res = root.joinpath(kernel, file_name)
-        if res.is_file():
+        if _is_file(res):
             table = _load(res, kernel)
             if table is not None:
                 layers.append(table)
@@ -282,10 +326,7 @@ def find_table(
         return None
     best: tuple[int, int, Table] | None = None
     for rank, root in enumerate(roots):
-        folder = root.joinpath(kernel)
-        if not folder.is_dir():
-            continue
-        for res in sorted(folder.iterdir(), key=lambda r: r.name):
+        for res in _listing(root.joinpath(kernel)):
             if not res.name.endswith(".json") or res.name == file_name:
                 continue
             table = _load(res, kernel)
