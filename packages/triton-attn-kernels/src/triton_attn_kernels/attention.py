@@ -220,13 +220,9 @@ def _launch(
     splits = dcfg.num_splits
     need = decode_workspace_numel(num_seqs, num_q_heads, head_dim, splits)
     if need:
+        workspace = check.workspace(workspace, q.device, need=need)
         if workspace is None:
             workspace = torch.empty(need, dtype=torch.float32, device=q.device)
-        elif workspace.dtype != torch.float32 or workspace.device != q.device or workspace.numel() < need:
-            raise ValueError(
-                f"workspace must be a float32 tensor on {q.device} with at least {need} elements "
-                f"(decode_workspace_numel), got {workspace.dtype} with {workspace.numel()} on {workspace.device}"
-            )
         part_lse = workspace[: num_seqs * num_q_heads * splits]
         part_out = workspace[num_seqs * num_q_heads * splits : need]
     else:
@@ -322,6 +318,7 @@ def paged_attention(
     check.tensor("k_cache", k_cache, ndim=4)
     check.tensor("v_cache", v_cache, ndim=4)
     check.kv_pair(k_cache, v_cache, q, k_name="k_cache", v_name="v_cache")
+    check.cache_blocks("k_cache", k_cache)
     check.head_geometry(q, k_cache.shape[2], k_cache.shape[3], "k_cache")
     check.index("block_table", block_table, ndim=2)
     check.index("seq_lens", seq_lens, ndim=1)
@@ -341,7 +338,8 @@ def paged_attention(
         cu_seqlens_q=cu_seqlens_q,
         out=out,
     )
-    out = check.output(out, q)
+    out = check.output(out, q, k_cache=k_cache, v_cache=v_cache)
+    check.workspace(workspace, q.device, q=q, k_cache=k_cache, v_cache=v_cache, out=out)
     if debug.enabled():
         debug.check_paged_batch(
             block_table,
@@ -353,6 +351,8 @@ def paged_attention(
             max_seqlen_q=max_seqlen_q,
             max_seqlen_k=max_seqlen_k,
         )
+        if k_cache.dtype in check.FP8_DTYPES:
+            debug.check_fp8_scales(k_scale=k_scale, v_scale=v_scale)
     feats = _features(
         q,
         k_cache.dtype,
@@ -433,7 +433,17 @@ def varlen_attention(
         )
     check.batch_limits(num_seqs, max_seqlen_q, max_seqlen_k)
     check.same_device(q.device, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, out=out)
-    out = check.output(out, q)
+    out = check.output(out, q, k=k, v=v)
+    check.workspace(workspace, q.device, q=q, k=k, v=v, out=out)
+    if debug.enabled():
+        debug.check_varlen_batch(
+            cu_seqlens_q,
+            cu_seqlens_k,
+            num_tokens=q.shape[0],
+            num_keys=k.shape[0],
+            max_seqlen_q=max_seqlen_q,
+            max_seqlen_k=max_seqlen_k,
+        )
     feats = _features(
         q,
         k.dtype,
