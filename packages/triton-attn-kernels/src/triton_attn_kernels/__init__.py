@@ -5,13 +5,15 @@ The whole public API::
 
     paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, *, ...)
     varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, *, ...)
+    merge_attention_states(out_a, lse_a, out_b, lse_b, *, out=None)
     write_kv_cache(key, value, k_cache, v_cache, slot_mapping, *, ...)
     triton_attn_kernels.reference   fp32 PyTorch ground truth of all three
     triton_attn_kernels.tuning      launch configurations, heuristics and tables
 """
 
-from .attention import decode_workspace_numel, paged_attention, varlen_attention
+from .attention import MAX_DECODE_QUERY_LEN, decode_workspace_numel, paged_attention, varlen_attention
 from .kv_cache import write_kv_cache
+from .merge import merge_attention_states
 from .tuning import AttentionConfig, DecodeConfig, KVWriteConfig, PrefillConfig
 
 __version__ = "0.1.0"
@@ -20,9 +22,11 @@ __all__ = [
     "AttentionConfig",
     "DecodeConfig",
     "KVWriteConfig",
+    "MAX_DECODE_QUERY_LEN",
     "PrefillConfig",
     "__version__",
     "decode_workspace_numel",
+    "merge_attention_states",
     "paged_attention",
     "varlen_attention",
     "write_kv_cache",

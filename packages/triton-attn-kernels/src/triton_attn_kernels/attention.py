@@ -1,9 +1,10 @@
 """Public attention launchers: validate, pick configurations, launch.
 
-``paged_attention`` and ``varlen_attention`` share one launch path: sequences with one
-new token go to the split-KV decode specialisation, sequences with more go to the
-prefill specialisation, and a mixed batch launches both (each skips the other's
-sequences on the device, so no host synchronisation is needed).
+``paged_attention`` and ``varlen_attention`` share one launch path. Sequences with at most
+``decode_query_len`` new tokens (one for plain decode, a few for speculative-decoding
+verification) go to the split-KV decode launch; longer ones to the prefill launch. A batch
+launches one or both; each skips the other's sequences on the device, so no host
+synchronisation is needed.
 """
 
 from __future__ import annotations
@@ -26,26 +27,64 @@ from .tuning import (
     select_prefill_config,
 )
 
-__all__ = ["decode_workspace_numel", "paged_attention", "varlen_attention"]
+__all__ = ["MAX_DECODE_QUERY_LEN", "decode_workspace_numel", "paged_attention", "varlen_attention"]
+
+# The most new tokens per sequence the decode launch packs into one tile (with the GQA group:
+# up to 16 x 8 = 128 rows); longer sequences are prefill work.
+MAX_DECODE_QUERY_LEN = 16
+# "No bound" for one side of a window: larger than any context a launch can address.
+_UNBOUNDED = 1 << 30
 
 
-def decode_workspace_numel(num_seqs: int, num_q_heads: int, head_dim: int, num_splits: int) -> int:
-    """fp32 elements the split-KV decode needs as ``workspace`` (0 when ``num_splits == 1``)."""
+def decode_workspace_numel(
+    num_seqs: int, num_q_heads: int, head_dim: int, num_splits: int, *, query_len: int = 1
+) -> int:
+    """fp32 elements the split-KV decode needs as ``workspace`` (0 when ``num_splits == 1``);
+    ``query_len`` is the ``decode_query_len`` of the launches that will use it."""
     if num_splits <= 1:
         return 0
-    return num_seqs * num_q_heads * num_splits * (head_dim + 1)
+    return num_seqs * max(query_len, 1) * num_q_heads * num_splits * (head_dim + 1)
 
 
 @dataclass(frozen=True)
 class _Features:
     scale: float
     causal: bool
-    window: int | None
+    window: tuple[int, int] | None  # (left, right) keys visible beside the query's position
     softcap: float | None
     alibi: torch.Tensor | None
     sinks: torch.Tensor | None
     k_scale: torch.Tensor | None  # set only for fp8 caches
     v_scale: torch.Tensor | None
+
+
+def _window(causal: bool, sliding_window: int | None, window_size: object) -> tuple[int, int] | None:
+    if window_size is not None and sliding_window is not None:
+        raise ValueError("pass sliding_window or window_size, not both")
+    if sliding_window is not None:
+        w: int = check.window(sliding_window)  # type: ignore[assignment]
+        # W keys counting the query itself; without a causal mask the window is symmetric, as
+        # in vLLM's FLASH_ATTN backend for encoder layers.
+        return (w - 1, 0 if causal else w - 1)
+    if window_size is None:
+        return None
+    if (
+        not isinstance(window_size, tuple | list)
+        or len(window_size) != 2
+        or any(isinstance(x, bool) or not isinstance(x, int) or x < -1 for x in window_size)
+    ):
+        raise ValueError(f"window_size must be a pair of ints >= -1 (-1: unbounded side), got {window_size!r}")
+    left, right = window_size
+    if left == -1 and right == -1:
+        return None
+    return (_UNBOUNDED if left == -1 else left, _UNBOUNDED if right == -1 else right)
+
+
+def _softcap(value: object) -> float | None:
+    # 0 means "no cap", as in flash-attn.
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
+        return None
+    return check.positive_float("softcap", value)
 
 
 def _features(
@@ -55,6 +94,7 @@ def _features(
     scale: float | None,
     causal: bool,
     sliding_window: int | None,
+    window_size: tuple[int, int] | None,
     softcap: float | None,
     alibi_slopes: torch.Tensor | None,
     sinks: torch.Tensor | None,
@@ -64,16 +104,28 @@ def _features(
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     fp8 = kv_dtype in check.FP8_DTYPES
+
+    def fp8_scale(name: str, value: float | torch.Tensor | None) -> torch.Tensor | None:
+        if not fp8:
+            return None
+        if value is None:
+            # No silent 1.0: a cache written with another scale would read wrong by that factor.
+            raise ValueError(
+                f"{name} is required with a {str(kv_dtype).removeprefix('torch.')} cache: pass the scale the "
+                "cache was written with (write_kv_cache's), e.g. 1.0"
+            )
+        return check.kv_scale(name, value, q.device)
+
     num_q_heads = q.shape[1]
     return _Features(
         scale=q.shape[2] ** -0.5 if scale is None else check.positive_float("scale", scale),  # type: ignore[arg-type]
         causal=causal,
-        window=check.window(sliding_window),
-        softcap=check.positive_float("softcap", softcap),
+        window=_window(causal, sliding_window, window_size),
+        softcap=_softcap(softcap),
         alibi=check.per_head("alibi_slopes", alibi_slopes, num_q_heads, q.device),
         sinks=check.per_head("sinks", sinks, num_q_heads, q.device),
-        k_scale=check.kv_scale("k_scale", k_scale, q.device) if fp8 else None,
-        v_scale=check.kv_scale("v_scale", v_scale, q.device) if fp8 else None,
+        k_scale=fp8_scale("k_scale", k_scale),
+        v_scale=fp8_scale("v_scale", v_scale),
     )
 
 
@@ -102,6 +154,17 @@ def _config(config: AttentionConfig | None) -> AttentionConfig:
     return config
 
 
+def _decode_query_len(value: int | None, max_seqlen_q: int) -> int:
+    if value is None:
+        # A batch of short query runs (decodes, verification of speculated tokens) runs as
+        # decodes; otherwise single-token sequences only.
+        return max(max_seqlen_q, 1) if max_seqlen_q <= MAX_DECODE_QUERY_LEN else 1
+    check.count("decode_query_len", value)
+    if value > MAX_DECODE_QUERY_LEN:
+        raise ValueError(f"decode_query_len must be in [0, {MAX_DECODE_QUERY_LEN}], got {value}")
+    return value
+
+
 def _launch(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -120,9 +183,15 @@ def _launch(
     feats: _Features,
     config: AttentionConfig,
     workspace: torch.Tensor | None,
-) -> torch.Tensor:
-    if num_seqs == 0 or max_seqlen_q == 0:
-        return out
+    decode_query_len: int | None,
+    return_lse: bool,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(return_lse, bool):
+        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
+    dq = _decode_query_len(decode_query_len, max_seqlen_q)
+    lse = torch.full(q.shape[:2], float("-inf"), dtype=torch.float32, device=q.device) if return_lse else None
+    if num_seqs == 0 or q.shape[0] == 0:
+        return (out, lse) if lse is not None else out  # type: ignore[return-value]
     num_q_heads, head_dim = q.shape[1], q.shape[2]
     num_kv_heads = k.shape[-2]
     group = num_q_heads // num_kv_heads
@@ -136,6 +205,10 @@ def _launch(
     # dot runs even under the interpreter (which gets bf16 dots wrong: DOT_F32 there).
     fp8_via_f16 = feats.k_scale is not None and q.dtype == torch.bfloat16
     interp_bf16 = interpreting() and q.dtype == torch.bfloat16 and not fp8_via_f16
+    # Both launches run when the batch may hold sequences of both kinds.
+    decode_runs = dq >= 1
+    prefill_runs = max_seqlen_q > dq or not decode_runs
+    left, right = feats.window if feats.window is not None else (0, 0)
     common = dict(
         HEAD_DIM=head_dim,
         BLOCK_D=next_pow2(head_dim),
@@ -149,6 +222,9 @@ def _launch(
         USE_SINKS=feats.sinks is not None,
         KV_SCALED=feats.k_scale is not None,
         FP8_VIA_F16=fp8_via_f16,
+        RETURN_LSE=lse is not None,
+        DECODE_Q=dq,
+        OTHER_LAUNCH=decode_runs and prefill_runs,
         DOT_F32=q.dtype == torch.float32 or interp_bf16,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
     )
@@ -159,18 +235,19 @@ def _launch(
         tile_n: int,
         splits: int,
         decode: bool,
-        grid0: int,
+        grid2: int,
         warps: int,
         stages: int,
         prefetch: int,
         part_out: torch.Tensor,
         part_lse: torch.Tensor,
     ) -> None:
-        attention_kernel[(num_kv_heads * splits, num_seqs, grid0)](
+        attention_kernel[(num_kv_heads * splits, num_seqs, grid2)](
             q,
             k,
             v,
             out,
+            lse if lse is not None else dummy,
             part_out,
             part_lse,
             block_table if paged else dummy,
@@ -183,7 +260,11 @@ def _launch(
             feats.v_scale if feats.v_scale is not None else dummy,
             feats.scale,
             feats.softcap or 0.0,
-            feats.window or 0,
+            left,
+            right,
+            q.shape[0],
+            k.shape[0],
+            block_table.shape[1] if paged and block_table is not None else 0,
             *q.stride(),
             *kstr,
             *vstr,
@@ -201,64 +282,73 @@ def _launch(
             **common,
         )
 
-    # Prefill specialisation (sequences with two or more new tokens): configured and checked
-    # first, so that a launch that cannot run fails before anything is written.
+    specialisation = lambda: (*common.items(), q.dtype, k.dtype, out.dtype)  # noqa: E731  (after a crash)
+    # The prefill launch is configured first, so that a launch that cannot run fails before
+    # anything is written.
     pcfg: PrefillConfig | None = None
-    if max_seqlen_q > 1:
+    if prefill_runs:
         pcfg = select_prefill_config(problem, config.prefill, device=q.device)
         block_m = max(pcfg.block_m, next_pow2(group))
         block_q = block_m // group
-        q_tiles = cdiv(max_seqlen_q, block_q)
-        if q_tiles > check.MAX_SEQS:
-            raise ValueError(
-                f"max_seqlen_q={max_seqlen_q} needs more than {check.MAX_SEQS} query tiles of {block_q} tokens; "
-                "split the prefill into chunks or pass a PrefillConfig with a larger block_m"
-            )
+        # Query tiles are walked grid-stride, so the grid is a sizing choice only.
+        q_programs = min(cdiv(max_seqlen_q, block_q), check.MAX_SEQS)
 
-    # Decode specialisation: every sequence with exactly one new token.
-    dcfg: DecodeConfig = select_decode_config(problem, config.decode, device=q.device)
-    splits = dcfg.num_splits
-    need = decode_workspace_numel(num_seqs, num_q_heads, head_dim, splits)
-    if need:
-        workspace = check.workspace(workspace, q.device, need=need)
-        if workspace is None:
-            workspace = torch.empty(need, dtype=torch.float32, device=q.device)
-        part_lse = workspace[: num_seqs * num_q_heads * splits]
-        part_out = workspace[num_seqs * num_q_heads * splits : need]
-    else:
-        part_lse = part_out = out
-    decode_m = max(16, next_pow2(group))
-    specialisation = lambda: (*common.items(), q.dtype, k.dtype, out.dtype)  # noqa: E731  (after a crash)
-    _fallback.launch(
-        lambda tile_n, warps, stages: run(
-            decode_m, 1, tile_n, splits, True, 1, warps, stages, dcfg.prefetch_pages, part_out, part_lse
-        ),
-        (dcfg.tile_n, dcfg.num_warps, dcfg.num_stages),
-        lambda: ("decode", decode_m, splits, dcfg.prefetch_pages, *specialisation()),
-        narrower=False,
-    )
-    if splits > 1:
-        merge_kernel[(num_q_heads, num_seqs)](
-            part_out,
-            part_lse,
-            cu_seqlens_q,
-            out,
-            *out.stride(),
-            HEAD_DIM=head_dim,
-            BLOCK_D=next_pow2(head_dim),
-            NUM_SPLITS=splits,
-            SPLITS_POW2=next_pow2(splits),
-            num_warps=4,
+    if decode_runs:
+        dcfg: DecodeConfig = select_decode_config(problem, config.decode, device=q.device)
+        splits = dcfg.num_splits
+        need = decode_workspace_numel(num_seqs, num_q_heads, head_dim, splits, query_len=dq)
+        ws = check.workspace(workspace, q.device, need=need, out=out, q=q, k=k, v=v)
+        if need:
+            if ws is None:
+                ws = torch.empty(need, dtype=torch.float32, device=q.device)
+            n_lse = need // (head_dim + 1)
+            part_lse, part_out = ws[:n_lse], ws[n_lse:need]
+        else:
+            part_lse = part_out = out
+        decode_m = max(16, next_pow2(dq * group))
+        _fallback.launch(
+            lambda tile_n, warps, stages: run(
+                decode_m, dq, tile_n, splits, True, 1, warps, stages, dcfg.prefetch_pages, part_out, part_lse
+            ),
+            (dcfg.tile_n, dcfg.num_warps, dcfg.num_stages),
+            lambda: ("decode", decode_m, splits, dcfg.prefetch_pages, *specialisation()),
+            narrower=False,
         )
+        if splits > 1:
+            merge_kernel[(num_q_heads, num_seqs, dq)](
+                part_out,
+                part_lse,
+                cu_seqlens_q,
+                out,
+                lse if lse is not None else dummy,
+                q.shape[0],
+                *out.stride(),
+                HEAD_DIM=head_dim,
+                BLOCK_D=next_pow2(head_dim),
+                NUM_SPLITS=splits,
+                SPLITS_POW2=next_pow2(splits),
+                DECODE_Q=dq,
+                RETURN_LSE=lse is not None,
+                num_warps=4,
+            )
     if pcfg is not None:
         _fallback.launch(
             lambda tile_n, warps, stages: run(
-                block_m, block_q, tile_n, 1, False, q_tiles, warps, stages, pcfg.prefetch_pages, out, out
+                block_m, block_q, tile_n, 1, False, q_programs, warps, stages, pcfg.prefetch_pages, out, out
             ),
             (pcfg.tile_n, pcfg.num_warps, pcfg.num_stages),
             lambda: ("prefill", block_m, pcfg.prefetch_pages, *specialisation()),
         )
-    return out
+    return (out, lse) if lse is not None else out
+
+
+def _paged_layout(k_cache: torch.Tensor, v_cache: torch.Tensor, kv_layout: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The caches as [num_blocks, block_size, num_kv_heads, head_dim] views."""
+    if kv_layout == "NHD":
+        return k_cache, v_cache
+    if kv_layout == "HND":
+        return k_cache.transpose(1, 2), v_cache.transpose(1, 2)
+    raise ValueError(f"kv_layout must be 'NHD' or 'HND', got {kv_layout!r}")
 
 
 def paged_attention(
@@ -274,51 +364,76 @@ def paged_attention(
     scale: float | None = None,
     causal: bool = True,
     sliding_window: int | None = None,
+    window_size: tuple[int, int] | None = None,
     softcap: float | None = None,
     alibi_slopes: torch.Tensor | None = None,
     sinks: torch.Tensor | None = None,
     k_scale: float | torch.Tensor | None = None,
     v_scale: float | torch.Tensor | None = None,
+    kv_layout: str = "NHD",
+    decode_query_len: int | None = None,
+    return_lse: bool = False,
     out: torch.Tensor | None = None,
     config: AttentionConfig | None = None,
     workspace: torch.Tensor | None = None,
-) -> torch.Tensor:
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of new query tokens against a paged KV cache, for any mix of decodes,
-    prefill chunks on cached prefixes and fresh prefills.
+    speculative-decoding verification, prefill chunks on cached prefixes and fresh prefills.
 
     Args:
         q: [num_tokens, num_q_heads, head_dim], float16 / bfloat16 / float32. The tokens of
             sequence ``i`` are rows ``cu_seqlens_q[i]:cu_seqlens_q[i+1]``; they are the last
             tokens of that sequence's context.
-        k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim], q's dtype or
-            float8_e4m3fn / float8_e5m2; any strides (NHD or HND views of one tensor).
+        k_cache, v_cache: ``kv_layout="NHD"``: [num_blocks, block_size, num_kv_heads, head_dim];
+            ``"HND"``: [num_blocks, num_kv_heads, block_size, head_dim]. q's dtype or
+            float8_e4m3fn / float8_e5m2; any strides.
         block_table: [num_seqs, max_blocks] int32, physical block of each logical block.
         seq_lens: [num_seqs] int32, whole context length of each sequence (new tokens included).
         cu_seqlens_q: [num_seqs + 1] int32, prefix sums of new-token counts (0 allowed).
-        max_seqlen_q: host int, the largest new-token count (1 means a pure decode batch).
+        max_seqlen_q: host int, the largest new-token count (1 means a pure decode batch). A
+            sizing hint: a smaller value than the truth still computes every row, slowly.
         max_seqlen_k: host int, the largest ``seq_lens`` entry (used for launch heuristics).
         scale: softmax scale; ``None`` means ``head_dim ** -0.5``.
         causal: mask keys after each query's position.
-        sliding_window: ``None`` or W: a query at position p sees keys at positions > p - W.
-        softcap: ``None`` or c: logits become ``c * tanh(logit / c)``.
+        sliding_window: ``None`` or W, the keys a query sees counting itself: with ``causal``,
+            positions ``[p - W + 1, p]``; without, ``[p - W + 1, p + W - 1]`` (vLLM's meaning
+            for encoder layers). Same as ``window_size=(W - 1, 0 or W - 1)``.
+        window_size: ``None`` or ``(left, right)`` as in flash-attn: a query at position p
+            sees keys in ``[p - left, p + right]``; -1 leaves that side unbounded.
+        softcap: ``None`` or 0 (off), or c > 0: logits become ``c * tanh(logit / c)``.
         alibi_slopes: ``None`` or [num_q_heads] float; adds ``slope * (k_pos - q_pos)``.
         sinks: ``None`` or [num_q_heads] float; one extra logit per head in the denominator.
-        k_scale, v_scale: per-tensor dequantisation scales of fp8 caches (float or one-element
-            tensor; ``None`` means 1.0); ignored for caches in q's dtype.
+        k_scale, v_scale: per-tensor dequantisation scales (float or one-element tensor);
+            required for fp8 caches, ignored for caches in q's dtype.
+        kv_layout: ``"NHD"`` or ``"HND"`` (FlashInfer's names), the order of the cache's
+            middle dimensions. A context longer than ``max_blocks * block_size`` is refused,
+            which catches most caches passed with the wrong layout.
+        decode_query_len: sequences with at most this many new tokens run on the split-KV
+            decode path (e.g. ``num_speculative_tokens + 1``); longer ones on the prefill
+            path. ``None``: ``max_seqlen_q`` if it is at most :data:`MAX_DECODE_QUERY_LEN`,
+            else 1. 0: no decode path (a prefill-only batch is then one launch).
+        return_lse: also return the log-sum-exp of each row's logits.
         out: ``None`` or [num_tokens, num_q_heads, head_dim] in q's dtype to write into.
         config: ``None`` (table, else heuristic) or an :class:`AttentionConfig`.
-        workspace: ``None`` or a float32 buffer of at least :func:`decode_workspace_numel`
+        workspace: ``None`` or a 1-D float32 buffer of at least :func:`decode_workspace_numel`
             elements for split-KV partials (preallocate it for CUDA graphs).
 
     Returns:
-        ``out``: [num_tokens, num_q_heads, head_dim] in q's dtype. Rows of tokens outside
-        every sequence (padding) are left untouched.
+        ``out``: [num_tokens, num_q_heads, head_dim] in q's dtype; with ``return_lse``,
+        ``(out, lse)``, lse [num_tokens, num_q_heads] float32, natural log, ``-inf`` for rows
+        that see no key (including the sinks when given). Rows of tokens outside every
+        sequence (padding) are left untouched (their lse is -inf).
+
+    Index contents are never trusted with an address: a block id outside
+    ``[0, num_blocks)`` reads some block of the cache, a ``seq_lens`` entry is bounded by the
+    block table's row, rows outside ``[0, num_tokens)`` are not written. Such a sequence's
+    output is unspecified; ``TRITON_ATTN_DEBUG=1`` reports the entry instead.
     """
     check.tensor("q", q, ndim=3, dtypes=check.FLOAT_DTYPES)
     check.tensor("k_cache", k_cache, ndim=4)
     check.tensor("v_cache", v_cache, ndim=4)
+    k_cache, v_cache = _paged_layout(k_cache, v_cache, kv_layout)
     check.kv_pair(k_cache, v_cache, q, k_name="k_cache", v_name="v_cache")
-    check.cache_blocks("k_cache", k_cache)
     check.head_geometry(q, k_cache.shape[2], k_cache.shape[3], "k_cache")
     check.index("block_table", block_table, ndim=2)
     check.index("seq_lens", seq_lens, ndim=1)
@@ -329,6 +444,13 @@ def paged_attention(
     if cu_seqlens_q.shape[0] != num_seqs + 1:
         raise ValueError(f"cu_seqlens_q must have num_seqs + 1 = {num_seqs + 1} entries, got {cu_seqlens_q.shape[0]}")
     check.batch_limits(num_seqs, max_seqlen_q, max_seqlen_k)
+    capacity = block_table.shape[1] * k_cache.shape[1]
+    if num_seqs and max_seqlen_k > capacity:
+        raise ValueError(
+            f"max_seqlen_k={max_seqlen_k} exceeds what a block-table row holds (max_blocks * block_size = "
+            f"{block_table.shape[1]} * {k_cache.shape[1]}); a cache shaped [num_blocks, num_kv_heads, block_size, "
+            "head_dim] needs kv_layout='HND'"
+        )
     check.same_device(
         q.device,
         k_cache=k_cache,
@@ -338,8 +460,7 @@ def paged_attention(
         cu_seqlens_q=cu_seqlens_q,
         out=out,
     )
-    out = check.output(out, q, k_cache=k_cache, v_cache=v_cache)
-    check.workspace(workspace, q.device, q=q, k_cache=k_cache, v_cache=v_cache, out=out)
+    out = check.output(out, q)
     if debug.enabled():
         debug.check_paged_batch(
             block_table,
@@ -351,14 +472,13 @@ def paged_attention(
             max_seqlen_q=max_seqlen_q,
             max_seqlen_k=max_seqlen_k,
         )
-        if k_cache.dtype in check.FP8_DTYPES:
-            debug.check_fp8_scales(k_scale=k_scale, v_scale=v_scale)
     feats = _features(
         q,
         k_cache.dtype,
         scale=scale,
         causal=causal,
         sliding_window=sliding_window,
+        window_size=window_size,
         softcap=softcap,
         alibi_slopes=alibi_slopes,
         sinks=sinks,
@@ -382,6 +502,8 @@ def paged_attention(
         feats=feats,
         config=_config(config),
         workspace=workspace,
+        decode_query_len=decode_query_len,
+        return_lse=return_lse,
     )
 
 
@@ -397,13 +519,16 @@ def varlen_attention(
     scale: float | None = None,
     causal: bool = True,
     sliding_window: int | None = None,
+    window_size: tuple[int, int] | None = None,
     softcap: float | None = None,
     alibi_slopes: torch.Tensor | None = None,
     sinks: torch.Tensor | None = None,
+    decode_query_len: int | None = None,
+    return_lse: bool = False,
     out: torch.Tensor | None = None,
     config: AttentionConfig | None = None,
     workspace: torch.Tensor | None = None,
-) -> torch.Tensor:
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The attention of :func:`paged_attention` on contiguous (unpaged) variable-length tensors.
 
     Args:
@@ -412,11 +537,13 @@ def varlen_attention(
         cu_seqlens_q: [num_seqs + 1] int32 prefix sums of query lengths.
         cu_seqlens_k: [num_seqs + 1] int32 prefix sums of key lengths; each sequence's
             queries are its last ``q_len`` key positions (bottom-right aligned causal mask).
-        max_seqlen_q, max_seqlen_k: host ints, the largest query and key lengths.
+        max_seqlen_q, max_seqlen_k: host ints, the largest query and key lengths (sizing
+            hints, as in :func:`paged_attention`).
         Other arguments as in :func:`paged_attention`.
 
     Returns:
-        ``out``: [total_q, num_q_heads, head_dim] in q's dtype.
+        ``out`` [total_q, num_q_heads, head_dim] in q's dtype, or ``(out, lse)`` with
+        ``return_lse``. Key ranges of ``cu_seqlens_k`` are clipped to ``[0, total_k)``.
     """
     check.tensor("q", q, ndim=3, dtypes=check.FLOAT_DTYPES)
     check.tensor("k", k, ndim=3, dtypes=(q.dtype,))
@@ -433,23 +560,14 @@ def varlen_attention(
         )
     check.batch_limits(num_seqs, max_seqlen_q, max_seqlen_k)
     check.same_device(q.device, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, out=out)
-    out = check.output(out, q, k=k, v=v)
-    check.workspace(workspace, q.device, q=q, k=k, v=v, out=out)
-    if debug.enabled():
-        debug.check_varlen_batch(
-            cu_seqlens_q,
-            cu_seqlens_k,
-            num_tokens=q.shape[0],
-            num_keys=k.shape[0],
-            max_seqlen_q=max_seqlen_q,
-            max_seqlen_k=max_seqlen_k,
-        )
+    out = check.output(out, q)
     feats = _features(
         q,
         k.dtype,
         scale=scale,
         causal=causal,
         sliding_window=sliding_window,
+        window_size=window_size,
         softcap=softcap,
         alibi_slopes=alibi_slopes,
         sinks=sinks,
@@ -473,4 +591,6 @@ def varlen_attention(
         feats=feats,
         config=_config(config),
         workspace=workspace,
+        decode_query_len=decode_query_len,
+        return_lse=return_lse,
     )

@@ -6,20 +6,29 @@ Semantics shared with the kernels:
   so query ``i`` sits at absolute position ``seq_len - q_len + i``.
 - ``causal``: query at position p sees keys at positions <= p.
 - ``sliding_window=W``: query at position p sees keys at positions > p - W (W keys
-  including itself when causal).
+  including itself when causal); without ``causal`` also keys at positions < p + W.
+- ``window_size=(left, right)``: keys at positions in [p - left, p + right]; -1 means no
+  bound on that side.
 - Logits: ``s = scale * q.k``; then ``softcap * tanh(s / softcap)``; then
   ``+ alibi_slope[h] * (k_pos - q_pos)``.
 - ``sinks[h]``: one extra logit per query head that joins the softmax denominator with a
   zero value vector.
 - fp8 caches hold ``x / scale``; reading multiplies by ``k_scale`` / ``v_scale``.
-- A query row that sees no key gives zeros.
+- A query row that sees no key gives zeros (and an lse of -inf).
+- ``return_lse``: also the natural log-sum-exp of each row's logits (the sink included).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["attention_ref", "paged_attention_ref", "varlen_attention_ref", "write_kv_cache_ref"]
+__all__ = [
+    "attention_ref",
+    "merge_attention_states_ref",
+    "paged_attention_ref",
+    "varlen_attention_ref",
+    "write_kv_cache_ref",
+]
 
 
 def _scale_value(scale: float | torch.Tensor | None) -> float:
@@ -41,9 +50,11 @@ def attention_ref(
     softcap: float | None = None,
     alibi_slopes: torch.Tensor | None = None,
     sinks: torch.Tensor | None = None,
-) -> torch.Tensor:
+    window_size: tuple[int, int] | None = None,
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """One sequence. q [q_len, Hq, D]; k, v [seq_len, Hkv, D] (already dequantised).
-    Returns fp32 [q_len, Hq, D]."""
+    Returns fp32 [q_len, Hq, D] (and with ``return_lse`` the lse, fp32 [q_len, Hq])."""
     q_len, num_q_heads, _ = q.shape
     seq_len, num_kv_heads, _ = k.shape
     group = num_q_heads // num_kv_heads
@@ -62,6 +73,14 @@ def attention_ref(
         visible &= k_pos <= q_pos
     if sliding_window is not None:
         visible &= k_pos > q_pos - sliding_window
+        if not causal:
+            visible &= k_pos < q_pos + sliding_window
+    if window_size is not None:
+        left, right = window_size
+        if left >= 0:
+            visible &= k_pos >= q_pos - left
+        if right >= 0:
+            visible &= k_pos <= q_pos + right
     s = s.masked_fill(~visible[None], float("-inf"))
     if sinks is not None:
         sink_col = sinks.float()[:, None, None].expand(num_q_heads, q_len, 1)
@@ -72,7 +91,10 @@ def attention_ref(
     p = torch.exp(s - m)
     denom = p.sum(-1, keepdim=True)
     out = (p @ vf) / torch.where(denom == 0, torch.ones_like(denom), denom)
-    return out.transpose(0, 1).contiguous()
+    out = out.transpose(0, 1).contiguous()
+    if return_lse:
+        return out, torch.logsumexp(s, -1).transpose(0, 1).contiguous()
+    return out
 
 
 def paged_attention_ref(
@@ -91,14 +113,21 @@ def paged_attention_ref(
     sinks: torch.Tensor | None = None,
     k_scale: float | torch.Tensor | None = None,
     v_scale: float | torch.Tensor | None = None,
-) -> torch.Tensor:
+    window_size: tuple[int, int] | None = None,
+    kv_layout: str = "NHD",
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Reference of :func:`triton_attn_kernels.paged_attention`. Returns fp32
-    [num_tokens, num_q_heads, head_dim]; rows of tokens outside every sequence are zero."""
+    [num_tokens, num_q_heads, head_dim]; rows of tokens outside every sequence are zero
+    (their lse -inf)."""
+    if kv_layout == "HND":
+        k_cache, v_cache = k_cache.transpose(1, 2), v_cache.transpose(1, 2)
     head_dim = q.shape[-1]
     scale = head_dim**-0.5 if scale is None else scale
     ks, vs = _scale_value(k_scale), _scale_value(v_scale)
     block_size = k_cache.shape[1]
     out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    lse = torch.full(q.shape[:2], float("-inf"), dtype=torch.float32, device=q.device)
     cu = cu_seqlens_q.tolist()
     for i, seq_len in enumerate(seq_lens.tolist()):
         q_lo, q_hi = cu[i], cu[i + 1]
@@ -108,7 +137,7 @@ def paged_attention_ref(
         blocks = block_table[i, :n_blocks].long()
         k = k_cache[blocks].float().reshape(-1, *k_cache.shape[2:])[:seq_len] * ks
         v = v_cache[blocks].float().reshape(-1, *v_cache.shape[2:])[:seq_len] * vs
-        out[q_lo:q_hi] = attention_ref(
+        out[q_lo:q_hi], lse[q_lo:q_hi] = attention_ref(
             q[q_lo:q_hi],
             k,
             v,
@@ -118,8 +147,10 @@ def paged_attention_ref(
             softcap=softcap,
             alibi_slopes=alibi_slopes,
             sinks=sinks,
+            window_size=window_size,
+            return_lse=True,
         )
-    return out
+    return (out, lse) if return_lse else out
 
 
 def varlen_attention_ref(
@@ -135,16 +166,19 @@ def varlen_attention_ref(
     softcap: float | None = None,
     alibi_slopes: torch.Tensor | None = None,
     sinks: torch.Tensor | None = None,
-) -> torch.Tensor:
+    window_size: tuple[int, int] | None = None,
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Reference of :func:`triton_attn_kernels.varlen_attention`. Returns fp32
     [total_q, num_q_heads, head_dim]."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    lse = torch.full(q.shape[:2], float("-inf"), dtype=torch.float32, device=q.device)
     cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
     for i in range(len(cq) - 1):
         if cq[i + 1] == cq[i]:
             continue
-        out[cq[i] : cq[i + 1]] = attention_ref(
+        out[cq[i] : cq[i + 1]], lse[cq[i] : cq[i + 1]] = attention_ref(
             q[cq[i] : cq[i + 1]],
             k[ck[i] : ck[i + 1]],
             v[ck[i] : ck[i + 1]],
@@ -154,8 +188,23 @@ def varlen_attention_ref(
             softcap=softcap,
             alibi_slopes=alibi_slopes,
             sinks=sinks,
+            window_size=window_size,
+            return_lse=True,
         )
-    return out
+    return (out, lse) if return_lse else out
+
+
+def merge_attention_states_ref(
+    out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference of :func:`triton_attn_kernels.merge_attention_states`: fp32 (out, lse)."""
+    lse = torch.logaddexp(lse_a.float(), lse_b.float())
+    safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    wa = torch.exp(lse_a.float() - safe).nan_to_num(0.0)
+    wb = torch.exp(lse_b.float() - safe).nan_to_num(0.0)
+    a = torch.where(torch.isinf(lse_a)[..., None], torch.zeros_like(out_a.float()), out_a.float())
+    b = torch.where(torch.isinf(lse_b)[..., None], torch.zeros_like(out_b.float()), out_b.float())
+    return a * wa[..., None] + b * wb[..., None], lse
 
 
 def write_kv_cache_ref(

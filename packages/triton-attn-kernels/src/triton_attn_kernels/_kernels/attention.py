@@ -3,12 +3,16 @@
 One program computes BLOCK_M query rows against one range of keys. A row is a
 (query token, query head) pair: BLOCK_Q consecutive tokens of one sequence times the
 GROUP query heads that share one KV head, so every K/V tile is read once for all of
-them (GQA packing). Decode is the specialisation BLOCK_Q == 1 with the key range split
-over NUM_SPLITS programs (split-KV); prefill is BLOCK_Q > 1 with NUM_SPLITS == 1. Paged
-and contiguous (varlen) K/V, causal masking, sliding window, softcap, ALiBi, sinks and
-scaled fp8 KV are ``tl.constexpr`` flags, so a launch compiles only what it uses.
+them (GQA packing). The decode launch serves sequences with 1..DECODE_Q new tokens
+(single-token decode, and speculative-decoding verification) in one tile per sequence,
+its key range split over NUM_SPLITS programs (split-KV) and merged by ``merge_kernel``;
+the prefill launch serves longer ones, BLOCK_Q tokens per tile. Paged and contiguous
+(varlen) K/V, causal masking, windows, softcap, ALiBi, sinks and scaled fp8 KV are
+``tl.constexpr`` flags, so a launch compiles only what it uses.
 
-Grid: (num_kv_heads * NUM_SPLITS, num_seqs, query tiles); query tiles run heaviest first.
+Every address is formed from clamped indices: page numbers lie in [0, num_blocks), a
+context never extends past its block-table row (or past k), and output rows lie in
+[0, num_tokens), whatever the index tensors hold.
 """
 
 import triton
@@ -17,6 +21,7 @@ import triton.language as tl
 from .softmax import merge_splits, online_softmax_step, softmax_finish
 
 LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
@@ -44,8 +49,10 @@ def _attend_tiles(
     row_ok,  # [BLOCK_M]
     qk_scale,
     softcap,
-    window,
+    win_left,
+    win_right,
     slope,  # [BLOCK_M] ALiBi slope in log2 units
+    num_blocks,  # PAGED: pages of the cache; page numbers read are clamped into [0, num_blocks)
     stride_k_b,
     stride_k_t,
     stride_k_d,
@@ -75,6 +82,7 @@ def _attend_tiles(
         stop = tl.minimum(kv_hi, t_hi * TILE_N)  # no key at or beyond it is in this range
         first = t_lo * TILE_N + offs_n
         page_next = tl.load(bt_row + first // BLOCK_SIZE, mask=first < stop, other=0)
+        page_next = tl.minimum(tl.maximum(page_next, 0), num_blocks - 1)
     for t in range(t_lo, t_hi):
         k_pos = t * TILE_N + offs_n
         if MASKED:
@@ -86,8 +94,12 @@ def _attend_tiles(
                 page = page_next.to(tl.int64)
                 ahead = k_pos + TILE_N
                 page_next = tl.load(bt_row + ahead // BLOCK_SIZE, mask=ahead < stop, other=0)
+                page_next = tl.minimum(tl.maximum(page_next, 0), num_blocks - 1)
             else:
-                page = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_ok, other=0).to(tl.int64)
+                page = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_ok, other=0)
+                # A block id outside the cache reads some page of this cache, never memory
+                # beyond it (two integer ops per key; debug mode reports the entry).
+                page = tl.minimum(tl.maximum(page, 0), num_blocks - 1).to(tl.int64)
             slot = k_pos % BLOCK_SIZE
             k_off = page * stride_k_b + slot * stride_k_t
             v_off = page * stride_v_b + slot * stride_v_t
@@ -117,7 +129,9 @@ def _attend_tiles(
             if CAUSAL:
                 visible &= k_pos[None, :] <= q_pos[:, None]
             if USE_WINDOW:
-                visible &= k_pos[None, :] > q_pos[:, None] - window
+                visible &= (k_pos[None, :] >= q_pos[:, None] - win_left) & (
+                    k_pos[None, :] <= q_pos[:, None] + win_right
+                )
             s = tl.where(visible, s, float("-inf"))
         m_i, l_i, acc, p = online_softmax_step(m_i, l_i, acc, s, s_scale)
         v = tl.load(v_head + v_off[:, None] + d[None, :] * stride_v_d, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
@@ -130,131 +144,104 @@ def _attend_tiles(
 
 
 @triton.jit
-def attention_kernel(
-    q_ptr,  # [num_tokens, num_q_heads, HEAD_DIM]
-    k_ptr,  # PAGED: [num_blocks, BLOCK_SIZE, num_kv_heads, HEAD_DIM]; else [total_k, num_kv_heads, HEAD_DIM]
-    v_ptr,  # same shape as k
-    out_ptr,  # [num_tokens, num_q_heads, HEAD_DIM]
-    part_out_ptr,  # [num_seqs, num_q_heads, NUM_SPLITS, HEAD_DIM] fp32, NUM_SPLITS > 1 only
-    part_lse_ptr,  # [num_seqs, num_q_heads, NUM_SPLITS] fp32, NUM_SPLITS > 1 only
-    block_table_ptr,  # [num_seqs, max_blocks] int32, PAGED only
-    seq_lens_ptr,  # [num_seqs] int32, PAGED only
-    cu_seqlens_q_ptr,  # [num_seqs + 1] int32
-    cu_seqlens_k_ptr,  # [num_seqs + 1] int32, not PAGED only
-    alibi_ptr,  # [num_q_heads] fp32, USE_ALIBI only
-    sinks_ptr,  # [num_q_heads] fp32, USE_SINKS only
-    k_scale_ptr,  # [1] fp32, KV_SCALED only
-    v_scale_ptr,  # [1] fp32, KV_SCALED only
-    scale,  # softmax scale (natural units)
-    softcap,  # logit cap, USE_SOFTCAP only
-    window,  # left window in tokens (the query's own position included), USE_WINDOW only
+def _attend_query_tile(
+    q_ptr,
+    out_ptr,
+    lse_ptr,
+    part_out_ptr,
+    part_lse_ptr,
+    k_head,
+    v_head,
+    bt_row,
+    alibi_ptr,
+    sinks_ptr,
+    k_scale_ptr,
+    v_scale_ptr,
+    seq,
+    kv_head,
+    split,
+    q_start,
+    q_len,
+    q0,  # first query token of this tile, relative to the sequence
+    seq_len,
+    k_start,
+    num_tokens,
+    num_kv_rows,
+    num_q_heads,
+    scale,
+    softcap,
+    win_left,
+    win_right,
     stride_q_t,
     stride_q_h,
     stride_q_d,
     stride_k_b,
     stride_k_t,
-    stride_k_h,
     stride_k_d,
     stride_v_b,
     stride_v_t,
-    stride_v_h,
     stride_v_d,
     stride_o_t,
     stride_o_h,
     stride_o_d,
-    stride_bt_s,
     HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,  # HEAD_DIM rounded up to a power of two
-    GROUP: tl.constexpr,  # query heads per KV head
-    BLOCK_M: tl.constexpr,  # rows per program, >= BLOCK_Q * GROUP, power of two, >= 16
-    BLOCK_Q: tl.constexpr,  # query tokens per program
-    TILE_N: tl.constexpr,  # keys per inner iteration (may span several pages)
-    BLOCK_SIZE: tl.constexpr,  # page size of the paged cache
+    BLOCK_D: tl.constexpr,
+    GROUP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    TILE_N: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
     PAGED: tl.constexpr,
-    PREFETCH_PAGES: tl.constexpr,  # PAGED only: page numbers loaded one tile ahead (see _attend_tiles)
+    PREFETCH_PAGES: tl.constexpr,
     CAUSAL: tl.constexpr,
     USE_WINDOW: tl.constexpr,
     USE_SOFTCAP: tl.constexpr,
     USE_ALIBI: tl.constexpr,
     USE_SINKS: tl.constexpr,
     KV_SCALED: tl.constexpr,
-    FP8_VIA_F16: tl.constexpr,  # fp8 KV with a bf16 query: dots in fp16 (see below)
-    NUM_SPLITS: tl.constexpr,
-    IS_DECODE: tl.constexpr,  # serve sequences with exactly one new token; else those with two or more
-    DOT_F32: tl.constexpr,  # upcast dot operands to fp32 (fp32 inputs, or the interpreter's bf16)
+    FP8_VIA_F16: tl.constexpr,
+    RETURN_LSE: tl.constexpr,
+    N_SPLITS: tl.constexpr,  # programs sharing this tile's keys
+    TO_PARTS: tl.constexpr,  # write split partials for merge_kernel instead of the output
+    DOT_F32: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    # Causal work grows with the query tile index, and the slowest grid axis is dispatched
-    # last: walk it backwards so the heaviest tiles start first and cheap ones fill the tail.
-    q_tile = tl.num_programs(2) - 1 - tl.program_id(2)
-    kvh_split = tl.program_id(0)
-    seq = tl.program_id(1)
-    kv_head = kvh_split // NUM_SPLITS
-    split = kvh_split % NUM_SPLITS
-
-    q_start = tl.load(cu_seqlens_q_ptr + seq)
-    q_len = tl.load(cu_seqlens_q_ptr + seq + 1) - q_start
-    # The decode and prefill launches of a mixed batch each skip the other's sequences, so
-    # the host never reads the batch composition, and a pure-decode batch compiles the same
-    # decode variant as a mixed one.
-    if IS_DECODE:
-        if q_len != 1:
-            return
-    else:
-        if q_len < 2:
-            return
-    q0 = q_tile * BLOCK_Q
-    if q0 >= q_len:
-        return
-    if PAGED:
-        seq_len = tl.load(seq_lens_ptr + seq)
-        k_start = 0
-    else:
-        k_start = tl.load(cu_seqlens_k_ptr + seq)
-        seq_len = tl.load(cu_seqlens_k_ptr + seq + 1) - k_start
-    # Query tokens are the last q_len tokens of the context.
-    ctx = seq_len - q_len
-
+    """BLOCK_Q query tokens (from q0) x GROUP heads of one sequence against split
+    ``split`` of their visible keys. No early return: callers run it inside loops."""
     rows = tl.arange(0, BLOCK_M)
     row_tok = rows // GROUP
     row_head = kv_head * GROUP + rows % GROUP
     q_idx = q0 + row_tok
-    row_ok = (row_tok < BLOCK_Q) & (q_idx < q_len)
+    q_tok = (q_start + q_idx).to(tl.int64)
+    # Output rows stay inside `out` whatever cu_seqlens_q holds.
+    row_ok = (row_tok < BLOCK_Q) & (q_idx < q_len) & (q_tok >= 0) & (q_tok < num_tokens)
+    # Query tokens are the last q_len tokens of the context.
+    ctx = seq_len - q_len
     q_pos = ctx + q_idx
     d = tl.arange(0, BLOCK_D)
     d_ok = d < HEAD_DIM
 
     # Key range this tile of queries can see; tiles outside it are never visited.
     q_last = tl.minimum(q0 + BLOCK_Q, q_len) - 1
+    kv_hi = seq_len
     if CAUSAL:
-        kv_hi = ctx + q_last + 1
-    else:
-        kv_hi = seq_len
+        kv_hi = tl.minimum(kv_hi, ctx + q_last + 1)
     kv_lo = 0
     if USE_WINDOW:
-        kv_lo = tl.maximum(ctx + q0 - window + 1, 0)
+        kv_hi = tl.minimum(kv_hi, ctx + q_last + win_right + 1)
+        kv_lo = tl.maximum(ctx + q0 - win_left, 0)
+    kv_hi = tl.maximum(kv_hi, 0)
     tile_lo = kv_lo // TILE_N
-    n_tiles = tl.cdiv(kv_hi, TILE_N) - tile_lo
-    per_split = tl.cdiv(n_tiles, NUM_SPLITS)
+    n_tiles = tl.maximum(tl.cdiv(kv_hi, TILE_N) - tile_lo, 0)
+    per_split = tl.cdiv(n_tiles, N_SPLITS)
     t_begin = tile_lo + split * per_split
     t_end = tl.minimum(t_begin + per_split, tile_lo + n_tiles)
-    if NUM_SPLITS > 1:
-        # Split-KV partials (decode only, one token per sequence), merged by merge_kernel.
-        num_q_heads = (tl.num_programs(0) // NUM_SPLITS) * GROUP
-        part = (seq.to(tl.int64) * num_q_heads + row_head) * NUM_SPLITS + split
-        if (split > 0) & (t_begin >= t_end):
-            # No key for this split (the split count is fixed for the longest context, e.g.
-            # under CUDA graphs): an lse of -inf marks it empty and merge_kernel reads no
-            # output row for it. Split 0 always runs (it holds the sinks).
-            tl.store(part_lse_ptr + part, tl.full([BLOCK_M], float("-inf"), tl.float32), mask=row_ok)
-            return
 
     qk_scale = scale
     if KV_SCALED:
         qk_scale = qk_scale * tl.load(k_scale_ptr)
     if not USE_SOFTCAP:
         qk_scale = qk_scale * LOG2E
-    q_tok = (q_start + q_idx).to(tl.int64)
     q = tl.load(
         q_ptr + q_tok[:, None] * stride_q_t + row_head[:, None] * stride_q_h + d[None, :] * stride_q_d,
         mask=row_ok[:, None] & d_ok[None, :],
@@ -288,20 +275,16 @@ def attention_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
     offs_n = tl.arange(0, TILE_N)
-    k_head = k_ptr + kv_head.to(tl.int64) * stride_k_h
-    v_head = v_ptr + kv_head.to(tl.int64) * stride_v_h
-    bt_row = block_table_ptr + seq.to(tl.int64) * stride_bt_s
-
     # Tiles every valid row sees completely need no mask: left of the causal diagonal and
     # inside every row's window. Only the edges [t_begin, full_lo) and [full_hi, t_end) pay
     # for masking.
+    full_hi = seq_len // TILE_N
     if CAUSAL:
-        full_hi = (ctx + q0 + 1) // TILE_N
-    else:
-        full_hi = seq_len // TILE_N
+        full_hi = tl.minimum(full_hi, (ctx + q0 + 1) // TILE_N)
     full_lo = tile_lo
     if USE_WINDOW:
-        full_lo = tl.cdiv(tl.maximum(ctx + q_last - window + 1, 0), TILE_N)
+        full_hi = tl.minimum(full_hi, (ctx + q0 + win_right + 1) // TILE_N)
+        full_lo = tl.cdiv(tl.maximum(ctx + q_last - win_left, 0), TILE_N)
     full_lo = tl.minimum(tl.maximum(full_lo, t_begin), t_end)
     full_hi = tl.minimum(tl.maximum(full_hi, full_lo), t_end)
     # Three ranges of tiles, in key order: masked left edge, unmasked middle, masked right
@@ -329,8 +312,10 @@ def attention_kernel(
             row_ok,
             qk_scale,
             softcap,
-            window,
+            win_left,
+            win_right,
             slope,
+            num_kv_rows,
             stride_k_b,
             stride_k_t,
             stride_k_d,
@@ -356,27 +341,176 @@ def attention_kernel(
     out, lse = softmax_finish(m_i, l_i, acc)
     if KV_SCALED:
         out = out * tl.load(v_scale_ptr)
-    if NUM_SPLITS == 1:
+    if TO_PARTS:
+        # Split-KV partials, merged by merge_kernel: BLOCK_Q token slots per sequence. A
+        # split that saw no key stores lse == -inf, and merge_kernel reads no row for it.
+        part = ((seq.to(tl.int64) * BLOCK_Q + q_idx) * num_q_heads + row_head) * N_SPLITS + split
+        tl.store(part_lse_ptr + part, lse, mask=row_ok)
+        tl.store(
+            part_out_ptr + part[:, None] * HEAD_DIM + d[None, :],
+            out,
+            mask=(row_ok & (lse > float("-inf")))[:, None] & d_ok[None, :],
+        )
+    else:
         tl.store(
             out_ptr + q_tok[:, None] * stride_o_t + row_head[:, None] * stride_o_h + d[None, :] * stride_o_d,
             out.to(out_ptr.dtype.element_ty),
             mask=row_ok[:, None] & d_ok[None, :],
         )
+        if RETURN_LSE:
+            tl.store(lse_ptr + q_tok * num_q_heads + row_head, lse * LN2, mask=row_ok)
+
+
+@triton.jit
+def attention_kernel(
+    q_ptr,  # [num_tokens, num_q_heads, HEAD_DIM]
+    k_ptr,  # PAGED: [num_blocks, BLOCK_SIZE, num_kv_heads, HEAD_DIM]; else [total_k, num_kv_heads, HEAD_DIM]
+    v_ptr,  # same shape as k
+    out_ptr,  # [num_tokens, num_q_heads, HEAD_DIM]
+    lse_ptr,  # [num_tokens, num_q_heads] fp32, RETURN_LSE only
+    part_out_ptr,  # [num_seqs, BLOCK_Q, num_q_heads, NUM_SPLITS, HEAD_DIM] fp32, NUM_SPLITS > 1 only
+    part_lse_ptr,  # [num_seqs, BLOCK_Q, num_q_heads, NUM_SPLITS] fp32, NUM_SPLITS > 1 only
+    block_table_ptr,  # [num_seqs, max_blocks] int32, PAGED only
+    seq_lens_ptr,  # [num_seqs] int32, PAGED only
+    cu_seqlens_q_ptr,  # [num_seqs + 1] int32
+    cu_seqlens_k_ptr,  # [num_seqs + 1] int32, not PAGED only
+    alibi_ptr,  # [num_q_heads] fp32, USE_ALIBI only
+    sinks_ptr,  # [num_q_heads] fp32, USE_SINKS only
+    k_scale_ptr,  # [1] fp32, KV_SCALED only
+    v_scale_ptr,  # [1] fp32, KV_SCALED only
+    scale,  # softmax scale (natural units)
+    softcap,  # logit cap, USE_SOFTCAP only
+    win_left,  # USE_WINDOW: a query at position p sees keys in [p - win_left, p + win_right]
+    win_right,
+    num_tokens,  # rows of q and out
+    num_kv_rows,  # PAGED: num_blocks; else total_k
+    max_blocks,  # PAGED: columns of the block table
+    stride_q_t,
+    stride_q_h,
+    stride_q_d,
+    stride_k_b,
+    stride_k_t,
+    stride_k_h,
+    stride_k_d,
+    stride_v_b,
+    stride_v_t,
+    stride_v_h,
+    stride_v_d,
+    stride_o_t,
+    stride_o_h,
+    stride_o_d,
+    stride_bt_s,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,  # HEAD_DIM rounded up to a power of two
+    GROUP: tl.constexpr,  # query heads per KV head
+    BLOCK_M: tl.constexpr,  # rows per program, >= BLOCK_Q * GROUP, power of two, >= 16
+    BLOCK_Q: tl.constexpr,  # query tokens per program
+    TILE_N: tl.constexpr,  # keys per inner iteration (may span several pages)
+    BLOCK_SIZE: tl.constexpr,  # page size of the paged cache
+    PAGED: tl.constexpr,
+    PREFETCH_PAGES: tl.constexpr,  # PAGED only: page numbers loaded one tile ahead (see _attend_tiles)
+    CAUSAL: tl.constexpr,
+    USE_WINDOW: tl.constexpr,
+    USE_SOFTCAP: tl.constexpr,
+    USE_ALIBI: tl.constexpr,
+    USE_SINKS: tl.constexpr,
+    KV_SCALED: tl.constexpr,
+    FP8_VIA_F16: tl.constexpr,  # fp8 KV with a bf16 query: dots in fp16 (see _attend_query_tile)
+    RETURN_LSE: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    IS_DECODE: tl.constexpr,  # the split-KV decode launch; else the prefill launch
+    DECODE_Q: tl.constexpr,  # sequences with 1..DECODE_Q new tokens belong to the decode launch
+    OTHER_LAUNCH: tl.constexpr,  # the other launch of this batch runs (else this one serves all)
+    DOT_F32: tl.constexpr,  # upcast dot operands to fp32 (fp32 inputs, or the interpreter's bf16)
+    DOT_PRECISION: tl.constexpr,
+):
+    """Grid: decode (num_kv_heads * NUM_SPLITS, num_seqs, 1); prefill (num_kv_heads,
+    num_seqs, query-tile programs), the query tiles of a sequence walked grid-stride, so a
+    max_seqlen_q smaller than the truth still computes every row."""
+    kvh_split = tl.program_id(0)
+    seq = tl.program_id(1)
+    kv_head = kvh_split // NUM_SPLITS
+    split = kvh_split % NUM_SPLITS
+
+    q_start = tl.load(cu_seqlens_q_ptr + seq)
+    q_len = tl.load(cu_seqlens_q_ptr + seq + 1) - q_start
+    # Index contents are never trusted with an address: a context is bounded by what the
+    # block table (or k) holds, so every page number read lies inside the table.
+    if PAGED:
+        seq_len = tl.minimum(tl.maximum(tl.load(seq_lens_ptr + seq), 0), max_blocks * BLOCK_SIZE)
+        k_start = 0
     else:
-        tl.store(part_lse_ptr + part, lse, mask=row_ok)
-        tl.store(
-            part_out_ptr + part[:, None] * HEAD_DIM + d[None, :],
-            out,
-            mask=row_ok[:, None] & d_ok[None, :],
-        )
+        k_start = tl.minimum(tl.maximum(tl.load(cu_seqlens_k_ptr + seq), 0), num_kv_rows)
+        k_stop = tl.minimum(tl.maximum(tl.load(cu_seqlens_k_ptr + seq + 1), k_start), num_kv_rows)
+        seq_len = k_stop - k_start
+    k_head = k_ptr + kv_head.to(tl.int64) * stride_k_h
+    v_head = v_ptr + kv_head.to(tl.int64) * stride_v_h
+    bt_row = block_table_ptr + seq.to(tl.int64) * stride_bt_s
+    num_q_heads = (tl.num_programs(0) // NUM_SPLITS) * GROUP
+
+    # The decode and prefill launches of a mixed batch each skip the other's sequences, so
+    # the host never reads the batch composition.
+    if IS_DECODE:
+        if q_len < 1:
+            return
+        if q_len <= DECODE_Q:
+            _attend_query_tile(
+                q_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, k_head, v_head, bt_row,
+                alibi_ptr, sinks_ptr, k_scale_ptr, v_scale_ptr, seq, kv_head, split, q_start,
+                q_len, 0, seq_len, k_start, num_tokens, num_kv_rows, num_q_heads, scale, softcap, win_left,
+                win_right, stride_q_t, stride_q_h, stride_q_d, stride_k_b, stride_k_t, stride_k_d,
+                stride_v_b, stride_v_t, stride_v_d, stride_o_t, stride_o_h, stride_o_d, HEAD_DIM,
+                BLOCK_D, GROUP, BLOCK_M, BLOCK_Q, TILE_N, BLOCK_SIZE, PAGED, PREFETCH_PAGES,
+                CAUSAL, USE_WINDOW, USE_SOFTCAP, USE_ALIBI, USE_SINKS, KV_SCALED, FP8_VIA_F16,
+                RETURN_LSE, NUM_SPLITS, NUM_SPLITS > 1, DOT_F32, DOT_PRECISION,
+            )  # fmt: skip
+        elif not OTHER_LAUNCH:
+            # More new tokens than max_seqlen_q announced and no prefill launch: still every
+            # row, tile after tile, in split 0 (slow but correct).
+            if split == 0:
+                for q0 in range(0, q_len, BLOCK_Q):
+                    _attend_query_tile(
+                        q_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, k_head, v_head,
+                        bt_row, alibi_ptr, sinks_ptr, k_scale_ptr, v_scale_ptr, seq, kv_head, 0,
+                        q_start, q_len, q0, seq_len, k_start, num_tokens, num_kv_rows, num_q_heads, scale,
+                        softcap, win_left, win_right, stride_q_t, stride_q_h, stride_q_d,
+                        stride_k_b, stride_k_t, stride_k_d, stride_v_b, stride_v_t, stride_v_d,
+                        stride_o_t, stride_o_h, stride_o_d, HEAD_DIM, BLOCK_D, GROUP, BLOCK_M,
+                        BLOCK_Q, TILE_N, BLOCK_SIZE, PAGED, PREFETCH_PAGES, CAUSAL, USE_WINDOW,
+                        USE_SOFTCAP, USE_ALIBI, USE_SINKS, KV_SCALED, FP8_VIA_F16, RETURN_LSE, 1,
+                        False, DOT_F32, DOT_PRECISION,
+                    )  # fmt: skip
+    else:
+        if OTHER_LAUNCH:
+            if q_len <= DECODE_Q:
+                return
+        elif q_len < 1:
+            return
+        n_q_tiles = tl.cdiv(q_len, BLOCK_Q)
+        for t in range(tl.program_id(2), n_q_tiles, tl.num_programs(2)):
+            # Causal work grows with the query tile index, and the slowest grid axis is
+            # dispatched last: walk it backwards so the heaviest tiles start first.
+            q0 = (n_q_tiles - 1 - t) * BLOCK_Q
+            _attend_query_tile(
+                q_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, k_head, v_head, bt_row,
+                alibi_ptr, sinks_ptr, k_scale_ptr, v_scale_ptr, seq, kv_head, 0, q_start, q_len,
+                q0, seq_len, k_start, num_tokens, num_kv_rows, num_q_heads, scale, softcap, win_left, win_right,
+                stride_q_t, stride_q_h, stride_q_d, stride_k_b, stride_k_t, stride_k_d, stride_v_b,
+                stride_v_t, stride_v_d, stride_o_t, stride_o_h, stride_o_d, HEAD_DIM, BLOCK_D,
+                GROUP, BLOCK_M, BLOCK_Q, TILE_N, BLOCK_SIZE, PAGED, PREFETCH_PAGES, CAUSAL,
+                USE_WINDOW, USE_SOFTCAP, USE_ALIBI, USE_SINKS, KV_SCALED, FP8_VIA_F16, RETURN_LSE,
+                1, False, DOT_F32, DOT_PRECISION,
+            )  # fmt: skip
 
 
 @triton.jit
 def merge_kernel(
-    part_out_ptr,  # [num_seqs, num_q_heads, NUM_SPLITS, HEAD_DIM] fp32
-    part_lse_ptr,  # [num_seqs, num_q_heads, NUM_SPLITS] fp32
+    part_out_ptr,  # [num_seqs, DECODE_Q, num_q_heads, NUM_SPLITS, HEAD_DIM] fp32
+    part_lse_ptr,  # [num_seqs, DECODE_Q, num_q_heads, NUM_SPLITS] fp32
     cu_seqlens_q_ptr,  # [num_seqs + 1] int32
     out_ptr,  # [num_tokens, num_q_heads, HEAD_DIM]
+    lse_ptr,  # [num_tokens, num_q_heads] fp32, RETURN_LSE only
+    num_tokens,
     stride_o_t,
     stride_o_h,
     stride_o_d,
@@ -384,16 +518,21 @@ def merge_kernel(
     BLOCK_D: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
     SPLITS_POW2: tl.constexpr,
+    DECODE_Q: tl.constexpr,
+    RETURN_LSE: tl.constexpr,
 ):
-    """Grid (num_q_heads, num_seqs): one output row per decode token and head."""
+    """Grid (num_q_heads, num_seqs, DECODE_Q): one output row per decode token and head."""
     head = tl.program_id(0)
     seq = tl.program_id(1)
+    tok = tl.program_id(2)
     q_start = tl.load(cu_seqlens_q_ptr + seq)
-    if tl.load(cu_seqlens_q_ptr + seq + 1) - q_start != 1:
+    q_len = tl.load(cu_seqlens_q_ptr + seq + 1) - q_start
+    row = q_start.to(tl.int64) + tok
+    if (q_len > DECODE_Q) | (tok >= q_len) | (row < 0) | (row >= num_tokens):
         return
     sp = tl.arange(0, SPLITS_POW2)
     d = tl.arange(0, BLOCK_D)
-    base = (seq.to(tl.int64) * tl.num_programs(0) + head) * NUM_SPLITS
+    base = ((seq.to(tl.int64) * DECODE_Q + tok) * tl.num_programs(0) + head) * NUM_SPLITS
     lse = tl.load(part_lse_ptr + base + sp, mask=sp < NUM_SPLITS, other=float("-inf"))
     # Splits with lse == -inf saw no key and wrote no output row (their weight is 0 anyway).
     part = tl.load(
@@ -401,9 +540,58 @@ def merge_kernel(
         mask=(lse > float("-inf"))[:, None] & (d < HEAD_DIM)[None, :],
         other=0.0,
     )
-    out = merge_splits(lse, part)
+    out, total_lse = merge_splits(lse, part)
     tl.store(
-        out_ptr + q_start.to(tl.int64) * stride_o_t + head * stride_o_h + d * stride_o_d,
+        out_ptr + row * stride_o_t + head * stride_o_h + d * stride_o_d,
         out.to(out_ptr.dtype.element_ty),
         mask=d < HEAD_DIM,
     )
+    if RETURN_LSE:
+        tl.store(lse_ptr + row * tl.num_programs(0) + head, total_lse * LN2)
+
+
+@triton.jit
+def merge_states_kernel(
+    out_a_ptr,  # [num_tokens, num_heads, HEAD_DIM]
+    lse_a_ptr,  # [num_tokens, num_heads] fp32, natural log
+    out_b_ptr,  # [num_tokens, num_heads, HEAD_DIM]
+    lse_b_ptr,  # [num_tokens, num_heads] fp32, natural log
+    out_ptr,  # [num_tokens, num_heads, HEAD_DIM]
+    lse_ptr,  # [num_tokens, num_heads] fp32, natural log
+    num_heads,
+    stride_a_t,
+    stride_a_h,
+    stride_a_d,
+    stride_b_t,
+    stride_b_h,
+    stride_b_d,
+    stride_o_t,
+    stride_o_h,
+    stride_o_d,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Grid (num_tokens * num_heads,): two results over disjoint key sets into one, by the
+    split-KV decode's merge."""
+    pid = tl.program_id(0).to(tl.int64)
+    tok = pid // num_heads
+    head = pid % num_heads
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_DIM
+    two = tl.arange(0, 2)
+    lse_off = tok * num_heads + head
+    lse_a = tl.load(lse_a_ptr + lse_off)
+    lse_b = tl.load(lse_b_ptr + lse_off)
+    lse = tl.where(two == 0, lse_a, lse_b) * LOG2E
+    a = tl.load(out_a_ptr + tok * stride_a_t + head * stride_a_h + d * stride_a_d, mask=d_ok, other=0.0)
+    b = tl.load(out_b_ptr + tok * stride_b_t + head * stride_b_h + d * stride_b_d, mask=d_ok, other=0.0)
+    # A side with lse == -inf saw no key: weight 0, and whatever its row holds (NaN from an
+    # empty softmax elsewhere) stays out of the sum.
+    a = tl.where(lse_a > float("-inf"), a.to(tl.float32), 0.0)
+    b = tl.where(lse_b > float("-inf"), b.to(tl.float32), 0.0)
+    parts = tl.where((two == 0)[:, None], a[None, :], b[None, :])
+    out, total = merge_splits(lse, parts)
+    tl.store(
+        out_ptr + tok * stride_o_t + head * stride_o_h + d * stride_o_d, out.to(out_ptr.dtype.element_ty), mask=d_ok
+    )
+    tl.store(lse_ptr + lse_off, total * LN2)

@@ -45,9 +45,12 @@ def merge_splits(
     lse,  # [NUM_SPLITS] per-split log-sum-exp in log2 units, -inf for empty splits
     out,  # [NUM_SPLITS, BLOCK_D] per-split normalised output
 ):
-    """Combine normalised partial results of disjoint key ranges into one output row."""
+    """Combine normalised partial results of disjoint key ranges into one output row;
+    returns (out, lse) with lse in log2 units (-inf when no range saw a key)."""
     m = tl.max(lse, 0)
     m_ref = tl.where(m == float("-inf"), 0.0, m)
     w = tl.exp2(lse - m_ref)
     total = tl.sum(w, 0)
-    return tl.sum(out * w[:, None], 0) / tl.where(total == 0.0, 1.0, total)
+    empty = total == 0.0
+    out = tl.sum(out * w[:, None], 0) / tl.where(empty, 1.0, total)
+    return out, tl.where(empty, float("-inf"), m_ref + tl.log2(tl.where(empty, 1.0, total)))
