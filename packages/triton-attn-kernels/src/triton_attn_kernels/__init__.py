@@ -19,10 +19,10 @@ from .tuning import AttentionConfig, DecodeConfig, KVWriteConfig, PrefillConfig
 __version__ = "0.1.0"
 
 __all__ = [
+    "MAX_DECODE_QUERY_LEN",
     "AttentionConfig",
     "DecodeConfig",
     "KVWriteConfig",
-    "MAX_DECODE_QUERY_LEN",
     "PrefillConfig",
     "__version__",
     "decode_workspace_numel",

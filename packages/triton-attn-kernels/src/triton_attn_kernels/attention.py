@@ -297,7 +297,7 @@ def _launch(
         dcfg: DecodeConfig = select_decode_config(problem, config.decode, device=q.device)
         splits = dcfg.num_splits
         need = decode_workspace_numel(num_seqs, num_q_heads, head_dim, splits, query_len=dq)
-        ws = check.workspace(workspace, q.device, need=need, out=out, q=q, k=k, v=v)
+        ws = check.workspace(workspace, q.device, need=need)
         if need:
             if ws is None:
                 ws = torch.empty(need, dtype=torch.float32, device=q.device)
@@ -434,6 +434,7 @@ def paged_attention(
     check.tensor("v_cache", v_cache, ndim=4)
     k_cache, v_cache = _paged_layout(k_cache, v_cache, kv_layout)
     check.kv_pair(k_cache, v_cache, q, k_name="k_cache", v_name="v_cache")
+    check.cache_blocks("k_cache", k_cache)
     check.head_geometry(q, k_cache.shape[2], k_cache.shape[3], "k_cache")
     check.index("block_table", block_table, ndim=2)
     check.index("seq_lens", seq_lens, ndim=1)
@@ -460,7 +461,8 @@ def paged_attention(
         cu_seqlens_q=cu_seqlens_q,
         out=out,
     )
-    out = check.output(out, q)
+    out = check.output(out, q, k_cache=k_cache, v_cache=v_cache)
+    check.workspace(workspace, q.device, q=q, k_cache=k_cache, v_cache=v_cache, out=out)
     if debug.enabled():
         debug.check_paged_batch(
             block_table,
@@ -472,6 +474,8 @@ def paged_attention(
             max_seqlen_q=max_seqlen_q,
             max_seqlen_k=max_seqlen_k,
         )
+        if k_cache.dtype in check.FP8_DTYPES:
+            debug.check_fp8_scales(k_scale=k_scale, v_scale=v_scale)
     feats = _features(
         q,
         k_cache.dtype,
@@ -560,7 +564,17 @@ def varlen_attention(
         )
     check.batch_limits(num_seqs, max_seqlen_q, max_seqlen_k)
     check.same_device(q.device, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, out=out)
-    out = check.output(out, q)
+    out = check.output(out, q, k=k, v=v)
+    check.workspace(workspace, q.device, q=q, k=k, v=v, out=out)
+    if debug.enabled():
+        debug.check_varlen_batch(
+            cu_seqlens_q,
+            cu_seqlens_k,
+            num_tokens=q.shape[0],
+            num_keys=k.shape[0],
+            max_seqlen_q=max_seqlen_q,
+            max_seqlen_k=max_seqlen_k,
+        )
     feats = _features(
         q,
         k.dtype,
