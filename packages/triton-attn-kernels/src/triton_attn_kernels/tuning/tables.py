@@ -247,8 +247,8 @@ def _load(resource: Resource, kernel: str) -> Table | None:
 def _is_file(resource: Resource) -> bool:
     try:
         return resource.is_file()
-    except OSError as e:  # e.g. no permission to look into the folder
-        _skip(resource, f"cannot read: {e}")
+    except Exception as e:  # e.g. no permission to look into the folder
+        _skip(resource, f"cannot read: {type(e).__name__}: {e}")
         return False
 
 
@@ -257,8 +257,8 @@ def _listing(folder: Resource) -> list[Any]:
         if not folder.is_dir():
             return []
         return sorted(folder.iterdir(), key=lambda r: r.name)
-    except OSError as e:
-        _skip(f"folder {folder}", f"cannot list: {e}")
+    except Exception as e:
+        _skip(f"folder {folder}", f"cannot list: {type(e).__name__}: {e}")
         return []
 
 
