@@ -15,8 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from triton_attn_kernels import tuning
-from triton_attn_kernels.tuning import AttentionProblem, ConfigSelector, DeviceInfo, decode_heuristic
-from triton_attn_kernels.tuning import tables
+from triton_attn_kernels.tuning import AttentionProblem, ConfigSelector, DeviceInfo, decode_heuristic, tables
 from triton_attn_kernels.tuning.tables import Table, TableError, parse_table
 
 DATA = Path(__file__).parent / "test_tuning_data"
