@@ -3,8 +3,8 @@
 nox -s tests    all packages' tests (CPU: Triton interpreter; GPU tests where CUDA is present)
 nox -s plugin   the vLLM plugin's tests against a real vLLM engine (part of `tests`)
 nox -s lint     ruff check, ruff format --check, mypy on the public API
-nox -s build    wheels and sdists of the three packages into dist/
-nox -s docs     mkdocs --strict on docs/
+nox -s build    wheels and sdists of the three packages into dist/, checked (`-- --smoke`: installed and imported)
+nox -s docs     mkdocs --strict on docs/, the API reference generated from the docstrings
 nox -s bench    attn-bench's default suite (the smoke suite on a machine without a GPU)
 nox -s tune     the offline tuner (GPU; `-- run decode`), table validation without arguments
 nox -s sm90     the kernels compiled for the H100 by its Triton (3.6.0) on the CPU (part of `tests`);
@@ -125,18 +125,25 @@ def lint(session: nox.Session) -> None:
 @nox.session(python="3.11")
 @_pruned
 def build(session: nox.Session) -> None:
-    """Wheels and sdists of all three packages; checks the kernels wheel carries dejavu_data."""
-    session.install("build>=1.2")
+    """Wheels and sdists of all three packages into dist/, checked: `twine check`, the kernels
+    wheel carries dejavu_data, the plugin wheel declares its vLLM entry points. `-- --smoke`
+    also installs them into a fresh virtualenv and imports them (tools/check_wheels.py)."""
+    session.install("build>=1.2", "twine>=5")
     shutil.rmtree(os.path.join(ROOT, "dist"), ignore_errors=True)
     for pkg in (KERNELS, PLUGIN, BENCH):
         session.run("python", "-m", "build", "--outdir", "dist", pkg)
-    session.run("python", "tools/check_wheels.py", "dist")
+    dist = sorted(os.path.join("dist", f) for f in os.listdir(os.path.join(ROOT, "dist")))
+    session.run("twine", "check", "--strict", *dist)
+    session.run("python", "tools/check_wheels.py", "dist", *session.posargs)
 
 
 @nox.session(python="3.11")
 @_pruned
 def docs(session: nox.Session) -> None:
-    session.install("mkdocs>=1.6")
+    """The documentation site, `--strict`: a broken link or an unreadable docstring fails it.
+    The API reference is read from the sources by static analysis (mkdocstrings' griffe), so
+    neither torch nor Triton is installed."""
+    session.install("mkdocs>=1.6,<2", "mkdocstrings[python]>=1.0,<2")
     session.run("mkdocs", "build", "--strict", "--site-dir", "site")
 
 
@@ -145,7 +152,7 @@ def docs(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """The default benchmark suite on a GPU; the smoke suite through the interpreter on CPU."""
     _install_stack(session)
-    session.install("-e", KERNELS, "-e", BENCH)
+    session.install("-e", KERNELS, "-e", f"{BENCH}[bench]")
     args = session.posargs or (["run", "default"] if has_cuda() else ["run", "smoke"])
     session.run("attn-bench", *args, env=_env(session))
 
