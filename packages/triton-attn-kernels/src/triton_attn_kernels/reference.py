@@ -86,6 +86,9 @@ def attention_ref(
         sink_col = sinks.float()[:, None, None].expand(num_q_heads, q_len, 1)
         s = torch.cat([s, sink_col], dim=-1)
         vf = torch.cat([vf, torch.zeros_like(vf[:, :1])], dim=1)
+    if s.shape[-1] == 0:  # no key at all
+        out = torch.zeros(q_len, num_q_heads, vf.shape[-1], device=q.device)
+        return (out, torch.full((q_len, num_q_heads), float("-inf"), device=q.device)) if return_lse else out
     m = s.amax(-1, keepdim=True)
     m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
     p = torch.exp(s - m)
