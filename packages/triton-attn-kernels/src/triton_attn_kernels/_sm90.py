@@ -1,0 +1,256 @@
+"""Kernel specialisations compiled for Hopper (sm_90) by the real Triton compiler, down to a
+cubin (Triton bundles ptxas), on a machine without a GPU: catches what only the compiler
+rejects (the interpreter runs plain Python). Not part of the public API: the tests
+(test_compile_hopper.py), ``nox -s sm90`` (with the Triton version of the GPU image) and
+tools/sm90_report.py use it.
+
+``python -m triton_attn_kernels._sm90`` prints one line per variant, ``ok NAME`` or
+``FAIL NAME: error``, and exits non-zero if any failed. Where ptxas crashes on an attention
+variant, the tiles the launcher would fall back to (:mod:`triton_attn_kernels._fallback`) are
+compiled instead, as on the GPU, and the line says so."""
+
+from __future__ import annotations
+
+import sys
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.runtime.errors import PTXASError
+
+from triton_attn_kernels._fallback import alternatives
+from triton_attn_kernels._kernels.attention import attention_kernel, merge_kernel, merge_states_kernel
+from triton_attn_kernels._kernels.kv_cache import write_kv_kernel
+
+TARGET = GPUTarget("cuda", 90, 32)
+FLOAT_ARGS = {"scale", "softcap"}
+
+
+def signature(fn, constexprs: dict, pointers: dict) -> dict:
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = pointers.get(name, "*fp32")
+        else:
+            sig[name] = "fp32" if name in FLOAT_ARGS else "i32"
+    return sig
+
+
+def compile_one(fn, constexprs: dict, pointers: dict, warps: int = 4, stages: int = 2):
+    """Specialised as Triton's launcher would for contiguous tensors from PyTorch: innermost
+    strides equal to 1 become constants, pointers and other strides are multiples of 16 (so
+    loads vectorise and the pipeliner issues cp.async, as on the GPU)."""
+    constexprs = {**{n: 1 for n in fn.arg_names if n.startswith("stride") and n.endswith("_d")}, **constexprs}
+    sig = signature(fn, constexprs, pointers)
+    attrs = {
+        (i,): [["tt.divisibility", 16]]
+        for i, n in enumerate(fn.arg_names)
+        if sig[n].startswith("*") or (n.startswith("stride") and n not in constexprs)
+    }
+    src = ASTSource(
+        fn=fn,
+        signature=sig,
+        constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()},
+        attrs=attrs,
+    )
+    return triton.compile(src, target=TARGET, options={"num_warps": warps, "num_stages": stages})
+
+
+def attention_ptrs(dtype: str, kv: str) -> dict:
+    return {
+        "q_ptr": f"*{dtype}",
+        "k_ptr": f"*{kv}",
+        "v_ptr": f"*{kv}",
+        "out_ptr": f"*{dtype}",
+        "block_table_ptr": "*i32",
+        "seq_lens_ptr": "*i32",
+        "cu_seqlens_q_ptr": "*i32",
+        "cu_seqlens_k_ptr": "*i32",
+    }
+
+
+FEATURES = dict(USE_WINDOW=False, USE_SOFTCAP=False, USE_ALIBI=False, USE_SINKS=False, KV_SCALED=False)
+ALL_FEATURES = dict(USE_WINDOW=True, USE_SOFTCAP=True, USE_ALIBI=True, USE_SINKS=True, KV_SCALED=False)
+
+
+def attention(hd=128, group=4, paged=True, causal=True, feats=FEATURES, dtype="bf16", kv=None, **launch):
+    cx = dict(
+        HEAD_DIM=hd,
+        BLOCK_D=triton.next_power_of_2(hd),
+        GROUP=group,
+        BLOCK_SIZE=16,
+        PAGED=paged,
+        CAUSAL=causal,
+        DOT_F32=dtype == "fp32",
+        DOT_PRECISION="ieee" if dtype == "fp32" else "tf32",
+        **{**feats, "KV_SCALED": kv is not None and kv.startswith("fp8")},
+        FP8_VIA_F16=dtype == "bf16" and kv is not None and kv.startswith("fp8"),
+        PREFETCH_PAGES=False,
+        RETURN_LSE=False,
+        # A mixed batch: the decode launch serves one-token sequences, the prefill launch the rest.
+        DECODE_Q=1,
+        OTHER_LAUNCH=True,
+    )
+    cx.update({k: v for k, v in launch.items() if k.isupper()})
+    opts = {k: v for k, v in launch.items() if not k.isupper()}
+    return compile_one(attention_kernel, cx, attention_ptrs(dtype, kv or dtype), **opts)
+
+
+def decode(**kw):
+    group = kw.get("group", 4)
+    launch = dict(BLOCK_M=max(16, triton.next_power_of_2(group)), BLOCK_Q=1, TILE_N=128, NUM_SPLITS=16, IS_DECODE=True)
+    return attention(**{**launch, **kw})
+
+
+def prefill(**kw):
+    group = kw.get("group", 4)
+    launch = dict(BLOCK_M=128, BLOCK_Q=128 // group, TILE_N=64, NUM_SPLITS=1, IS_DECODE=False, stages=3)
+    if "BLOCK_M" in kw:
+        launch["BLOCK_Q"] = kw["BLOCK_M"] // group
+    return attention(**{**launch, **kw})
+
+
+def kv_write(cache: str):
+    fp8 = cache.startswith("fp8")
+    cx = dict(
+        NUM_KV_HEADS=8,
+        HEAD_DIM=128,
+        BLOCK_H=8,
+        BLOCK_D=128,
+        BLOCK_SIZE=16,
+        QUANTIZE=fp8,
+        FP8_MAX={"fp8e4nv": 448.0, "fp8e5": 57344.0}.get(cache, 0.0),
+        FP8_MANT={"fp8e4nv": 3, "fp8e5": 2}.get(cache, 0),
+        FP8_EMIN={"fp8e4nv": -6, "fp8e5": -14}.get(cache, 0),
+    )
+    ptrs = {"key_ptr": "*bf16", "value_ptr": "*bf16", "k_cache_ptr": f"*{cache}", "v_cache_ptr": f"*{cache}"}
+    return compile_one(write_kv_kernel, cx, {**ptrs, "slot_ptr": "*i64"})
+
+
+def merge(splits: int = 16):
+    cx = dict(HEAD_DIM=128, BLOCK_D=128, NUM_SPLITS=splits, SPLITS_POW2=splits, DECODE_Q=1, RETURN_LSE=False)
+    return compile_one(merge_kernel, cx, {"cu_seqlens_q_ptr": "*i32", "out_ptr": "*bf16"})
+
+
+# Attention variants take tile overrides (TILE_N, warps, stages) so that a ptxas crash can be
+# retried with the launcher's fallback tiles; DECODE_TILES / PREFILL_TILES are their defaults.
+DECODE_TILES = (128, 4, 2)
+PREFILL_TILES = (64, 4, 3)
+ATTENTION = {
+    "decode bf16 split-KV": (decode, {}),
+    "decode bf16 one split": (decode, dict(NUM_SPLITS=1)),
+    "decode every feature": (decode, dict(feats=ALL_FEATURES)),
+    "decode fp8 e4m3 KV": (decode, dict(kv="fp8e4nv")),
+    "decode fp8 e5m2 KV, fp16": (decode, dict(dtype="fp16", kv="fp8e5")),
+    "decode head_dim 64, 8 heads per KV head": (decode, dict(hd=64, group=8)),
+    "decode head_dim 256": (decode, dict(hd=256, TILE_N=64)),
+    "decode fp32": (decode, dict(dtype="fp32", TILE_N=32)),
+    "prefill bf16 paged causal": (prefill, {}),
+    "prefill every feature": (prefill, dict(feats=ALL_FEATURES)),
+    "prefill varlen, not causal": (prefill, dict(paged=False, causal=False)),
+    "prefill fp8 e4m3 KV": (prefill, dict(kv="fp8e4nv")),
+    # ptxas of Triton 3.6 crashed on this one: the fallback path gets compiled too.
+    "prefill head_dim 64, fp16, sinks": (
+        prefill,
+        dict(hd=64, group=8, dtype="fp16", feats={**FEATURES, "USE_SINKS": True}),
+    ),
+    "decode 256 splits (the top of the tuner's space)": (decode, dict(NUM_SPLITS=256, stages=1)),
+    "decode, page numbers prefetched": (decode, dict(PREFETCH_PAGES=True)),
+    "decode fp8 e4m3 KV, page numbers prefetched": (decode, dict(kv="fp8e4nv", PREFETCH_PAGES=True)),
+    "prefill, page numbers prefetched": (prefill, dict(PREFETCH_PAGES=True)),
+    "prefill every feature, page numbers prefetched": (prefill, dict(feats=ALL_FEATURES, PREFETCH_PAGES=True)),
+    # A pure decode batch: no prefill launch, so the decode launch also carries the
+    # every-row path for a sequence longer than max_seqlen_q announced.
+    "decode alone (no prefill launch)": (decode, dict(OTHER_LAUNCH=False)),
+    "decode with lse": (decode, dict(RETURN_LSE=True)),
+    # Speculative-decoding verification on the decode launch: q_len x GQA rows in one tile.
+    "verify 4 tokens x GQA 4, split-KV": (decode, dict(BLOCK_M=16, BLOCK_Q=4, DECODE_Q=4, OTHER_LAUNCH=False)),
+    "verify 8 tokens x GQA 4, split-KV": (decode, dict(BLOCK_M=32, BLOCK_Q=8, DECODE_Q=8, OTHER_LAUNCH=False)),
+    "verify 16 tokens x GQA 8, split-KV": (
+        decode,
+        dict(group=8, BLOCK_M=128, BLOCK_Q=16, DECODE_Q=16, OTHER_LAUNCH=False),
+    ),
+    "verify 8 tokens, fp8 e4m3 KV": (decode, dict(kv="fp8e4nv", BLOCK_M=32, BLOCK_Q=8, DECODE_Q=8, OTHER_LAUNCH=False)),
+    "prefill alone, two-sided window, lse": (
+        prefill,
+        dict(causal=False, feats={**FEATURES, "USE_WINDOW": True}, RETURN_LSE=True, DECODE_Q=0, OTHER_LAUNCH=False),
+    ),
+}
+
+
+def merge_states():
+    return compile_one(
+        merge_states_kernel,
+        dict(HEAD_DIM=128, BLOCK_D=128),
+        {"out_a_ptr": "*bf16", "out_b_ptr": "*bf16", "out_ptr": "*bf16"},
+    )
+
+
+OTHERS = {
+    "merge": merge,
+    "merge of 8 verification tokens with lse": lambda: compile_one(
+        merge_kernel,
+        dict(HEAD_DIM=128, BLOCK_D=128, NUM_SPLITS=16, SPLITS_POW2=16, DECODE_Q=8, RETURN_LSE=True),
+        {"cu_seqlens_q_ptr": "*i32", "out_ptr": "*bf16"},
+    ),
+    "merge_attention_states": merge_states,
+    "merge of 256 splits": lambda: merge(256),
+    "kv write bf16": lambda: kv_write("bf16"),
+    "kv write fp8 e4m3": lambda: kv_write("fp8e4nv"),
+    "kv write fp8 e5m2": lambda: kv_write("fp8e5"),
+}
+
+
+def tiles_of(build, kw: dict) -> tuple[int, int, int]:
+    default = DECODE_TILES if build is decode else PREFILL_TILES
+    return (kw.get("TILE_N", default[0]), kw.get("warps", default[1]), kw.get("stages", default[2]))
+
+
+def compile_attention(build, kw: dict):
+    """(kernel, note): the variant as given; after a ptxas crash, the first fallback that
+    compiles (decode keeps its tile width, as the launcher's ``narrower=False``)."""
+    first = tiles_of(build, kw)
+    try:
+        return build(**kw), ""
+    except PTXASError:
+        pass
+    for alt in alternatives(*first):
+        if build is decode and alt[0] != first[0]:
+            continue
+        try:
+            kernel = build(**{**kw, "TILE_N": alt[0], "warps": alt[1], "stages": alt[2]})
+        except PTXASError:
+            continue
+        return kernel, f" (ptxas crashed on (tile_n, warps, stages)={first}; the launcher's fallback {alt} compiles)"
+    raise RuntimeError(f"ptxas crashed on {first} and on every fallback")
+
+
+VARIANTS = {
+    **{name: (lambda b=b, kw=kw: compile_attention(b, kw)[0]) for name, (b, kw) in ATTENTION.items()},
+    **OTHERS,
+}
+
+
+def main() -> int:
+    failed = 0
+    for name, (build, kw) in ATTENTION.items():
+        try:
+            _, note = compile_attention(build, kw)
+            print(f"ok {name}{note}", flush=True)
+        except Exception as err:  # report every variant, then fail
+            failed += 1
+            print(f"FAIL {name}: {type(err).__name__}: {str(err)[:2000]}", flush=True)
+    for name, build in OTHERS.items():
+        try:
+            build()
+            print(f"ok {name}", flush=True)
+        except Exception as err:  # report every variant, then fail
+            failed += 1
+            print(f"FAIL {name}: {type(err).__name__}: {str(err)[:2000]}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
