@@ -1,10 +1,17 @@
 """Results: the CSV row dataclass (its fields are the CSV columns, in order), CSV I/O, the
-Markdown summary and ``compare``."""
+Markdown summary, ``compare``, and what every row records about its run (the commit, an
+honest note on what the numbers are)."""
 
 from __future__ import annotations
 
 import csv
+import importlib.metadata
+import json
 import math
+import os
+import subprocess
+import urllib.parse
+import urllib.request
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
@@ -15,14 +22,20 @@ from .problems import PROBLEM_FIELDS, Problem
 
 __all__ = [
     "COLUMNS",
+    "COMMIT_ENV",
     "Row",
     "compare",
     "comparison_markdown",
     "fill_baselines",
+    "git_sha",
     "markdown_summary",
     "read_csv",
+    "run_note",
     "write_csv",
 ]
+
+# Names the commit where no git history travels (wheels installed on a GPU machine).
+COMMIT_ENV = "ATTN_BENCH_COMMIT"
 
 
 @dataclass
@@ -83,6 +96,71 @@ class Row:
 
 COLUMNS = tuple(f.name for f in fields(Row))
 _TYPES = {f.name: f.type for f in fields(Row)}
+
+
+def _git_head(folder: Path) -> str | None:
+    """``git rev-parse`` of the checkout holding ``folder`` ("-dirty" with local changes to
+    tracked files); ``None`` outside a checkout or without git."""
+    if not folder.is_dir():
+        return None
+    git = {"capture_output": True, "text": True, "timeout": 10, "cwd": folder}
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], **git).stdout.strip()  # type: ignore[call-overload]
+        if not sha:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **git).stdout  # type: ignore[call-overload]
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("-dirty" if dirty.strip() else "")
+
+
+def _installed_from() -> dict[str, Any] | None:
+    """pip's record of where attn-bench was installed from (PEP 610 ``direct_url.json``)."""
+    try:
+        text = importlib.metadata.distribution("attn-bench").read_text("direct_url.json")
+        return json.loads(text) if text else None
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return None
+
+
+def git_sha() -> str:
+    """The commit recorded in every row: ``$ATTN_BENCH_COMMIT`` where set; else the checkout
+    this package runs from (an editable install or ``PYTHONPATH``); else the one pip installed
+    it from (a local folder that is a checkout, or a git URL's commit); else ``"unknown"``."""
+    if os.environ.get(COMMIT_ENV, "").strip():
+        return os.environ[COMMIT_ENV].strip()
+    sha = _git_head(Path(__file__).resolve().parent)
+    if sha:
+        return sha
+    origin = _installed_from() or {}
+    commit = origin.get("vcs_info", {}).get("commit_id")
+    if commit:
+        return str(commit)[:12]
+    url = urllib.parse.urlparse(origin.get("url", ""))
+    if url.scheme == "file":
+        sha = _git_head(Path(urllib.request.url2pathname(url.path)))
+        if sha:
+            return sha
+    return "unknown"
+
+
+def run_note(rows: list[Row], *, cpu: bool, interpreter: bool) -> str | None:
+    """What the numbers of a run are, for its summary header; ``None`` for a GPU run in which
+    something was timed."""
+    notes = []
+    if cpu and interpreter:
+        notes.append("CPU wall-clock; Triton kernels through the Triton interpreter: NOT performance numbers")
+    elif cpu:
+        failed = sum(r.status == "error" for r in rows)
+        errors = f" ({failed} rows are errors)" if failed else ""
+        notes.append(
+            "CPU wall-clock of the providers that run on a CPU: NOT performance numbers. TRITON_INTERPRET is "
+            f"not set, so the Triton kernels cannot run here{errors}; set TRITON_INTERPRET=1 to run them "
+            "through Triton's interpreter"
+        )
+    if rows and not any(r.status == "ok" for r in rows):
+        notes.append("no provider produced a timing: every case errored or was skipped (tables below)")
+    return "; ".join(notes) or None
 
 
 def _fmt(v: Any) -> str:

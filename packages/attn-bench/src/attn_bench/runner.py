@@ -10,7 +10,6 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
 import traceback
@@ -26,8 +25,8 @@ from .check import check
 from .inputs import make_inputs
 from .problems import Problem, load_suite
 from .registry import Provider, Skip, providers_for
-from .results import Row, fill_baselines, markdown_summary, read_csv, write_csv
-from .timing import CPU_NOTE, Ceilings, measure, measure_ceilings
+from .results import COMMIT_ENV, Row, fill_baselines, git_sha, markdown_summary, read_csv, run_note, write_csv
+from .timing import Ceilings, measure, measure_ceilings
 
 __all__ = ["RunOptions", "environment", "run"]
 
@@ -55,24 +54,18 @@ def _version(dist: str) -> str:
 
 
 def _git_sha() -> str:
-    """The commit of the checkout this package runs from ("-dirty" with local changes), or
-    ``$ATTN_BENCH_COMMIT`` where set (an installed wheel on a machine without the git history)."""
-    if os.environ.get("ATTN_BENCH_COMMIT"):
-        return os.environ["ATTN_BENCH_COMMIT"]
-    here = Path(__file__).resolve().parent
-    try:
-        git = {"capture_output": True, "text": True, "timeout": 10, "cwd": here}
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], **git).stdout.strip()  # type: ignore[call-overload]
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **git)  # type: ignore[call-overload]
-        return sha + ("-dirty" if dirty.stdout.strip() else "") if sha else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    return git_sha()
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, Triton interpreter)"
+    cpu = platform.processor() or platform.machine()
+    return f"cpu ({cpu}, Triton interpreter)" if _interpreting() else f"cpu ({cpu})"
 
 
 def slug(name: str) -> str:
@@ -185,7 +178,9 @@ def run(opts: RunOptions) -> Path:
     cpu = device.type != "cuda"
     runs = opts.runs or (3 if cpu else 100)
     if cpu:
-        print(f"attn-bench: no CUDA device. {CPU_NOTE}.", file=sys.stderr)
+        print(f"attn-bench: no CUDA device. {run_note([], cpu=True, interpreter=_interpreting())}.", file=sys.stderr)
+    if env["git_sha"] == "unknown":
+        print(f"attn-bench: no git history here: set {COMMIT_ENV}=<commit> to record the commit", file=sys.stderr)
     print(f"attn-bench: measuring ceilings on {env['device']} ...", file=sys.stderr)
     ceil: Ceilings = measure_ceilings(device)
     print(
@@ -303,8 +298,9 @@ def _write(rows: list[Row], opts: RunOptions, out: Path, env: dict[str, str], ce
         "ceilings measured": ceil.method,
         "suites": ", ".join(dict.fromkeys(r.suite for r in rows)) + (" (--quick)" if opts.quick else ""),
     }
-    if cpu:
-        header["WARNING"] = CPU_NOTE
+    note = run_note(rows, cpu=cpu, interpreter=_interpreting())
+    if note:
+        header["WARNING"] = note
     (out / "summary.md").write_text(markdown_summary(rows, header))
     (out / "env.json").write_text(json.dumps({**header, "argv": sys.argv}, indent=2))
 
@@ -340,8 +336,10 @@ def merge(sources: list[Path], out: Path, plot: bool = True) -> Path:
         "bf16 matmul ceiling": ", ".join(dict.fromkeys(f"{r.ceiling_tflops:.4g} TFLOP/s" for r in rows)),
         "merged from": ", ".join(map(str, sources)),
     }
-    if any(r.method.startswith("cpu") for r in rows):
-        header["WARNING"] = CPU_NOTE
+    cpu = any(r.method.startswith("cpu") or r.device.startswith("cpu") for r in rows)
+    note = run_note(rows, cpu=cpu, interpreter=any("interpreter" in r.device for r in rows))
+    if note:
+        header["WARNING"] = note
     (out / "summary.md").write_text(markdown_summary(rows, header))
     print(f"attn-bench: {len(rows)} rows -> {out}", file=sys.stderr)
     if plot:
