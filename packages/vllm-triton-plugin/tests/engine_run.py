@@ -1,10 +1,12 @@
 """One vLLM engine run for test_engine.py, in its own process (vLLM spawns workers, and each
 engine must see its own environment: the plugin on or off).
 
-    python engine_run.py MODEL_DIR OUT_JSON [KV_CACHE_DTYPE]
+    python engine_run.py MODEL_DIR OUT_JSON [KV_CACHE_DTYPE [SPECULATIVE]]
 
 Generates greedily in two rounds and writes the token ids, the attention backends the
-workers used and the prefix-cache hit count to OUT_JSON.
+workers used, the prefix-cache hit count and the speculative-decoding counters to OUT_JSON.
+SPECULATIVE ``ngram`` proposes 3 tokens per step by n-gram lookup in the prompt, so every
+decode step verifies 4 tokens per request.
 """
 
 from __future__ import annotations
@@ -34,10 +36,25 @@ def attention_backends(model) -> list[str]:
     return sorted(f"{c.__module__}.{c.__qualname__}" for c in impls)
 
 
-def main(model_dir: str, out_path: str, kv_cache_dtype: str = "auto") -> None:
+def metric(llm, name: str) -> int:
+    return int(sum(getattr(m, "value", 0) for m in llm.get_metrics() if m.name == name))
+
+
+def main(model_dir: str, out_path: str, kv_cache_dtype: str = "auto", speculative: str = "none") -> None:
     from vllm import LLM, SamplingParams
 
+    spec = {}
+    if speculative == "ngram":
+        spec = dict(
+            speculative_config={
+                "method": "ngram",
+                "num_speculative_tokens": 3,
+                "prompt_lookup_max": 3,
+                "prompt_lookup_min": 1,
+            }
+        )
     llm = LLM(
+        **spec,
         model=model_dir,
         skip_tokenizer_init=True,
         dtype="float32",
@@ -59,11 +76,13 @@ def main(model_dir: str, out_path: str, kv_cache_dtype: str = "auto") -> None:
     for batch in (ROUND1, ROUND2):
         outs = llm.generate([{"prompt_token_ids": p} for p in batch], params, use_tqdm=False)
         tokens += [list(o.outputs[0].token_ids) for o in outs]
-    hits = sum(getattr(m, "value", 0) for m in llm.get_metrics() if m.name == "vllm:prefix_cache_hits")
     result = {
         "tokens": tokens,
         "backends": sorted({b for worker in llm.apply_model(attention_backends) for b in worker}),
-        "prefix_cache_hits": hits,
+        "prefix_cache_hits": metric(llm, "vllm:prefix_cache_hits"),
+        "spec_drafts": metric(llm, "vllm:spec_decode_num_drafts"),
+        "spec_draft_tokens": metric(llm, "vllm:spec_decode_num_draft_tokens"),
+        "spec_accepted_tokens": metric(llm, "vllm:spec_decode_num_accepted_tokens"),
     }
     with open(out_path, "w") as f:
         json.dump(result, f)

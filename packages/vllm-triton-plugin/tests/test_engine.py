@@ -73,7 +73,7 @@ def tiny_llama_sliding(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _save_tiny_llama(tmp_path_factory.mktemp("tiny-llama-sliding"), sliding_window=24)
 
 
-def _engine(model: Path, out: Path, kv_cache_dtype: str, *, plugin: bool) -> subprocess.Popen:
+def _engine(model: Path, out: Path, kv_cache_dtype: str, *, plugin: bool, speculative: str = "none") -> subprocess.Popen:
     env = dict(os.environ)
     # Engine core and worker in this subprocess: faster start, and apply_model needs no pickling.
     env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -85,7 +85,7 @@ def _engine(model: Path, out: Path, kv_cache_dtype: str, *, plugin: bool) -> sub
         env["VLLM_PLUGINS"] = ""
     with open(out.with_suffix(".log"), "w") as log:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, str(HERE / "engine_run.py"), str(model), str(out), kv_cache_dtype],
+            [sys.executable, str(HERE / "engine_run.py"), str(model), str(out), kv_cache_dtype, speculative],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -127,3 +127,18 @@ def test_engine_fp8_kv_cache(tiny_llama: Path, tmp_path: Path) -> None:
     assert ours["backends"] == ["vllm_triton_plugin.backend.TritonAttentionImpl"]
     assert ours["prefix_cache_hits"] >= 128
     assert [len(t) for t in ours["tokens"]] == [6] * 6
+
+
+def test_engine_ngram_speculative_decoding(tiny_llama: Path, tmp_path: Path) -> None:
+    """n-gram speculative decoding with our backend: each decode step verifies 1 + 3 tokens
+    per request on the split-KV decode path (decode_query_len 4). Greedy verification keeps
+    exactly the tokens of plain greedy decoding, so they must equal vLLM's own attention
+    without speculation."""
+    ours_out, ref_out = tmp_path / "triton-ngram.json", tmp_path / "reference.json"
+    ours_proc = _engine(tiny_llama, ours_out, "auto", plugin=True, speculative="ngram")
+    ref_proc = _engine(tiny_llama, ref_out, "auto", plugin=False)
+    ours, ref = _result(ours_proc, ours_out), _result(ref_proc, ref_out)
+    assert ours["backends"] == ["vllm_triton_plugin.backend.TritonAttentionImpl"]
+    assert ours["spec_drafts"] > 0 and ours["spec_draft_tokens"] > 0, ours
+    print(f"n-gram drafts {ours['spec_drafts']}, accepted {ours['spec_accepted_tokens']} of {ours['spec_draft_tokens']}")
+    assert ours["tokens"] == ref["tokens"]

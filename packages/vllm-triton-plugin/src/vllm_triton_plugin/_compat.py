@@ -120,3 +120,12 @@ def platform_detected(kind: str) -> bool:
     from vllm.platforms import builtin_platform_plugins
 
     return builtin_platform_plugins[kind]() is not None
+
+
+def decode_query_len(vllm_config: Any) -> int:
+    """New tokens per request in a decode step: 1, or 1 + num_speculative_tokens when a
+    speculative proposer (n-gram, EAGLE, MTP, ...) sends verification steps. Read from the
+    config on every vLLM release (``max_decode_query_len`` exists only in newer ones)."""
+    spec = getattr(vllm_config, "speculative_config", None)
+    n = getattr(spec, "num_speculative_tokens", None) if spec is not None else None
+    return 1 + int(n) if n else 1

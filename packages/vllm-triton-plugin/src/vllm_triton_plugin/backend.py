@@ -28,6 +28,7 @@ from vllm.v1.attention.backend import (
 from vllm.v1.attention.backends.utils import get_num_attention_heads_from_layers
 
 from triton_attn_kernels import (
+    MAX_DECODE_QUERY_LEN,
     AttentionConfig,
     DecodeConfig,
     decode_workspace_numel,
@@ -82,6 +83,9 @@ class TritonAttentionMetadata:
     block_table: torch.Tensor  # [num_reqs, max_blocks] int32
     slot_mapping: torch.Tensor  # [num_tokens] int64, -1 for padding
     causal: bool
+    # Requests with at most this many new tokens (decodes, speculative verification) run on
+    # the split-KV decode launch.
+    decode_query_len: int
     # Launch configuration pinned by the builder (stable per batch size under CUDA graphs)
     # and the preallocated split-KV buffer it needs.
     config: AttentionConfig
@@ -133,9 +137,16 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         mode = vllm_config.compilation_config.cudagraph_mode
         self.pin_splits = mode is not None and mode.has_full_cudagraphs()
         max_seqs = vllm_config.scheduler_config.max_num_seqs
+        # Verification steps of speculative decoding (1 + k tokens per request) are decodes
+        # for the kernels: one tile per request, split-KV, graph-safe like plain decodes.
+        self.decode_query_len = min(_compat.decode_query_len(vllm_config), MAX_DECODE_QUERY_LEN)
         need = max(
             decode_workspace_numel(
-                n, self.num_q_heads, self.head_size, self._decode_config(n, self.max_model_len).num_splits
+                n,
+                self.num_q_heads,
+                self.head_size,
+                self._decode_config(n, self.max_model_len).num_splits,
+                query_len=self.decode_query_len,
             )
             for n in range(1, max_seqs + 1)
         )
@@ -193,7 +204,9 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             raise NotImplementedError("per-request causal masks are not supported by the Triton attention backend")
         num_reqs = cm.num_reqs
         decode = self._decode_config(num_reqs, self.max_model_len if self.pin_splits else cm.max_seq_len)
-        need = decode_workspace_numel(num_reqs, self.num_q_heads, self.head_size, decode.num_splits)
+        need = decode_workspace_numel(
+            num_reqs, self.num_q_heads, self.head_size, decode.num_splits, query_len=self.decode_query_len
+        )
         workspace = self.workspace
         if need > (workspace.numel() if workspace is not None else 0):
             # More requests than max_num_seqs (not expected): let the kernels size it.
@@ -208,6 +221,7 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             block_table=cm.block_table_tensor,
             slot_mapping=cm.slot_mapping,
             causal=cm.causal,
+            decode_query_len=self.decode_query_len,
             config=AttentionConfig(decode=decode, prefill=self.prefill),
             workspace=workspace,
         )
@@ -300,9 +314,6 @@ class TritonAttentionBackend(_compat.kv_cache_shape_mixin(), AttentionBackend):
         reasons = super().validate_configuration(head_size, dtype, kv_cache_dtype, *args, **kwargs)
         fill = {"head_size": head_size, "dtype": str(dtype).removeprefix("torch."), "kv_cache_dtype": kv_cache_dtype}
         reasons = [_REASONS[r].format(**fill) if r in _REASONS else r for r in reasons]
-        attn_type = kwargs.get("attn_type", AttentionType.DECODER)
-        if attn_type in ENCODER_TYPES and kwargs.get("has_sliding_window", False):
-            reasons.append("bidirectional sliding window (encoder attention) not supported")
         return reasons
 
 
@@ -332,8 +343,6 @@ class TritonAttentionImpl(AttentionImpl[TritonAttentionMetadata]):
             raise ValueError(f"head_size {head_size} not supported (supported: {SUPPORTED_HEAD_SIZES})")
         if attn_type not in SUPPORTED_ATTN_TYPES:
             raise NotImplementedError(f"attention type {attn_type} not supported by the Triton attention backend")
-        if attn_type in ENCODER_TYPES and sliding_window is not None:
-            raise NotImplementedError("bidirectional sliding window (encoder attention) not supported")
         if kv_cache_dtype not in ("auto", "float16", "bfloat16", *FP8_CACHE_DTYPES):
             raise NotImplementedError(f"kv_cache_dtype {kv_cache_dtype} not supported by the Triton attention backend")
         self.num_heads = num_heads
@@ -434,6 +443,8 @@ class TritonAttentionImpl(AttentionImpl[TritonAttentionMetadata]):
                 max_seqlen_k=md.max_query_len,
                 scale=self.scale,
                 causal=False,
+                # Non-causal: (W - 1) keys on each side, FLASH_ATTN's window for encoders.
+                sliding_window=self.sliding_window,
                 softcap=self.softcap,
                 alibi_slopes=self._alibi(query.device),
                 sinks=self._sinks(),
@@ -459,6 +470,7 @@ class TritonAttentionImpl(AttentionImpl[TritonAttentionMetadata]):
             sinks=self._sinks(),
             k_scale=layer._k_scale if fp8 else None,
             v_scale=layer._v_scale if fp8 else None,
+            decode_query_len=md.decode_query_len,
             out=output,
             config=md.config,
             workspace=md.workspace,
