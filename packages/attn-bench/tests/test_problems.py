@@ -16,7 +16,7 @@ def test_every_suite_loads_and_quick_is_a_subset():
 
 def test_default_is_the_union_of_the_main_suites():
     default = set(load_suite("default").problems)
-    for name in ("decode", "prefill", "mixed", "kv-write"):
+    for name in ("decode", "verify", "prefill", "mixed", "kv-write"):
         assert set(load_suite(name).problems) <= default
 
 
@@ -69,3 +69,10 @@ def test_metrics_match_anchor_conventions():
     assert metrics.bytes_moved(fp8) == metrics.bytes_moved(p) / 2
     w = Problem(op="kv_write", batch=2, context=16, q_len=16)
     assert metrics.flops(w) == 0 and metrics.bytes_moved(w) == 2 * 32 * 8 * 128 * (2 + 2)
+
+
+def test_verify_suite_covers_speculative_verification():
+    ps = load_suite("verify").problems
+    assert {p.q_len for p in ps} == {2, 4, 8, 16}
+    assert {p.batch for p in ps} == {1, 16, 64} and {p.context for p in ps} == {4096, 32768}
+    assert any(p.fp8 for p in ps)
