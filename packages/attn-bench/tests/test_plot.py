@@ -35,3 +35,23 @@ def test_plot_without_matplotlib_degrades(tmp_path, monkeypatch, synthetic):
     msgs = plot.plot_csv(tmp_path / "results.csv")
     assert "matplotlib is not installed" in msgs[0]
     assert not (tmp_path / "plots").exists()
+
+
+def test_titles_do_not_repeat_the_kind():
+    assert plot._title("decode", "decode (h32-8, d128, bfloat16)") == "decode (h32-8, d128, bfloat16)"
+    assert plot._title("kv-write", "kv_write (prompt)") == "kv-write suite: kv_write (prompt)"
+    assert plot._title("smoke", "prefill (h4-2)") == "smoke suite: prefill (h4-2)"
+
+
+def test_one_panel_leaves_room_for_title_and_legend(tmp_path, synthetic):
+    import matplotlib.image
+
+    providers = ("ours-paged", "vllm-fa3", "vllm-triton", "torch-sdpa", "flash-attn", "flashinfer")
+    rows = [synthetic(p, 10.0 + i, context=ctx) for i, p in enumerate(providers) for ctx in (1024, 4096)]
+    write_csv(rows, tmp_path / "results.csv")
+    plot.plot_csv(tmp_path / "results.csv")
+    png = next((tmp_path / "plots").glob("decode-decode-*.png"))
+    height, width = matplotlib.image.imread(png).shape[:2]
+    # 6.4 inches at 110 dpi at least (4.2 inches cut the legend's ends), and taller than the
+    # 3.4-inch panel: the two title lines and the legend rows sit outside it.
+    assert width >= 6.4 * 110 * 0.95 and height >= 4.4 * 110 * 0.95

@@ -45,6 +45,15 @@ def _providers(rows: list[Row]) -> dict[str, Any]:
     return {n: cmap(i % 10) for i, n in enumerate(names)}
 
 
+def _note(cpu: bool) -> str:
+    return "  [CPU: NOT performance numbers]" if cpu else ""
+
+
+def _title(suite: str, what: str) -> str:
+    """``what`` alone when the suite is named after it (no "decode: decode ...")."""
+    return what if what.split(" ", 1)[0] == suite else f"{suite} suite: {what}"
+
+
 def _throughput(rows: list[Row], path: Path, title: str, colors: dict[str, Any], cpu: bool) -> None:
     import matplotlib.pyplot as plt
 
@@ -53,7 +62,9 @@ def _throughput(rows: list[Row], path: Path, title: str, colors: dict[str, Any],
     n = len(batches)
     cols = min(n, 4)
     nrows = math.ceil(n / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
+    # At least 6.4 inches wide, so that one panel still has room for its title and legend.
+    width = max(6.4, 4.2 * cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(width, 3.4 * nrows + 1.0), squeeze=False, layout="constrained")
     for ax, b in zip(axes.flat, batches, strict=False):
         sub = [r for r in rows if r.batch == b]
         for prov in dict.fromkeys(r.provider for r in sub):
@@ -70,12 +81,14 @@ def _throughput(rows: list[Row], path: Path, title: str, colors: dict[str, Any],
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8)
-    note = "  [CPU interpreter: NOT performance numbers]" if cpu else ""
-    fig.suptitle(f"{title}\n{rows[0].device}{note}", fontsize=10)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(path, dpi=110)
+    labels: dict[str, Any] = {}
+    for ax in axes.flat:  # every provider of any panel, once
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            labels.setdefault(lab, h)
+    ncol = max(1, min(len(labels), int(width // 1.6)))
+    fig.legend(list(labels.values()), list(labels), loc="outside lower center", ncol=ncol, fontsize=8)
+    fig.suptitle(f"{title}\n{rows[0].device}{_note(cpu)}", fontsize=10)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -86,7 +99,7 @@ def _roofline(rows: list[Row], path: Path, title: str, colors: dict[str, Any], c
     if not pts:
         return
     bw, peak = rows[0].ceiling_gbps, rows[0].ceiling_tflops
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(7, 5), layout="constrained")
     lo = min(i for _, i in pts) / 2
     hi = max(i for _, i in pts) * 2
     xs = [lo * (hi / lo) ** (k / 100) for k in range(101)]
@@ -103,10 +116,8 @@ def _roofline(rows: list[Row], path: Path, title: str, colors: dict[str, Any], c
     ax.set_ylabel("TFLOP/s")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, title="o decode  s prefill  ^ mixed", title_fontsize=7)
-    note = "  [CPU interpreter: NOT performance numbers]" if cpu else ""
-    ax.set_title(f"{title}\n{rows[0].device}{note}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    ax.set_title(f"{title}\n{rows[0].device}{_note(cpu)}", fontsize=9)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -133,11 +144,11 @@ def plot_csv(csv_path: Path | str, out_dir: Path | str | None = None) -> list[st
         groups[(r.suite, r.op, _variant(r))].append(r)
     for (suite, op, variant), rs in groups.items():
         path = out / f"{suite}-{op}-{variant}.png"
-        _throughput(rs, path, f"{suite}: {op} ({variant.replace('_', ', ')})", colors, cpu)
+        _throughput(rs, path, _title(suite, f"{op} ({variant.replace('_', ', ')})"), colors, cpu)
         made.append(f"wrote {path}")
     for suite in dict.fromkeys(r.suite for r in rows):
         path = out / f"{suite}-roofline.png"
-        _roofline([r for r in rows if r.suite == suite], path, f"{suite}: roofline", colors, cpu)
+        _roofline([r for r in rows if r.suite == suite], path, f"{suite} suite: roofline", colors, cpu)
         if path.exists():
             made.append(f"wrote {path}")
     return made
