@@ -5,12 +5,15 @@ attn-bench list
 attn-bench plot RESULTS.csv [--out DIR]
 attn-bench compare OLD.csv NEW.csv [--threshold 0.05] [--fail-on-regression]
 attn-bench e2e [--backends ours,FLASH_ATTN,...] [--workload NAME ...] [--out DIR]
+attn-bench merge DIR... --out DIR
+attn-bench anchors [RESULTS.csv] [--e2e E2E.csv]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 
@@ -48,7 +51,8 @@ def _cmd_list(a: argparse.Namespace) -> int:
     print("Suites:")
     for name in list_suites():
         s = load_suite(name)
-        print(f"  {name:<10} {len(s.problems):4d} cases ({len(s.quick)} with --quick)  {s.description[:90]}")
+        print(f"  {name:<10} {len(s.problems):4d} cases ({len(s.quick)} with --quick)")
+        print(textwrap.fill(s.description, 100, initial_indent=" " * 4, subsequent_indent=" " * 4))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"\nProviders (on {device.type}):")
     for p in all_providers():
