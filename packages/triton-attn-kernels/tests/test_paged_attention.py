@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from batches import FP8, TOL, assert_matches, paged_batch, poisoned_like
+from batches import FP8, assert_matches, paged_batch, poisoned_like
 
 from triton_attn_kernels import AttentionConfig, DecodeConfig, PrefillConfig, paged_attention
 from triton_attn_kernels.reference import paged_attention_ref
+from triton_attn_kernels.testing import tolerance
 
 # Decodes, a prefill chunk on a cached prefix, a fresh prefill and a sequence with no new
 # tokens, with lengths 1, block_size-1, block_size, block_size+1 and odd sizes.
@@ -80,7 +81,7 @@ def test_features(features, dtype):
     assert_matches(out, ref, dtype)
     # The feature must matter on this batch, or the test would not notice it missing.
     plain = paged_attention_ref(*b.args())
-    assert not torch.allclose(plain, ref, **TOL[dtype])
+    assert not torch.allclose(plain, ref, **tolerance(dtype).kwargs())
 
 
 @pytest.mark.parametrize("kv_dtype", FP8)
@@ -177,10 +178,13 @@ def test_pure_decode_batch_and_padding_rows_untouched():
 
 
 def test_empty_batches():
-    b = paged_batch([0, 0], [5, 9])
+    """No sequence has a new token: the rows of q (all padding past cu_seqlens_q[-1]) must come
+    back untouched, and out is returned as given."""
+    b = paged_batch([0, 0], [5, 9], q_padding=3)
     out = poisoned_like(b.q)
-    paged_attention(*b.args(), max_seqlen_q=0, max_seqlen_k=9, out=out)
-    assert out.numel() == 0
+    got = paged_attention(*b.args(), max_seqlen_q=0, max_seqlen_k=9, out=out)
+    assert got is out and out.shape == b.q.shape
+    assert torch.isnan(out).all(), "rows past cu_seqlens_q[-1] were written"
 
 
 def test_workspace_is_used_and_checked():

@@ -1,11 +1,10 @@
 """Config lookup: exact key, nearest key, heuristic; device and family fallback; the user
-directory; broken files; memoisation and its cost. No kernel runs here."""
+directory; broken files; memoisation. No kernel runs here (the cost of a lookup is a benchmark, not a test)."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -258,38 +257,6 @@ def test_memoised_and_nothing_read_twice(tmp_path: Path) -> None:
     assert sel.decode(problem(64, 1, 8192)).num_splits == 2  # a new problem: the table is in memory
     s = sel.stats()["decode"]
     assert (s["exact"], s["problems"]) == (3, 2)
-
-
-def test_lookup_overhead() -> None:
-    """Benchmark: the memoised lookup a launch pays, per call (target < 5 us; the bound is
-    loose so that a busy CI machine cannot fail it)."""
-    sel = selector()
-    p = problem(64, 1, 8192)
-    sel.decode(p)
-    n = 20000
-    t0 = time.perf_counter()
-    for _ in range(n):
-        tuning.select_decode_config(p)
-    per_call_global = (time.perf_counter() - t0) / n * 1e6
-    t0 = time.perf_counter()
-    for _ in range(n):
-        sel.decode(p)
-    per_call = (time.perf_counter() - t0) / n * 1e6
-    t0 = time.perf_counter()
-    for _ in range(n):
-        sel.kv_write(8, 128, num_tokens=64, dtype="bfloat16", kv_dtype="bfloat16")
-    per_call_kv = (time.perf_counter() - t0) / n * 1e6
-    # A server's decode steps: max_seqlen_k grows by one each step, a new problem every time.
-    steps = [problem(48, 1, 6000 + i) for i in range(2000)]
-    t0 = time.perf_counter()
-    for p in steps:
-        sel.decode(p)
-    per_step = (time.perf_counter() - t0) / len(steps) * 1e6
-    print(
-        f"\nlookup per call: decode table hit {per_call:.2f} us, select_decode_config {per_call_global:.2f} us, "
-        f"kv_write {per_call_kv:.2f} us; a new decode length (nearest key) {per_step:.2f} us"
-    )
-    assert per_call < 50 and per_call_global < 50 and per_call_kv < 50 and per_step < 500
 
 
 def test_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,7 @@ import torch
 
 from triton_attn_kernels import AttentionConfig, paged_attention, write_kv_cache
 from triton_attn_kernels.reference import paged_attention_ref, write_kv_cache_ref
+from triton_attn_kernels.testing import tolerance
 from triton_attn_kernels.tuning.keys import config_to_dict
 from triton_attn_kernels.tuning.schema import build_schema
 from triton_attn_kernels.tuning.tables import device_file_name, read_table, shipped_root
@@ -75,10 +76,6 @@ def test_schema_and_reader_reject_the_same_damage() -> None:
             parse_table(doc)
 
 
-def _tol(dtype: torch.dtype) -> float:
-    return {torch.float16: 5e-3, torch.bfloat16: 3e-2, torch.float32: 1e-4}[dtype]
-
-
 def _configs(kernel: str) -> list[tuple[dict, object]]:
     """(key as a dict, config) for every stored config of ``kernel`` (winners and runners-up),
     once per distinct (compile-time key fields, config)."""
@@ -137,7 +134,7 @@ def test_stored_attention_config_matches_reference(kernel: str, key: dict, confi
         config=cfg,
     )
     ref = paged_attention_ref(q, k_cache, v_cache, block_table, sl, cu)
-    torch.testing.assert_close(out.float(), ref, atol=_tol(dtype), rtol=_tol(dtype))
+    torch.testing.assert_close(out.float(), ref, **tolerance(dtype).kwargs())
 
 
 _KV_CASES = _configs("kv_write")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from batches import DEVICE, TOL, assert_matches, poisoned_like
+from batches import DEVICE, assert_matches, poisoned_like
 
 from triton_attn_kernels import varlen_attention
 from triton_attn_kernels.reference import varlen_attention_ref
+from triton_attn_kernels.testing import tolerance
 
 
 def varlen(q_lens, k_lens, *, hq=4, hkv=2, d=64, dtype=torch.float16, strided=False):
@@ -46,7 +47,7 @@ def test_varlen_features(features):
     out = varlen_attention(q, k, v, cu_q, cu_k, **lens, out=poisoned_like(q), **kw)
     ref = varlen_attention_ref(q, k, v, cu_q, cu_k, **kw)
     assert_matches(out, ref, torch.float16)
-    assert not torch.allclose(varlen_attention_ref(q, k, v, cu_q, cu_k), ref, **TOL[torch.float16])
+    assert not torch.allclose(varlen_attention_ref(q, k, v, cu_q, cu_k), ref, **tolerance(torch.float16).kwargs())
 
 
 def test_encoder_style_non_causal_equal_lengths():

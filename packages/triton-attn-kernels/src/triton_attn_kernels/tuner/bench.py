@@ -11,21 +11,20 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
 from ..attention import decode_workspace_numel, paged_attention
 from ..kv_cache import write_kv_cache
 from ..reference import attention_ref
+from ..testing import tolerance
 from ..tuning.configs import AttentionConfig, DecodeConfig, KVWriteConfig, PrefillConfig
 from ..tuning.heuristics import AttentionProblem
 from .space import Geometry, Shape
 
 __all__ = ["AttentionCase", "KVWriteCase", "time_launch"]
 
-# Largest error allowed against the fp32 reference, per query dtype: (atol, rtol). bf16 keeps
-# 8 mantissa bits, so one rounding of P and one of the output are worth ~1e-2 together.
-TOLERANCE = {torch.float16: (4e-3, 4e-3), torch.bfloat16: (2e-2, 2e-2), torch.float32: (1e-4, 1e-4)}
 # Rows checked per end of a sequence: the reference on whole 32k prompts would need 128 GB.
 CHECK_ROWS = 32
 # Most splits any decode config may use here (the heuristic caps at 64, and so does the space).
@@ -131,7 +130,8 @@ class AttentionCase:
             spans = {(max(self.q_len - CHECK_ROWS, 0), self.q_len), (0, min(CHECK_ROWS, self.q_len))}
             for lo, hi in sorted(spans):
                 ctx = n - self.q_len + hi  # the rows lo..hi-1 are the last tokens of this context
-                ref = attention_ref(self.q[q0 + lo : q0 + hi], k[:ctx], v[:ctx], scale=g.head_dim**-0.5, causal=True)
+                q = self.q[q0 + lo : q0 + hi]
+                ref = cast(torch.Tensor, attention_ref(q, k[:ctx], v[:ctx], scale=g.head_dim**-0.5, causal=True))
                 checks.append((torch.arange(q0 + lo, q0 + hi, device=self.device), ref))
         return checks
 
@@ -139,7 +139,8 @@ class AttentionCase:
         """None if ``config``'s output matches the reference, else what is wrong."""
         self.out.fill_(float("nan"))  # rows the kernel forgets to write cannot pass
         self.launcher(config)()
-        atol, rtol = TOLERANCE[self.dtype]
+        tol = tolerance(self.dtype)
+        atol, rtol = tol.atol, tol.rtol
         for rows, ref in self._checks:
             got = self.out[rows].float()
             # Over long contexts the outputs are averages of many values and shrink towards 0,
