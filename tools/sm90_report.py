@@ -1,5 +1,5 @@
 """Registers, spills and shared memory of kernel configurations on the H100 (sm_90), from a
-machine without a GPU: Triton compiles the kernel (as the tests' compile_hopper.py does) and
+machine without a GPU: Triton compiles the kernel (as ``triton_attn_kernels._sm90`` does) and
 the ptxas bundled with Triton reports its resources. A first look before spending GPU time.
 
     python tools/sm90_report.py prefill     # the prefill tuning space, Llama-3.1-8B geometry
@@ -29,12 +29,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+# Before Triton is imported: the real compiler, with the GPU's default FMA contraction.
 os.environ.pop("TRITON_INTERPRET", None)
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-sys.path.insert(0, str(Path(__file__).parents[1] / "packages" / "triton-attn-kernels" / "tests"))
 
 import triton
-from compile_hopper import ALL_FEATURES, FEATURES, VARIANTS, compile_attention, decode, prefill
+
+from triton_attn_kernels._sm90 import ALL_FEATURES, FEATURES, VARIANTS, compile_attention, decode, prefill
 
 
 def ptxas() -> str:

@@ -1,4 +1,4 @@
-"""attn_bench.weights: the sharper random weights of e2e runs and check_vllm.py."""
+"""attn_bench.weights: the sharper random weights of e2e runs and check-vllm."""
 
 import pickle
 

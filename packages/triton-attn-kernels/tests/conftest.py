@@ -4,6 +4,7 @@ TRITON_INTERPRET must be set before triton is imported, hence here, before any t
 module imports the package."""
 
 import os
+import zlib
 
 import torch
 
@@ -17,8 +18,14 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 @pytest.fixture(autouse=True)
 def _seed(request: pytest.FixtureRequest) -> None:
-    # Fresh but reproducible inputs per test case.
-    torch.manual_seed(abs(hash(request.node.nodeid)) % (2**31))
+    # Fresh inputs per test case, the same in every process (str hashes are salted per process).
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("fuzz", "random GPU cases of test_fuzz.py")
+    group.addoption("--fuzz-cases", type=int, default=100, help="how many random cases (default 100)")
+    group.addoption("--fuzz-seed", type=int, default=1_000_000, help="seed of the first case (default 1000000)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,6 +1,6 @@
 """Every kernel family compiles for the H100 (sm_90) with the real Triton compiler and ptxas,
 without a GPU: the interpreter that runs the other CPU tests executes plain Python and accepts
-code the compiler rejects. Specialisations in compile_hopper.py."""
+code the compiler rejects. Specialisations in triton_attn_kernels._sm90."""
 
 from __future__ import annotations
 
@@ -8,11 +8,8 @@ import importlib.util
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-HERE = Path(__file__).parent
 
 
 def _nvidia_backend() -> bool:
@@ -24,7 +21,7 @@ def test_kernels_compile_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = env.get("TRITON_DEFAULT_FP_FUSION", "1")
     proc = subprocess.run(
-        [sys.executable, str(HERE / "compile_hopper.py")], capture_output=True, text=True, env=env, timeout=900
+        [sys.executable, "-m", "triton_attn_kernels._sm90"], capture_output=True, text=True, env=env, timeout=900
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("ok ", "FAIL "))]
     failed = [ln for ln in lines if ln.startswith("FAIL")]

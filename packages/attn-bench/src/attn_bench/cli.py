@@ -7,6 +7,8 @@ attn-bench compare OLD.csv NEW.csv [--threshold 0.05] [--fail-on-regression]
 attn-bench e2e [--backends ours,FLASH_ATTN,...] [--workload NAME ...] [--out DIR]
 attn-bench merge DIR... --out DIR
 attn-bench anchors [RESULTS.csv] [--e2e E2E.csv]
+attn-bench check-vllm [--engines triton flash_attn ...] [--kv-cache-dtype fp8] [--serve] ...
+attn-bench soak [--duration S] [--concurrency N] [--tiny] ...
 """
 
 from __future__ import annotations
@@ -126,6 +128,18 @@ def _cmd_e2e(a: argparse.Namespace) -> int:
     )
 
 
+def _cmd_check_vllm(a: argparse.Namespace) -> int:
+    from .check_vllm import main as check_vllm
+
+    return check_vllm(a)
+
+
+def _cmd_soak(a: argparse.Namespace) -> int:
+    from .soak import main as soak
+
+    return soak(a)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="attn-bench", description="Attention microbenchmarks and vLLM end-to-end runs.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -195,12 +209,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="sharp (default): redraw the dummy weights so greedy tokens are comparable (attn_bench.weights)",
     )
     e.set_defaults(func=_cmd_e2e)
+
+    from . import check_vllm, soak
+
+    for name, module, func, what in (
+        ("check-vllm", check_vllm, _cmd_check_vllm, "greedy tokens of our plugin against stock vLLM (FLASH_ATTN)"),
+        ("soak", soak, _cmd_soak, "vLLM's OpenAI server with our plugin under concurrent load"),
+    ):
+        sp = sub.add_parser(
+            name, help=what, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        module.add_arguments(sp)
+        sp.set_defaults(func=func)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    return int(a.func(a) or 0)
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        return int(a.func(a) or 0)
+    except ValueError as e:
+        if a.cmd not in ("check-vllm", "soak"):
+            raise
+        parser.error(f"{a.cmd}: {e}")
 
 
 if __name__ == "__main__":

@@ -115,7 +115,7 @@ def model_dir(model: str) -> str:
 
 def model_config(model: str = "llama-3.1-8b") -> dict[str, Any]:
     """The config.json of a shipped model (or of a folder) as a dict: the one copy that the
-    GPU scripts (the plugin's check_vllm.py, the serving soak) start from."""
+    engine checks (`attn-bench check-vllm`, `attn-bench soak`) start from."""
     return json.loads((Path(model_dir(model)) / "config.json").read_text())
 
 
@@ -171,7 +171,7 @@ def _worker(spec_path: str) -> None:
         cfg = json.loads((Path(spec["model"]) / "config.json").read_text())
         layers = cfg["num_hidden_layers"]
         # 2 live lm_head rows, the others exactly 0: half the near-ties of 8 live rows at 1/20
-        # (attn_bench.weights); bf16 keeps more rounding noise than check_vllm's fp16.
+        # (attn_bench.weights); bf16 keeps more rounding noise than check-vllm's fp16.
         fn = redraw(std=0.02, seed=1234, num_layers=layers, live_vocab=2, vocab_size=cfg["vocab_size"], dead_scale=0.0)
         for counts in llm.apply_model(fn):
             for kind, n in counts.items():

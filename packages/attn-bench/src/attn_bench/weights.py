@@ -5,7 +5,7 @@ near-tie at most positions, and any two correct attention kernels part ways on r
 speed of a run does not depend on the values, so after loading we redraw every matrix in place
 (the same values in every process) by rules that keep argmax away from ties (measured in a CPU
 emulation of Llama-3.1-8B, teacher-forced, SDPA against fp32-math attention; numbers in
-``packages/vllm-triton-plugin/gpu/check_vllm.py``):
+``docs/notes/check-vllm-weights.md``):
 
 - the token embedding carries a residual stream of RMS 1; ``o_proj`` ~ N(0, std / sqrt(2L)) and
   ``down_proj`` ~ N(0, std / 2L) write into it, so the layers stay near the identity and do not

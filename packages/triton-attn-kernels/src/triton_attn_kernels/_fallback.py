@@ -1,9 +1,9 @@
 """Recovery when the compiler crashes on one kernel specialisation.
 
-On the H100 (Triton 3.6) ptxas died with SIGSEGV compiling one prefill specialisation that the
-fuzzer drew (``tools/gpu/reliability/fuzz_gpu.py --replay 1000048``: head_dim 64, eight query
-heads per KV head, fp16, sinks, block_m 128, tile_n 64, 3 stages); the same tiles compile for
-every other feature mix seen. A crash at compile time happens before the launch, so nothing
+Triton 3.6's ptxas dies with SIGSEGV on some specialisations, e.g. the prefill kernel at
+head_dim 64, eight query heads per KV head, fp16, sinks, block_m 128, tile_n 64, 3 stages (the
+GPU fuzz case ``test_fuzz.py -k 1000048`` draws it), while the same tiles compile for other
+feature mixes. A crash at compile time happens before the launch, so nothing
 has been written: the launcher retries with fewer pipeline stages, then narrower key tiles,
 warns once, and remembers the configuration that compiled for that specialisation (later
 calls go straight to it). When nothing compiles, the error says which configuration to pass.

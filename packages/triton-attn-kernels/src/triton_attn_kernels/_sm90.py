@@ -12,6 +12,8 @@ compiled instead, as on the GPU, and the line says so."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -89,9 +91,6 @@ def attention(hd=128, group=4, paged=True, causal=True, feats=FEATURES, dtype="b
         FP8_VIA_F16=dtype == "bf16" and kv is not None and kv.startswith("fp8"),
         PREFETCH_PAGES=False,
         RETURN_LSE=False,
-        # A mixed batch: the decode launch serves one-token sequences, the prefill launch the rest.
-        DECODE_Q=1,
-        OTHER_LAUNCH=True,
     )
     cx.update({k: v for k, v in launch.items() if k.isupper()})
     opts = {k: v for k, v in launch.items() if not k.isupper()}
@@ -138,7 +137,7 @@ def merge(splits: int = 16):
 # retried with the launcher's fallback tiles; DECODE_TILES / PREFILL_TILES are their defaults.
 DECODE_TILES = (128, 4, 2)
 PREFILL_TILES = (64, 4, 3)
-ATTENTION = {
+ATTENTION: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "decode bf16 split-KV": (decode, {}),
     "decode bf16 one split": (decode, dict(NUM_SPLITS=1)),
     "decode every feature": (decode, dict(feats=ALL_FEATURES)),
@@ -161,21 +160,18 @@ ATTENTION = {
     "decode fp8 e4m3 KV, page numbers prefetched": (decode, dict(kv="fp8e4nv", PREFETCH_PAGES=True)),
     "prefill, page numbers prefetched": (prefill, dict(PREFETCH_PAGES=True)),
     "prefill every feature, page numbers prefetched": (prefill, dict(feats=ALL_FEATURES, PREFETCH_PAGES=True)),
-    # A pure decode batch: no prefill launch, so the decode launch also carries the
-    # every-row path for a sequence longer than max_seqlen_q announced.
-    "decode alone (no prefill launch)": (decode, dict(OTHER_LAUNCH=False)),
     "decode with lse": (decode, dict(RETURN_LSE=True)),
     # Speculative-decoding verification on the decode launch: q_len x GQA rows in one tile.
-    "verify 4 tokens x GQA 4, split-KV": (decode, dict(BLOCK_M=16, BLOCK_Q=4, DECODE_Q=4, OTHER_LAUNCH=False)),
-    "verify 8 tokens x GQA 4, split-KV": (decode, dict(BLOCK_M=32, BLOCK_Q=8, DECODE_Q=8, OTHER_LAUNCH=False)),
+    "verify 4 tokens x GQA 4, split-KV": (decode, dict(BLOCK_M=16, BLOCK_Q=4)),
+    "verify 8 tokens x GQA 4, split-KV": (decode, dict(BLOCK_M=32, BLOCK_Q=8)),
     "verify 16 tokens x GQA 8, split-KV": (
         decode,
-        dict(group=8, BLOCK_M=128, BLOCK_Q=16, DECODE_Q=16, OTHER_LAUNCH=False),
+        dict(group=8, BLOCK_M=128, BLOCK_Q=16),
     ),
-    "verify 8 tokens, fp8 e4m3 KV": (decode, dict(kv="fp8e4nv", BLOCK_M=32, BLOCK_Q=8, DECODE_Q=8, OTHER_LAUNCH=False)),
+    "verify 8 tokens, fp8 e4m3 KV": (decode, dict(kv="fp8e4nv", BLOCK_M=32, BLOCK_Q=8)),
     "prefill alone, two-sided window, lse": (
         prefill,
-        dict(causal=False, feats={**FEATURES, "USE_WINDOW": True}, RETURN_LSE=True, DECODE_Q=0, OTHER_LAUNCH=False),
+        dict(causal=False, feats={**FEATURES, "USE_WINDOW": True}, RETURN_LSE=True),
     ),
 }
 
@@ -188,7 +184,7 @@ def merge_states():
     )
 
 
-OTHERS = {
+OTHERS: dict[str, Callable[[], Any]] = {
     "merge": merge,
     "merge of 8 verification tokens with lse": lambda: compile_one(
         merge_kernel,
@@ -227,8 +223,12 @@ def compile_attention(build, kw: dict):
     raise RuntimeError(f"ptxas crashed on {first} and on every fallback")
 
 
-VARIANTS = {
-    **{name: (lambda b=b, kw=kw: compile_attention(b, kw)[0]) for name, (b, kw) in ATTENTION.items()},
+def _variant(build: Callable[..., Any], kw: dict[str, Any]) -> Callable[[], Any]:
+    return lambda: compile_attention(build, kw)[0]
+
+
+VARIANTS: dict[str, Callable[[], Any]] = {
+    **{name: _variant(build, kw) for name, (build, kw) in ATTENTION.items()},
     **OTHERS,
 }
 
@@ -242,9 +242,9 @@ def main() -> int:
         except Exception as err:  # report every variant, then fail
             failed += 1
             print(f"FAIL {name}: {type(err).__name__}: {str(err)[:2000]}", flush=True)
-    for name, build in OTHERS.items():
+    for name, other in OTHERS.items():
         try:
-            build()
+            other()
             print(f"ok {name}", flush=True)
         except Exception as err:  # report every variant, then fail
             failed += 1

