@@ -268,8 +268,12 @@ def shipped_root() -> Resource | None:
     packaged = importlib.resources.files("triton_attn_kernels").joinpath("dejavu_data")
     if packaged.is_dir():
         return packaged  # type: ignore[return-value]
-    checkout = Path(__file__).resolve().parents[5] / "dejavu_data"
-    return checkout if (checkout / "schema.json").is_file() else None
+    # A source checkout: the nearest folder above this file that holds dejavu_data/.
+    for folder in Path(__file__).resolve().parents:
+        checkout = folder / "dejavu_data"
+        if (checkout / "schema.json").is_file():
+            return checkout
+    return None
 
 
 def search_roots(user_dir: Path | None) -> list[Resource]:
