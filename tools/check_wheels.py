@@ -1,5 +1,6 @@
 """Check what `nox -s build` wrote to dist/: a wheel and an sdist per package, the tuning
-tables inside the kernels wheel, the plugin's vLLM entry points in its metadata.
+tables inside the kernels wheel, the plugin's vLLM entry points in its metadata, and the
+plugin pinning the kernels at exactly the version built beside it.
 
     python tools/check_wheels.py dist            # contents only (seconds)
     python tools/check_wheels.py dist --smoke    # also install them into a fresh venv and import
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import email.message
+import email.parser
 import os
 import shlex
 import shutil
@@ -72,6 +75,12 @@ if not err < 1e-2:
 """
 
 
+def metadata(wheel: Path) -> email.message.Message:
+    with zipfile.ZipFile(wheel) as z:
+        name = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        return email.parser.Parser().parsestr(z.read(name).decode())
+
+
 def check_contents(dist: Path) -> list[Path]:
     wheels = sorted(dist.glob("*.whl"))
     sdists = sorted(dist.glob("*.tar.gz"))
@@ -97,7 +106,14 @@ def check_contents(dist: Path) -> list[Path]:
             sys.exit(f"{plugin.name}: entry points {sorted(wanted - have)} missing from [{group}]")
         for ep in sorted(have):
             print(f"{plugin.name}: [{group}] {ep} = {eps[group][ep]}")
-    print(f"ok: {len(wheels)} wheels, {len(sdists)} sdists; {kernels.name} holds {len(data)} dejavu_data files")
+    version = metadata(kernels)["Version"]
+    pins = [r for r in metadata(plugin).get_all("Requires-Dist", []) if "triton-attn-kernels" in r]
+    if pins != [f"triton-attn-kernels=={version}"]:
+        sys.exit(f"vllm-triton-plugin requires {pins}, but the kernels wheel is version {version}")
+    print(
+        f"ok: {len(wheels)} wheels, {len(sdists)} sdists; {kernels.name} holds {len(data)} dejavu_data files; "
+        f"the plugin pins {pins[0]}"
+    )
     return wheels
 
 
