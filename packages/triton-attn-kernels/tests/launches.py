@@ -32,6 +32,8 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> Iterator[list]:
     """Yields a list that fills with (kind, grid, BLOCK_Q, NUM_SPLITS) per launch; kind is
     "decode", "prefill" or "merge"."""
     log: list = []
-    monkeypatch.setattr(attention_module, "attention_kernel", _Counted(attention_module.attention_kernel, "attention", log))
+    monkeypatch.setattr(
+        attention_module, "attention_kernel", _Counted(attention_module.attention_kernel, "attention", log)
+    )
     monkeypatch.setattr(attention_module, "merge_kernel", _Counted(attention_module.merge_kernel, "merge", log))
     yield log

@@ -50,7 +50,9 @@ def test_verification_batches(q_len, group, num_splits, monkeypatch):
     ["window", "softcap", "alibi", "sinks", "noncausal", "fp8"],
 )
 def test_verification_features(features, monkeypatch):
-    b = paged_batch([3, 1, 4, 2], [50, 9, 33, 70], num_q_heads=8, num_kv_heads=2, kv_dtype=FP8[0] if features == "fp8" else None)
+    b = paged_batch(
+        [3, 1, 4, 2], [50, 9, 33, 70], num_q_heads=8, num_kv_heads=2, kv_dtype=FP8[0] if features == "fp8" else None
+    )
     heads = b.q.shape[1]
     kw = {
         "window": dict(sliding_window=11),

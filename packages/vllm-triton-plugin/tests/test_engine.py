@@ -73,7 +73,9 @@ def tiny_llama_sliding(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _save_tiny_llama(tmp_path_factory.mktemp("tiny-llama-sliding"), sliding_window=24)
 
 
-def _engine(model: Path, out: Path, kv_cache_dtype: str, *, plugin: bool, speculative: str = "none") -> subprocess.Popen:
+def _engine(
+    model: Path, out: Path, kv_cache_dtype: str, *, plugin: bool, speculative: str = "none"
+) -> subprocess.Popen:
     env = dict(os.environ)
     # Engine core and worker in this subprocess: faster start, and apply_model needs no pickling.
     env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -140,5 +142,7 @@ def test_engine_ngram_speculative_decoding(tiny_llama: Path, tmp_path: Path) -> 
     ours, ref = _result(ours_proc, ours_out), _result(ref_proc, ref_out)
     assert ours["backends"] == ["vllm_triton_plugin.backend.TritonAttentionImpl"]
     assert ours["spec_drafts"] > 0 and ours["spec_draft_tokens"] > 0, ours
-    print(f"n-gram drafts {ours['spec_drafts']}, accepted {ours['spec_accepted_tokens']} of {ours['spec_draft_tokens']}")
+    print(
+        f"n-gram drafts {ours['spec_drafts']}, accepted {ours['spec_accepted_tokens']} of {ours['spec_draft_tokens']}"
+    )
     assert ours["tokens"] == ref["tokens"]

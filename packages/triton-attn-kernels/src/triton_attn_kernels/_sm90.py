@@ -166,7 +166,7 @@ ATTENTION: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "verify 8 tokens x GQA 4, split-KV": (decode, dict(BLOCK_M=32, BLOCK_Q=8)),
     "verify 16 tokens x GQA 8, split-KV": (
         decode,
-        dict(group=8, BLOCK_M=128, BLOCK_Q=16),
+        dict(group=8, BLOCK_M=128, BLOCK_Q=16, warps=8),
     ),
     "verify 8 tokens, fp8 e4m3 KV": (decode, dict(kv="fp8e4nv", BLOCK_M=32, BLOCK_Q=8)),
     "prefill alone, two-sided window, lse": (

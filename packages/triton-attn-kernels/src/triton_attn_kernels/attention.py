@@ -223,8 +223,6 @@ def _launch(
         KV_SCALED=feats.k_scale is not None,
         FP8_VIA_F16=fp8_via_f16,
         RETURN_LSE=lse is not None,
-        DECODE_Q=dq,
-        OTHER_LAUNCH=decode_runs and prefill_runs,
         DOT_F32=q.dtype == torch.float32 or interp_bf16,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
     )
@@ -265,6 +263,8 @@ def _launch(
             q.shape[0],
             k.shape[0],
             block_table.shape[1] if paged and block_table is not None else 0,
+            dq,
+            int(decode_runs and prefill_runs),
             *q.stride(),
             *kstr,
             *vstr,
@@ -306,11 +306,14 @@ def _launch(
         else:
             part_lse = part_out = out
         decode_m = max(16, next_pow2(dq * group))
+        # Verification tiles of 64+ rows: sm_90 code (Triton 3.6) spills 48 B (64 rows) and
+        # 3.3 KB (128 rows) per thread at 4 warps, nothing at 8.
+        decode_warps = dcfg.num_warps if decode_m < 64 else max(dcfg.num_warps, 8)
         _fallback.launch(
             lambda tile_n, warps, stages: run(
                 decode_m, dq, tile_n, splits, True, 1, warps, stages, dcfg.prefetch_pages, part_out, part_lse
             ),
-            (dcfg.tile_n, dcfg.num_warps, dcfg.num_stages),
+            (dcfg.tile_n, decode_warps, dcfg.num_stages),
             lambda: ("decode", decode_m, splits, dcfg.prefetch_pages, *specialisation()),
             narrower=False,
         )

@@ -3,7 +3,7 @@
 One program computes BLOCK_M query rows against one range of keys. A row is a
 (query token, query head) pair: BLOCK_Q consecutive tokens of one sequence times the
 GROUP query heads that share one KV head, so every K/V tile is read once for all of
-them (GQA packing). The decode launch serves sequences with 1..DECODE_Q new tokens
+them (GQA packing). The decode launch serves sequences with 1..decode_q new tokens
 (single-token decode, and speculative-decoding verification) in one tile per sequence,
 its key range split over NUM_SPLITS programs (split-KV) and merged by ``merge_kernel``;
 the prefill launch serves longer ones, BLOCK_Q tokens per tile. Paged and contiguous
@@ -213,8 +213,10 @@ def _attend_query_tile(
     row_head = kv_head * GROUP + rows % GROUP
     q_idx = q0 + row_tok
     q_tok = (q_start + q_idx).to(tl.int64)
-    # Output rows stay inside `out` whatever cu_seqlens_q holds.
-    row_ok = (row_tok < BLOCK_Q) & (q_idx < q_len) & (q_tok >= 0) & (q_tok < num_tokens)
+    # Output rows stay inside `out` whatever cu_seqlens_q holds (bounds folded into one
+    # scalar: per-row int64 compares cost registers in the prefill tile).
+    q_hi = tl.where(q_start >= 0, tl.minimum(q_len, num_tokens - q_start), 0)
+    row_ok = (row_tok < BLOCK_Q) & (q_idx < q_hi)
     # Query tokens are the last q_len tokens of the context.
     ctx = seq_len - q_len
     q_pos = ctx + q_idx
@@ -230,9 +232,9 @@ def _attend_query_tile(
     if USE_WINDOW:
         kv_hi = tl.minimum(kv_hi, ctx + q_last + win_right + 1)
         kv_lo = tl.maximum(ctx + q0 - win_left, 0)
-    kv_hi = tl.maximum(kv_hi, 0)
     tile_lo = kv_lo // TILE_N
-    n_tiles = tl.maximum(tl.cdiv(kv_hi, TILE_N) - tile_lo, 0)
+    # A negative count (a context shorter than its query run) leaves every tile range empty.
+    n_tiles = tl.cdiv(kv_hi, TILE_N) - tile_lo
     per_split = tl.cdiv(n_tiles, N_SPLITS)
     t_begin = tile_lo + split * per_split
     t_end = tl.minimum(t_begin + per_split, tile_lo + n_tiles)
@@ -361,7 +363,9 @@ def _attend_query_tile(
             tl.store(lse_ptr + q_tok * num_q_heads + row_head, lse * LN2, mask=row_ok)
 
 
-@triton.jit
+# Launch-plan values are plain integers that Triton must not specialise on (it would for
+# the value 1): every batch composition then shares one compiled variant per config.
+@triton.jit(do_not_specialize=["decode_q", "other_launch"])
 def attention_kernel(
     q_ptr,  # [num_tokens, num_q_heads, HEAD_DIM]
     k_ptr,  # PAGED: [num_blocks, BLOCK_SIZE, num_kv_heads, HEAD_DIM]; else [total_k, num_kv_heads, HEAD_DIM]
@@ -385,6 +389,8 @@ def attention_kernel(
     num_tokens,  # rows of q and out
     num_kv_rows,  # PAGED: num_blocks; else total_k
     max_blocks,  # PAGED: columns of the block table
+    decode_q,  # sequences with 1..decode_q new tokens belong to the decode launch (0: none)
+    other_launch,  # 1: the other launch of this batch runs too; 0: this launch serves all
     stride_q_t,
     stride_q_h,
     stride_q_d,
@@ -419,8 +425,6 @@ def attention_kernel(
     RETURN_LSE: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
     IS_DECODE: tl.constexpr,  # the split-KV decode launch; else the prefill launch
-    DECODE_Q: tl.constexpr,  # sequences with 1..DECODE_Q new tokens belong to the decode launch
-    OTHER_LAUNCH: tl.constexpr,  # the other launch of this batch runs (else this one serves all)
     DOT_F32: tl.constexpr,  # upcast dot operands to fp32 (fp32 inputs, or the interpreter's bf16)
     DOT_PRECISION: tl.constexpr,
 ):
@@ -453,7 +457,7 @@ def attention_kernel(
     if IS_DECODE:
         if q_len < 1:
             return
-        if q_len <= DECODE_Q:
+        if q_len <= BLOCK_Q:  # BLOCK_Q == decode_q in the decode launch
             _attend_query_tile(
                 q_ptr, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, k_head, v_head, bt_row,
                 alibi_ptr, sinks_ptr, k_scale_ptr, v_scale_ptr, seq, kv_head, split, q_start,
@@ -464,7 +468,7 @@ def attention_kernel(
                 CAUSAL, USE_WINDOW, USE_SOFTCAP, USE_ALIBI, USE_SINKS, KV_SCALED, FP8_VIA_F16,
                 RETURN_LSE, NUM_SPLITS, NUM_SPLITS > 1, DOT_F32, DOT_PRECISION,
             )  # fmt: skip
-        elif not OTHER_LAUNCH:
+        elif other_launch == 0:
             # More new tokens than max_seqlen_q announced and no prefill launch: still every
             # row, tile after tile, in split 0 (slow but correct).
             if split == 0:
@@ -481,8 +485,8 @@ def attention_kernel(
                         False, DOT_F32, DOT_PRECISION,
                     )  # fmt: skip
     else:
-        if OTHER_LAUNCH:
-            if q_len <= DECODE_Q:
+        if other_launch != 0:
+            if q_len <= decode_q:
                 return
         elif q_len < 1:
             return
