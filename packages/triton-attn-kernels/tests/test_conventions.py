@@ -88,6 +88,7 @@ def test_merge_of_two_halves_is_the_whole(split_at):
         )
 
     (oa, la), (ob, lb), (whole, whole_lse) = part(0, split_at), part(split_at, n), part(0, n)
+    assert_matches(whole, attention_ref(q, k, v, scale=64**-0.5, causal=False), torch.float16)
     out, lse = merge_attention_states(oa, la, ob, lb)
     ref_out, ref_lse = merge_attention_states_ref(oa, la, ob, lb)
     assert_matches(out, ref_out, torch.float16)
@@ -173,5 +174,5 @@ def test_fp8_cache_requires_its_scales(missing):
         scales = {}
     else:
         del scales[missing]
-    with pytest.raises(ValueError, match="(k|v)_scale is required"):
+    with pytest.raises(ValueError, match=r"(k|v)_scale is required"):
         paged_attention(*b.args(), **b.lens(), **scales)
