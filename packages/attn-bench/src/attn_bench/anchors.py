@@ -80,10 +80,10 @@ def check_anchors(results_csv: Path | None, e2e_csv: Path | None) -> list[Anchor
             e2e_rows = [d for d in csv.DictReader(f) if d["status"] == "ok"]
         for a in data["e2e"]:
             for backend, v in a["value"].items():
-                hit = [d for d in e2e_rows if d["workload"] == a["workload"] and d["label"] == backend]
+                runs = [d for d in e2e_rows if d["workload"] == a["workload"] and d["label"] == backend]
                 out.append(
                     AnchorCheck(
-                        f"e2e {a['workload']}", backend, a["metric"], v, float(hit[-1][a["metric"]]) if hit else None
+                        f"e2e {a['workload']}", backend, a["metric"], v, float(runs[-1][a["metric"]]) if runs else None
                     )
                 )
     return out

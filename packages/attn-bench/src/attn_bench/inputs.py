@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -55,7 +56,7 @@ class Inputs:
     def scale(self) -> float:
         return self.problem.head_dim**-0.5
 
-    def features(self) -> dict[str, object]:
+    def features(self) -> dict[str, Any]:
         """The variant as keyword arguments of triton_attn_kernels / its reference."""
         return {
             "sliding_window": self.window,

@@ -208,9 +208,10 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             num_reqs, self.num_q_heads, self.head_size, decode.num_splits, query_len=self.decode_query_len
         )
         workspace = self.workspace
+        chosen: DecodeConfig | None = decode
         if need > (workspace.numel() if workspace is not None else 0):
             # More requests than max_num_seqs (not expected): let the kernels size it.
-            decode, workspace = None, None
+            chosen, workspace = None, None
         return TritonAttentionMetadata(
             num_actual_tokens=cm.num_actual_tokens,
             num_reqs=num_reqs,
@@ -222,7 +223,7 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             slot_mapping=cm.slot_mapping,
             causal=cm.causal,
             decode_query_len=self.decode_query_len,
-            config=AttentionConfig(decode=decode, prefill=self.prefill),
+            config=AttentionConfig(decode=chosen, prefill=self.prefill),
             workspace=workspace,
         )
 
@@ -241,7 +242,7 @@ _REASONS = {
 }
 
 
-class TritonAttentionBackend(_compat.kv_cache_shape_mixin(), AttentionBackend):
+class TritonAttentionBackend(_compat.kv_cache_shape_mixin(), AttentionBackend):  # type: ignore[misc]
     supported_dtypes: ClassVar[list[torch.dtype]] = list(SUPPORTED_DTYPES)
     supported_kv_cache_dtypes: ClassVar[list[Any]] = ["auto", "float16", "bfloat16", *FP8_CACHE_DTYPES]
     # vLLM calls impl.do_kv_cache_update (our Triton write) before impl.forward.
@@ -444,7 +445,7 @@ class TritonAttentionImpl(AttentionImpl[TritonAttentionMetadata]):
                 scale=self.scale,
                 causal=False,
                 # Non-causal: (W - 1) keys on each side, FLASH_ATTN's window for encoders.
-                sliding_window=self.sliding_window,
+                sliding_window=None,
                 softcap=self.softcap,
                 alibi_slopes=self._alibi(query.device),
                 sinks=self._sinks(),
