@@ -445,7 +445,7 @@ class TritonAttentionImpl(AttentionImpl[TritonAttentionMetadata]):
                 scale=self.scale,
                 causal=False,
                 # Non-causal: (W - 1) keys on each side, FLASH_ATTN's window for encoders.
-                sliding_window=None,
+                sliding_window=self.sliding_window,
                 softcap=self.softcap,
                 alibi_slopes=self._alibi(query.device),
                 sinks=self._sinks(),
