@@ -1,5 +1,5 @@
-"""A ptxas crash on one specialisation (seen on the H100 for fuzz seed 1000048) makes the
-launcher retry with fewer stages / narrower tiles, warn once and remember; when nothing
+"""A ptxas crash on one specialisation (Triton 3.6's ptxas crashes on some, e.g. the prefill
+kernel that test_fuzz.py's seed 1000048 draws) makes the launcher retry with fewer stages / narrower tiles, warn once and remember; when nothing
 compiles the error names the configuration to change. The crash is simulated here."""
 
 from __future__ import annotations

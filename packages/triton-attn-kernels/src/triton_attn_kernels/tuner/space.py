@@ -154,9 +154,9 @@ def space_for(kernel: str, head_dim: int, interpreter: bool = False) -> Space:
     prefetch: dict[str, tuple[int, ...]] = {} if interpreter else {"prefetch_pages": (0, 1)}
     if kernel == "decode":
         tiles: tuple[int, ...] = (16, 32) if interpreter else (16, 32, 64) if head_dim > 128 else (32, 64, 128)
-        # The H100 tables of 2026-11-27 chose 64, the top of the old space, at batch 1 from
-        # 2k to 32k keys (with one stage: occupancy hides the latency); 128 and 256 let the
-        # next run see whether more programs per SM keep paying.
+        # Up to 256: at batch 1 from 2k to 32k keys an H100 table chose 64 splits, then the
+        # largest count searched (with one stage: occupancy hides the latency), so the space
+        # goes on to where more programs per SM stop paying.
         splits: tuple[int, ...] = (1, 2, 4) if interpreter else (1, 2, 4, 8, 16, 32, 64, 128, 256)
         return Space(
             DecodeConfig,
