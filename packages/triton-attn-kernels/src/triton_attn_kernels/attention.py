@@ -15,35 +15,16 @@ import torch
 
 from . import _fallback, debug
 from . import _validation as check
-from ._device import interpreting, num_sms
+from ._device import interpreting
 from ._intmath import cdiv, next_pow2
 from ._kernels.attention import attention_kernel, merge_kernel
-from .tuning import (
-    AttentionConfig,
-    AttentionProblem,
-    DecodeConfig,
-    PrefillConfig,
-    select_decode_config,
-    select_prefill_config,
-)
+from .tuning import AttentionConfig, AttentionProblem
+from .tuning.policy import MAX_DECODE_QUERY_LEN, decode_workspace_numel, plan_launch
 
 __all__ = ["MAX_DECODE_QUERY_LEN", "decode_workspace_numel", "paged_attention", "varlen_attention"]
 
-# The most new tokens per sequence the decode launch packs into one tile (with the GQA group:
-# up to 16 x 8 = 128 rows); longer sequences are prefill work.
-MAX_DECODE_QUERY_LEN = 16
 # "No bound" for one side of a window: larger than any context a launch can address.
 _UNBOUNDED = 1 << 30
-
-
-def decode_workspace_numel(
-    num_seqs: int, num_q_heads: int, head_dim: int, num_splits: int, *, query_len: int = 1
-) -> int:
-    """fp32 elements the split-KV decode needs as ``workspace`` (0 when ``num_splits == 1``);
-    ``query_len`` is the ``decode_query_len`` of the launches that will use it."""
-    if num_splits <= 1:
-        return 0
-    return num_seqs * max(query_len, 1) * num_q_heads * num_splits * (head_dim + 1)
 
 
 @dataclass(frozen=True)
@@ -129,40 +110,12 @@ def _features(
     )
 
 
-def _problem(
-    q: torch.Tensor, num_seqs: int, num_kv_heads: int, kv_dtype: torch.dtype, mq: int, mk: int
-) -> AttentionProblem:
-    return AttentionProblem(
-        num_seqs=num_seqs,
-        num_q_heads=q.shape[1],
-        num_kv_heads=num_kv_heads,
-        head_dim=q.shape[2],
-        max_seqlen_q=mq,
-        max_seqlen_k=mk,
-        dtype=str(q.dtype).removeprefix("torch."),
-        kv_dtype=str(kv_dtype).removeprefix("torch."),
-        num_sms=num_sms(q.device),
-        interpreter=interpreting(),
-    )
-
-
 def _config(config: AttentionConfig | None) -> AttentionConfig:
     if config is None:
         return AttentionConfig()
     if not isinstance(config, AttentionConfig):
         raise TypeError(f"config must be an AttentionConfig or None, got {type(config).__name__}")
     return config
-
-
-def _decode_query_len(value: int | None, max_seqlen_q: int) -> int:
-    if value is None:
-        # A batch of short query runs (decodes, verification of speculated tokens) runs as
-        # decodes; otherwise single-token sequences only.
-        return max(max_seqlen_q, 1) if max_seqlen_q <= MAX_DECODE_QUERY_LEN else 1
-    check.count("decode_query_len", value)
-    if value > MAX_DECODE_QUERY_LEN:
-        raise ValueError(f"decode_query_len must be in [0, {MAX_DECODE_QUERY_LEN}], got {value}")
-    return value
 
 
 def _launch(
@@ -188,14 +141,17 @@ def _launch(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(return_lse, bool):
         raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
-    dq = _decode_query_len(decode_query_len, max_seqlen_q)
     lse = torch.full(q.shape[:2], float("-inf"), dtype=torch.float32, device=q.device) if return_lse else None
     if num_seqs == 0 or q.shape[0] == 0:
         return (out, lse) if lse is not None else out  # type: ignore[return-value]
     num_q_heads, head_dim = q.shape[1], q.shape[2]
     num_kv_heads = k.shape[-2]
     group = num_q_heads // num_kv_heads
-    problem = _problem(q, num_seqs, num_kv_heads, k.dtype, max_seqlen_q, max_seqlen_k)
+    problem = AttentionProblem.from_tensors(
+        q, k, num_seqs=num_seqs, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k
+    )
+    plan = plan_launch(problem, decode_query_len=decode_query_len, config=config, device=q.device)
+    dq = plan.decode_query_len
     if paged:
         kstr, vstr = k.stride(), v.stride()
     else:  # contiguous [total, heads, dim]: no block stride
@@ -206,8 +162,8 @@ def _launch(
     fp8_via_f16 = feats.k_scale is not None and q.dtype == torch.bfloat16
     interp_bf16 = interpreting() and q.dtype == torch.bfloat16 and not fp8_via_f16
     # Both launches run when the batch may hold sequences of both kinds.
-    decode_runs = dq >= 1
-    prefill_runs = max_seqlen_q > dq or not decode_runs
+    dcfg, pcfg = plan.config.decode, plan.config.prefill
+    decode_runs, prefill_runs = dcfg is not None, pcfg is not None
     left, right = feats.window if feats.window is not None else (0, 0)
     common = dict(
         HEAD_DIM=head_dim,
@@ -285,18 +241,15 @@ def _launch(
     specialisation = lambda: (*common.items(), q.dtype, k.dtype, out.dtype)  # noqa: E731  (after a crash)
     # The prefill launch is configured first, so that a launch that cannot run fails before
     # anything is written.
-    pcfg: PrefillConfig | None = None
-    if prefill_runs:
-        pcfg = select_prefill_config(problem, config.prefill, device=q.device)
+    if pcfg is not None:
         block_m = max(pcfg.block_m, next_pow2(group))
         block_q = block_m // group
         # Query tiles are walked grid-stride, so the grid is a sizing choice only.
         q_programs = min(cdiv(max_seqlen_q, block_q), check.MAX_SEQS)
 
-    if decode_runs:
-        dcfg: DecodeConfig = select_decode_config(problem, config.decode, device=q.device)
+    if dcfg is not None:
         splits = dcfg.num_splits
-        need = decode_workspace_numel(num_seqs, num_q_heads, head_dim, splits, query_len=dq)
+        need = plan.workspace_numel
         ws = check.workspace(workspace, q.device, need=need)
         if need:
             if ws is None:

@@ -11,7 +11,6 @@ split-KV workspace; ``forward`` neither allocates nor reads device values on the
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,14 +28,13 @@ from vllm.v1.attention.backends.utils import get_num_attention_heads_from_layers
 
 from triton_attn_kernels import (
     MAX_DECODE_QUERY_LEN,
+    SUPPORTED_HEAD_DIMS,
     AttentionConfig,
-    DecodeConfig,
-    decode_workspace_numel,
     paged_attention,
     varlen_attention,
     write_kv_cache,
 )
-from triton_attn_kernels.tuning import AttentionProblem, decode_heuristic, prefill_heuristic, select_decode_config
+from triton_attn_kernels.tuning import ServingLimits, ServingPolicy
 
 from . import _compat
 
@@ -47,7 +45,7 @@ __all__ = [
     "TritonAttentionMetadataBuilder",
 ]
 
-SUPPORTED_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 192, 256)
+SUPPORTED_HEAD_SIZES = SUPPORTED_HEAD_DIMS  # the kernels' list, not a copy
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # vLLM's cache dtype names -> the dtype the kernels read. vLLM allocates fp8 caches as uint8;
 # the plugin writes and reads them itself, so OCP e4m3fn is used on every GPU (ROCm included).
@@ -58,9 +56,6 @@ FP8_CACHE_DTYPES = {
 }
 ENCODER_TYPES = (AttentionType.ENCODER, AttentionType.ENCODER_ONLY)
 SUPPORTED_ATTN_TYPES = (AttentionType.DECODER, *ENCODER_TYPES)
-# Stand-in SM count for launch heuristics when there is no GPU (Triton's interpreter); the
-# same value triton_attn_kernels assumes, so CPU runs still exercise split-KV decode.
-_CPU_PROGRAMS = 4
 
 
 # --------------------------------------------------------------------------------------
@@ -121,77 +116,30 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             parallel_config
         )
         self.head_size = getattr(kv_cache_spec, "head_size", None) or model_config.get_head_size()
-        self.max_model_len = model_config.max_model_len
-        self.dtype = str(model_config.dtype).removeprefix("torch.")
         cache_dtype = vllm_config.cache_config.cache_dtype
-        self.kv_dtype = str(FP8_CACHE_DTYPES.get(cache_dtype, model_config.dtype)).removeprefix("torch.")
-        if device.type == "cuda":
-            self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count
-        else:
-            self.num_sms = _CPU_PROGRAMS
-        self.interpreter = os.environ.get("TRITON_INTERPRET", "0") == "1"
-        self.table_device = device  # whose tuning tables the pinned decode config comes from
-        # With full CUDA graphs the decode launch is recorded once per padded batch size and
-        # replayed for any sequence lengths, so the split count must not depend on them:
-        # choose it for the longest possible context. Eager and piecewise runs use the batch's.
+        scheduler = vllm_config.scheduler_config
         mode = vllm_config.compilation_config.cudagraph_mode
-        self.pin_splits = mode is not None and mode.has_full_cudagraphs()
-        max_seqs = vllm_config.scheduler_config.max_num_seqs
-        # Verification steps of speculative decoding (1 + k tokens per request) are decodes
-        # for the kernels: one tile per request, split-KV, graph-safe like plain decodes.
-        self.decode_query_len = min(_compat.decode_query_len(vllm_config), MAX_DECODE_QUERY_LEN)
-        need = max(
-            decode_workspace_numel(
-                n,
-                self.num_q_heads,
-                self.head_size,
-                self._decode_config(n, self.max_model_len).num_splits,
-                query_len=self.decode_query_len,
-            )
-            for n in range(1, max_seqs + 1)
-        )
-        self.workspace = torch.empty(need, dtype=torch.float32, device=device) if need else None
-        # One prefill configuration per model: table lookups per batch shape would compile a
-        # new kernel variant whenever a new shape maps to another entry, in the middle of
-        # serving (seen on the H100: seconds of JIT during the first generations).
-        self.prefill = prefill_heuristic(
-            dataclasses.replace(
-                self._problem(vllm_config.scheduler_config.max_num_seqs, self.max_model_len),
-                max_seqlen_q=getattr(vllm_config.scheduler_config, "max_num_batched_tokens", None)
-                or self.max_model_len,
-            )
-        )
-
-    def _problem(self, num_seqs: int, max_seq_len: int) -> AttentionProblem:
-        return AttentionProblem(
-            num_seqs=num_seqs,
+        # The kernels' serving policy decides every configuration (attn-bench measures with the
+        # same one): decode pinned per batch size under full CUDA graphs, one prefill config per
+        # model; verification steps of speculative decoding (1 + k tokens per request) run as
+        # decodes.
+        self.policy = ServingPolicy.for_model(
             num_q_heads=self.num_q_heads,
             num_kv_heads=self.num_kv_heads,
             head_dim=self.head_size,
-            max_seqlen_q=1,
-            max_seqlen_k=max(max_seq_len, 1),
-            dtype=self.dtype,
-            kv_dtype=self.kv_dtype,
-            num_sms=self.num_sms,
-            interpreter=self.interpreter,
+            dtype=model_config.dtype,
+            kv_dtype=FP8_CACHE_DTYPES.get(cache_dtype, model_config.dtype),
+            limits=ServingLimits(
+                max_num_seqs=scheduler.max_num_seqs,
+                max_model_len=model_config.max_model_len,
+                max_num_batched_tokens=getattr(scheduler, "max_num_batched_tokens", None) or model_config.max_model_len,
+                cuda_graphs=mode is not None and mode.has_full_cudagraphs(),
+                decode_query_len=min(_compat.decode_query_len(vllm_config), MAX_DECODE_QUERY_LEN),
+            ),
+            device=device,
         )
-
-    def _decode_config(self, num_seqs: int, max_seq_len: int) -> DecodeConfig:
-        problem = self._problem(num_seqs, max_seq_len)
-        if self.pin_splits:
-            # Pinned (one config per batch size, chosen once): the tuning table's entry for
-            # this batch size at the longest context, else the heuristic. On the H100 the
-            # table's batch-1 entries (64-key tiles, one stage) ran 1.06-1.36x faster than
-            # the heuristic's (128-key tiles, two stages) in the tuner's measurements.
-            config = select_decode_config(problem, device=self.table_device)
-        else:
-            # Per step: the heuristic only, so that a new sequence length never maps to a
-            # table entry whose kernel variant is not compiled yet (JIT in mid-serving).
-            config = decode_heuristic(problem)
-        # NUM_SPLITS is a compile-time constant: rounding it up to a power of two bounds the
-        # kernel variants a server compiles (at most 7 up to 64 splits, each compiled in
-        # vLLM's warm-up runs before graph capture) at the cost of a few idle split programs.
-        return dataclasses.replace(config, num_splits=1 << (config.num_splits - 1).bit_length())
+        need = self.policy.max_workspace_numel()
+        self.workspace = torch.empty(need, dtype=torch.float32, device=device) if need else None
 
     def build(
         self,
@@ -203,15 +151,11 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         if not isinstance(cm.causal, bool):
             raise NotImplementedError("per-request causal masks are not supported by the Triton attention backend")
         num_reqs = cm.num_reqs
-        decode = self._decode_config(num_reqs, self.max_model_len if self.pin_splits else cm.max_seq_len)
-        need = decode_workspace_numel(
-            num_reqs, self.num_q_heads, self.head_size, decode.num_splits, query_len=self.decode_query_len
-        )
-        workspace = self.workspace
-        chosen: DecodeConfig | None = decode
-        if need > (workspace.numel() if workspace is not None else 0):
+        plan = self.policy.plan(num_reqs, cm.max_query_len, cm.max_seq_len)
+        config, workspace = plan.config, self.workspace
+        if plan.workspace_numel > (workspace.numel() if workspace is not None else 0):
             # More requests than max_num_seqs (not expected): let the kernels size it.
-            chosen, workspace = None, None
+            config, workspace = dataclasses.replace(config, decode=None), None
         return TritonAttentionMetadata(
             num_actual_tokens=cm.num_actual_tokens,
             num_reqs=num_reqs,
@@ -222,8 +166,8 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             block_table=cm.block_table_tensor,
             slot_mapping=cm.slot_mapping,
             causal=cm.causal,
-            decode_query_len=self.decode_query_len,
-            config=AttentionConfig(decode=chosen, prefill=self.prefill),
+            decode_query_len=plan.decode_query_len,
+            config=config,
             workspace=workspace,
         )
 

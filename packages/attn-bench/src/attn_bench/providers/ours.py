@@ -11,37 +11,46 @@ from ..registry import Timed, provider
 from .common import ATTENTION_OPS, supports
 
 
-def _decode_config(x: Inputs, paged: bool):  # type: ignore[no-untyped-def]
-    """The heuristic's decode config, made explicit so the split-KV workspace can be
-    preallocated outside the timed (and CUDA-graph-captured) closure."""
-    from triton_attn_kernels import AttentionConfig
+def serving_limits(p: Any, *, cuda_graphs: bool | None = None) -> Any:
+    """The limits the vLLM plugin would serve this problem under, so that the configurations
+    measured are the plugin's: a uniform run of at most 16 new tokens per sequence (decode,
+    speculative verification) is a full-CUDA-graph decode step with decode_query_len = q_len;
+    anything longer is a piecewise (no full graph) prefill or mixed step. vLLM's default
+    batch limits (256 sequences, 8192 batched tokens), the problem's context as
+    max_model_len. ``cuda_graphs`` overrides the graph mode (True: vLLM's full graphs for
+    every batch; False: none)."""
+    from triton_attn_kernels.tuning import MAX_DECODE_QUERY_LEN, ServingLimits
 
-    # The launcher's own view of the device, so the choice is the launcher's.
-    from triton_attn_kernels._device import interpreting, num_sms
-    from triton_attn_kernels.tuning import AttentionProblem, select_decode_config
+    decode_like = p.op in ("decode", "prefill") and p.max_seqlen_q <= MAX_DECODE_QUERY_LEN
+    return ServingLimits(
+        max_num_seqs=max(256, p.num_seqs),
+        max_model_len=p.max_seqlen_k,
+        max_num_batched_tokens=max(8192, p.num_tokens),
+        cuda_graphs=decode_like if cuda_graphs is None else cuda_graphs,
+        decode_query_len=p.max_seqlen_q if decode_like else 1,
+    )
 
-    p = x.problem
-    problem = AttentionProblem(
-        num_seqs=p.num_seqs,
+
+def launch_plan(p: Any, device: torch.device, *, paged: bool = True):  # type: ignore[no-untyped-def]
+    """The plugin's plan for problem ``p`` (triton_attn_kernels.tuning.ServingPolicy under
+    :func:`serving_limits`), made explicit so the split-KV workspace can be preallocated
+    outside the timed (and CUDA-graph-captured) closure."""
+    from triton_attn_kernels.tuning import ServingPolicy
+
+    policy = ServingPolicy.for_model(
         num_q_heads=p.num_q_heads,
         num_kv_heads=p.num_kv_heads,
         head_dim=p.head_dim,
-        max_seqlen_q=p.max_seqlen_q,
-        max_seqlen_k=p.max_seqlen_k,
         dtype=p.dtype,
         kv_dtype=p.kv_dtype if paged else p.dtype,
-        num_sms=num_sms(x.device),
-        interpreter=interpreting(),
+        limits=serving_limits(p),
+        device=device,
     )
-    return AttentionConfig(decode=select_decode_config(problem))
+    return policy.plan(p.num_seqs, p.max_seqlen_q, p.max_seqlen_k)
 
 
-def _workspace(x: Inputs, config) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    from triton_attn_kernels import decode_workspace_numel
-
-    p = x.problem
-    n = decode_workspace_numel(p.num_seqs, p.num_q_heads, p.head_dim, config.decode.num_splits)
-    return torch.empty(max(n, 1), dtype=torch.float32, device=x.device)
+def _workspace(x: Inputs, plan) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    return torch.empty(max(plan.workspace_numel, 1), dtype=torch.float32, device=x.device)
 
 
 @provider(
@@ -55,8 +64,8 @@ def ours_paged(x: Inputs) -> Timed:
     from triton_attn_kernels import paged_attention
 
     p = x.problem
-    config = _decode_config(x, paged=True)
-    ws = _workspace(x, config)
+    plan = launch_plan(p, x.device, paged=True)
+    ws = _workspace(x, plan)
     out = x.new_out()
     scales: dict[str, Any] = {"k_scale": x.k_scale, "v_scale": x.v_scale} if p.fp8 else {}
     feats = x.features()
@@ -72,7 +81,8 @@ def ours_paged(x: Inputs) -> Timed:
             max_seqlen_q=p.max_seqlen_q,
             max_seqlen_k=p.max_seqlen_k,
             out=out,
-            config=config,
+            config=plan.config,
+            decode_query_len=plan.decode_query_len,
             workspace=ws,
             **scales,
             **feats,
@@ -94,8 +104,8 @@ def ours_varlen(x: Inputs) -> Timed:
     p = x.problem
     k, v = x.contiguous_kv
     cu_k = x.cu_seqlens_k
-    config = _decode_config(x, paged=False)
-    ws = _workspace(x, config)
+    plan = launch_plan(p, x.device, paged=False)
+    ws = _workspace(x, plan)
     out = x.new_out()
     feats = x.features()
 
@@ -109,7 +119,8 @@ def ours_varlen(x: Inputs) -> Timed:
             max_seqlen_q=p.max_seqlen_q,
             max_seqlen_k=p.max_seqlen_k,
             out=out,
-            config=config,
+            config=plan.config,
+            decode_query_len=plan.decode_query_len,
             workspace=ws,
             **feats,
         )

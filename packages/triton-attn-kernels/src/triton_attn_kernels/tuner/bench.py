@@ -91,11 +91,10 @@ class AttentionCase:
 
     def launcher(self, config: DecodeConfig | PrefillConfig) -> Callable[[], object]:
         if isinstance(config, DecodeConfig):
-            cfg = AttentionConfig(decode=config)
+            cfg, decode_query_len = AttentionConfig(decode=config), None
         else:
-            # The decode launch of a prefill batch serves no sequence; one split of small tiles
-            # keeps it minimal at every head_dim.
-            cfg = AttentionConfig(decode=DecodeConfig(tile_n=32, num_splits=1), prefill=config)
+            # No decode launch: every sequence, however short, runs the prefill config timed.
+            cfg, decode_query_len = AttentionConfig(prefill=config), 0
 
         def launch() -> object:
             return paged_attention(
@@ -111,6 +110,7 @@ class AttentionCase:
                 v_scale=self.kv_scale,
                 out=self.out,
                 config=cfg,
+                decode_query_len=decode_query_len,
                 workspace=self.workspace,
             )
 

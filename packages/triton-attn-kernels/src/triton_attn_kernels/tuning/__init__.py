@@ -1,6 +1,7 @@
 """Launch configurations: explicit argument, else tuning table, else heuristic.
 
-``select_*_config`` are what the launchers call. A table lookup happens once per distinct
+``select_*_config`` resolve one launch's configuration; :mod:`.policy` decides the launches
+of a call (:func:`plan_launch`) or of a server's batches (:class:`ServingPolicy`). A table lookup happens once per distinct
 problem (then it is one dictionary hit); tables live in ``dejavu_data/<kernel>/<DEVICE>.json``
 (see docs/tuning.md) and a user directory named by ``TRITON_ATTN_TUNING_DIR`` overrides
 them (:mod:`.envs`). ``stats()`` says which source served how many lookups; the logger
@@ -14,20 +15,36 @@ from typing import Any
 from . import envs
 from .configs import AttentionConfig, DecodeConfig, KVWriteConfig, PrefillConfig
 from .heuristics import AttentionProblem, decode_heuristic, kv_write_heuristic, prefill_heuristic
+from .policy import (
+    MAX_DECODE_QUERY_LEN,
+    LaunchPlan,
+    ServingLimits,
+    ServingPolicy,
+    decode_workspace_numel,
+    plan_launch,
+    resolve_decode_query_len,
+)
 from .select import ConfigSelector, DeviceInfo
 
 __all__ = [
+    "MAX_DECODE_QUERY_LEN",
     "AttentionConfig",
     "AttentionProblem",
     "ConfigSelector",
     "DecodeConfig",
     "DeviceInfo",
     "KVWriteConfig",
+    "LaunchPlan",
     "PrefillConfig",
+    "ServingLimits",
+    "ServingPolicy",
     "decode_heuristic",
+    "decode_workspace_numel",
     "kv_write_heuristic",
+    "plan_launch",
     "prefill_heuristic",
     "reset",
+    "resolve_decode_query_len",
     "select_decode_config",
     "select_kv_write_config",
     "select_prefill_config",

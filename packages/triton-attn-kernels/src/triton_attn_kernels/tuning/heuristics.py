@@ -7,6 +7,7 @@ in docs/results/h100/.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .._intmath import cdiv
 from .configs import DecodeConfig, KVWriteConfig, PrefillConfig
@@ -30,6 +31,36 @@ class AttentionProblem:
     @property
     def group(self) -> int:
         return self.num_q_heads // self.num_kv_heads
+
+    @classmethod
+    def from_tensors(
+        cls,
+        q: Any,
+        k: Any,
+        *,
+        num_seqs: int,
+        max_seqlen_q: int,
+        max_seqlen_k: int,
+        kv_layout: str = "NHD",
+    ) -> AttentionProblem:
+        """The problem of a launch on these tensors: ``q`` [tokens, num_q_heads, head_dim]
+        and ``k`` a paged cache (4-D, ``kv_layout`` as in ``paged_attention``) or contiguous
+        keys [total_k, num_kv_heads, head_dim]; the device facts are the launcher's."""
+        from .._device import interpreting, num_sms
+
+        heads_dim = 2 if k.dim() == 4 and kv_layout == "NHD" else 1
+        return cls(
+            num_seqs=num_seqs,
+            num_q_heads=q.shape[1],
+            num_kv_heads=k.shape[heads_dim],
+            head_dim=q.shape[2],
+            max_seqlen_q=max_seqlen_q,
+            max_seqlen_k=max_seqlen_k,
+            dtype=str(q.dtype).removeprefix("torch."),
+            kv_dtype=str(k.dtype).removeprefix("torch."),
+            num_sms=num_sms(q.device),
+            interpreter=interpreting(),
+        )
 
 
 def decode_heuristic(p: AttentionProblem) -> DecodeConfig:

@@ -1,0 +1,240 @@
+"""The configuration policy: which launches a batch gets and with which configurations.
+
+Two entry points, used by everyone who launches the kernels:
+
+- :func:`plan_launch`: one call on its own (``paged_attention(config=None)``, scripts,
+  other frameworks): the table's choice for the exact problem, else the heuristic.
+- :class:`ServingPolicy`: a server's view (the vLLM plugin, and attn-bench measuring what
+  the plugin runs). Configurations depend on the batch size and on model-wide limits only,
+  so the set of compiled kernel variants is small and known at start, and under CUDA graphs
+  a decode launch recorded for a batch size is valid for any sequence lengths.
+
+Both return a :class:`LaunchPlan`: the configurations (``None`` for a launch that does not
+run), the decode query length and the split-KV workspace size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .configs import AttentionConfig, DecodeConfig, PrefillConfig
+from .heuristics import AttentionProblem, decode_heuristic, prefill_heuristic
+
+__all__ = [
+    "MAX_DECODE_QUERY_LEN",
+    "LaunchPlan",
+    "ServingLimits",
+    "ServingPolicy",
+    "decode_workspace_numel",
+    "plan_launch",
+    "resolve_decode_query_len",
+]
+
+# The most new tokens per sequence the decode launch packs into one tile (with the GQA group:
+# up to 16 x 8 = 128 rows); longer sequences are prefill work.
+MAX_DECODE_QUERY_LEN = 16
+
+
+def decode_workspace_numel(
+    num_seqs: int, num_q_heads: int, head_dim: int, num_splits: int, *, query_len: int = 1
+) -> int:
+    """fp32 elements the split-KV decode needs as ``workspace`` (0 when ``num_splits == 1``);
+    ``query_len`` is the ``decode_query_len`` of the launches that will use it."""
+    if num_splits <= 1:
+        return 0
+    return num_seqs * max(query_len, 1) * num_q_heads * num_splits * (head_dim + 1)
+
+
+def resolve_decode_query_len(value: int | None, max_seqlen_q: int) -> int:
+    """``decode_query_len`` as the launchers read it: ``None`` means the whole batch runs as
+    decodes when no sequence has more than :data:`MAX_DECODE_QUERY_LEN` new tokens
+    (decodes, speculative verification), else only single-token sequences do."""
+    if value is None:
+        return max(max_seqlen_q, 1) if max_seqlen_q <= MAX_DECODE_QUERY_LEN else 1
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"decode_query_len must be an int or None, got {type(value).__name__}")
+    if not 0 <= value <= MAX_DECODE_QUERY_LEN:
+        raise ValueError(f"decode_query_len must be in [0, {MAX_DECODE_QUERY_LEN}], got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What one ``paged_attention`` / ``varlen_attention`` call launches.
+
+    config.decode: the split-KV decode launch (sequences with 1..decode_query_len new
+    tokens), ``None`` if it does not run; config.prefill likewise for the longer ones.
+    workspace_numel: fp32 elements the decode launch needs as ``workspace``.
+    """
+
+    config: AttentionConfig
+    decode_query_len: int
+    workspace_numel: int
+
+
+def _launches(decode_query_len: int, max_seqlen_q: int) -> tuple[bool, bool]:
+    decode_runs = decode_query_len >= 1
+    return decode_runs, max_seqlen_q > decode_query_len or not decode_runs
+
+
+def plan_launch(
+    problem: AttentionProblem,
+    *,
+    decode_query_len: int | None = None,
+    config: AttentionConfig | None = None,
+    device: Any = None,
+) -> LaunchPlan:
+    """The plan of one call: each launch's configuration from ``config`` where given, else
+    from the tuning table for ``problem`` (on ``device``), else the heuristic."""
+    from . import select_decode_config, select_prefill_config
+
+    config = config or AttentionConfig()
+    dq = resolve_decode_query_len(decode_query_len, problem.max_seqlen_q)
+    decode_runs, prefill_runs = _launches(dq, problem.max_seqlen_q)
+    decode = select_decode_config(problem, config.decode, device=device) if decode_runs else None
+    prefill = select_prefill_config(problem, config.prefill, device=device) if prefill_runs else None
+    return _plan(problem, decode, prefill, dq)
+
+
+def _plan(problem: AttentionProblem, decode: DecodeConfig | None, prefill: PrefillConfig | None, dq: int) -> LaunchPlan:
+    need = 0
+    if decode is not None:
+        need = decode_workspace_numel(
+            problem.num_seqs, problem.num_q_heads, problem.head_dim, decode.num_splits, query_len=dq
+        )
+    return LaunchPlan(AttentionConfig(decode=decode, prefill=prefill), dq, need)
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """What a server fixes at start.
+
+    max_num_seqs: the most sequences in one batch.
+    max_model_len: the longest context.
+    max_num_batched_tokens: the most new tokens in one batch (the chunked-prefill budget).
+    cuda_graphs: decode launches are recorded once per batch size and replayed for any
+    lengths (vLLM's full CUDA graphs).
+    decode_query_len: new tokens per sequence in a decode step: 1, or 1 +
+    num_speculative_tokens with speculative decoding.
+    """
+
+    max_num_seqs: int
+    max_model_len: int
+    max_num_batched_tokens: int
+    cuda_graphs: bool = False
+    decode_query_len: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_seqs", "max_model_len", "max_num_batched_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        resolve_decode_query_len(self.decode_query_len, 1)
+
+
+class ServingPolicy:
+    """Configurations for one model geometry under :class:`ServingLimits`.
+
+    ``geometry``: an :class:`AttentionProblem` whose head counts, head size, dtypes, SM
+    count and interpreter flag are the model's (its batch fields are ignored).
+
+    - decode: with ``cuda_graphs``, pinned per batch size and chosen for ``max_model_len``
+      (table, else heuristic), so a recorded launch stays valid for any context; without,
+      the heuristic for the batch's longest context (a table entry for a new shape could
+      compile a new variant in the middle of serving). Split counts are rounded up to a
+      power of two, which bounds the variants (at most 9 up to 256 splits).
+    - prefill: one configuration per model, for the chunked-prefill budget, for the same
+      reason.
+    """
+
+    def __init__(self, geometry: AttentionProblem, limits: ServingLimits, *, device: Any = None) -> None:
+        if not isinstance(limits, ServingLimits):
+            raise TypeError(f"limits must be a ServingLimits, got {type(limits).__name__}")
+        self.geometry = geometry
+        self.limits = limits
+        self.device = device
+        self.prefill = prefill_heuristic(
+            self._problem(limits.max_num_seqs, limits.max_num_batched_tokens, limits.max_model_len)
+        )
+        self._pinned_by_batch: dict[int, DecodeConfig] = {}
+
+    @classmethod
+    def for_model(
+        cls,
+        *,
+        num_q_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: Any,
+        kv_dtype: Any,
+        limits: ServingLimits,
+        device: Any,
+    ) -> ServingPolicy:
+        """The policy for a model's attention layers on ``device`` (a ``torch.device``; its SM
+        count and whether Triton's interpreter runs are the launcher's facts). ``dtype`` /
+        ``kv_dtype``: torch dtypes or their names, of the queries and of the cache."""
+        import torch
+
+        from .._device import interpreting, num_sms
+
+        geometry = AttentionProblem(
+            num_seqs=1,
+            num_q_heads=num_q_heads,
+            num_kv_heads=num_kv_heads,
+            head_dim=head_dim,
+            max_seqlen_q=1,
+            max_seqlen_k=1,
+            dtype=str(dtype).removeprefix("torch."),
+            kv_dtype=str(kv_dtype).removeprefix("torch."),
+            num_sms=num_sms(torch.device(device)),
+            interpreter=interpreting(),
+        )
+        return cls(geometry, limits, device=device)
+
+    def _problem(self, num_seqs: int, max_seqlen_q: int, max_seqlen_k: int) -> AttentionProblem:
+        return dataclasses.replace(
+            self.geometry, num_seqs=num_seqs, max_seqlen_q=max_seqlen_q, max_seqlen_k=max(max_seqlen_k, 1)
+        )
+
+    def decode(self, num_seqs: int, max_seqlen_k: int) -> DecodeConfig:
+        """The decode configuration for a batch of ``num_seqs`` sequences."""
+        if self.limits.cuda_graphs:
+            return self._pinned(num_seqs)
+        return self._rounded(decode_heuristic(self._problem(num_seqs, 1, max_seqlen_k)))
+
+    def _pinned(self, num_seqs: int) -> DecodeConfig:
+        from . import select_decode_config
+
+        config = self._pinned_by_batch.get(num_seqs)
+        if config is None:
+            problem = self._problem(num_seqs, 1, self.limits.max_model_len)
+            config = self._pinned_by_batch[num_seqs] = self._rounded(select_decode_config(problem, device=self.device))
+        return config
+
+    @staticmethod
+    def _rounded(config: DecodeConfig) -> DecodeConfig:
+        return dataclasses.replace(config, num_splits=1 << (config.num_splits - 1).bit_length())
+
+    def plan(self, num_seqs: int, max_seqlen_q: int, max_seqlen_k: int) -> LaunchPlan:
+        """The plan for one batch (host values only: no tensor is read)."""
+        dq = self.limits.decode_query_len
+        decode_runs, prefill_runs = _launches(dq, max_seqlen_q)
+        decode = self.decode(num_seqs, max_seqlen_k) if decode_runs else None
+        prefill = self.prefill if prefill_runs else None
+        return _plan(self._problem(num_seqs, max_seqlen_q, max_seqlen_k), decode, prefill, dq)
+
+    def max_workspace_numel(self) -> int:
+        """The workspace every batch up to ``max_num_seqs`` fits in (allocate it once)."""
+        g, lim = self.geometry, self.limits
+        return max(
+            decode_workspace_numel(
+                n,
+                g.num_q_heads,
+                g.head_dim,
+                self.decode(n, lim.max_model_len).num_splits,
+                query_len=lim.decode_query_len,
+            )
+            for n in range(1, lim.max_num_seqs + 1)
+        )
