@@ -14,12 +14,12 @@ import torch
 pytest.importorskip("vllm")
 pytest.importorskip("vllm_triton_plugin")
 
-from vllm.config import CUDAGraphMode  # noqa: E402
-from vllm.v1.kv_cache_interface import FullAttentionSpec  # noqa: E402
-from vllm_triton_plugin.backend import TritonAttentionMetadataBuilder  # noqa: E402
+from vllm.config import CUDAGraphMode
+from vllm.v1.kv_cache_interface import FullAttentionSpec
 
-from attn_bench.problems import Problem  # noqa: E402
-from attn_bench.providers.ours import launch_plan, serving_limits  # noqa: E402
+from attn_bench.problems import Problem
+from attn_bench.providers.ours import launch_plan, serving_limits
+from vllm_triton_plugin.backend import TritonAttentionMetadataBuilder
 
 DEVICE = torch.device("cpu")
 GEOMETRY = dict(num_q_heads=8, num_kv_heads=2, head_dim=64, dtype="float16", kv_dtype="float16")
