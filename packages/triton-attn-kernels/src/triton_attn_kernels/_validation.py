@@ -155,17 +155,17 @@ def byte_range(t: torch.Tensor) -> tuple[int, int]:
     return lo, hi + t.element_size()
 
 
-def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
-    # Byte ranges, not element sets: two views interleaved in one buffer (out = buf[..., :d],
-    # q = buf[..., d:]) count as overlapping. That costs nothing to decide, and no caller
-    # needs such a layout for a tensor that one kernel writes while others read.
-    (a0, a1), (b0, b1) = byte_range(a), byte_range(b)
-    return a0 < b1 and b0 < a1
+def _storage_span(t: torch.Tensor) -> tuple[int, int]:
+    s = t.untyped_storage()
+    p = s.data_ptr()
+    return p, p + s.nbytes()
 
 
 def _self_overlapping(t: torch.Tensor) -> bool:
     """Whether two elements of ``t`` may share memory (a zero stride, or strides too small
     for the sizes); decided from shape and strides alone, conservatively."""
+    if t.is_contiguous():
+        return False
     reach = 1  # elements spanned by the dimensions taken so far, smallest stride first
     for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape, strict=True) if sz > 1):
         if stride < reach:
@@ -175,14 +175,31 @@ def _self_overlapping(t: torch.Tensor) -> bool:
 
 
 def not_overlapping(name: str, t: torch.Tensor, **others: torch.Tensor | None) -> None:
-    """A tensor a kernel writes: its elements distinct, sharing no memory with ``others``."""
+    """A tensor a kernel writes: its elements distinct, sharing no memory with ``others``.
+
+    Tensors of different allocations never share memory, so the byte ranges of the elements
+    are compared only when the storages' spans meet (views of one allocation). Byte ranges,
+    not element sets: two views interleaved in one buffer (``out = buf[..., :d]``,
+    ``q = buf[..., d:]``) count as sharing memory; no caller needs such a layout for a tensor
+    one kernel writes while it reads the other. Costs about a microsecond per pair."""
     if _self_overlapping(t):
         raise ValueError(
             f"{name} must not have overlapping elements (a zero stride or strides too small for "
             f"shape {tuple(t.shape)}), got strides {t.stride()}"
         )
+    if t.numel() == 0:
+        return
+    t0, t1 = _storage_span(t)
+    mine: tuple[int, int] | None = None
     for other_name, other in others.items():
-        if other is not None and _overlap(t, other):
+        if other is None or other.numel() == 0:
+            continue
+        o0, o1 = _storage_span(other)
+        if not (t0 < o1 and o0 < t1):
+            continue
+        mine = mine or byte_range(t)
+        b0, b1 = byte_range(other)
+        if mine[0] < b1 and b0 < mine[1]:
             raise ValueError(
                 f"{name} must not share memory with {other_name} (it is written while {other_name} is read)"
             )
