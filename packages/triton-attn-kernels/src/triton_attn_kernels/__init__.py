@@ -7,12 +7,14 @@ The whole public API::
     varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, *, ...)
     merge_attention_states(out_a, lse_a, out_b, lse_b, *, out=None)
     write_kv_cache(key, value, k_cache, v_cache, slot_mapping, *, ...)
+    compiled_variants()             kernel variants compiled in this process, per kernel
     triton_attn_kernels.reference   fp32 PyTorch ground truth of all three
     triton_attn_kernels.tuning      launch configurations, heuristics and tables
 """
 
 from ._validation import SUPPORTED_HEAD_DIMS
 from .attention import MAX_DECODE_QUERY_LEN, decode_workspace_numel, paged_attention, varlen_attention
+from .compiled import compiled_variants
 from .kv_cache import write_kv_cache
 from .merge import merge_attention_states
 from .tuning import AttentionConfig, DecodeConfig, KVWriteConfig, PrefillConfig
@@ -27,6 +29,7 @@ __all__ = [
     "KVWriteConfig",
     "PrefillConfig",
     "__version__",
+    "compiled_variants",
     "decode_workspace_numel",
     "merge_attention_states",
     "paged_attention",

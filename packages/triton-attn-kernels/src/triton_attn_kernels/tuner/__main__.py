@@ -5,6 +5,7 @@
     show [PATH ...]           print tables as text (default: list the tables found)
     import-dejavu PATH --kernel KERNEL [--device NAME] [--out DIR]   convert a triton-dejavu cache.json
     schema                    print the JSON Schema (dejavu_data/schema.json)
+    precompile --num-q-heads 32 --num-kv-heads 8 --head-dim 128 ...   warm Triton's cache for a server
 
 See docs/tuning.md.
 """
@@ -190,6 +191,55 @@ def cmd_import_dejavu(args: argparse.Namespace) -> int:
     return 0
 
 
+# vLLM's cache dtype names beside torch's; "auto" is the model dtype.
+_VLLM_KV = {"fp8": "float8_e4m3fn", "fp8_e4m3": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2"}
+
+
+def cmd_precompile(args: argparse.Namespace) -> int:
+    from .._device import interpreting
+    from ..tuning import ServingLimits, ServingPolicy
+    from .warmup import Features, precompile, serving_variants
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu" and not interpreting():
+        raise ValueError("no GPU: precompile compiles for the GPU it runs on (TRITON_INTERPRET=1 only rehearses)")
+    kv_dtype = args.dtype if args.kv_dtype == "auto" else _VLLM_KV.get(args.kv_dtype, args.kv_dtype)
+    policy = ServingPolicy.for_model(
+        num_q_heads=args.num_q_heads,
+        num_kv_heads=args.num_kv_heads,
+        head_dim=args.head_dim,
+        dtype=args.dtype,
+        kv_dtype=kv_dtype,
+        limits=ServingLimits(
+            max_num_seqs=args.max_num_seqs,
+            max_model_len=args.max_model_len,
+            max_num_batched_tokens=args.max_num_batched_tokens or args.max_model_len,
+            cuda_graphs=bool(args.cuda_graph_sizes),
+            decode_query_len=args.decode_query_len,
+        ),
+        device=device,
+    )
+    features = Features(sliding_window=args.sliding_window, softcap=args.softcap, alibi=args.alibi, sinks=args.sinks)
+    if args.dry_run:
+        for v in serving_variants(policy):
+            print(f"{v.kind:8s} {v.config}")
+        return 0
+    report = precompile(
+        policy,
+        block_size=args.block_size,
+        num_blocks=args.num_blocks,
+        features=features,
+        echo=lambda s: print(s, flush=True),
+    )
+    kinds = {k: sum(v.kind == k for v in report.variants) for k in ("decode", "prefill", "kv_write")}
+    print(
+        f"{len(report.variants)} configurations ({', '.join(f'{n} {k}' for k, n in kinds.items())}), "
+        f"{report.calls} launches in {report.seconds:.1f} s; compiled variants in this process: "
+        f"{sum(report.compiled.values())} {report.compiled}"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m triton_attn_kernels.tuner", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -237,6 +287,37 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("schema", help="print the JSON Schema of a table")
     p.set_defaults(fn=lambda a: print(json.dumps(build_schema(), indent=2)) or 0)
+
+    p = sub.add_parser(
+        "precompile",
+        help="compile every kernel variant a server of this model geometry launches (fills TRITON_CACHE_DIR)",
+    )
+    p.add_argument("--num-q-heads", type=int, required=True, help="per GPU: the model's divided by tensor parallelism")
+    p.add_argument("--num-kv-heads", type=int, required=True, help="per GPU, as --num-q-heads")
+    p.add_argument("--head-dim", type=int, required=True)
+    p.add_argument("--dtype", default="bfloat16", choices=list(_DTYPES))
+    p.add_argument(
+        "--kv-dtype", default="auto", choices=["auto", *_KV_DTYPES, *_VLLM_KV], help="cache dtype; auto: --dtype"
+    )
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-model-len", type=int, required=True)
+    p.add_argument("--max-num-batched-tokens", type=int, default=None, help="default: --max-model-len")
+    p.add_argument(
+        "--cuda-graph-sizes",
+        type=int,
+        nargs="*",
+        default=[1],
+        help="vLLM's capture sizes; none given (the flag alone): no full CUDA graphs (enforce_eager)",
+    )
+    p.add_argument("--decode-query-len", type=int, default=1, help="1 + num_speculative_tokens")
+    p.add_argument("--num-blocks", type=int, default=None, help="KV-cache blocks if known; else both classes")
+    p.add_argument("--sliding-window", type=int, default=None)
+    p.add_argument("--softcap", type=float, default=None)
+    p.add_argument("--alibi", action="store_true")
+    p.add_argument("--sinks", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="list the configurations only")
+    p.set_defaults(fn=cmd_precompile)
 
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,50 @@
+"""How many kernel variants this process has compiled, per kernel.
+
+Triton compiles one binary per distinct specialisation of a ``@triton.jit`` function: its
+``tl.constexpr`` values (the launch configuration and the feature flags), the dtypes of its
+tensors, ``num_warps``/``num_stages``, and for integer and pointer arguments whether they
+equal 1 or are multiples of 16. A server pays a compile (or an on-disk cache load) for each
+one the first time it is launched, so the count after start says what a cold start cost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._kernels.attention import attention_kernel, merge_kernel, merge_states_kernel
+from ._kernels.kv_cache import write_kv_kernel
+
+__all__ = ["KERNELS", "compiled_variants"]
+
+# The kernels a launcher of this package starts (device functions they call are inlined).
+KERNELS: dict[str, Any] = {
+    "attention": attention_kernel,
+    "merge": merge_kernel,
+    "merge_states": merge_states_kernel,
+    "write_kv": write_kv_kernel,
+}
+
+
+def _count(fn: Any) -> int:
+    # Triton >= 3.2 (3.6 and 3.9 included): device -> (kernels by key, key cache, target,
+    # backend, binder). A compile in flight (async mode) already holds its slot.
+    device_caches = getattr(fn, "device_caches", None)
+    if device_caches is not None:
+        return sum(len(entry[0]) for entry in list(device_caches.values()))
+    # Older releases: device -> {key: compiled kernel}.
+    cache = getattr(fn, "cache", None)
+    if isinstance(cache, dict):
+        return sum(len(kernels) for kernels in cache.values() if isinstance(kernels, dict))
+    # Triton's interpreter (TRITON_INTERPRET=1) runs the Python source and compiles nothing.
+    return 0
+
+
+def compiled_variants() -> dict[str, int]:
+    """Compiled variants per kernel in this process, over all devices, e.g.
+    ``{"attention": 9, "merge": 4, "merge_states": 0, "write_kv": 1}``.
+
+    Counts what Triton holds in memory: a variant loaded from the on-disk cache counts like
+    one compiled here. Under Triton's interpreter nothing is compiled and every count is 0.
+    Reads Triton's dictionaries only: cheap enough to call at any time.
+    """
+    return {name: _count(fn) for name, fn in KERNELS.items()}
