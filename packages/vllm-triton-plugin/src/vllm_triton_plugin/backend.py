@@ -11,6 +11,8 @@ split-KV workspace; ``forward`` neither allocates nor reads device values on the
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -30,6 +32,7 @@ from triton_attn_kernels import (
     MAX_DECODE_QUERY_LEN,
     SUPPORTED_HEAD_DIMS,
     AttentionConfig,
+    compiled_variants,
     paged_attention,
     varlen_attention,
     write_kv_cache,
@@ -56,6 +59,25 @@ FP8_CACHE_DTYPES = {
 }
 ENCODER_TYPES = (AttentionType.ENCODER, AttentionType.ENCODER_ONLY)
 SUPPORTED_ATTN_TYPES = (AttentionType.DECODER, *ENCODER_TYPES)
+
+logger = logging.getLogger("vllm.plugins.triton_attn")
+_start_reported = False
+
+
+def _report_start_variants() -> None:
+    """Once per process, at the first real batch (engine start, warm-up and CUDA-graph
+    capture are over): how many kernel variants start compiled or loaded from Triton's cache."""
+    global _start_reported
+    if _start_reported:
+        return
+    _start_reported = True
+    counts = compiled_variants()
+    logger.info(
+        "Triton attention: %d kernel variants compiled or loaded during engine start (%s)%s.",
+        sum(counts.values()),
+        ", ".join(f"{k} {n}" for k, n in counts.items()),
+        "; Triton's interpreter compiles none" if os.environ.get("TRITON_INTERPRET", "0") == "1" else "",
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -97,6 +119,7 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
     _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.ALWAYS
     # The kernels take sequences in any order: no decode-first reordering needed.
     reorder_batch_threshold: int | None = None
+    _capturing: bool = False
 
     def __init__(
         self,
@@ -141,12 +164,22 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         need = self.policy.max_workspace_numel()
         self.workspace = torch.empty(need, dtype=torch.float32, device=device) if need else None
 
+    def build_for_cudagraph_capture(self, common_attn_metadata: CommonAttentionMetadata) -> TritonAttentionMetadata:
+        # Capture belongs to engine start: only a real batch's build reports the start.
+        self._capturing = True
+        try:
+            return super().build_for_cudagraph_capture(common_attn_metadata)
+        finally:
+            self._capturing = False
+
     def build(
         self,
         common_prefix_len: int,
         common_attn_metadata: CommonAttentionMetadata,
         fast_build: bool = False,
     ) -> TritonAttentionMetadata:
+        if not self._capturing:
+            _report_start_variants()
         cm = common_attn_metadata
         if not isinstance(cm.causal, bool):
             raise NotImplementedError("per-request causal masks are not supported by the Triton attention backend")
