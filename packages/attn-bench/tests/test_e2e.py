@@ -31,6 +31,19 @@ FAKE_VLLM = textwrap.dedent(
             self.model = model
             if self.backend == "BROKEN":
                 raise RuntimeError("backend BROKEN is not registered")
+            journal = os.environ.get("FAKE_JOURNAL")
+            if journal:
+                # What a compile cache would see: empty (cold) or filled by an earlier start.
+                dirs = {v: os.environ.get(v, "") for v in ("TRITON_CACHE_DIR", "VLLM_CACHE_ROOT",
+                        "TORCHINDUCTOR_CACHE_DIR", "CUDA_CACHE_PATH")}
+                filled = all(os.path.exists(os.path.join(d, "kernel.bin")) for d in dirs.values())
+                with open(journal, "a") as f:
+                    f.write(json.dumps({"backend": self.backend, "dirs": dirs, "warm": filled}) + "\\n")
+                for d in dirs.values():
+                    os.makedirs(d, exist_ok=True)
+                    open(os.path.join(d, "kernel.bin"), "w").close()
+                if self.backend == "CUSTOM":
+                    print("INFO Triton attention: 7 kernel variants compiled or loaded during engine start (x)")
 
         def apply_model(self, fn):
             # vLLM-style parameter names at toy width; the config's layer count.
@@ -102,6 +115,67 @@ def test_e2e_folders_merge_with_agreement_across_them(tmp_path, monkeypatch):
     )
     rows = {r["label"]: r for r in _read(tmp_path / "m" / "e2e.csv")}
     assert rows["TRITON_ATTN"]["reference"] == "FLASH_ATTN" and float(rows["TRITON_ATTN"]["agree_prefix"]) == 0.5
+
+
+def test_cold_start_gives_each_backend_fresh_caches_then_keeps_them(tmp_path, monkeypatch):
+    fake = tmp_path / "fake"
+    (fake / "vllm").mkdir(parents=True)
+    (fake / "vllm" / "__init__.py").write_text(FAKE_VLLM)
+    monkeypatch.setenv("PYTHONPATH", f"{fake}")
+    journal = tmp_path / "journal.jsonl"
+    monkeypatch.setenv("FAKE_JOURNAL", str(journal))
+    # The caller's own cache settings must not leak into the measured starts.
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "user-triton"))
+    out = tmp_path / "e2e"
+    opts = e2e.E2EOptions(backends=["ours", "FLASH_ATTN"], workloads=["tiny"], out=out, timeout_s=120, cold_start=True)
+    assert e2e.run_e2e(opts) == 0
+    starts = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert [(s["backend"], s["warm"]) for s in starts] == [
+        ("CUSTOM", False), ("CUSTOM", True), ("FLASH_ATTN", False), ("FLASH_ATTN", True)
+    ]  # fmt: skip
+    ours, peer = starts[0]["dirs"], starts[2]["dirs"]
+    assert starts[1]["dirs"] == ours and starts[3]["dirs"] == peer
+    assert not set(ours.values()) & set(peer.values()), "backends must not share a cache"
+    assert all(str(out) in d for d in (*ours.values(), *peer.values()))
+    rows = {r["label"]: r for r in _read(out / "e2e.csv")}
+    assert set(rows) == {"ours", "FLASH_ATTN"} and all(r["caches"] == "own" for r in rows.values())
+    for r in rows.values():
+        assert float(r["init_cold_s"]) > 0 and float(r["init_s"]) > 0
+        assert float(r["first_batch_cold_s"]) > 0 and float(r["first_batch_s"]) > 0
+    assert (rows["ours"]["variants"], rows["FLASH_ATTN"]["variants"]) == ("7", "-1")
+    md = (out / "e2e.md").read_text()
+    assert "## Engine start" in md and "| ours |" in md.split("## Engine start")[1]
+
+
+def test_cold_start_failure_is_reported_and_skips_the_warm_run(tmp_path, monkeypatch):
+    fake = tmp_path / "fake"
+    (fake / "vllm").mkdir(parents=True)
+    (fake / "vllm" / "__init__.py").write_text(FAKE_VLLM)
+    monkeypatch.setenv("PYTHONPATH", f"{fake}")
+    out = tmp_path / "e2e"
+    opts = e2e.E2EOptions(backends=["bad=BROKEN"], workloads=["tiny"], out=out, timeout_s=120, cold_start=True)
+    assert e2e.run_e2e(opts) == 1
+    runs = json.loads((out / "runs.json").read_text())["runs"]
+    assert [(r["phase"], r["status"]) for r in runs] == [("cold", "error"), ("warm", "error")]
+    assert "cold start failed" in runs[1]["detail"] and not (out / "log-bad-1.txt").exists()
+    (row,) = _read(out / "e2e.csv")
+    assert row["status"] == "error"
+
+
+def test_cache_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/user/triton")
+    env = e2e._env("FLASH_ATTN", tmp_path / "c")
+    assert {k: env[k] for k in e2e.CACHE_VARIABLES} == {
+        "TRITON_CACHE_DIR": str(tmp_path / "c" / "triton"),
+        "VLLM_CACHE_ROOT": str(tmp_path / "c" / "vllm"),
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "c" / "inductor"),
+        "CUDA_CACHE_PATH": str(tmp_path / "c" / "cuda"),
+    }
+    assert env["VLLM_PLUGINS"] == ""
+    assert e2e._env("CUSTOM")["TRITON_CACHE_DIR"] == "/user/triton"  # shared: the caller's caches
+    log = "(Worker_TP0) INFO Triton attention: 9 kernel variants compiled or loaded during engine start (a 9)\n"
+    log += "(Worker_TP1) INFO Triton attention: 11 kernel variants compiled or loaded during engine start (a 11)\n"
+    assert e2e.start_variants(log) == 11 and e2e.start_variants("nothing") == -1
 
 
 def test_prompts_are_deterministic_and_ordinary_tokens():

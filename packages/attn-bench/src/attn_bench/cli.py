@@ -4,7 +4,7 @@ attn-bench run SUITE... [--providers P,...] [--out DIR] [--quick] [--max-cases N
 attn-bench list
 attn-bench plot RESULTS.csv [--out DIR]
 attn-bench compare OLD.csv NEW.csv [--threshold 0.05] [--fail-on-regression]
-attn-bench e2e [--backends ours,FLASH_ATTN,...] [--workload NAME ...] [--out DIR]
+attn-bench e2e [--backends ours,FLASH_ATTN,...] [--workload NAME ...] [--out DIR] [--cold-start]
 attn-bench merge DIR... --out DIR
 attn-bench anchors [RESULTS.csv] [--e2e E2E.csv]
 attn-bench check-vllm [--engines triton flash_attn ...] [--kv-cache-dtype fp8] [--serve] ...
@@ -124,6 +124,7 @@ def _cmd_e2e(a: argparse.Namespace) -> int:
             extra=a.engine_arg or [],
             reference=a.reference,
             weights=a.weights,
+            cold_start=a.cold_start,
         )
     )
 
@@ -207,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["sharp", "dummy"],
         default="sharp",
         help="sharp (default): redraw the dummy weights so greedy tokens are comparable (attn_bench.weights)",
+    )
+    e.add_argument(
+        "--cold-start",
+        action="store_true",
+        help="per backend: start once with fresh compile caches of its own (cold), then run with them kept (warm)",
     )
     e.set_defaults(func=_cmd_e2e)
 

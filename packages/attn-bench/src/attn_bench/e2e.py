@@ -17,6 +17,14 @@ every process; speed does not depend on the values), which keep greedy argmax aw
 The function reaches vLLM's engine process through ``apply_model``, which needs
 ``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` (set for the worker only).
 
+Engine start (``--cold-start``): each backend first starts an engine with fresh cache
+folders of its own (Triton's, vLLM's torch.compile cache, inductor's, CUDA's PTX cache:
+:data:`CACHE_VARIABLES`), which measures a cold start as on a new machine; then the measured
+engine starts again with those folders kept, the warm figure. Both runs time ``LLM(...)``
+and a first small batch (kernels compiled on first use land there), and the Triton-only
+plugin's log line gives the kernel variants the start compiled or loaded. Without the
+option every backend uses the caller's caches, so whoever runs first pays for the others.
+
 Results of several invocations with the same ``--out`` accumulate there (run backends one
 at a time if each command must stay short).
 """
@@ -28,6 +36,7 @@ import datetime as dt
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -58,6 +67,17 @@ DEFAULT_WORKLOADS = ("256x1024-256", "64x8192-512", "1x500-4096")
 BACKENDS = {"ours": "CUSTOM"}
 PROMPT_SEED = 1234
 TOKEN_RANGE = (1000, 128000)  # ordinary (non-special) Llama-3 token ids
+# Compile caches an engine start reads and fills -> folder name under a backend's cache root.
+CACHE_VARIABLES = {
+    "TRITON_CACHE_DIR": "triton",
+    "VLLM_CACHE_ROOT": "vllm",
+    "TORCHINDUCTOR_CACHE_DIR": "inductor",
+    "CUDA_CACHE_PATH": "cuda",
+}
+# The plugin's report at its first batch (vllm_triton_plugin.backend).
+_VARIANTS_LINE = re.compile(r"Triton attention: (\d+) kernel variants compiled or loaded during engine start")
+# The first batch after start: 4 short requests.
+FIRST_BATCH = Workload(4, 256, 8)
 
 
 @dataclass
@@ -70,6 +90,7 @@ class E2EOptions:
     extra: list[str] = field(default_factory=list)
     reference: str | None = None
     weights: str = "sharp"  # "sharp": redraw (attn_bench.weights); "dummy": vLLM's as loaded
+    cold_start: bool = False  # per backend: a start with fresh caches, then the run with them kept
 
 
 @dataclass
@@ -87,6 +108,11 @@ class E2ERow:
     output_tok_s: float = float("nan")
     ms_per_step: float = float("nan")  # elapsed / output_len: per-token latency for 1 request
     init_s: float = float("nan")
+    first_batch_s: float = float("nan")  # the first small batch after start (--cold-start runs)
+    caches: str = "shared"  # "shared": the caller's; "own": fresh for this backend, warmed by its cold start
+    init_cold_s: float = float("nan")  # LLM(...) with empty caches
+    first_batch_cold_s: float = float("nan")
+    variants: int = -1  # kernel variants the plugin reported at start (this run's); -1: none reported
     reference: str = ""
     agree_first16: float = float("nan")  # share of requests whose first 16 tokens equal the reference's
     agree_prefix: float = float("nan")  # mean share of each output before the first divergence
@@ -119,10 +145,22 @@ def model_config(model: str = "llama-3.1-8b") -> dict[str, Any]:
     return json.loads((Path(model_dir(model)) / "config.json").read_text())
 
 
-def _env(backend: str) -> dict[str, str]:
+def cache_env(root: Path) -> dict[str, str]:
+    """The compile-cache variables pointing into ``root`` (one folder per cache)."""
+    return {var: str(root / name) for var, name in CACHE_VARIABLES.items()}
+
+
+def start_variants(log: str) -> int:
+    """The kernel variants the plugin reported at start in a worker's log; the largest
+    where several processes reported (tensor parallelism); -1 if none did."""
+    return max((int(m) for m in _VARIANTS_LINE.findall(log)), default=-1)
+
+
+def _env(backend: str, caches: Path | None = None) -> dict[str, str]:
     """Peers run on stock vLLM: ``VLLM_PLUGINS=""`` keeps our plugin (and its platform) out of
     their process even where it is installed. Ours (CUSTOM, or ``auto``) keeps the plugins.
-    A ``VLLM_PLUGINS`` set by the caller is left as it is."""
+    A ``VLLM_PLUGINS`` set by the caller is left as it is. ``caches``: every compile cache
+    in that folder (:func:`cache_env`), whatever the caller's environment says."""
     # The model is a local config.json: nothing to fetch, and a machine without network
     # should not wait on Hub retries.
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **os.environ, "PYTHONHASHSEED": "0"}
@@ -130,6 +168,8 @@ def _env(backend: str) -> dict[str, str]:
     env["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
     if backend not in ("CUSTOM", "auto") and "VLLM_PLUGINS" not in os.environ:
         env["VLLM_PLUGINS"] = ""
+    if caches is not None:
+        env.update(cache_env(caches))
     return env
 
 
@@ -177,6 +217,15 @@ def _worker(spec_path: str) -> None:
             for kind, n in counts.items():
                 drawn[kind] = drawn.get(kind, 0) + n
         check_counts(drawn, layers)
+    first_batch_s = float("nan")
+    if spec.get("phase"):
+        first = [{"prompt_token_ids": p} for p in prompts(FIRST_BATCH, seed=PROMPT_SEED + 2)]
+        t = time.perf_counter()
+        llm.generate(
+            first, SamplingParams(temperature=0.0, max_tokens=FIRST_BATCH.output_len, ignore_eos=True, detokenize=False),
+            use_tqdm=False,
+        )  # fmt: skip
+        first_batch_s = time.perf_counter() - t
     results = []
     for name in spec["workloads"]:
         w = WORKLOADS[name]
@@ -200,6 +249,7 @@ def _worker(spec_path: str) -> None:
         json.dumps(
             {
                 "init_s": init_s,
+                "first_batch_s": first_batch_s,
                 "weights": drawn or "dummy",
                 "results": results,
                 "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
@@ -266,6 +316,7 @@ def _write(rows: list[E2ERow], out: Path) -> None:
             f"| {r.workload} | {r.label} | {r.total_tok_s:,.0f} | {r.output_tok_s:,.1f} | {r.ms_per_step:.2f} "
             f"| {rel:.2f} | {agree} | ok |"
         )
+    lines += _start_table(rows)
     if rows:
         lines += [
             "",
@@ -274,16 +325,63 @@ def _write(rows: list[E2ERow], out: Path) -> None:
     (out / "e2e.md").write_text("\n".join(lines) + "\n")
 
 
+def _start_table(rows: list[E2ERow]) -> list[str]:
+    """Engine start per backend, from the rows of --cold-start runs (one line per label)."""
+    seen: dict[str, E2ERow] = {}
+    for r in rows:
+        if r.caches == "own" and r.status == "ok":
+            seen.setdefault(r.label, r)
+    if not seen:
+        return []
+    first = next(iter(seen.values()))
+
+    def rel(a: float, b: float) -> str:
+        return f"{a / b:.2f}" if a == a and b == b and b > 0 else "-"
+
+    lines = [
+        "",
+        "## Engine start",
+        "",
+        "`LLM(...)` to ready, each backend with compile caches of its own: cold = empty caches, warm = the same",
+        "caches again; first batch = 4 x (256 in, 8 out) right after start. Variants: kernel variants the",
+        "Triton-only plugin reported compiled or loaded at start.",
+        "",
+        "| backend | cold start s | warm start s | cold vs first | warm vs first | first batch cold s | first batch warm s | variants |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, r in seen.items():
+        variants = str(r.variants) if r.variants >= 0 else "-"
+        lines.append(
+            f"| {label} | {r.init_cold_s:.1f} | {r.init_s:.1f} | {rel(r.init_cold_s, first.init_cold_s)} "
+            f"| {rel(r.init_s, first.init_s)} | {r.first_batch_cold_s:.2f} | {r.first_batch_s:.2f} | {variants} |"
+        )
+    return lines
+
+
 def _collect(out: Path, reference: str | None) -> list[E2ERow]:
     """Rows from every run recorded in ``out/runs.json`` (earlier invocations included); a
     later run of the same (backend label, workload) replaces an earlier one."""
     runs = json.loads((out / "runs.json").read_text())["runs"] if (out / "runs.json").exists() else []
     tokens: dict[tuple[str, str], list[list[int]]] = {}
     by_key: dict[tuple[str, str], E2ERow] = {}
+    cold: dict[str, dict[str, Any]] = {}  # label -> its latest cold start
     for info in runs:
         label = info["label"]
         res_path = out / info["result"]
-        common = {"git_sha": info.get("git_sha", ""), "timestamp": info.get("timestamp", "")}
+        if info.get("phase") == "cold":
+            res = json.loads(res_path.read_text()) if info["status"] == "ok" and res_path.exists() else {}
+            cold[label] = {
+                "init_cold_s": res.get("init_s", float("nan")),
+                "first_batch_cold_s": res.get("first_batch_s", float("nan")),
+            }
+            continue
+        common = {
+            "git_sha": info.get("git_sha", ""),
+            "timestamp": info.get("timestamp", ""),
+            "caches": info.get("caches", "shared"),
+            "variants": info.get("variants", -1),
+            **(cold.get(label, {}) if info.get("phase") == "warm" else {}),
+        }
         if info["status"] != "ok" or not res_path.exists():
             for name in info["workloads"]:
                 w = WORKLOADS[name]
@@ -311,6 +409,7 @@ def _collect(out: Path, reference: str | None) -> list[E2ERow]:
                 output_tok_s=w.num_requests * w.output_len / el,
                 ms_per_step=1e3 * el / w.output_len,
                 init_s=res["init_s"],
+                first_batch_s=res.get("first_batch_s", float("nan")),
                 device=res.get("device", ""),
                 vllm=res.get("vllm", ""),
                 torch=res.get("torch", ""),
@@ -331,6 +430,41 @@ def _collect(out: Path, reference: str | None) -> list[E2ERow]:
             tokens[(ref, r.workload)], tokens[(r.label, r.workload)]
         )
     return rows
+
+
+def _run_worker(spec: dict[str, Any], spec_path: Path, log: Path, timeout_s: float, caches: Path | None) -> dict:
+    """One engine in a subprocess; its status, a detail on failure, and the start's variants."""
+    spec_path.write_text(json.dumps(spec, indent=2))
+    what = {"cold": ", start with empty caches", "warm": ", start with its caches warm"}.get(spec["phase"], "")
+    workloads = ", ".join(spec["workloads"]) or "no workloads"
+    print(
+        f"[e2e] {spec['label']} (attention backend {spec['backend']}{what}): {workloads}  log: {log}",
+        file=sys.stderr,
+        flush=True,
+    )
+    t0 = time.perf_counter()
+    status, detail, rc = "ok", "", None
+    with open(log, "w") as f:
+        try:
+            rc = subprocess.run(
+                [sys.executable, "-m", "attn_bench.e2e", "--worker", str(spec_path)],
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                timeout=timeout_s,
+                env=_env(spec["backend"], caches),
+            ).returncode
+            if rc != 0 or not Path(spec["result"]).exists():
+                status = "error"
+        except subprocess.TimeoutExpired:
+            status, detail = "error", f"timed out after {timeout_s:.0f}s"
+    text = log.read_text(errors="replace")
+    if status != "ok":
+        tail = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
+        print("\n".join(["[e2e] last lines of " + str(log), *tail[-25:]]), file=sys.stderr, flush=True)
+        if not detail:
+            detail = (tail[-1].strip() if tail else f"exit status {rc}")[-300:]
+    print(f"[e2e] {spec['label']}: {status} in {time.perf_counter() - t0:.0f}s {detail}", file=sys.stderr, flush=True)
+    return {"status": status, "detail": detail, "variants": start_variants(text)}
 
 
 def run_e2e(opts: E2EOptions) -> int:
@@ -363,59 +497,46 @@ def run_e2e(opts: E2EOptions) -> int:
     ok = True
     for spec_str in opts.backends:
         label, backend = _parse_backend(spec_str)
-        tag = f"{label}-{len(meta['runs'])}"
-        result = out / f"result-{tag}.json"
-        spec = {
-            "label": label,
-            "backend": backend,
-            "model": model,
-            "workloads": names,
-            "extra": extra,
-            "result": str(result.resolve()),
-            "weights": opts.weights,
-        }
-        spec_path = out / f"spec-{tag}.json"
-        spec_path.write_text(json.dumps(spec, indent=2))
-        log = out / f"log-{tag}.txt"
-        print(
-            f"[e2e] {label} (attention backend {backend}): {', '.join(names)}  log: {log}", file=sys.stderr, flush=True
-        )
-        t0 = time.perf_counter()
-        status, detail = "ok", ""
-        with open(log, "w") as f:
-            try:
-                proc = subprocess.run(
-                    [sys.executable, "-m", "attn_bench.e2e", "--worker", str(spec_path)],
-                    stdout=f,
-                    stderr=subprocess.STDOUT,
-                    timeout=opts.timeout_s,
-                    env=_env(backend),
-                )
-                if proc.returncode != 0 or not result.exists():
-                    status = "error"
-            except subprocess.TimeoutExpired:
-                status, detail = "error", f"timed out after {opts.timeout_s:.0f}s"
-        if status != "ok":
-            tail = [ln.rstrip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-            print("\n".join(["[e2e] last lines of " + str(log), *tail[-25:]]), file=sys.stderr, flush=True)
-            if not detail:
-                detail = (tail[-1].strip() if tail else f"exit status {proc.returncode}")[-300:]
-        ok &= status == "ok"
-        print(f"[e2e] {label}: {status} in {time.perf_counter() - t0:.0f}s {detail}", file=sys.stderr, flush=True)
-        meta["runs"].append(
-            {
+        caches = None
+        phases = [("", names)]
+        if opts.cold_start:
+            # A folder no earlier run used: the first start fills it, the second reads it.
+            caches = (out / "caches" / f"{label}-{len(meta['runs'])}").resolve()
+            phases = [("cold", []), ("warm", names)]
+        cold_ok = True
+        for phase, workloads in phases:
+            tag = f"{label}-{len(meta['runs'])}"
+            spec = {
                 "label": label,
                 "backend": backend,
-                "workloads": names,
-                "status": status,
-                "detail": detail,
-                "result": result.name,
-                "git_sha": sha,
-                "timestamp": stamp,
+                "model": model,
+                "workloads": workloads,
+                "extra": extra,
+                "result": str((out / f"result-{tag}.json").resolve()),
+                "weights": opts.weights,
+                "phase": phase,
             }
-        )
-        meta_path.write_text(json.dumps(meta, indent=2))
-        _write(_collect(out, opts.reference), out)
+            if cold_ok:
+                run = _run_worker(spec, out / f"spec-{tag}.json", out / f"log-{tag}.txt", opts.timeout_s, caches)
+            else:  # a warm figure needs the cold start's caches
+                run = {"status": "error", "detail": "not run: the cold start failed", "variants": -1}
+            cold_ok = phase != "cold" or run["status"] == "ok"
+            ok &= run["status"] == "ok"
+            meta["runs"].append(
+                {
+                    **run,
+                    "label": label,
+                    "backend": backend,
+                    "workloads": workloads,
+                    "phase": phase,
+                    "caches": "own" if caches is not None else "shared",
+                    "result": f"result-{tag}.json",
+                    "git_sha": sha,
+                    "timestamp": stamp,
+                }
+            )
+            meta_path.write_text(json.dumps(meta, indent=2))
+            _write(_collect(out, opts.reference), out)
     print((out / "e2e.md").read_text())
     return 0 if ok else 1
 
