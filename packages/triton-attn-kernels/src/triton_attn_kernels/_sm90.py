@@ -23,6 +23,8 @@ from triton.runtime.errors import PTXASError
 from triton_attn_kernels._fallback import alternatives
 from triton_attn_kernels._kernels.attention import attention_kernel, merge_kernel, merge_states_kernel
 from triton_attn_kernels._kernels.kv_cache import write_kv_kernel
+from triton_attn_kernels._kernels.prefill_tma import prefill_tma_kernel
+from triton_attn_kernels._tma import warp_specialize
 
 TARGET = GPUTarget("cuda", 90, 32)
 FLOAT_ARGS = {"scale", "softcap"}
@@ -33,6 +35,8 @@ def signature(fn, constexprs: dict, pointers: dict) -> dict:
     for name in fn.arg_names:
         if name in constexprs:
             sig[name] = "constexpr"
+        elif name.endswith("_desc"):  # host-side tensor descriptors: type and block shape
+            sig[name] = pointers[name]
         elif name.endswith("_ptr"):
             sig[name] = pointers.get(name, "*fp32")
         else:
@@ -111,6 +115,40 @@ def prefill(**kw):
     return attention(**{**launch, **kw})
 
 
+def prefill_tma(hd=128, group=4, causal=True, dtype="bf16", kv=None, tile_n=128, block_size=128, **opts):
+    """The Hopper prefill (``_kernels/prefill_tma.py``): 128 tokens of one head, key tiles of
+    128-slot pages, 4 warps (Triton 3.6 warp-specialises the loop only at 4), 2 stages."""
+    fp8 = kv is not None and kv.startswith("fp8")
+    cx = dict(
+        HEAD_DIM=hd,
+        GROUP=group,
+        BLOCK_M=128,
+        TILE_N=tile_n,
+        BLOCK_SIZE=block_size,
+        CAUSAL=causal,
+        KV_SCALED=fp8,
+        FP8_VIA_F16=fp8 and dtype == "bf16",
+        RETURN_LSE=False,
+        WARP_SPECIALIZE=warp_specialize(),
+        DOT_F32=False,
+    )
+    kv = kv or dtype
+    ptrs = {
+        "q_desc": f"tensordesc<{dtype}[128, {hd}]>",
+        "k_desc": f"tensordesc<{kv}[{tile_n}, {hd}]>",
+        "v_desc": f"tensordesc<{kv}[{tile_n}, {hd}]>",
+        "out_ptr": f"*{dtype}",
+        **{n: "*i32" for n in ("block_table_ptr", "seq_lens_ptr", "cu_seqlens_q_ptr")},
+    }
+    return compile_one(prefill_tma_kernel, cx, ptrs, **{"warps": 4, "stages": 2, **opts})
+
+
+def warp_specialised(kernel) -> bool:
+    """Whether Triton partitioned a loop into producer and consumer warps (their register
+    budgets are set with setmaxnreg)."""
+    return "setmaxnreg" in kernel.asm["ptx"]
+
+
 def kv_write(cache: str):
     fp8 = cache.startswith("fp8")
     cx = dict(
@@ -184,7 +222,24 @@ def merge_states():
     )
 
 
+def prefill_tma_checked(**kw: Any) -> Any:
+    """A TMA prefill variant that must come out warp-specialised where the launcher asks for
+    it (Triton 3.6; see ``_tma.warp_specialize``)."""
+    kernel = prefill_tma(**kw)
+    if warp_specialize() and not warp_specialised(kernel):
+        raise RuntimeError("the key loop was not warp-specialised")
+    return kernel
+
+
 OTHERS: dict[str, Callable[[], Any]] = {
+    "prefill TMA bf16 d128, 64-key tiles of 128-slot pages (warp-specialised on Triton 3.6)": lambda: (
+        prefill_tma_checked(tile_n=64)
+    ),
+    "prefill TMA not causal": lambda: prefill_tma_checked(tile_n=64, causal=False),
+    "prefill TMA fp8 e4m3 KV": lambda: prefill_tma_checked(tile_n=64, kv="fp8e4nv"),
+    "prefill TMA fp16 d64, 8 heads per KV head, 64-slot pages": lambda: prefill_tma_checked(
+        dtype="fp16", hd=64, group=8, tile_n=64, block_size=64
+    ),
     "merge": merge,
     "merge of 8 verification tokens with lse": lambda: compile_one(
         merge_kernel,

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _fallback, debug
+from . import _fallback, _tma, debug
 from . import _validation as check
 from ._device import interpreting
 from ._intmath import cdiv, next_pow2
 from ._kernels.attention import attention_kernel, merge_kernel
-from .tuning import AttentionConfig, AttentionProblem
+from ._kernels.prefill_tma import prefill_tma_kernel
+from .tuning import AttentionConfig, AttentionProblem, PrefillConfig
 from .tuning.policy import MAX_DECODE_QUERY_LEN, decode_workspace_numel, plan_launch
 
 __all__ = ["MAX_DECODE_QUERY_LEN", "decode_workspace_numel", "paged_attention", "varlen_attention"]
@@ -288,14 +289,85 @@ def _launch(
                 num_warps=4,
             )
     if pcfg is not None:
-        _fallback.launch(
-            lambda tile_n, warps, stages: run(
-                block_m, block_q, tile_n, 1, False, q_programs, warps, stages, pcfg.prefetch_pages, out, out
-            ),
-            (pcfg.tile_n, pcfg.num_warps, pcfg.num_stages),
-            lambda: ("prefill", block_m, pcfg.prefetch_pages, *specialisation()),
-        )
+        plain = feats.window is None and feats.softcap is None and feats.alibi is None and feats.sinks is None
+        rows = None
+        if pcfg.tma and paged:
+            rows = _tma.qualifies(q, k, v, tile_n=pcfg.tile_n, features_plain=plain)
+        if rows is not None and block_table is not None and seq_lens is not None:
+            _launch_tma(q, k, v, out, lse, rows, block_table, seq_lens, cu_seqlens_q, num_seqs, max_seqlen_q, dq,
+                        int(decode_runs), feats, pcfg, fp8_via_f16, interp_bf16)  # fmt: skip
+        else:
+            _fallback.launch(
+                lambda tile_n, warps, stages: run(
+                    block_m, block_q, tile_n, 1, False, q_programs, warps, stages, pcfg.prefetch_pages, out, out
+                ),
+                (pcfg.tile_n, pcfg.num_warps, pcfg.num_stages),
+                lambda: ("prefill", block_m, pcfg.prefetch_pages, *specialisation()),
+            )
     return (out, lse) if lse is not None else out
+
+
+def _launch_tma(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor | None,
+    rows: tuple[_tma.CacheRows, _tma.CacheRows],
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    num_seqs: int,
+    max_seqlen_q: int,
+    dq: int,
+    other_launch: int,
+    feats: _Features,
+    pcfg: PrefillConfig,
+    fp8_via_f16: bool,
+    interp_bf16: bool,
+) -> None:
+    """The Hopper prefill (see :mod:`._tma`): one query head per program, block_m tokens."""
+    num_tokens, num_q_heads, head_dim = q.shape
+    kr, vr = rows
+    block_m = pcfg.block_m
+    dummy = cu_seqlens_q
+    prefill_tma_kernel[(num_q_heads, num_seqs, min(cdiv(max(max_seqlen_q, 1), block_m), check.MAX_SEQS))](
+        _tma.descriptor(q, num_tokens, num_q_heads * head_dim, q.stride(0), [block_m, head_dim]),
+        _tma.descriptor(k, kr.rows, kr.cols, kr.row_stride, [pcfg.tile_n, head_dim]),
+        _tma.descriptor(v, vr.rows, vr.cols, vr.row_stride, [pcfg.tile_n, head_dim]),
+        out,
+        lse if lse is not None else dummy,
+        block_table,
+        seq_lens,
+        cu_seqlens_q,
+        feats.k_scale if feats.k_scale is not None else dummy,
+        feats.v_scale if feats.v_scale is not None else dummy,
+        feats.scale,
+        num_tokens,
+        k.shape[0],
+        block_table.shape[1],
+        dq,
+        other_launch,
+        kr.rows_per_block,
+        kr.rows_per_head,
+        kr.cols_per_head,
+        out.stride(0),
+        out.stride(1),
+        block_table.stride(0),
+        HEAD_DIM=head_dim,
+        GROUP=num_q_heads // k.shape[2],
+        BLOCK_M=block_m,
+        TILE_N=pcfg.tile_n,
+        BLOCK_SIZE=k.shape[1],
+        CAUSAL=feats.causal,
+        KV_SCALED=feats.k_scale is not None,
+        FP8_VIA_F16=fp8_via_f16,
+        RETURN_LSE=lse is not None,
+        WARP_SPECIALIZE=_tma.warp_specialize(),
+        DOT_F32=interp_bf16,
+        num_warps=pcfg.num_warps,
+        num_stages=pcfg.num_stages,
+    )
 
 
 def _paged_layout(k_cache: torch.Tensor, v_cache: torch.Tensor, kv_layout: str) -> tuple[torch.Tensor, torch.Tensor]:

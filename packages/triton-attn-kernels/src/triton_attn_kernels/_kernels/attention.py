@@ -213,10 +213,8 @@ def _attend_query_tile(
     row_head = kv_head * GROUP + rows % GROUP
     q_idx = q0 + row_tok
     q_tok = (q_start + q_idx).to(tl.int64)
-    # Output rows stay inside `out` whatever cu_seqlens_q holds (bounds folded into one
-    # scalar: per-row int64 compares cost registers in the prefill tile).
-    q_hi = tl.where(q_start >= 0, tl.minimum(q_len, num_tokens - q_start), 0)
-    row_ok = (row_tok < BLOCK_Q) & (q_idx < q_hi)
+    # q_start and q_len come clamped into [0, num_tokens] (attention_kernel).
+    row_ok = (row_tok < BLOCK_Q) & (q_idx < q_len)
     # Query tokens are the last q_len tokens of the context.
     ctx = seq_len - q_len
     q_pos = ctx + q_idx
@@ -436,10 +434,11 @@ def attention_kernel(
     kv_head = kvh_split // NUM_SPLITS
     split = kvh_split % NUM_SPLITS
 
-    q_start = tl.load(cu_seqlens_q_ptr + seq)
-    q_len = tl.load(cu_seqlens_q_ptr + seq + 1) - q_start
-    # Index contents are never trusted with an address: a context is bounded by what the
-    # block table (or k) holds, so every page number read lies inside the table.
+    # Index contents are never trusted with an address (or a loop bound): a sequence's rows
+    # lie inside q and out, and its context is bounded by what the block table (or k)
+    # holds, so every page number read lies inside the table.
+    q_start = tl.minimum(tl.maximum(tl.load(cu_seqlens_q_ptr + seq), 0), num_tokens)
+    q_len = tl.minimum(tl.maximum(tl.load(cu_seqlens_q_ptr + seq + 1), q_start), num_tokens) - q_start
     if PAGED:
         seq_len = tl.minimum(tl.maximum(tl.load(seq_lens_ptr + seq), 0), max_blocks * BLOCK_SIZE)
         k_start = 0
@@ -529,10 +528,10 @@ def merge_kernel(
     head = tl.program_id(0)
     seq = tl.program_id(1)
     tok = tl.program_id(2)
-    q_start = tl.load(cu_seqlens_q_ptr + seq)
-    q_len = tl.load(cu_seqlens_q_ptr + seq + 1) - q_start
+    q_start = tl.minimum(tl.maximum(tl.load(cu_seqlens_q_ptr + seq), 0), num_tokens)
+    q_len = tl.minimum(tl.maximum(tl.load(cu_seqlens_q_ptr + seq + 1), q_start), num_tokens) - q_start
     row = q_start.to(tl.int64) + tok
-    if (q_len > DECODE_Q) | (tok >= q_len) | (row < 0) | (row >= num_tokens):
+    if (q_len > DECODE_Q) | (tok >= q_len):
         return
     sp = tl.arange(0, SPLITS_POW2)
     d = tl.arange(0, BLOCK_D)

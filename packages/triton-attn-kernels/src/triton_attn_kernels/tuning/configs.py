@@ -30,9 +30,9 @@ def _flag(name: str, value: int) -> None:
 
 # Config fields added after the first tables were written: a table entry without one gets
 # the field's default (what every launch did before the field existed).
-OPTIONAL_FIELDS = ("prefetch_pages",)
+OPTIONAL_FIELDS = ("prefetch_pages", "tma")
 # Fields that are switches (0 or 1) rather than positive sizes.
-FLAG_FIELDS = ("prefetch_pages",)
+FLAG_FIELDS = ("prefetch_pages", "tma")
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,10 @@ class PrefillConfig:
     block_m // GROUP tokens.
     tile_n: keys per inner iteration.
     prefetch_pages: as in :class:`DecodeConfig`.
+    tma: 1 runs the Hopper prefill (``_kernels/prefill_tma.py``: Q/K/V by TMA, warp
+    specialised, one query head per program, block_m tokens) where the launch qualifies
+    (sm_90, a page size that tile_n divides, no window/softcap/ALiBi/sinks, TMA-aligned
+    tensors); elsewhere the generic kernel runs this config as if tma were 0.
     """
 
     block_m: int = 64
@@ -76,6 +80,7 @@ class PrefillConfig:
     num_warps: int = 4
     num_stages: int = 2
     prefetch_pages: int = 0
+    tma: int = 0
 
     def __post_init__(self) -> None:
         _pow2("block_m", self.block_m, 16, 256)
@@ -83,6 +88,7 @@ class PrefillConfig:
         _pow2("num_warps", self.num_warps, 1, 16)
         _stages(self.num_stages)
         _flag("prefetch_pages", self.prefetch_pages)
+        _flag("tma", self.tma)
 
 
 @dataclass(frozen=True)
