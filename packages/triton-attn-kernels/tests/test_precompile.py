@@ -132,6 +132,17 @@ def test_precompile_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*common, "--block-size", "0"]) == 2
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="runs under the interpreter")
+def test_precompile_in_worker_processes() -> None:
+    said: list[str] = []
+    report = precompile(_policy(max_num_seqs=2), block_size=16, num_blocks=32, jobs=2, echo=said.append)
+    # decode: 3 token classes for batch 1's config, 2 for batch 2's; prefill 2; write 1
+    assert report.calls == 8
+    assert sorted(line.split()[0] for line in said) == ["decode", "decode", "kv_write", "prefill"]
+    with pytest.raises(ValueError, match="jobs"):
+        precompile(_policy(), block_size=16, jobs=-1)
+
+
 def test_compiled_variants_reads_both_cache_layouts() -> None:
     # Triton 3.2+: device -> (kernels by key, key cache, target, backend, binder)
     recent = SimpleNamespace(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -224,11 +225,13 @@ def cmd_precompile(args: argparse.Namespace) -> int:
         for v in serving_variants(policy):
             print(f"{v.kind:8s} {v.config}")
         return 0
+    jobs = args.jobs if args.jobs is not None else (min(8, (os.cpu_count() or 2) // 2) if device.type == "cuda" else 0)
     report = precompile(
         policy,
         block_size=args.block_size,
         num_blocks=args.num_blocks,
         features=features,
+        jobs=jobs,
         echo=lambda s: print(s, flush=True),
     )
     kinds = {k: sum(v.kind == k for v in report.variants) for k in ("decode", "prefill", "kv_write")}
@@ -316,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--softcap", type=float, default=None)
     p.add_argument("--alibi", action="store_true")
     p.add_argument("--sinks", action="store_true")
+    p.add_argument(
+        "--jobs", type=int, default=None, help="processes compiling side by side (default: min(8, cores/2); 0: none)"
+    )
     p.add_argument("--dry-run", action="store_true", help="list the configurations only")
     p.set_defaults(fn=cmd_precompile)
 

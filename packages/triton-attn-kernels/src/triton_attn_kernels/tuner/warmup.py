@@ -19,7 +19,9 @@ split in two).
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
+import multiprocessing
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -202,6 +204,7 @@ def precompile(
     block_size: int,
     num_blocks: int | None = None,
     features: Features | None = None,
+    jobs: int = 0,
     echo: Callable[[str], Any] | None = None,
 ) -> PrecompileReport:
     """Launch every configuration of :func:`serving_variants` once per integer class its
@@ -209,39 +212,71 @@ def precompile(
 
     block_size: the server's KV-cache page size. num_blocks: the cache's block count if
     known (vLLM logs the cache size at start), else both of Triton's classes are compiled.
+    jobs: worker processes that compile side by side (each fills the same on-disk cache);
+    0 or 1: in this process. ``compiled`` then counts this process's variants only.
     """
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
     if num_blocks is not None and (isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1):
         raise ValueError(f"num_blocks must be None or an int >= 1, got {num_blocks!r}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0:
+        raise ValueError(f"jobs must be an int >= 0, got {jobs!r}")
     features = features or Features()
     say = echo or (lambda s: None)
     variants = serving_variants(policy)
-    dq = policy.limits.decode_query_len
     # The decode launch that runs beside a prefill launch: batch 1's, warmed anyway.
-    first_decode = next((v.config for v in variants if v.kind == "decode"), None)
-    t0, calls = time.perf_counter(), 0
-    for blocks in _block_counts(num_blocks):
-        problem = _Problem(policy, block_size, blocks, features)
-        for v in variants:
-            if v.kind == "decode":
-                config = AttentionConfig(decode=v.config)  # type: ignore[arg-type]
-                counts = _token_counts(dq, one=dq == 1 and 1 in v.uses)
-                for t in counts:
-                    problem.attention(t, dq, config, dq)
-            elif v.kind == "prefill":
-                config = AttentionConfig(decode=first_decode, prefill=v.config)  # type: ignore[arg-type]
-                counts = _token_counts(dq + 1, one=False)
-                for t in counts:
-                    problem.attention(t, dq + 1, config, dq)
-            else:
-                counts = [v.uses[0]]
-                problem.kv_write(v.uses[0], v.config)  # type: ignore[arg-type]
-            calls += len(counts)
-            say(f"{v.kind:8s} {_describe(v.config)}  ({blocks} blocks, tokens {', '.join(map(str, counts))})")
-    if problem.device.type == "cuda":
-        torch.cuda.synchronize(problem.device)
+    first_decode = next((v.config for v in variants if isinstance(v.config, DecodeConfig)), None)
+    t0 = time.perf_counter()
+    work = [(v, blocks) for blocks in _block_counts(num_blocks) for v in variants]
+    if jobs <= 1:
+        calls = _launch(policy, work, first_decode, block_size, features, say)
+    else:
+        # spawn: a forked child would inherit the parent's CUDA context, which CUDA forbids.
+        with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = [work[i::jobs] for i in range(min(jobs, len(work)))]
+            futures = [pool.submit(_launch, policy, part, first_decode, block_size, features, None) for part in parts]
+            calls = 0
+            for future, part in zip(futures, parts, strict=True):
+                calls += future.result()
+                for v, blocks in part:
+                    say(f"{v.kind:8s} {_describe(v.config)}  ({blocks} blocks)")
     return PrecompileReport(tuple(variants), calls, time.perf_counter() - t0, compiled_variants())
+
+
+def _launch(
+    policy: ServingPolicy,
+    work: list[tuple[Variant, int]],
+    first_decode: DecodeConfig | None,
+    block_size: int,
+    features: Features,
+    say: Callable[[str], Any] | None,
+) -> int:
+    """Launch each (variant, block count) of ``work``; the number of launcher calls."""
+    dq = policy.limits.decode_query_len
+    calls = 0
+    problems: dict[int, _Problem] = {}
+    for v, blocks in work:
+        if blocks not in problems:
+            problems[blocks] = _Problem(policy, block_size, blocks, features)
+        problem = problems[blocks]
+        if v.kind == "decode":
+            counts = _token_counts(dq, one=dq == 1 and 1 in v.uses)
+            for t in counts:
+                problem.attention(t, dq, AttentionConfig(decode=v.config), dq)  # type: ignore[arg-type]
+        elif v.kind == "prefill":
+            counts = _token_counts(dq + 1, one=False)
+            for t in counts:
+                problem.attention(t, dq + 1, AttentionConfig(decode=first_decode, prefill=v.config), dq)  # type: ignore[arg-type]
+        else:
+            counts = [v.uses[0]]
+            problem.kv_write(v.uses[0], v.config)  # type: ignore[arg-type]
+        calls += len(counts)
+        if say is not None:
+            say(f"{v.kind:8s} {_describe(v.config)}  ({blocks} blocks, tokens {', '.join(map(str, counts))})")
+    for problem in problems.values():
+        if problem.device.type == "cuda":
+            torch.cuda.synchronize(problem.device)
+    return calls
 
 
 def _describe(config: Any) -> str:
