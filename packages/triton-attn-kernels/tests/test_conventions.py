@@ -176,3 +176,18 @@ def test_fp8_cache_requires_its_scales(missing):
         del scales[missing]
     with pytest.raises(ValueError, match=r"(k|v)_scale is required"):
         paged_attention(*b.args(), **b.lens(), **scales)
+
+
+@pytest.mark.parametrize("missing", ["k_scale", "v_scale"])
+def test_fp8_cache_write_requires_its_scales(missing):
+    from triton_attn_kernels import write_kv_cache
+
+    key = torch.randn(3, 2, 32, device=DEVICE, dtype=torch.float16)
+    cache = torch.zeros(2, 16, 2, 32, device=DEVICE).to(FP8[0])
+    slots = torch.tensor([0, 1, 17], device=DEVICE)
+    scales = {"k_scale": 0.5, "v_scale": 0.5}
+    del scales[missing]
+    before = cache.clone()
+    with pytest.raises(ValueError, match=f"{missing} is required"):
+        write_kv_cache(key, key, cache, cache.clone(), slots, **scales)
+    assert torch.equal(cache.view(torch.uint8), before.view(torch.uint8))

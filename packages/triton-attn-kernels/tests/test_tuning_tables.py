@@ -152,8 +152,9 @@ def test_stored_kv_write_config_matches_reference(key: dict, config: object) -> 
     slots = torch.randperm(3 * block_size, device=DEVICE)[:tokens]
     slots[5] = -1  # a padding token
     k_ref, v_ref = k_cache.clone(), v_cache.clone()
-    write_kv_cache(key_t, value_t, k_cache, v_cache, slots, config=config)
-    write_kv_cache_ref(key_t, value_t, k_ref, v_ref, slots)
+    scales = dict(k_scale=0.5, v_scale=2.0) if kv_dtype in (torch.float8_e4m3fn, torch.float8_e5m2) else {}
+    write_kv_cache(key_t, value_t, k_cache, v_cache, slots, config=config, **scales)
+    write_kv_cache_ref(key_t, value_t, k_ref, v_ref, slots, **scales)
     assert torch.equal(k_cache.float(), k_ref.float()) and torch.equal(v_cache.float(), v_ref.float())
 
 

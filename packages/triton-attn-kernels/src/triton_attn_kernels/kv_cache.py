@@ -36,8 +36,8 @@ def write_kv_cache(
             ``[0, num_blocks * block_size)`` is skipped too (that token writes nothing, and no
             byte outside the caches is touched); in debug mode (:mod:`.debug`) it raises a
             ValueError naming ``slot_mapping`` and the token instead.
-        k_scale, v_scale: fp8 quantisation scales (float or one-element tensor; ``None`` means
-            1.0); ignored for caches in key's dtype.
+        k_scale, v_scale: fp8 quantisation scales (float or one-element tensor); required for
+            fp8 caches (the same scales go to ``paged_attention``), ignored otherwise.
         config: ``None`` (heuristic) or a :class:`KVWriteConfig`.
     """
     check.tensor("key", key, ndim=3, dtypes=check.FLOAT_DTYPES)
@@ -67,6 +67,13 @@ def write_kv_cache(
     if num_tokens == 0:
         return
     quantize = k_cache.dtype in check.FP8_DTYPES
+    if quantize:
+        for name, given in (("k_scale", k_scale), ("v_scale", v_scale)):
+            if given is None:
+                # No silent 1.0: the reader would need to know, and a mismatch reads wrong.
+                raise ValueError(
+                    f"{name} is required with a {str(k_cache.dtype).removeprefix('torch.')} cache, e.g. 1.0"
+                )
     if debug.enabled():
         debug.check_slot_mapping(slot_mapping, num_blocks=k_cache.shape[0], block_size=k_cache.shape[1])
         if quantize:
