@@ -126,6 +126,9 @@ def test_precompile_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*common, "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [ln.split()[0] for ln in lines] == ["decode", "decode", "prefill", "kv_write"]
+    # Eager decode follows the context too: 1, 2, 4 and 8 splits over lengths up to 256.
+    assert main([*common, "--dry-run", "--no-full-cuda-graphs"]) == 0
+    assert [ln.split()[0] for ln in capsys.readouterr().out.splitlines()].count("decode") == 4
     assert main([*common, "--max-num-seqs", "1", "--num-blocks", "32"]) == 0
     out = capsys.readouterr().out
     assert "3 configurations (1 decode, 1 prefill, 1 kv_write), 6 launches" in out

@@ -215,7 +215,7 @@ def cmd_precompile(args: argparse.Namespace) -> int:
             max_num_seqs=args.max_num_seqs,
             max_model_len=args.max_model_len,
             max_num_batched_tokens=args.max_num_batched_tokens or args.max_model_len,
-            cuda_graphs=bool(args.cuda_graph_sizes),
+            cuda_graphs=not args.no_full_cuda_graphs,
             decode_query_len=args.decode_query_len,
         ),
         device=device,
@@ -306,12 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-model-len", type=int, required=True)
     p.add_argument("--max-num-batched-tokens", type=int, default=None, help="default: --max-model-len")
+    # Under full CUDA graphs the capture sizes need not be given: mixed batches run with any
+    # request count, so every batch size up to --max-num-seqs is warmed either way.
     p.add_argument(
-        "--cuda-graph-sizes",
-        type=int,
-        nargs="*",
-        default=[1],
-        help="vLLM's capture sizes; none given (the flag alone): no full CUDA graphs (enforce_eager)",
+        "--no-full-cuda-graphs",
+        action="store_true",
+        help="the server runs without full CUDA graphs (enforce_eager, or cudagraph_mode PIECEWISE / NONE)",
     )
     p.add_argument("--decode-query-len", type=int, default=1, help="1 + num_speculative_tokens")
     p.add_argument("--num-blocks", type=int, default=None, help="KV-cache blocks if known; else both classes")
