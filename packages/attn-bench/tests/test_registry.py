@@ -7,6 +7,7 @@ from attn_bench.registry import Timed, all_providers, get, provider
 
 EXPECTED = {
     "ours-paged",
+    "ours-tma",
     "ours-varlen",
     "ours-kv-write",
     "torch-sdpa",
@@ -71,3 +72,11 @@ def test_list_command_names_every_provider_and_skip_reason(capsys):
         assert "SKIPPED" in out  # at least the CUDA-only peers
     for suite in ("decode", "prefill", "mixed", "kv-write", "smoke", "default"):
         assert suite in out
+
+
+def test_tma_provider_says_why_it_skips():
+    tma = get("ours-tma")
+    fresh = dict(op="prefill", batch=1, context=256, q_len=256)
+    assert "block_size 16" in tma.unsupported(Problem(**fresh))
+    assert tma.unsupported(Problem(**fresh, block_size=128)) is None
+    assert "window" in tma.unsupported(Problem(**fresh, block_size=128, variant="window=64"))

@@ -127,6 +127,8 @@ class Problem:
             parts.append(f"kv:{self.kv_dtype}")
         if self.variant:
             parts.append(self.variant)
+        if self.block_size != 16:
+            parts.append(f"page{self.block_size}")
         return " ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
