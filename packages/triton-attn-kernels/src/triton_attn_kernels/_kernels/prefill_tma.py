@@ -88,12 +88,7 @@ def prefill_tma_kernel(
     bt_row = block_table_ptr + seq.to(tl.int64) * stride_bt_s
     row_base = kv_head * rows_per_head
     col = kv_head * cols_per_head
-    if DOT_F32:
-        dot_type: tl.constexpr = tl.float32
-    elif FP8_VIA_F16:
-        dot_type: tl.constexpr = tl.float16
-    else:
-        dot_type: tl.constexpr = out_ptr.dtype.element_ty
+    dot_type: tl.constexpr = tl.float32 if DOT_F32 else (tl.float16 if FP8_VIA_F16 else out_ptr.dtype.element_ty)
 
     rows = tl.arange(0, BLOCK_M)
     d = tl.arange(0, HEAD_DIM)
