@@ -65,8 +65,10 @@ _start_reported = False
 
 
 def _report_start_variants() -> None:
-    """Once per process, at the first real batch (engine start, warm-up and CUDA-graph
-    capture are over): how many kernel variants start compiled or loaded from Triton's cache."""
+    """Once per process, at the first build outside CUDA-graph capture after the last
+    capture (the first real batch): how many kernel variants engine start compiled or loaded
+    from Triton's cache. A warm-up build before capture (releases differ) reports early and
+    is reported over after capture."""
     global _start_reported
     if _start_reported:
         return
@@ -166,6 +168,8 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
 
     def build_for_cudagraph_capture(self, common_attn_metadata: CommonAttentionMetadata) -> TritonAttentionMetadata:
         # Capture belongs to engine start: only a real batch's build reports the start.
+        global _start_reported
+        _start_reported = False
         self._capturing = True
         try:
             return super().build_for_cudagraph_capture(common_attn_metadata)

@@ -1,0 +1,72 @@
+"""The start report: one log line per process with the kernel variants engine start
+compiled or loaded, written at the first build outside CUDA-graph capture and written again
+only if another capture follows."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from test_backend import BLOCK, DEVICE, HEAD, vllm_config
+from vllm.config import CUDAGraphMode
+from vllm.v1.attention.backend import CommonAttentionMetadata
+from vllm.v1.kv_cache_interface import FullAttentionSpec
+
+from vllm_triton_plugin import backend
+
+
+def _batch() -> CommonAttentionMetadata:
+    loc = torch.tensor([0, 1, 2], dtype=torch.int32, device=DEVICE)
+    return CommonAttentionMetadata(
+        query_start_loc=loc,
+        query_start_loc_cpu=loc.cpu(),
+        seq_lens=torch.tensor([5, 9], dtype=torch.int32, device=DEVICE),
+        num_reqs=2,
+        num_actual_tokens=2,
+        max_query_len=1,
+        max_seq_len=9,
+        block_table_tensor=torch.zeros(2, 4, dtype=torch.int32, device=DEVICE),
+        slot_mapping=torch.zeros(2, dtype=torch.int64, device=DEVICE),
+    )
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def lines(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(backend, "_start_reported", False)
+    monkeypatch.setattr(backend, "compiled_variants", lambda: {"attention": 5, "merge": 2, "write_kv": 1})
+    handler = _Lines()
+    backend.logger.addHandler(handler)
+    old_level = backend.logger.level
+    backend.logger.setLevel(logging.INFO)
+    yield handler.lines
+    backend.logger.removeHandler(handler)
+    backend.logger.setLevel(old_level)
+
+
+def test_reported_once_after_the_last_capture(lines: list[str]) -> None:
+    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=1, head_size=HEAD, dtype=torch.float32)
+    config = vllm_config(4, 1, torch.float32, mode=CUDAGraphMode.FULL)
+    builders = [backend.TritonAttentionMetadataBuilder(spec, [f"layer.{i}"], config, DEVICE) for i in range(2)]
+    builders[0].build_for_cudagraph_capture(_batch())
+    builders[1].build_for_cudagraph_capture(_batch())
+    assert lines == []
+    for b in (*builders, *builders):  # real batches, every KV-cache group's builder
+        b.build(0, _batch())
+    assert len(lines) == 1
+    assert lines[0].startswith("Triton attention: 8 kernel variants compiled or loaded during engine start")
+    assert "attention 5, merge 2, write_kv 1" in lines[0]
+    # A warm-up build before capture (some releases) reports early; capture makes it report over.
+    builders[0].build_for_cudagraph_capture(_batch())
+    builders[1].build(0, _batch())
+    builders[0].build(0, _batch())
+    assert len(lines) == 2
