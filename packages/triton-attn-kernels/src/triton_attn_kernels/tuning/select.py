@@ -80,34 +80,33 @@ class ConfigSelector:
     # ---- hot path -------------------------------------------------------------------------
 
     def decode(self, problem: AttentionProblem, config: DecodeConfig | None = None, device: Any = None) -> DecodeConfig:
-        counts = self._counts["decode"]
-        if config is not None:
-            counts["explicit"] += 1
-            return config
-        memo = self._memo["decode"]
-        k = problem if device is None else (problem, device)
-        hit = memo.get(k)
-        if hit is None:
-            resolved = self._resolve_attention(DECODE, problem, device, decode_key, decode_heuristic)
-            hit = self._remember(memo, k, resolved)
-        counts[hit[1]] += 1
-        return hit[0]  # type: ignore[return-value]
+        return self._attention(DECODE, problem, config, device, decode_key, decode_heuristic)  # type: ignore[return-value]
 
     def prefill(
         self, problem: AttentionProblem, config: PrefillConfig | None = None, device: Any = None
     ) -> PrefillConfig:
-        counts = self._counts["prefill"]
+        return self._attention(PREFILL, problem, config, device, prefill_key, prefill_heuristic)  # type: ignore[return-value]
+
+    def _attention(
+        self,
+        spec: KernelSpec,
+        problem: AttentionProblem,
+        config: Config | None,
+        device: Any,
+        key_fn: Callable[[AttentionProblem], tuple],
+        heuristic: Callable[[AttentionProblem], Config],
+    ) -> Config:
+        counts = self._counts[spec.name]
         if config is not None:
             counts["explicit"] += 1
             return config
-        memo = self._memo["prefill"]
+        memo = self._memo[spec.name]
         k = problem if device is None else (problem, device)
         hit = memo.get(k)
         if hit is None:
-            resolved = self._resolve_attention(PREFILL, problem, device, prefill_key, prefill_heuristic)
-            hit = self._remember(memo, k, resolved)
+            hit = self._remember(memo, k, self._resolve_attention(spec, problem, device, key_fn, heuristic))
         counts[hit[1]] += 1
-        return hit[0]  # type: ignore[return-value]
+        return hit[0]
 
     def kv_write(
         self,
