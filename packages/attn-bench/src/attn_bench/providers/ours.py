@@ -61,10 +61,20 @@ def _workspace(x: Inputs, plan) -> torch.Tensor:  # type: ignore[no-untyped-def]
 )
 def ours_paged(x: Inputs) -> Timed:
     """triton_attn_kernels.paged_attention: one call for decodes, prefills and mixed batches (paged)."""
+    return _paged(x, prefill=None)
+
+
+def _paged(x: Inputs, *, prefill: Any) -> Timed:
+    """paged_attention under the plugin's plan; ``prefill`` replaces its prefill config."""
+    import dataclasses
+
     from triton_attn_kernels import paged_attention
 
     p = x.problem
     plan = launch_plan(p, x.device, paged=True)
+    config = plan.config
+    if prefill is not None and config.prefill is not None:
+        config = dataclasses.replace(config, prefill=prefill)
     ws = _workspace(x, plan)
     out = x.new_out()
     scales: dict[str, Any] = {"k_scale": x.k_scale, "v_scale": x.v_scale} if p.fp8 else {}
@@ -81,7 +91,7 @@ def ours_paged(x: Inputs) -> Timed:
             max_seqlen_q=p.max_seqlen_q,
             max_seqlen_k=p.max_seqlen_k,
             out=out,
-            config=plan.config,
+            config=config,
             decode_query_len=plan.decode_query_len,
             workspace=ws,
             **scales,
@@ -119,35 +129,7 @@ def _tma_prefill() -> Any:
 )
 def ours_tma(x: Inputs) -> Timed:
     """paged_attention with the Hopper prefill (PrefillConfig(tma=1)): TMA + warp specialisation; pages a multiple of 64."""
-    import dataclasses
-
-    from triton_attn_kernels import paged_attention
-
-    p = x.problem
-    plan = launch_plan(p, x.device, paged=True)
-    config = dataclasses.replace(plan.config, prefill=_tma_prefill() if plan.config.prefill else None)
-    ws = _workspace(x, plan)
-    out = x.new_out()
-    scales: dict[str, Any] = {"k_scale": x.k_scale, "v_scale": x.v_scale} if p.fp8 else {}
-
-    def fn() -> Any:
-        return paged_attention(
-            x.q,
-            x.k_cache,
-            x.v_cache,
-            x.block_table,
-            x.seq_lens,
-            x.cu_seqlens_q,
-            max_seqlen_q=p.max_seqlen_q,
-            max_seqlen_k=p.max_seqlen_k,
-            out=out,
-            config=config,
-            decode_query_len=plan.decode_query_len,
-            workspace=ws,
-            **scales,
-        )
-
-    return Timed(fn)
+    return _paged(x, prefill=_tma_prefill())
 
 
 @provider(
