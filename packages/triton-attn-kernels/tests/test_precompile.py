@@ -154,6 +154,6 @@ def test_compiled_variants_reads_both_cache_layouts() -> None:
     older = SimpleNamespace(cache={0: {"a": 1}, 1: {}})  # device -> {key: kernel}
     assert (_count(recent), _count(older), _count(object())) == (3, 1, 0)
     counts = compiled_variants()
-    assert set(counts) == {"attention", "merge", "merge_states", "write_kv"}
+    assert set(counts) == {"attention", "merge", "merge_states", "prefill_tma", "write_kv"}
     if DEVICE == "cpu":
         assert set(counts.values()) == {0}

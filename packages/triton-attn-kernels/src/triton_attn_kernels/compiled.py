@@ -13,6 +13,7 @@ from typing import Any
 
 from ._kernels.attention import attention_kernel, merge_kernel, merge_states_kernel
 from ._kernels.kv_cache import write_kv_kernel
+from ._kernels.prefill_tma import prefill_tma_kernel
 
 __all__ = ["KERNELS", "compiled_variants"]
 
@@ -21,6 +22,7 @@ KERNELS: dict[str, Any] = {
     "attention": attention_kernel,
     "merge": merge_kernel,
     "merge_states": merge_states_kernel,
+    "prefill_tma": prefill_tma_kernel,
     "write_kv": write_kv_kernel,
 }
 
@@ -41,7 +43,7 @@ def _count(fn: Any) -> int:
 
 def compiled_variants() -> dict[str, int]:
     """Compiled variants per kernel in this process, over all devices, e.g.
-    ``{"attention": 9, "merge": 4, "merge_states": 0, "write_kv": 1}``.
+    ``{"attention": 9, "merge": 4, "merge_states": 0, "prefill_tma": 0, "write_kv": 1}``.
 
     Counts what Triton holds in memory: a variant loaded from the on-disk cache counts like
     one compiled here. Under Triton's interpreter nothing is compiled and every count is 0.
