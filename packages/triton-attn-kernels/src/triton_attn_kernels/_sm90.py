@@ -23,8 +23,10 @@ from triton.runtime.errors import PTXASError
 from triton_attn_kernels._fallback import alternatives
 from triton_attn_kernels._kernels.attention import attention_kernel, merge_kernel, merge_states_kernel
 from triton_attn_kernels._kernels.kv_cache import write_kv_kernel
+from triton_attn_kernels._kernels.mla import mla_decode_kernel
 from triton_attn_kernels._kernels.prefill_tma import prefill_tma_kernel
 from triton_attn_kernels._tma import warp_specialize
+from triton_attn_kernels.tuning.mla import MLAProblem, mla_decode_heuristic
 
 TARGET = GPUTarget("cuda", 90, 32)
 FLOAT_ARGS = {"scale", "softcap"}
@@ -231,6 +233,46 @@ def prefill_tma_checked(**kw: Any) -> Any:
     return kernel
 
 
+def mla(heads: int = 16, dtype: str = "bf16", kv: str | None = None, query_len: int = 1, seqs: int = 64):
+    """The MLA decode at DeepSeek's geometry (kv_lora_rank 512, rope 64, 64-slot pages) with
+    the tiles the heuristic picks for an H100-sized GPU (132 SMs) and 8k contexts."""
+    kv = kv or dtype
+    fp8 = kv.startswith("fp8")
+    torch_names = {"bf16": "bfloat16", "fp16": "float16", "fp8e4nv": "float8_e4m3fn", "fp8e5": "float8_e5m2"}
+    cfg = mla_decode_heuristic(
+        MLAProblem(seqs, heads, 512, 64, query_len, 8192, torch_names[dtype], torch_names[kv], num_sms=132)
+    )
+    block_h = min(cfg.block_h, triton.next_power_of_2(heads))
+    cx = dict(
+        KV_RANK=512,
+        ROPE_DIM=64,
+        BLOCK_H=block_h,
+        BLOCK_Q=query_len,
+        BLOCK_M=max(16, triton.next_power_of_2(query_len * block_h)),
+        TILE_N=cfg.tile_n,
+        BLOCK_SIZE=64,
+        KV_SCALED=fp8,
+        FP8_VIA_F16=fp8 and dtype == "bf16",
+        RETURN_LSE=False,
+        NUM_SPLITS=cfg.num_splits,
+        DOT_F32=False,
+        DOT_PRECISION="tf32",
+    )
+    ptrs = {
+        "q_nope_ptr": f"*{dtype}",
+        "q_pe_ptr": f"*{dtype}",
+        "kv_ptr": f"*{kv}",
+        "out_ptr": f"*{dtype}",
+        **{n: "*i32" for n in ("block_table_ptr", "seq_lens_ptr", "cu_seqlens_q_ptr")},
+    }
+    return compile_one(mla_decode_kernel, cx, ptrs, warps=cfg.num_warps, stages=cfg.num_stages)
+
+
+def mla_merge(splits: int = 32):
+    cx = dict(HEAD_DIM=512, BLOCK_D=512, NUM_SPLITS=splits, SPLITS_POW2=splits, DECODE_Q=1, RETURN_LSE=True)
+    return compile_one(merge_kernel, cx, {"cu_seqlens_q_ptr": "*i32", "out_ptr": "*bf16"}, warps=8)
+
+
 OTHERS: dict[str, Callable[[], Any]] = {
     "prefill TMA bf16 d128, 64-key tiles of 128-slot pages (warp-specialised on Triton 3.6)": lambda: (
         prefill_tma_checked(tile_n=64)
@@ -251,6 +293,13 @@ OTHERS: dict[str, Callable[[], Any]] = {
     "kv write bf16": lambda: kv_write("bf16"),
     "kv write fp8 e4m3": lambda: kv_write("fp8e4nv"),
     "kv write fp8 e5m2": lambda: kv_write("fp8e5"),
+    "mla decode bf16, 16 heads": lambda: mla(16),
+    "mla decode bf16, 128 heads": lambda: mla(128),
+    "mla decode fp8 e4m3 latent, 16 heads": lambda: mla(16, kv="fp8e4nv"),
+    "mla decode fp8 e4m3 latent, 128 heads": lambda: mla(128, kv="fp8e4nv"),
+    "mla verify 4 tokens, 16 heads": lambda: mla(16, query_len=4),
+    "mla verify 16 tokens, 128 heads, fp8 e4m3 latent": lambda: mla(128, kv="fp8e4nv", query_len=16),
+    "mla merge of 32 splits, 512 dims": mla_merge,
 }
 
 
