@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from triton_attn_kernels import compiled_variants
-from triton_attn_kernels.compiled import KERNELS, _count
+from triton_attn_kernels.compiled import _count, kernels
 from triton_attn_kernels.tuner.__main__ import main
 from triton_attn_kernels.tuner.warmup import Features, context_lengths, precompile, serving_variants
 from triton_attn_kernels.tuning import AttentionProblem, ServingLimits, ServingPolicy
@@ -47,7 +47,7 @@ def launches() -> Iterator[list[tuple[str, dict]]]:
     """Every launch of the package's kernels while the test runs: (kernel, arguments by name)."""
     seen: list[tuple[str, dict]] = []
     hooks = []
-    for name, fn in KERNELS.items():
+    for name, fn in kernels().items():
 
         def hook(*args, _name=name, _fn=fn, **kwargs):
             seen.append((_name, {**dict(zip(_fn.arg_names, args, strict=False)), **kwargs}))
@@ -154,6 +154,6 @@ def test_compiled_variants_reads_both_cache_layouts() -> None:
     older = SimpleNamespace(cache={0: {"a": 1}, 1: {}})  # device -> {key: kernel}
     assert (_count(recent), _count(older), _count(object())) == (3, 1, 0)
     counts = compiled_variants()
-    assert set(counts) == {"attention", "merge", "merge_states", "prefill_tma", "write_kv"}
+    assert {"attention", "merge", "merge_states", "prefill_tma", "write_kv"} <= set(counts)
     if DEVICE == "cpu":
         assert set(counts.values()) == {0}

@@ -36,10 +36,10 @@ def _variant(name: str, fn, args: tuple, kwargs: dict) -> str:
 
 
 def watch() -> set[str]:
-    from triton_attn_kernels.compiled import KERNELS
+    from triton_attn_kernels.compiled import kernels
 
     seen: set[str] = set()
-    for name, fn in KERNELS.items():
+    for name, fn in kernels().items():
         fn.add_pre_run_hook(lambda *a, _n=name, _f=fn, **k: seen.add(_variant(_n, _f, a, k)))
     return seen
 

@@ -9,22 +9,28 @@ one the first time it is launched, so the count after start says what a cold sta
 
 from __future__ import annotations
 
+import functools
+import importlib
+import pkgutil
 from typing import Any
 
-from ._kernels.attention import attention_kernel, merge_kernel, merge_states_kernel
-from ._kernels.kv_cache import write_kv_kernel
-from ._kernels.prefill_tma import prefill_tma_kernel
+__all__ = ["compiled_variants", "kernels"]
 
-__all__ = ["KERNELS", "compiled_variants"]
 
-# The kernels a launcher of this package starts (device functions they call are inlined).
-KERNELS: dict[str, Any] = {
-    "attention": attention_kernel,
-    "merge": merge_kernel,
-    "merge_states": merge_states_kernel,
-    "prefill_tma": prefill_tma_kernel,
-    "write_kv": write_kv_kernel,
-}
+@functools.cache
+def kernels() -> dict[str, Any]:
+    """The package's launchable kernels by name: every public ``@triton.jit`` function
+    ``NAME_kernel`` of the ``_kernels`` modules (their ``_``-prefixed device functions are
+    inlined into them and never compile on their own)."""
+    from . import _kernels
+
+    found: dict[str, Any] = {}
+    for module in sorted(m.name for m in pkgutil.iter_modules(_kernels.__path__)):
+        namespace = vars(importlib.import_module(f"{_kernels.__name__}.{module}"))
+        for attr, fn in sorted(namespace.items()):
+            if attr.endswith("_kernel") and not attr.startswith("_") and hasattr(fn, "add_pre_run_hook"):
+                found[attr.removesuffix("_kernel")] = fn
+    return found
 
 
 def _count(fn: Any) -> int:
@@ -49,4 +55,4 @@ def compiled_variants() -> dict[str, int]:
     one compiled here. Under Triton's interpreter nothing is compiled and every count is 0.
     Reads Triton's dictionaries only: cheap enough to call at any time.
     """
-    return {name: _count(fn) for name, fn in KERNELS.items()}
+    return {name: _count(fn) for name, fn in kernels().items()}
