@@ -1,10 +1,10 @@
 """Launch configurations: explicit argument, else tuning table, else heuristic.
 
-``select_*_config`` resolve one launch's configuration; :mod:`.policy` decides the launches
-of a call (:func:`plan_launch`) or of a server's batches (:class:`ServingPolicy`). A table lookup happens once per distinct
-problem (then it is one dictionary hit); tables live in ``dejavu_data/<kernel>/<DEVICE>.json``
-(see docs/tuning.md) and a user directory named by ``TRITON_ATTN_TUNING_DIR`` overrides
-them (:mod:`.envs`). ``stats()`` says which source served how many lookups; the logger
+``select_*_config`` resolve one launch's configuration; :mod:`.policy` decides the
+launches of a call (:func:`plan_launch`) or of a server's batches (:class:`ServingPolicy`).
+A table lookup happens once per distinct problem (then it is one dictionary hit); tables
+live in ``dejavu_data/<kernel>/<DEVICE>.json`` (see docs/tuning.md) and a user directory
+named by ``TRITON_ATTN_TUNING_DIR`` overrides them (:mod:`.envs`). ``stats()`` says which source served how many lookups; the logger
 ``triton_attn_kernels.tuning`` says the same per problem at DEBUG level.
 """
 
