@@ -361,9 +361,11 @@ def _attend_query_tile(
             tl.store(lse_ptr + q_tok * num_q_heads + row_head, lse * LN2, mask=row_ok)
 
 
-# Launch-plan values are plain integers that Triton must not specialise on (it would for
-# the value 1): every batch composition then shares one compiled variant per config.
-@triton.jit(do_not_specialize=["decode_q", "other_launch"])
+# Per-call sizes and the launch plan are plain integers Triton must not specialise on (it
+# would on the value 1 and on multiples of 16; they only bound indices, so nothing gains):
+# every batch shares one compiled variant per config, which halves the variants an engine
+# start compiles.
+@triton.jit(do_not_specialize=["num_tokens", "num_kv_rows", "max_blocks", "decode_q", "other_launch"])
 def attention_kernel(
     q_ptr,  # [num_tokens, num_q_heads, HEAD_DIM]
     k_ptr,  # PAGED: [num_blocks, BLOCK_SIZE, num_kv_heads, HEAD_DIM]; else [total_k, num_kv_heads, HEAD_DIM]
@@ -506,7 +508,7 @@ def attention_kernel(
             )  # fmt: skip
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_tokens"])
 def merge_kernel(
     part_out_ptr,  # [num_seqs, DECODE_Q, num_q_heads, NUM_SPLITS, HEAD_DIM] fp32
     part_lse_ptr,  # [num_seqs, DECODE_Q, num_q_heads, NUM_SPLITS] fp32

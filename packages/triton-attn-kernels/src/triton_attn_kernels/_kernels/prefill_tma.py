@@ -36,7 +36,7 @@ def _kv_tile(
     return desc.load([page * rows_per_block + row_base + pos % BLOCK_SIZE, col])
 
 
-@triton.jit(do_not_specialize=["decode_q", "other_launch"])
+@triton.jit(do_not_specialize=["num_tokens", "num_blocks", "max_blocks", "decode_q", "other_launch"])
 def prefill_tma_kernel(
     q_desc,  # [num_tokens, num_q_heads * HEAD_DIM] rows of q, block [BLOCK_M, HEAD_DIM]
     k_desc,  # the paged cache as 2-D rows (module docstring), block [TILE_N, HEAD_DIM]
