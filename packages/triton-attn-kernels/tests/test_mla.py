@@ -93,8 +93,8 @@ def check(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, rows: int | 
     torch.testing.assert_close(got, ref[:rows], **tolerance(dtype).kwargs())
 
 
-def cfg(splits: int, block_h: int = 16, tile_n: int = 16) -> MLADecodeConfig:
-    return MLADecodeConfig(block_h=block_h, tile_n=tile_n, num_splits=splits)
+def cfg(splits: int, block_h: int = 16, tile_n: int = 16, prefetch: int = 1) -> MLADecodeConfig:
+    return MLADecodeConfig(block_h=block_h, tile_n=tile_n, num_splits=splits, prefetch_pages=prefetch)
 
 
 # Lengths 1, page - 1, page, page + 1 and odd ones; more splits than tiles for the short ones.
@@ -104,8 +104,10 @@ LENS = [1, 15, 16, 17, 54, 97]
 @pytest.mark.parametrize("heads", [16, 32])
 @pytest.mark.parametrize("splits", [1, 3, 8])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_decode_matches_reference(heads, splits, dtype):
-    b = mla_batch([1] * len(LENS), LENS, heads=heads, dtype=dtype)
+@pytest.mark.parametrize("block_size", [16, 5])
+def test_decode_matches_reference(heads, splits, dtype, block_size):
+    # Pages of 5 slots: tiles of 16 keys span several pages, and pages straddle tiles.
+    b = mla_batch([1] * len(LENS), LENS, heads=heads, dtype=dtype, block_size=block_size)
     out, res = run(b, config=cfg(splits))
     assert res is out
     check(out, mla_decode_ref(*b.args(), scale=b.scale), dtype)
@@ -113,10 +115,11 @@ def test_decode_matches_reference(heads, splits, dtype):
 
 @pytest.mark.parametrize("q_len", [2, 5, 16])
 @pytest.mark.parametrize("splits", [1, 3])
-def test_verification_is_causal_within_the_new_tokens(q_len, splits):
+@pytest.mark.parametrize("prefetch", [1, 0])
+def test_verification_is_causal_within_the_new_tokens(q_len, splits, prefetch):
     # Contexts equal to, a page longer than and much longer than the query run.
     b = mla_batch([q_len] * 3, [q_len, q_len + 16, 70], heads=16, block_size=16)
-    out, _ = run(b, config=cfg(splits, block_h=4))
+    out, _ = run(b, config=cfg(splits, block_h=4, prefetch=prefetch))
     ref = mla_decode_ref(*b.args(), scale=b.scale)
     check(out, ref, torch.float16)
     # The mask matters on these inputs: without it the last sequence's rows would differ.
@@ -237,7 +240,8 @@ def test_heuristic_is_pure_and_bounded():
 @pytest.mark.parametrize(
     "field,value,exc",
     [("block_h", 3, ValueError), ("tile_n", 8, ValueError), ("num_splits", 0, ValueError),
-     ("num_splits", 65, ValueError), ("num_warps", 1.0, TypeError), ("num_stages", True, TypeError)],
+     ("num_splits", 65, ValueError), ("num_warps", 1.0, TypeError), ("num_stages", True, TypeError),
+     ("prefetch_pages", 2, ValueError)],
 )  # fmt: skip
 def test_config_is_checked(field, value, exc):
     with pytest.raises(exc, match=field):

@@ -11,6 +11,7 @@ compiled instead, as on the GPU, and the line says so."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -257,6 +258,7 @@ def mla(heads: int = 16, dtype: str = "bf16", kv: str | None = None, query_len: 
         NUM_SPLITS=cfg.num_splits,
         DOT_F32=False,
         DOT_PRECISION="tf32",
+        PREFETCH_PAGES=bool(cfg.prefetch_pages),
     )
     ptrs = {
         "q_nope_ptr": f"*{dtype}",
@@ -265,7 +267,12 @@ def mla(heads: int = 16, dtype: str = "bf16", kv: str | None = None, query_len: 
         "out_ptr": f"*{dtype}",
         **{n: "*i32" for n in ("block_table_ptr", "seq_lens_ptr", "cu_seqlens_q_ptr")},
     }
-    return compile_one(mla_decode_kernel, cx, ptrs, warps=cfg.num_warps, stages=cfg.num_stages)
+    kernel = compile_one(mla_decode_kernel, cx, ptrs, warps=cfg.num_warps, stages=cfg.num_stages)
+    # The latent loads must stay in flight across iterations: a loop that waits for all its
+    # copies (only cp.async.wait_group 0) reads at a fraction of the bandwidth.
+    if not re.search(r"cp\.async\.wait_group\s+[1-9]", kernel.asm["ptx"]):
+        raise RuntimeError("the latent loads were not pipelined (cp.async.wait_group 0 only)")
+    return kernel
 
 
 def mla_merge(splits: int = 32):

@@ -246,6 +246,7 @@ def mla_decode(
             NUM_SPLITS=splits,
             DOT_F32=dot_f32,
             DOT_PRECISION="ieee" if q_nope.dtype == torch.float32 else "tf32",
+            PREFETCH_PAGES=bool(config.prefetch_pages),
             num_warps=warps,
             num_stages=stages,
         )
@@ -253,7 +254,19 @@ def mla_decode(
     _fallback.launch(
         run,
         (config.tile_n, config.num_warps, config.num_stages),
-        lambda: ("mla", block_m, block_h, splits, dq, rank, fp8, q_nope.dtype, kv_cache.dtype, lse is not None),
+        lambda: (
+            "mla",
+            block_m,
+            block_h,
+            splits,
+            config.prefetch_pages,
+            dq,
+            rank,
+            fp8,
+            q_nope.dtype,
+            kv_cache.dtype,
+            lse is not None,
+        ),
     )
     if splits > 1:
         merge_kernel[(num_heads, num_seqs, dq)](

@@ -50,16 +50,31 @@ def _mla_tiles(
     BLOCK_SIZE: tl.constexpr,
     DOT_F32: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    PREFETCH_PAGES: tl.constexpr,
     MASKED: tl.constexpr,  # False: every key of these tiles is visible to every row
 ):
+    if PREFETCH_PAGES:
+        # Page numbers one tile ahead, in registers: a tile's latent addresses then do not
+        # wait on a load of the same iteration, and the pipeliner can issue the latent loads
+        # of later tiles early (without it, sm_90 code waits for every copy: wait_group 0).
+        stop = tl.minimum(kv_hi, t_hi * TILE_N)
+        first = t_lo * TILE_N + offs_n
+        page_next = tl.load(bt_row + first // BLOCK_SIZE, mask=first < stop, other=0)
+        page_next = tl.minimum(tl.maximum(page_next, 0), num_blocks - 1)
     for t in range(t_lo, t_hi):
         k_pos = t * TILE_N + offs_n
         if MASKED:
             k_ok = k_pos < kv_hi
         else:
             k_ok = offs_n < TILE_N
-        page = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_ok, other=0)
-        page = tl.minimum(tl.maximum(page, 0), num_blocks - 1).to(tl.int64)
+        if PREFETCH_PAGES:
+            page = page_next.to(tl.int64)
+            ahead = k_pos + TILE_N
+            page_next = tl.load(bt_row + ahead // BLOCK_SIZE, mask=ahead < stop, other=0)
+            page_next = tl.minimum(tl.maximum(page_next, 0), num_blocks - 1)
+        else:
+            page = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_ok, other=0)
+            page = tl.minimum(tl.maximum(page, 0), num_blocks - 1).to(tl.int64)
         row = page * stride_kv_b + (k_pos % BLOCK_SIZE) * stride_kv_t
         # One load of the latent rows: the same registers feed q_nope . c and p . c.
         c = tl.load(kv_ptr + row[:, None] + dr[None, :] * stride_kv_d, mask=k_ok[:, None], other=0.0)
@@ -127,6 +142,7 @@ def _mla_query_tile(
     TO_PARTS: tl.constexpr,
     DOT_F32: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    PREFETCH_PAGES: tl.constexpr,
 ):
     """BLOCK_Q query tokens (from q0) x BLOCK_H heads of one sequence against split
     ``split`` of their visible keys. No early return: the caller runs it inside a loop."""
@@ -189,7 +205,7 @@ def _mla_query_tile(
         m_i, l_i, acc = _mla_tiles(
             qn, qp, m_i, l_i, acc, lo, hi, kv_ptr, bt_row, kv_hi, q_pos, row_ok, qk_scale, num_blocks,
             stride_kv_b, stride_kv_t, stride_kv_d, offs_n, dr, dp, KV_RANK, TILE_N, BLOCK_SIZE, DOT_F32,
-            DOT_PRECISION, part_idx == 1,
+            DOT_PRECISION, PREFETCH_PAGES, part_idx == 1,
         )  # fmt: skip
 
     out, lse = softmax_finish(m_i, l_i, acc)
@@ -259,6 +275,7 @@ def mla_decode_kernel(
     NUM_SPLITS: tl.constexpr,
     DOT_F32: tl.constexpr,  # fp32 dot operands (fp32 queries, or the interpreter's bf16)
     DOT_PRECISION: tl.constexpr,
+    PREFETCH_PAGES: tl.constexpr,  # page numbers loaded one tile ahead (see _mla_tiles)
 ):
     """Grid (cdiv(num_heads, BLOCK_H) * NUM_SPLITS, num_seqs)."""
     head_tile = tl.program_id(0) // NUM_SPLITS
@@ -277,7 +294,7 @@ def mla_decode_kernel(
             stride_qn_t, stride_qn_h, stride_qn_d, stride_qp_t, stride_qp_h, stride_qp_d,
             stride_kv_b, stride_kv_t, stride_kv_d, stride_o_t, stride_o_h, stride_o_d,
             KV_RANK, ROPE_DIM, BLOCK_H, BLOCK_Q, BLOCK_M, TILE_N, BLOCK_SIZE, KV_SCALED, FP8_VIA_F16,
-            RETURN_LSE, NUM_SPLITS, NUM_SPLITS > 1, DOT_F32, DOT_PRECISION,
+            RETURN_LSE, NUM_SPLITS, NUM_SPLITS > 1, DOT_F32, DOT_PRECISION, PREFETCH_PAGES,
         )  # fmt: skip
     elif split == 0:
         # More new tokens than max_seqlen_q announced: still every row, tile after tile, in
@@ -289,5 +306,5 @@ def mla_decode_kernel(
                 stride_qn_t, stride_qn_h, stride_qn_d, stride_qp_t, stride_qp_h, stride_qp_d,
                 stride_kv_b, stride_kv_t, stride_kv_d, stride_o_t, stride_o_h, stride_o_d,
                 KV_RANK, ROPE_DIM, BLOCK_H, BLOCK_Q, BLOCK_M, TILE_N, BLOCK_SIZE, KV_SCALED,
-                FP8_VIA_F16, RETURN_LSE, 1, False, DOT_F32, DOT_PRECISION,
+                FP8_VIA_F16, RETURN_LSE, 1, False, DOT_F32, DOT_PRECISION, PREFETCH_PAGES,
             )  # fmt: skip

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._intmath import cdiv, next_pow2
-from .configs import _int, _pow2, _stages
+from .configs import _flag, _int, _pow2, _stages
 
 __all__ = ["MLADecodeConfig", "MLAProblem", "mla_decode_heuristic", "mla_workspace_numel"]
 
@@ -25,6 +25,8 @@ class MLADecodeConfig:
     rows of kv_lora_rank fp32 accumulators, so larger groups trade registers for reads.
     tile_n: latent rows (keys) per inner iteration (may span several pages).
     num_splits: programs sharing one sequence's keys; partials merged afterwards.
+    prefetch_pages: 1 loads the page numbers one tile ahead, so that the latent loads can be
+    pipelined (see ``_kernels/mla.py``).
     """
 
     block_h: int = 16
@@ -32,6 +34,7 @@ class MLADecodeConfig:
     num_splits: int = 1
     num_warps: int = 4
     num_stages: int = 2
+    prefetch_pages: int = 1
 
     def __post_init__(self) -> None:
         _pow2("block_h", self.block_h, 1, 128)
@@ -40,6 +43,7 @@ class MLADecodeConfig:
             raise ValueError(f"num_splits must be an int in [1, {MAX_MLA_SPLITS}], got {self.num_splits!r}")
         _pow2("num_warps", self.num_warps, 1, 16)
         _stages(self.num_stages)
+        _flag("prefetch_pages", self.prefetch_pages)
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,7 @@ def mla_decode_heuristic(p: MLAProblem) -> MLADecodeConfig:
     if p.interpreter:
         # Tiny tiles so that CPU test shapes cross tile and page boundaries, and head tiles
         # of at most 16 so that 32-head tests run two of them.
-        block_h, tile_n, warps = min(next_pow2(p.num_heads), 16), 16, 4
+        block_h, tile_n, warps, stages = min(next_pow2(p.num_heads), 16), 16, 4, 1
     else:
         # sm_90 compiles at kv_lora_rank 512, 8 warps (docs/kernels.md, "MLA decode"): 16 rows
         # x 32-key tiles use 190 registers, 32 rows x 16 keys 235, neither spills; 32 x 32
@@ -103,11 +107,14 @@ def mla_decode_heuristic(p: MLAProblem) -> MLADecodeConfig:
         rows = 16 if p.kv_dtype.startswith("float8") else 32
         block_h = max(1, min(next_pow2(p.num_heads), rows // rows_per_head))
         tile_n = 32 if block_h * rows_per_head <= 16 else 16
-        warps = 8
+        # 3 stages with the page numbers prefetched: the only mix whose sm_90 loop keeps latent
+        # copies in flight across iterations (cp.async.wait_group 2; at 2 stages, or without
+        # the prefetch, every iteration waits for all its copies), still without spills.
+        warps, stages = 8, 3
     # Split-KV as the generic decode: about two programs per SM, never a split shorter than
     # two tiles (there the merge costs more than the parallelism gains).
     programs = max(p.num_seqs * cdiv(p.num_heads, block_h), 1)
     want = cdiv(2 * p.num_sms, programs)
     most = max(cdiv(p.max_seqlen_k, 2 * tile_n), 1)
     num_splits = max(1, min(want, most, MAX_MLA_SPLITS))
-    return MLADecodeConfig(block_h=block_h, tile_n=tile_n, num_splits=num_splits, num_warps=warps, num_stages=2)
+    return MLADecodeConfig(block_h=block_h, tile_n=tile_n, num_splits=num_splits, num_warps=warps, num_stages=stages)
