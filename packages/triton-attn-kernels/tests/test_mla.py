@@ -12,7 +12,7 @@ import pytest
 import torch
 from batches import DEVICE, FP8
 
-from triton_attn_kernels import MLADecodeConfig, mla_decode, mla_workspace_numel
+from triton_attn_kernels import MLADecodeConfig, debug, mla_decode, mla_workspace_numel
 from triton_attn_kernels.reference import attention_ref
 from triton_attn_kernels.reference_mla import mla_decode_ref
 from triton_attn_kernels.testing import tolerance
@@ -212,6 +212,16 @@ def test_index_contents_are_bounded():
     assert not torch.isnan(buf[:3]).any()
 
 
+def test_debug_mode_names_the_bad_entry():
+    b = mla_batch([1, 1], [20, 33])
+    b.block_table[1, 2] = b.kv_cache.shape[0]
+    with debug.checking(), pytest.raises(ValueError, match=r"block_table\[1"):
+        mla_decode(*b.args(), **b.kw())
+    b = mla_batch([1], [20], kv_dtype=FP8[0])
+    with debug.checking(), pytest.raises(ValueError, match="k_scale"):
+        mla_decode(*b.args(), **b.kw(), k_scale=torch.tensor([float("nan")], device=DEVICE))
+
+
 def test_reference_is_mqa_over_the_latent():
     """The MLA reference equals the generic reference with one KV head, key = the whole
     latent row, value = its first kv_lora_rank dims."""
@@ -327,15 +337,54 @@ def test_out_is_checked():
         mla_decode(*b.args(), **b.kw(), out=b.q_nope)
 
 
+@pytest.mark.parametrize(
+    "heads,kv_dtype,q_len",
+    [(16, torch.bfloat16, 1), (128, torch.bfloat16, 1), (16, torch.float8_e4m3fn, 4), (128, torch.float8_e4m3fn, 16)],
+)
+def test_deepseek_geometry_with_the_gpu_tiles(heads, kv_dtype, q_len):
+    """kv_lora_rank 512 + rope 64 with the configuration the heuristic picks on an H100-sized
+    GPU (head tiles, key tiles, page prefetch, splits), here under the interpreter."""
+    b = mla_batch(
+        [q_len] * 3, [q_len, 65, 130], heads=heads, rank=512, rope=64, block_size=64,
+        dtype=torch.bfloat16, kv_dtype=kv_dtype, k_scale=0.5,
+    )  # fmt: skip
+    gpu = MLAProblem(3, heads, 512, 64, q_len, 130, "bfloat16", str(kv_dtype).removeprefix("torch."), num_sms=132)
+    config = mla_decode_heuristic(gpu)
+    assert config.prefetch_pages == 1 and (config.num_splits > 1 or heads * q_len >= 2048)
+    kw = dict(k_scale=0.5) if kv_dtype in FP8 else {}
+    out, _ = run(b, config=config, **kw)
+    check(out, mla_decode_ref(*b.args(), scale=b.scale, **kw), torch.bfloat16)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("heads", [16, 128])
 @pytest.mark.parametrize("kv_dtype", [torch.bfloat16, torch.float8_e4m3fn])
 @pytest.mark.parametrize("q_len", [1, 4])
 def test_deepseek_geometry(heads, kv_dtype, q_len):
     b = mla_batch(
-        [q_len] * 6, [1, 63, 64, 65, 1000, 4099], heads=heads, rank=512, rope=64, block_size=64,
+        [q_len] * 6, [q_len, 63, 64, 65, 1000, 4099], heads=heads, rank=512, rope=64, block_size=64,
         dtype=torch.bfloat16, kv_dtype=kv_dtype, k_scale=0.5,
     )  # fmt: skip
     kw = dict(k_scale=0.5) if kv_dtype in FP8 else {}
     out, _ = run(b, **kw)
     check(out, mla_decode_ref(*b.args(), scale=b.scale, **kw), torch.bfloat16)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replay_follows_new_lengths():
+    """Captured once with a pinned config and workspace, replayed after the lengths and the
+    tokens change: the launch reads nothing on the host."""
+    b = mla_batch([1] * 8, [100] * 8, heads=16, rank=512, rope=64, block_size=64, dtype=torch.bfloat16)
+    config = MLADecodeConfig(block_h=16, tile_n=32, num_splits=8, num_warps=8, num_stages=3)
+    ws = torch.empty(mla_workspace_numel(8, 16, 512, 8), device=DEVICE)
+    out = torch.empty_like(b.q_nope)
+    kw = dict(max_seqlen_q=1, max_seqlen_k=b.block_table.shape[1] * 64, scale=b.scale, config=config)
+    mla_decode(*b.args(), **kw, out=out, workspace=ws)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        mla_decode(*b.args(), **kw, out=out, workspace=ws)
+    b.seq_lens.copy_(torch.tensor([1, 7, 64, 65, 99, 100, 30, 2], dtype=torch.int32, device=DEVICE))
+    b.q_nope.normal_()
+    graph.replay()
+    torch.cuda.synchronize()
+    check(out, mla_decode_ref(*b.args(), scale=b.scale), torch.bfloat16)
