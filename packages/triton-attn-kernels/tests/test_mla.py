@@ -174,11 +174,22 @@ def test_heuristic_and_odd_head_tiles(config):
     check(out, mla_decode_ref(*b.args(), scale=b.scale), torch.float16)
 
 
+def test_fp32_queries_and_cache():
+    b = mla_batch([1, 3], [40, 21], dtype=torch.float32)
+    out, _ = run(b, config=cfg(3))
+    ref = mla_decode_ref(*b.args(), scale=b.scale)
+    check(out, ref, torch.float32)
+
+
 def test_preallocated_workspace_and_strided_inputs():
     b = mla_batch([2, 1, 2], [40, 18, 61])
     # q_nope and q_pe as views of one projection output, as a model produces them.
     both = torch.randn(b.q_nope.shape[0], 16, 64 + 16, device=DEVICE).half()
     b.q_nope, b.q_pe = both[..., :64], both[..., 64:]
+    # The latent rows padded to 96 values, and the pages taken out of a larger pool.
+    padded = torch.randn(2 * b.kv_cache.shape[0], 16, 96, device=DEVICE).half()
+    padded[1::2, :, :80] = b.kv_cache
+    b.kv_cache = padded[1::2, :, :80]
     config = cfg(5)
     need = mla_workspace_numel(3, 16, 64, 5, query_len=2)
     ws = torch.full((need,), float("nan"), device=DEVICE)
