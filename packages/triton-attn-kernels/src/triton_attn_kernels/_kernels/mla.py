@@ -231,7 +231,9 @@ def _mla_query_tile(
             tl.store(lse_ptr + q_tok * num_heads + row_head, lse * LN2, mask=row_ok)
 
 
-@triton.jit
+# Per-call sizes only bound indices: not specialised (Triton would on the value 1 and on
+# multiples of 16), so every batch shares one compiled variant per configuration.
+@triton.jit(do_not_specialize=["num_tokens", "num_blocks", "max_blocks"])
 def mla_decode_kernel(
     q_nope_ptr,  # [num_tokens, num_heads, KV_RANK]
     q_pe_ptr,  # [num_tokens, num_heads, ROPE_DIM]
