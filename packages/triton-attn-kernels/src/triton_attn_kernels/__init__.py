@@ -7,6 +7,7 @@ The whole public API::
     varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, *, ...)
     merge_attention_states(out_a, lse_a, out_b, lse_b, *, out=None)
     mla_decode(q_nope, q_pe, kv_cache, block_table, seq_lens, cu_seqlens_q, *, ...)
+    write_latent_cache(kv_c, k_pe, kv_cache, slot_mapping, *, k_scale=None)
     write_kv_cache(key, value, k_cache, v_cache, slot_mapping, *, ...)
     compiled_variants()             kernel variants compiled in this process, per kernel
     triton_attn_kernels.reference   fp32 PyTorch ground truth of all three
@@ -18,7 +19,7 @@ from .attention import MAX_DECODE_QUERY_LEN, decode_workspace_numel, paged_atten
 from .compiled import compiled_variants
 from .kv_cache import write_kv_cache
 from .merge import merge_attention_states
-from .mla import MLADecodeConfig, mla_decode, mla_workspace_numel
+from .mla import MLADecodeConfig, mla_decode, mla_workspace_numel, write_latent_cache
 from .tuning import AttentionConfig, DecodeConfig, KVWriteConfig, PrefillConfig
 
 __version__ = "0.1.0"
@@ -40,4 +41,5 @@ __all__ = [
     "paged_attention",
     "varlen_attention",
     "write_kv_cache",
+    "write_latent_cache",
 ]

@@ -25,6 +25,7 @@ from triton_attn_kernels._fallback import alternatives
 from triton_attn_kernels._kernels.attention import attention_kernel, merge_kernel, merge_states_kernel
 from triton_attn_kernels._kernels.kv_cache import write_kv_kernel
 from triton_attn_kernels._kernels.mla import mla_decode_kernel
+from triton_attn_kernels._kernels.mla_cache import write_latent_kernel
 from triton_attn_kernels._kernels.prefill_tma import prefill_tma_kernel
 from triton_attn_kernels._tma import warp_specialize
 from triton_attn_kernels.tuning.mla import MLAProblem, mla_decode_heuristic
@@ -275,6 +276,21 @@ def mla(heads: int = 16, dtype: str = "bf16", kv: str | None = None, query_len: 
     return kernel
 
 
+def latent_write(cache: str):
+    fp8 = cache.startswith("fp8")
+    cx = dict(
+        KV_RANK=512,
+        ROPE_DIM=64,
+        BLOCK_SIZE=64,
+        QUANTIZE=fp8,
+        FP8_MAX={"fp8e4nv": 448.0, "fp8e5": 57344.0}.get(cache, 0.0),
+        FP8_MANT={"fp8e4nv": 3, "fp8e5": 2}.get(cache, 0),
+        FP8_EMIN={"fp8e4nv": -6, "fp8e5": -14}.get(cache, 0),
+    )
+    ptrs = {"kv_c_ptr": "*bf16", "k_pe_ptr": "*bf16", "cache_ptr": f"*{cache}", "slot_ptr": "*i64"}
+    return compile_one(write_latent_kernel, cx, ptrs)
+
+
 def mla_merge(splits: int = 32):
     cx = dict(HEAD_DIM=512, BLOCK_D=512, NUM_SPLITS=splits, SPLITS_POW2=splits, DECODE_Q=1, RETURN_LSE=True)
     return compile_one(merge_kernel, cx, {"cu_seqlens_q_ptr": "*i32", "out_ptr": "*bf16"}, warps=8)
@@ -307,6 +323,8 @@ OTHERS: dict[str, Callable[[], Any]] = {
     "mla verify 4 tokens, 16 heads": lambda: mla(16, query_len=4),
     "mla verify 16 tokens, 128 heads, fp8 e4m3 latent": lambda: mla(128, kv="fp8e4nv", query_len=16),
     "mla merge of 32 splits, 512 dims": mla_merge,
+    "mla latent write bf16": lambda: latent_write("bf16"),
+    "mla latent write fp8 e4m3": lambda: latent_write("fp8e4nv"),
 }
 
 

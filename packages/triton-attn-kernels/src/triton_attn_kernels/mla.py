@@ -1,4 +1,5 @@
-"""Public MLA decode launcher: validate, pick the configuration, launch, merge.
+"""Public MLA launchers: the decode (validate, pick the configuration, launch, merge) and
+the write of new latents into the paged cache it reads.
 
 Multi-head latent attention (DeepSeek-V2/V3, Kimi K2) with the K/V up-projections absorbed
 into the query and the output: every query head attends to the same cached latent rows.
@@ -18,10 +19,11 @@ from ._device import interpreting
 from ._intmath import cdiv, next_pow2
 from ._kernels.attention import merge_kernel
 from ._kernels.mla import mla_decode_kernel
+from ._kernels.mla_cache import write_latent_kernel
 from .tuning.mla import MLADecodeConfig, MLAProblem, mla_decode_heuristic, mla_workspace_numel
 from .tuning.policy import MAX_DECODE_QUERY_LEN
 
-__all__ = ["MLADecodeConfig", "mla_decode", "mla_workspace_numel"]
+__all__ = ["MLADecodeConfig", "mla_decode", "mla_workspace_numel", "write_latent_cache"]
 
 
 def _pow2_dim(name: str, value: int, lo: int) -> None:
@@ -287,3 +289,79 @@ def mla_decode(
             num_warps=4 if next_pow2(splits) * rank <= 4096 else 8,
         )
     return (out, lse) if lse is not None else out
+
+
+def write_latent_cache(
+    kv_c: torch.Tensor,
+    k_pe: torch.Tensor,
+    kv_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    *,
+    k_scale: float | torch.Tensor | None = None,
+) -> None:
+    """Write new tokens' latents into the MLA cache read by :func:`mla_decode`, in place.
+
+    Args:
+        kv_c: [num_tokens, kv_lora_rank], float16 / bfloat16 / float32 (the normalised
+            compressed KV), any strides.
+        k_pe: [num_tokens, rope_dim] in kv_c's dtype (the rotary key, already rotated).
+        kv_cache: [num_blocks, block_size, kv_lora_rank + rope_dim], kv_c's dtype or
+            float8_e4m3fn / float8_e5m2 (then values are stored as ``x / k_scale``, clamped
+            to the format's range and rounded as :func:`write_kv_cache` rounds); any strides.
+        slot_mapping: [num_tokens] int32 or int64, ``block * block_size + offset``; ``-1``
+            (padding) and any other entry outside the cache write nothing.
+        k_scale: the fp8 cache's per-tensor scale (float or one-element tensor), required for
+            fp8 caches, ignored otherwise.
+    """
+    check.tensor("kv_c", kv_c, ndim=2, dtypes=check.FLOAT_DTYPES)
+    check.tensor("k_pe", k_pe, ndim=2, dtypes=(kv_c.dtype,))
+    check.tensor("kv_cache", kv_cache, ndim=3, dtypes=(kv_c.dtype, *check.FP8_DTYPES))
+    num_tokens, rank = kv_c.shape
+    rope = k_pe.shape[1]
+    if k_pe.shape[0] != num_tokens:
+        raise ValueError(f"k_pe must have kv_c's {num_tokens} tokens, got shape {tuple(k_pe.shape)}")
+    _pow2_dim("kv_lora_rank (kv_c's last dim)", rank, 16)
+    _pow2_dim("rope_dim (k_pe's last dim)", rope, 16)
+    if kv_cache.shape[2] != rank + rope:
+        raise ValueError(
+            f"kv_cache must hold kv_lora_rank + rope_dim = {rank + rope} dims per token, got shape {tuple(kv_cache.shape)}"
+        )
+    check.cache_blocks("kv_cache", kv_cache)
+    check.index("slot_mapping", slot_mapping, ndim=1, dtypes=(torch.int32, torch.int64))
+    if slot_mapping.shape[0] != num_tokens:
+        raise ValueError(f"slot_mapping must have num_tokens={num_tokens} entries, got {slot_mapping.shape[0]}")
+    check.same_device(kv_c.device, k_pe=k_pe, kv_cache=kv_cache, slot_mapping=slot_mapping)
+    check.not_overlapping("kv_cache", kv_cache, kv_c=kv_c, k_pe=k_pe, slot_mapping=slot_mapping)
+    fp8 = kv_cache.dtype in check.FP8_DTYPES
+    if fp8 and k_scale is None:
+        raise ValueError(
+            f"k_scale is required with a {str(kv_cache.dtype).removeprefix('torch.')} cache: the scale "
+            "mla_decode will read it with, e.g. 1.0"
+        )
+    if debug.enabled():
+        debug.check_slot_mapping(slot_mapping, num_blocks=kv_cache.shape[0], block_size=kv_cache.shape[1])
+        if fp8:
+            debug.check_fp8_scales(k_scale=k_scale)
+    if num_tokens == 0:
+        return
+    scale_t = check.kv_scale("k_scale", k_scale, kv_c.device) if fp8 else slot_mapping
+    write_latent_kernel[(num_tokens,)](
+        kv_c,
+        k_pe,
+        kv_cache,
+        slot_mapping,
+        scale_t,
+        *kv_c.stride(),
+        *k_pe.stride(),
+        *kv_cache.stride(),
+        kv_cache.shape[0] * kv_cache.shape[1],
+        KV_RANK=rank,
+        ROPE_DIM=rope,
+        BLOCK_SIZE=kv_cache.shape[1],
+        QUANTIZE=fp8,
+        FP8_MAX=float(torch.finfo(kv_cache.dtype).max) if fp8 else 0.0,
+        # mantissa bits and smallest normal exponent of the fp8 format
+        FP8_MANT=3 if kv_cache.dtype == torch.float8_e4m3fn else 2,
+        FP8_EMIN=-6 if kv_cache.dtype == torch.float8_e4m3fn else -14,
+        num_warps=4,
+    )

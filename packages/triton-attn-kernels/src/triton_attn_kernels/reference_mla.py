@@ -1,5 +1,5 @@
-"""Plain-PyTorch fp32 reference of :func:`triton_attn_kernels.mla_decode`, one sequence at a
-time: the ground truth of the MLA tests.
+"""Plain-PyTorch fp32 references of :func:`triton_attn_kernels.mla_decode` (one sequence at
+a time) and :func:`triton_attn_kernels.write_latent_cache`: the ground truth of the MLA tests.
 
 Each cached token holds a latent row ``[c | k_pe]`` (kv_lora_rank + rope_dim values; an fp8
 cache holds them divided by ``k_scale``). A sequence's new tokens are the last ``q_len`` of
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["mla_decode_ref"]
+__all__ = ["mla_decode_ref", "write_latent_cache_ref"]
 
 
 def mla_decode_ref(
@@ -58,3 +58,27 @@ def mla_decode_ref(
         out[lo:hi] = torch.einsum("htk,kr->thr", p, c) * seen[:, None, None]
         lse[lo:hi] = torch.logsumexp(s, -1).transpose(0, 1)
     return (out, lse) if return_lse else out
+
+
+def write_latent_cache_ref(
+    kv_c: torch.Tensor,
+    k_pe: torch.Tensor,
+    kv_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    *,
+    k_scale: float | torch.Tensor | None = None,
+) -> None:
+    """Reference of :func:`triton_attn_kernels.write_latent_cache` (in place)."""
+    num_blocks, block_size, _ = kv_cache.shape
+    fp8 = kv_cache.dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
+    for tok, slot in enumerate(slot_mapping.tolist()):
+        if not 0 <= slot < num_blocks * block_size:
+            continue
+        x = torch.cat([kv_c[tok].float(), k_pe[tok].float()])
+        if fp8:
+            fmax = torch.finfo(kv_cache.dtype).max
+            ks = float(k_scale.reshape(-1)[0].item()) if isinstance(k_scale, torch.Tensor) else float(k_scale or 1.0)
+            # The correctly rounded fp32 quotient (float64 division), as write_kv_cache_ref.
+            scale = torch.tensor(ks, dtype=torch.float32).double().to(x.device)
+            x = (x.double() / scale).float().clamp(-fmax, fmax)
+        kv_cache[slot // block_size, slot % block_size] = x.to(kv_cache.dtype)
