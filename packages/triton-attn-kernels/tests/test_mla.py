@@ -161,6 +161,19 @@ def test_return_lse_and_padding_rows(splits):
     assert torch.isnan(out[6:]).all() and torch.isneginf(lse[6:]).all(), "padding rows were written"
 
 
+@pytest.mark.parametrize("splits", [1, 3])
+def test_rows_that_see_no_key_are_zero(splits):
+    # A context shorter than its query run (its first tokens see nothing) and an empty one.
+    b = mla_batch([4, 1, 1], [2, 1, 30])
+    b.seq_lens[1] = 0
+    out, (_, lse) = run(b, config=cfg(splits, block_h=4), return_lse=True)
+    ref, ref_lse = mla_decode_ref(*b.args(), scale=b.scale, return_lse=True)
+    check(out, ref, torch.float16)
+    assert (out[:2] == 0).all() and (out[4] == 0).all()
+    assert torch.isneginf(lse[:2]).all() and torch.isneginf(lse[4]).all() and torch.isfinite(lse[2:4]).all()
+    torch.testing.assert_close(lse, ref_lse, atol=2e-3, rtol=1e-3)
+
+
 def test_understated_max_seqlen_q_still_computes_every_row():
     b = mla_batch([6, 1, 3], [30, 12, 50])
     out, _ = run(b, config=cfg(3, block_h=8), max_seqlen_q=2)
