@@ -233,3 +233,34 @@ def workspace(ws: Any, device: torch.device, *, need: int = 0, **others: torch.T
         raise ValueError(f"workspace must have at least {need} elements (decode_workspace_numel), got {ws.numel()}")
     not_overlapping("workspace", ws, **others)
     return ws
+
+
+def paged_batch(
+    block_table: Any,
+    seq_lens: Any,
+    cu_seqlens_q: Any,
+    *,
+    block_size: int,
+    max_seqlen_q: Any,
+    max_seqlen_k: Any,
+    hint: str = "",
+) -> int:
+    """The index tensors of a paged launch (dtypes, ranks, one row per sequence) and the
+    host sizes against them; returns num_seqs. ``hint`` ends the capacity error (what a
+    context too long for its block-table row usually means for this caller)."""
+    index("block_table", block_table, ndim=2)
+    index("seq_lens", seq_lens, ndim=1)
+    index("cu_seqlens_q", cu_seqlens_q, ndim=1)
+    num_seqs = seq_lens.shape[0]
+    if block_table.shape[0] != num_seqs:
+        raise ValueError(f"block_table must have num_seqs={num_seqs} rows (seq_lens), got {block_table.shape[0]}")
+    if cu_seqlens_q.shape[0] != num_seqs + 1:
+        raise ValueError(f"cu_seqlens_q must have num_seqs + 1 = {num_seqs + 1} entries, got {cu_seqlens_q.shape[0]}")
+    batch_limits(num_seqs, max_seqlen_q, max_seqlen_k)
+    capacity = block_table.shape[1] * block_size
+    if num_seqs and max_seqlen_k > capacity:
+        raise ValueError(
+            f"max_seqlen_k={max_seqlen_k} exceeds what a block-table row holds (max_blocks * block_size = "
+            f"{block_table.shape[1]} * {block_size}){hint}"
+        )
+    return num_seqs

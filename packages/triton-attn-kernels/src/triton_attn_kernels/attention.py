@@ -464,22 +464,15 @@ def paged_attention(
     check.kv_pair(k_cache, v_cache, q, k_name="k_cache", v_name="v_cache")
     check.cache_blocks("k_cache", k_cache)
     check.head_geometry(q, k_cache.shape[2], k_cache.shape[3], "k_cache")
-    check.index("block_table", block_table, ndim=2)
-    check.index("seq_lens", seq_lens, ndim=1)
-    check.index("cu_seqlens_q", cu_seqlens_q, ndim=1)
-    num_seqs = seq_lens.shape[0]
-    if block_table.shape[0] != num_seqs:
-        raise ValueError(f"block_table must have num_seqs={num_seqs} rows (seq_lens), got {block_table.shape[0]}")
-    if cu_seqlens_q.shape[0] != num_seqs + 1:
-        raise ValueError(f"cu_seqlens_q must have num_seqs + 1 = {num_seqs + 1} entries, got {cu_seqlens_q.shape[0]}")
-    check.batch_limits(num_seqs, max_seqlen_q, max_seqlen_k)
-    capacity = block_table.shape[1] * k_cache.shape[1]
-    if num_seqs and max_seqlen_k > capacity:
-        raise ValueError(
-            f"max_seqlen_k={max_seqlen_k} exceeds what a block-table row holds (max_blocks * block_size = "
-            f"{block_table.shape[1]} * {k_cache.shape[1]}); a cache shaped [num_blocks, num_kv_heads, block_size, "
-            "head_dim] needs kv_layout='HND'"
-        )
+    num_seqs = check.paged_batch(
+        block_table,
+        seq_lens,
+        cu_seqlens_q,
+        block_size=k_cache.shape[1],
+        max_seqlen_q=max_seqlen_q,
+        max_seqlen_k=max_seqlen_k,
+        hint="; a cache shaped [num_blocks, num_kv_heads, block_size, head_dim] needs kv_layout='HND'",
+    )
     check.same_device(
         q.device,
         k_cache=k_cache,

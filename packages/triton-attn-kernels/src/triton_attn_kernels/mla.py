@@ -61,25 +61,18 @@ def _check(
     if q_nope.shape[1] < 1:
         raise ValueError(f"q_nope must have at least one head, got shape {tuple(q_nope.shape)}")
     check.cache_blocks("kv_cache", kv_cache)
-    check.index("block_table", block_table, ndim=2)
-    check.index("seq_lens", seq_lens, ndim=1)
-    check.index("cu_seqlens_q", cu_seqlens_q, ndim=1)
-    num_seqs = seq_lens.shape[0]
-    if block_table.shape[0] != num_seqs:
-        raise ValueError(f"block_table must have num_seqs={num_seqs} rows (seq_lens), got {block_table.shape[0]}")
-    if cu_seqlens_q.shape[0] != num_seqs + 1:
-        raise ValueError(f"cu_seqlens_q must have num_seqs + 1 = {num_seqs + 1} entries, got {cu_seqlens_q.shape[0]}")
-    check.batch_limits(num_seqs, max_seqlen_q, max_seqlen_k)
+    num_seqs = check.paged_batch(
+        block_table,
+        seq_lens,
+        cu_seqlens_q,
+        block_size=kv_cache.shape[1],
+        max_seqlen_q=max_seqlen_q,
+        max_seqlen_k=max_seqlen_k,
+    )
     if max_seqlen_q > MAX_DECODE_QUERY_LEN:
         raise ValueError(
             f"max_seqlen_q must be at most {MAX_DECODE_QUERY_LEN} (decode and speculative verification; longer "
             f"runs are prefill work), got {max_seqlen_q}"
-        )
-    capacity = block_table.shape[1] * kv_cache.shape[1]
-    if num_seqs and max_seqlen_k > capacity:
-        raise ValueError(
-            f"max_seqlen_k={max_seqlen_k} exceeds what a block-table row holds (max_blocks * block_size = "
-            f"{block_table.shape[1]} * {kv_cache.shape[1]})"
         )
     return num_seqs
 
