@@ -68,6 +68,7 @@ def _batch(p: Problem):
         max_query_len=max(q for q, _ in seqs),
         max_seq_len=max(c for _, c in seqs),
         query_start_loc=cu,
+        query_start_loc_cpu=cu,
         seq_lens=torch.tensor([c for _, c in seqs], dtype=torch.int32),
         block_table_tensor=torch.zeros(len(seqs), 1, dtype=torch.int32),
         slot_mapping=torch.zeros(int(cu[-1]), dtype=torch.int64),
@@ -85,8 +86,11 @@ def test_plugin_and_bench_choose_the_same_plan(p: Problem, graphs: bool | None) 
     plan = launch_plan(p, DEVICE)
     assert md.config == plan.config
     assert md.decode_query_len == plan.decode_query_len
-    # The plan says which launches run: decode and prefill configs exactly where needed.
+    # The plan says which launches run: decode and prefill configs exactly where needed, and
+    # a batch without decodes is one prefill launch.
     assert (plan.config.decode is not None) == (plan.decode_query_len >= 1)
     assert (plan.config.prefill is not None) == (p.max_seqlen_q > plan.decode_query_len)
+    has_decodes = any(1 <= q <= limits.decode_query_len for q, _ in p.seqs())
+    assert (plan.config.decode is not None) == has_decodes
     if builder.workspace is not None:
         assert builder.workspace.numel() >= plan.workspace_numel

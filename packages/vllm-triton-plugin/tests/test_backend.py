@@ -374,8 +374,7 @@ def test_graph_replay_with_new_batch_contents(captured_max_query_len):
     capture_lens = [num_tokens // num_reqs] * num_reqs
     query_start_loc.copy_(torch.tensor([0, *torch.tensor(capture_lens).cumsum(0).tolist()]))
     seq_lens.copy_(torch.tensor(capture_lens))
-    captured = builder.build(
-        0,
+    captured = builder.build_for_cudagraph_capture(
         CommonAttentionMetadata(
             query_start_loc=query_start_loc,
             query_start_loc_cpu=query_start_loc.cpu(),
@@ -429,3 +428,19 @@ def test_pinned_decode_config_comes_from_the_tuning_lookup(monkeypatch):
     seen.clear()
     builder, md, _ = run_case(mode=CUDAGraphMode.PIECEWISE, seed=8)
     assert not seen and not builder.policy.limits.cuda_graphs
+
+
+def test_prefill_only_batch_is_one_launch_except_under_capture():
+    """A batch without decodes is planned as one prefill launch; built for a CUDA-graph
+    capture the same batch keeps the decode launch, since the graph replays for any batch."""
+    gen = torch.Generator().manual_seed(9)
+    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=2, head_size=HEAD, dtype=torch.float32)
+    builder = TritonAttentionMetadataBuilder(
+        spec, ["layer.0"], vllm_config(4, 2, torch.float32, mode=CUDAGraphMode.FULL), DEVICE
+    )
+    prefills = make_batch([(21, 5), (17, 17)], 4, 2, torch.float32, 24, gen)
+    md = builder.build(0, prefills.common)
+    assert md.config.decode is None and md.config.prefill is not None
+    assert builder.build_for_cudagraph_capture(prefills.common).config.decode is not None
+    mixed = make_batch([(21, 5), (9, 1)], 4, 2, torch.float32, 24, gen)
+    assert builder.build(0, mixed.common).config.decode is not None

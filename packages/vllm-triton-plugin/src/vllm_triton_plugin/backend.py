@@ -188,7 +188,15 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         if not isinstance(cm.causal, bool):
             raise NotImplementedError("per-request causal masks are not supported by the Triton attention backend")
         num_reqs = cm.num_reqs
-        plan = self.policy.plan(num_reqs, cm.max_query_len, cm.max_seq_len)
+        # The query lengths are on the host already (vLLM's CPU copy): a batch without
+        # decodes or verification runs is planned as one prefill launch. Not for a CUDA-graph
+        # capture, whose launches replay for any later batch (decodes included).
+        has_decodes = True
+        if not self._capturing:
+            q_lens = cm.query_start_loc_cpu[1 : num_reqs + 1] - cm.query_start_loc_cpu[:num_reqs]
+            dq = self.policy.limits.decode_query_len
+            has_decodes = bool(((q_lens >= 1) & (q_lens <= dq)).any())
+        plan = self.policy.plan(num_reqs, cm.max_query_len, cm.max_seq_len, has_decodes=has_decodes)
         config, workspace = plan.config, self.workspace
         if plan.workspace_numel > (workspace.numel() if workspace is not None else 0):
             # More requests than max_num_seqs (not expected): let the kernels size it.

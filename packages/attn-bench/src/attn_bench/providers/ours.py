@@ -46,7 +46,9 @@ def launch_plan(p: Any, device: torch.device, *, paged: bool = True):  # type: i
         limits=serving_limits(p),
         device=device,
     )
-    return policy.plan(p.num_seqs, p.max_seqlen_q, p.max_seqlen_k)
+    dq = policy.limits.decode_query_len
+    has_decodes = any(1 <= q <= dq for q, _ in p.seqs())
+    return policy.plan(p.num_seqs, p.max_seqlen_q, p.max_seqlen_k, has_decodes=has_decodes)
 
 
 def _workspace(x: Inputs, plan) -> torch.Tensor:  # type: ignore[no-untyped-def]

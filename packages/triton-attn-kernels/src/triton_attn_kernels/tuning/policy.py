@@ -217,9 +217,11 @@ class ServingPolicy:
     def _rounded(config: DecodeConfig) -> DecodeConfig:
         return dataclasses.replace(config, num_splits=1 << (config.num_splits - 1).bit_length())
 
-    def plan(self, num_seqs: int, max_seqlen_q: int, max_seqlen_k: int) -> LaunchPlan:
-        """The plan for one batch (host values only: no tensor is read)."""
-        dq = self.limits.decode_query_len
+    def plan(self, num_seqs: int, max_seqlen_q: int, max_seqlen_k: int, *, has_decodes: bool = True) -> LaunchPlan:
+        """The plan for one batch (host values only: no tensor is read). ``has_decodes=False``
+        (no sequence has 1..decode_query_len new tokens) plans one prefill launch; if it is
+        wrong the prefill launch serves the short sequences too, correctly."""
+        dq = self.limits.decode_query_len if has_decodes else 0
         decode_runs, prefill_runs = _launches(dq, max_seqlen_q)
         decode = self.decode(num_seqs, max_seqlen_k) if decode_runs else None
         prefill = self.prefill if prefill_runs else None
