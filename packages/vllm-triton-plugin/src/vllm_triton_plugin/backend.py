@@ -192,8 +192,9 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         # decodes or verification runs is planned as one prefill launch. Not for a CUDA-graph
         # capture, whose launches replay for any later batch (decodes included).
         has_decodes = True
-        if not self._capturing:
-            q_lens = cm.query_start_loc_cpu[1 : num_reqs + 1] - cm.query_start_loc_cpu[:num_reqs]
+        starts = getattr(cm, "query_start_loc_cpu", None)
+        if not self._capturing and starts is not None:
+            q_lens = starts[1 : num_reqs + 1] - starts[:num_reqs]
             dq = self.policy.limits.decode_query_len
             has_decodes = bool(((q_lens >= 1) & (q_lens <= dq)).any())
         plan = self.policy.plan(num_reqs, cm.max_query_len, cm.max_seq_len, has_decodes=has_decodes)
