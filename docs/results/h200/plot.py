@@ -91,7 +91,7 @@ def plot(csv_path: Path, png: Path) -> None:
     # vLLM end to end, relative to FLASH_ATTN.
     _bars(c, t["e2e"], ("ours", "FLASH_ATTN", "TRITON_ATTN"), "FLASH_ATTN", 15)
     c.set_ylim(0, 1.25)
-    c.set_ylabel("speed relative to FLASH_ATTN (tok/s; batch 1: 1 / ms per token)")
+    c.set_ylabel("speed relative to FLASH_ATTN\n(tok/s; batch 1: 1 / ms per token)")
     c.set_title("vLLM 0.26 end to end, Llama-3.1-8B architecture", fontsize=10)
     c.legend(fontsize=7, loc="upper right", ncol=3)
     c.grid(alpha=0.3, axis="y")
