@@ -272,3 +272,15 @@ def test_run_on_gpu(tmp_path: Path, kernel: str) -> None:
     assert table.capability is not None and "CUDA-graph" in table.meta["tuning"]["timing"]
     assert all(e.time_us and e.heuristic_us and e.time_us <= e.heuristic_us * 1.01 for e in table.entries.values())
     assert main(["validate", summary["path"]]) == 0
+
+
+def test_prefill_space_offers_tma_only_where_pages_hold_whole_tiles():
+    from triton_attn_kernels.tuner.space import space_for
+
+    assert "tma" not in space_for("prefill", 128, block_size=16).declared()
+    space = space_for("prefill", 128, block_size=64)
+    assert space.declared()["tma"] == [0, 1]
+    configs = space.stage2(space.stage1())
+    with_tma = [c for c in configs if c.tma]
+    assert with_tma and all(64 % c.tile_n == 0 for c in with_tma)
+    assert any(c.tile_n == 128 and not c.tma for c in configs)

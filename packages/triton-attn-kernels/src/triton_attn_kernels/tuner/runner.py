@@ -115,7 +115,7 @@ def run(opts: RunOptions) -> dict[str, Any]:
     try:
         for i, (geom_name, shape, key, heuristic) in enumerate(todo, 1):
             geom = GEOMETRIES[geom_name]
-            space = space_for(opts.kernel, geom.head_dim, interp)
+            space = space_for(opts.kernel, geom.head_dim, interp, block_size=opts.block_size)
             what = f"{shape.num_tokens} tokens" if opts.kernel == "kv_write" else str(shape)
             tag = f"[{i:>3}/{len(todo)}] {geom_name} {what}"
             if time.monotonic() > deadline and written:

@@ -109,11 +109,14 @@ class Space:
     fine: dict[str, tuple[int, ...]]
     defaults: dict[str, int]
     keep: int = 2
+    block_size: int = 16  # page size of the cases: a TMA prefill config needs tiles that divide it
 
     def declared(self) -> dict[str, list[int]]:
         return {name: list(v) for name, v in {**self.coarse, **self.fine}.items()}
 
     def _make(self, values: dict[str, Any]) -> Any | None:
+        if values.get("tma") and self.block_size % values["tile_n"]:
+            return None  # would run the generic kernel: the same config timed twice
         try:
             return self.config_cls(**values)
         except ValueError:  # outside the dataclass's limits: not part of the space
@@ -147,7 +150,7 @@ class Space:
         return {}
 
 
-def space_for(kernel: str, head_dim: int, interpreter: bool = False) -> Space:
+def space_for(kernel: str, head_dim: int, interpreter: bool = False, *, block_size: int = 16) -> Space:
     # Page numbers one tile ahead let Triton 3.6 pipeline paged K/V loads (sm_90 code: its
     # copies otherwise wait for each other every iteration); it also changes registers and
     # shared memory, so the tuner decides. Not swept in the interpreter (no pipelining there).
@@ -176,6 +179,9 @@ def space_for(kernel: str, head_dim: int, interpreter: bool = False) -> Space:
             coarse = {"block_m": (32, 64, 128), "tile_n": (16, 32, 64)}
         else:
             coarse = {"block_m": (64, 128), "tile_n": (32, 64, 128)}
+        # The Hopper prefill (TMA, warp-specialised at 4 warps on Triton 3.6) where the cases'
+        # pages hold whole tiles; the launcher runs it only on sm_90.
+        tma: dict[str, tuple[int, ...]] = {} if interpreter or block_size < 32 else {"tma": (0, 1)}
         return Space(
             PrefillConfig,
             coarse=coarse,
@@ -183,8 +189,10 @@ def space_for(kernel: str, head_dim: int, interpreter: bool = False) -> Space:
                 "num_warps": (4,) if interpreter else (4, 8),
                 "num_stages": (1, 2) if interpreter else (1, 2, 3),
                 **prefetch,
+                **tma,
             },
             defaults={"num_stages": 2},
+            block_size=block_size,
         )
     if kernel == "kv_write":
         warps = (2, 4) if interpreter else (1, 2, 4, 8, 16)
