@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from triton_attn_kernels import AttentionConfig, DecodeConfig, paged_attention, varlen_attention, write_kv_cache
-from triton_attn_kernels.reference import paged_attention_ref, varlen_attention_ref, write_kv_cache_ref
-from triton_attn_kernels.testing import tolerance
+from triton_attn_kernels.reference import varlen_attention_ref, write_kv_cache_ref
+from triton_attn_kernels.testing import compare, paged_rows_ref, tolerance
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -249,34 +249,23 @@ def pick_seqs(rng: random.Random, q_lens: list[int], seq_lens: list[int], lim: L
     return sorted(chosen)
 
 
-def compare(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str) -> float:
-    got = out.float()
-    if not torch.isfinite(got).all():
-        raise Mismatch(f"{what}: non-finite values (NaN left by an unwritten row, or overflow)")
-    err = (got - ref).abs()
-    bad = ~tolerance(dtype).allows(got, ref)
-    if bad.any():
-        raise Mismatch(f"{what}: {int(bad.sum())} of {bad.numel()} elements off, max abs err {err.max().item():.4g}")
-    return err.max().item() if err.numel() else 0.0
+def judge(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str) -> float:
+    result = compare(out, ref, tolerance(dtype))
+    if not result.ok:
+        raise Mismatch(f"{what}: {result.failure}")
+    return result.max_err
 
 
 def check_paged(rng, b: dict, q_lens: list[int], seq_lens: list[int], out, feats: dict, f: dict, lim, outcome):
     dtype = getattr(torch, f["dtype"])
     cu = b["cu_seqlens_q"].tolist()
+    batch = (b["q"], b["k_cache"], b["v_cache"], b["block_table"], b["seq_lens"], b["cu_seqlens_q"])
     for i in pick_seqs(rng, q_lens, seq_lens, lim):
         a, e = row_window(rng, q_lens[i], f["causal"], lim)
-        ctx = seq_lens[i] - q_lens[i] + e
-        rows = slice(cu[i] + a, cu[i] + e)
-        ref = paged_attention_ref(
-            b["q"][rows],
-            b["k_cache"],
-            b["v_cache"],
-            b["block_table"][i : i + 1],
-            torch.tensor([ctx], dtype=torch.int32, device=DEVICE),
-            torch.tensor([0, e - a], dtype=torch.int32, device=DEVICE),
-            **feats,
+        ref = paged_rows_ref(*batch, seq=i, rows=(a, e), **feats)
+        outcome.max_err = max(
+            outcome.max_err, judge(out[cu[i] + a : cu[i] + e], ref, dtype, f"seq {i} rows {a}:{e} of {q_lens[i]}")
         )
-        outcome.max_err = max(outcome.max_err, compare(out[rows], ref, dtype, f"seq {i} rows {a}:{e} of {q_lens[i]}"))
         outcome.checked_rows += e - a
     pad = f["q_padding"]
     if pad and not torch.isnan(out[out.shape[0] - pad :].float()).all():
@@ -400,7 +389,7 @@ def run_varlen(seed: int, rng: random.Random, gen: torch.Generator, lim: Limits,
             torch.tensor([0, ctx], dtype=torch.int32, device=DEVICE),
             **feats,
         )
-        outcome.max_err = max(outcome.max_err, compare(out[rows], ref, dtype, f"seq {i} rows {a}:{e}"))
+        outcome.max_err = max(outcome.max_err, judge(out[rows], ref, dtype, f"seq {i} rows {a}:{e}"))
         outcome.checked_rows += e - a
 
 

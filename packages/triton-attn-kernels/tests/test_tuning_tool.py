@@ -153,7 +153,7 @@ def test_reference_check_rejects_wrong_output(monkeypatch: pytest.MonkeyPatch) -
         return out
 
     monkeypatch.setattr(bench, "paged_attention", off_by_a_bit)
-    assert "max error" in (case.check(config) or "")
+    assert "max abs error" in (case.check(config) or "")
 
     kv = bench.KVWriteCase(GEOMETRIES["tiny"], Shape(3, 8, 8), torch.bfloat16, torch.bfloat16, 16, torch.device("cpu"))
     assert kv.check(KVWriteConfig(num_warps=2)) is None

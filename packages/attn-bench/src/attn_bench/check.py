@@ -2,20 +2,21 @@
 
 Big cases would make the fp32 reference slow and huge (a 32k causal prefill is a
 32k x 32k score matrix per head), so the check samples: the first, a middle and the last
-sequence, and in each up to three windows of query rows (first, middle, last). Each window
-is computed exactly by the reference, with the keys cut at the window's last position
-(bottom-right causal alignment makes that the same attention).
+sequence, and in each up to three windows of query rows (first, middle, last), each judged
+by :func:`triton_attn_kernels.testing.compare` against
+:func:`triton_attn_kernels.testing.paged_rows_ref` (the same sampled check as the tuner's and
+the kernels' fuzzer's).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 
-from triton_attn_kernels.reference import attention_ref, write_kv_cache_ref
-from triton_attn_kernels.testing import Tolerance
+from triton_attn_kernels.reference import write_kv_cache_ref
+from triton_attn_kernels.testing import Tolerance, compare, paged_rows_ref
 from triton_attn_kernels.testing import tolerance as kernel_tolerance
 
 from .inputs import Inputs
@@ -60,33 +61,18 @@ def _attention(x: Inputs, got: torch.Tensor) -> CheckResult:
     p = x.problem
     if tuple(got.shape) != tuple(x.q.shape):
         return CheckResult(False, float("inf"), f"output shape {tuple(got.shape)} != {tuple(x.q.shape)}")
-    bs = p.block_size
     cu = x.cu_seqlens_q.tolist()
-    ks, vs = float(x.k_scale.item()), float(x.v_scale.item())
     tol = tolerance(p.dtype, p.kv_dtype)
     worst = 0.0
     for i in sampled_sequences(x):
-        ql, kl = x.q_lens[i], x.kv_lens[i]
-        for lo, hi in _windows(ql):
-            end = kl - ql + hi  # keys the window's last query can see
-            blocks = x.block_table[i, : -(-end // bs)].long()
-            k = x.k_cache[blocks].flatten(0, 1)[:end].float() * ks
-            v = x.v_cache[blocks].flatten(0, 1)[:end].float() * vs
-            q = x.q[cu[i] + lo : cu[i] + hi]
-            ref = cast(torch.Tensor, attention_ref(q, k, v, scale=x.scale, causal=True, **x.features()))
-            rows = got[cu[i] + lo : cu[i] + hi].float()
-            err = (rows - ref).abs().max().item()
-            if err != err:  # NaN: rows left unwritten or a broken kernel
-                return CheckResult(False, float("nan"), f"NaN in output of sequence {i} rows {lo}:{hi}")
-            worst = max(worst, err)
-            bad = ~tol.allows(rows, ref)
-            if bool(bad.any()):
-                return CheckResult(
-                    False,
-                    worst,
-                    f"{int(bad.sum())} values of sequence {i} rows {lo}:{hi} beyond "
-                    f"{tol.atol:.3g} + {tol.rtol:.3g} * |ref| (max abs error {err:.3g})",
-                )
+        for lo, hi in _windows(x.q_lens[i]):
+            batch = (x.q, x.k_cache, x.v_cache, x.block_table, x.seq_lens, x.cu_seqlens_q)
+            scales = {"scale": x.scale, "k_scale": x.k_scale, "v_scale": x.v_scale}
+            ref = paged_rows_ref(*batch, seq=i, rows=(lo, hi), **scales, **x.features())
+            result = compare(got[cu[i] + lo : cu[i] + hi], ref, tol)
+            worst = max(worst, result.max_err)
+            if not result.ok:
+                return CheckResult(False, result.max_err, f"sequence {i} rows {lo}:{hi}: {result.failure}")
     return CheckResult(True, worst)
 
 

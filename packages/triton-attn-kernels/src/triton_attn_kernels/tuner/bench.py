@@ -11,14 +11,12 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 
 from ..attention import decode_workspace_numel, paged_attention
 from ..kv_cache import write_kv_cache
-from ..reference import attention_ref
-from ..testing import tolerance
+from ..testing import compare, paged_rows_ref, tolerance
 from ..tuning.configs import AttentionConfig, DecodeConfig, KVWriteConfig, PrefillConfig
 from ..tuning.heuristics import AttentionProblem
 from .space import Geometry, Shape
@@ -116,23 +114,17 @@ class AttentionCase:
 
         return launch
 
-    def _reference_rows(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(row indices, fp32 reference) for the first and last CHECK_ROWS query rows of the
+    def _reference_rows(self) -> list[tuple[slice, torch.Tensor]]:
+        """(output rows, fp32 reference) for the first and last CHECK_ROWS query rows of the
         first and last sequence: cheap at any size, and they cover both ends of the mask."""
-        b, n = self.shape.num_seqs, self.shape.context
-        g = self.geometry
+        b, q_len = self.shape.num_seqs, self.q_len
+        batch = (self.q, self.k_cache, self.v_cache, self.block_table, self.seq_lens, self.cu_seqlens_q)
+        scales = {"scale": self.geometry.head_dim**-0.5, "k_scale": self.kv_scale, "v_scale": self.kv_scale}
         checks = []
         for s in sorted({0, b - 1}):
-            blocks = self.block_table[s, : -(-n // self.block_size)].long()
-            k = self.k_cache[blocks].float().reshape(-1, g.num_kv_heads, g.head_dim)[:n]
-            v = self.v_cache[blocks].float().reshape(-1, g.num_kv_heads, g.head_dim)[:n]
-            q0 = s * self.q_len
-            spans = {(max(self.q_len - CHECK_ROWS, 0), self.q_len), (0, min(CHECK_ROWS, self.q_len))}
-            for lo, hi in sorted(spans):
-                ctx = n - self.q_len + hi  # the rows lo..hi-1 are the last tokens of this context
-                q = self.q[q0 + lo : q0 + hi]
-                ref = cast(torch.Tensor, attention_ref(q, k[:ctx], v[:ctx], scale=g.head_dim**-0.5, causal=True))
-                checks.append((torch.arange(q0 + lo, q0 + hi, device=self.device), ref))
+            for lo, hi in sorted({(max(q_len - CHECK_ROWS, 0), q_len), (0, min(CHECK_ROWS, q_len))}):
+                ref = paged_rows_ref(*batch, seq=s, rows=(lo, hi), **scales)
+                checks.append((slice(s * q_len + lo, s * q_len + hi), ref))
         return checks
 
     def check(self, config: DecodeConfig | PrefillConfig) -> str | None:
@@ -140,20 +132,10 @@ class AttentionCase:
         self.out.fill_(float("nan"))  # rows the kernel forgets to write cannot pass
         self.launcher(config)()
         tol = tolerance(self.dtype)
-        atol, rtol = tol.atol, tol.rtol
         for rows, ref in self._checks:
-            got = self.out[rows].float()
-            # Over long contexts the outputs are averages of many values and shrink towards 0,
-            # so the absolute part of the tolerance scales with the largest reference value.
-            scale = max(ref.abs().max().item(), 1e-3)
-            bad = ~((got - ref).abs() <= atol * scale + rtol * ref.abs())
-            rel = ((got - ref).norm() / ref.norm().clamp_min(1e-12)).item()
-            if bool(bad.any()) or not rel <= rtol:
-                err = (got - ref).abs().nan_to_num(float("inf")).max().item()
-                return (
-                    f"max error {err:.3g} on {int(bad.sum())} values, relative error {rel:.3g} "
-                    f"(tolerance {atol} * {scale:.3g} + {rtol} * |ref|)"
-                )
+            result = compare(self.out[rows], ref, tol)
+            if not result.ok:
+                return f"rows {rows.start}:{rows.stop}: {result.failure}"
         return None
 
 
