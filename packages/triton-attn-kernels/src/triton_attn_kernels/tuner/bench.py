@@ -1,14 +1,12 @@
 """One tuning case: inputs for a shape, a reference check of a config's output, and its time.
 
-On CUDA a config is timed by replaying a CUDA graph of the launch (the way vLLM runs
-decode), median of ``reps`` replays, each bracketed by CUDA events after an L2 flush. In the interpreter
-(tests) it is the median wall time of a few direct calls.
+Configs are timed by :func:`.timing.measure`, the function attn-bench times with: on CUDA
+the median of ``reps`` CUDA-graph replays, each after an L2 flush; in the interpreter (tests)
+the median wall time of a few direct calls.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +18,7 @@ from ..testing import compare, paged_rows_ref, tolerance
 from ..tuning.configs import AttentionConfig, DecodeConfig, KVWriteConfig, PrefillConfig
 from ..tuning.heuristics import AttentionProblem
 from .space import Geometry, Shape
+from .timing import measure
 
 __all__ = ["AttentionCase", "KVWriteCase", "time_launch"]
 
@@ -195,59 +194,10 @@ class KVWriteCase:
 def time_launch(
     launch: Callable[[], object], reps: int, *, cuda: bool, prune_above_us: float | None = None
 ) -> tuple[float, bool]:
-    """(median microseconds, pruned). ``pruned``: three replays already took longer than
-    ``prune_above_us`` (clearly not a winner), so the full measurement was skipped."""
-    if not cuda:
-        return _time_wall(launch, reps)
-    launch()  # compile outside the capture
-    torch.cuda.synchronize()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        launch()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        launch()
-    graph.replay()
-    torch.cuda.synchronize()
-    try:
-        probe = _replays(graph, 3)
-        if prune_above_us is not None and statistics.median(probe) > prune_above_us:
-            return statistics.median(probe), True
-        return statistics.median(_replays(graph, reps)), False
-    finally:
-        del graph
-
-
-_FLUSH: list[torch.Tensor] = []
-
-
-def _flush_buffer() -> torch.Tensor:
-    if not _FLUSH:
-        l2 = int(getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 0) or 64 << 20)
-        _FLUSH.append(torch.empty(max(2 * l2, 128 << 20), dtype=torch.uint8, device="cuda"))
-    return _FLUSH[0]
-
-
-def _replays(graph: torch.cuda.CUDAGraph, n: int) -> list[float]:
-    # As attn-bench times (so that a table wins where the benchmark looks): each replay starts
-    # from a cold L2, flushed by zeroing a buffer twice its size outside the timed span.
-    flush = _flush_buffer()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
-    for start, end in events:
-        flush.zero_()
-        start.record()
-        graph.replay()
-        end.record()
-    torch.cuda.synchronize()
-    return [start.elapsed_time(end) * 1e3 for start, end in events]
-
-
-def _time_wall(launch: Callable[[], object], reps: int) -> tuple[float, bool]:
-    times = []
-    for _ in range(max(1, min(reps, 3))):
-        t0 = time.perf_counter()
-        launch()
-        times.append((time.perf_counter() - t0) * 1e6)
-    return statistics.median(times), False
+    """(median microseconds, pruned), timed as attn-bench times (:func:`.timing.measure`).
+    ``pruned``: three replays already took longer than ``prune_above_us`` (clearly not a
+    winner), so the full measurement was skipped. In the interpreter: at most three calls."""
+    device = torch.device("cuda" if cuda else "cpu")
+    runs, warmup_ms = (reps, 25.0) if cuda else (max(1, min(reps, 3)), 0.0)
+    t = measure(launch, device, runs=runs, warmup_ms=warmup_ms, prune_above_us=prune_above_us)
+    return t.p50_us, t.pruned
