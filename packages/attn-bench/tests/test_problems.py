@@ -76,3 +76,10 @@ def test_verify_suite_covers_speculative_verification():
     assert {p.q_len for p in ps} == {2, 4, 8, 16}
     assert {p.batch for p in ps} == {1, 16, 64} and {p.context for p in ps} == {4096, 32768}
     assert any(p.fp8 for p in ps)
+
+
+def test_tp_suite_has_every_per_rank_share_of_70b():
+    shares = {(64 // tp, 8 // tp) for tp in (2, 4, 8)}
+    for ps in (load_suite("tp").problems, load_suite("tp").quick):
+        for op in ("decode", "prefill"):
+            assert {(p.num_q_heads, p.num_kv_heads) for p in ps if p.op == op} == shares, op
