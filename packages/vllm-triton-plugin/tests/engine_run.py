@@ -6,7 +6,10 @@ engine must see its own environment: the plugin on or off).
 Generates greedily in two rounds and writes the token ids, the attention backends the
 workers used, the prefix-cache hit count and the speculative-decoding counters to OUT_JSON.
 SPECULATIVE ``ngram`` proposes 3 tokens per step by n-gram lookup in the prompt, so every
-decode step verifies 4 tokens per request.
+decode step verifies 4 tokens per request; ``eagle:DRAFT_DIR`` proposes 3 tokens per step
+with the EAGLE draft model in DRAFT_DIR (its own attention layer and KV cache, run through
+the same attention backend as the target), and OUT_JSON also holds every proposal and the
+draft's attention backends.
 """
 
 from __future__ import annotations
@@ -36,6 +39,31 @@ def attention_backends(model) -> list[str]:
     return sorted(f"{c.__module__}.{c.__qualname__}" for c in impls)
 
 
+def _runner(worker):
+    # collective_rpc hands a callable the worker's wrapper on some releases.
+    return getattr(worker, "worker", worker).model_runner
+
+
+def record_draft_proposals(worker) -> None:
+    """Keep every draft proposal ([requests, k] token ids) the worker's drafter returns: the
+    drafts are what the draft model's attention decides."""
+    drafter = _runner(worker).drafter
+    propose, proposals = drafter.propose, []
+
+    def recording(*args, **kwargs):
+        drafts = propose(*args, **kwargs)
+        proposals.append(drafts.tolist())
+        return drafts
+
+    drafter.propose = recording
+    drafter.recorded_proposals = proposals
+
+
+def draft_details(worker) -> tuple[list[str], list]:
+    drafter = _runner(worker).drafter
+    return attention_backends(drafter.model), drafter.recorded_proposals
+
+
 def metric(llm, name: str) -> int:
     return int(sum(getattr(m, "value", 0) for m in llm.get_metrics() if m.name == name))
 
@@ -53,6 +81,9 @@ def main(model_dir: str, out_path: str, kv_cache_dtype: str = "auto", speculativ
                 "prompt_lookup_min": 1,
             }
         )
+    elif speculative.startswith("eagle:"):
+        draft_dir = speculative.removeprefix("eagle:")
+        spec = dict(speculative_config={"method": "eagle", "model": draft_dir, "num_speculative_tokens": 3})
     llm = LLM(
         **spec,
         model=model_dir,
@@ -71,9 +102,14 @@ def main(model_dir: str, out_path: str, kv_cache_dtype: str = "auto", speculativ
         disable_log_stats=False,
         seed=0,
     )
+    if speculative.startswith("eagle:"):
+        llm.collective_rpc(record_draft_proposals)
     params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
     tokens = []
-    for batch in (ROUND1, ROUND2):
+    # EAGLE: round 1 only (mixed decodes, verification and chunked prefill); the interpreter
+    # runs three attention layers per target step and two more draft passes.
+    rounds = (ROUND1,) if speculative.startswith("eagle:") else (ROUND1, ROUND2)
+    for batch in rounds:
         outs = llm.generate([{"prompt_token_ids": p} for p in batch], params, use_tqdm=False)
         tokens += [list(o.outputs[0].token_ids) for o in outs]
     result = {
@@ -84,6 +120,9 @@ def main(model_dir: str, out_path: str, kv_cache_dtype: str = "auto", speculativ
         "spec_draft_tokens": metric(llm, "vllm:spec_decode_num_draft_tokens"),
         "spec_accepted_tokens": metric(llm, "vllm:spec_decode_num_accepted_tokens"),
     }
+    if speculative.startswith("eagle:"):
+        (draft_backends, proposals), *_ = llm.collective_rpc(draft_details)
+        result.update(draft_backends=draft_backends, draft_proposals=proposals)
     with open(out_path, "w") as f:
         json.dump(result, f)
 

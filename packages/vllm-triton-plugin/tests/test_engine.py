@@ -1,6 +1,6 @@
 """A real vLLM engine generates with the plugin exactly what it generates with vLLM's own
 CPU attention: a tiny random GQA Llama (and a variant with a sliding-window layer), greedy
-decoding, chunked prefill and prefix caching, n-gram speculative decoding; and a tiny
+decoding, chunked prefill and prefix caching, n-gram and EAGLE speculative decoding; and a tiny
 encoder-only model with local (sliding-window) attention embeds the same.
 
 Each engine runs in its own process (engine_run.py) with its own environment: the plugin's
@@ -155,6 +155,73 @@ def test_engine_ngram_speculative_decoding(tiny_llama: Path, tmp_path: Path) -> 
         f"n-gram drafts {ours['spec_drafts']}, accepted {ours['spec_accepted_tokens']} of {ours['spec_draft_tokens']}"
     )
     assert ours["tokens"] == ref["tokens"]
+
+
+def _save_tiny_eagle_draft(path: Path) -> Path:
+    """An EAGLE draft for the tiny Llama, as vLLM's EagleLlamaForCausalLM reads it: a Llama
+    config (vLLM renames the architecture for method "eagle") and one decoder layer over
+    ``fc([embedding, target hidden state])``; no embedding or LM head of its own (vLLM shares
+    the target's). Its attention layer is the model's third, with its own KV cache."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig
+
+    hidden, heads, kv_heads, head_dim, inter = 64, 4, 2, 32, 128
+    LlamaConfig(
+        vocab_size=256,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=1,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        architectures=["LlamaForCausalLM"],
+    ).save_pretrained(path)
+    gen = torch.Generator().manual_seed(1)
+    shapes = {
+        "fc.weight": (hidden, 2 * hidden),
+        "layers.0.self_attn.q_proj.weight": (heads * head_dim, hidden),
+        "layers.0.self_attn.k_proj.weight": (kv_heads * head_dim, hidden),
+        "layers.0.self_attn.v_proj.weight": (kv_heads * head_dim, hidden),
+        "layers.0.self_attn.o_proj.weight": (hidden, heads * head_dim),
+        "layers.0.mlp.gate_proj.weight": (inter, hidden),
+        "layers.0.mlp.up_proj.weight": (inter, hidden),
+        "layers.0.mlp.down_proj.weight": (hidden, inter),
+    }
+    # Large weights, as in the target: the draft's choices are far apart, so the proposals
+    # are decided by what its attention computes, not by rounding.
+    weights = {name: torch.randn(shape, generator=gen) * 0.5 for name, shape in shapes.items()}
+    weights["layers.0.post_attention_layernorm.weight"] = torch.ones(hidden)
+    save_file(weights, str(path / "model.safetensors"))
+    return path
+
+
+def test_engine_eagle_speculative_decoding(
+    tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """EAGLE with our backend for the target and the draft: the draft's first pass runs over
+    the verified tokens (up to 1 + 3 per request, prefill chunks too), its next two passes
+    one token per request on contexts that grow by one, each with metadata the proposer
+    builds itself. Against vLLM's own CPU attention with the same draft: the same greedy
+    tokens and the same proposals at every step."""
+    draft = _save_tiny_eagle_draft(tmp_path_factory.mktemp("tiny-eagle"))
+    ours_out, ref_out = tmp_path / "triton-eagle.json", tmp_path / "reference-eagle.json"
+    ours_proc = _engine(tiny_llama, ours_out, "auto", plugin=True, speculative=f"eagle:{draft}")
+    ref_proc = _engine(tiny_llama, ref_out, "auto", plugin=False, speculative=f"eagle:{draft}")
+    ours, ref = _result(ours_proc, ours_out), _result(ref_proc, ref_out)
+    print(f"EAGLE drafts {ours['spec_drafts']}, accepted {ours['spec_accepted_tokens']} of {ours['spec_draft_tokens']}")
+    ours_impl = ["vllm_triton_plugin.backend.TritonAttentionImpl"]
+    assert ours["backends"] == ours_impl and ours["draft_backends"] == ours_impl
+    assert ref["draft_backends"] and all("vllm_triton_plugin" not in b for b in ref["draft_backends"])
+    assert "Using the Triton attention backend" in ours_out.with_suffix(".log").read_text()
+    assert ours["spec_drafts"] > 0 and ours["spec_draft_tokens"] == 3 * ours["spec_drafts"], ours
+    assert ours["tokens"] == ref["tokens"]
+    assert ours["draft_proposals"] == ref["draft_proposals"]
+    assert [ours[k] for k in ("spec_drafts", "spec_accepted_tokens")] == [
+        ref[k] for k in ("spec_drafts", "spec_accepted_tokens")
+    ]
 
 
 def _save_tiny_modernbert(path: Path) -> Path:
