@@ -444,3 +444,118 @@ def test_prefill_only_batch_is_one_launch_except_under_capture():
     assert builder.build_for_cudagraph_capture(prefills.common).config.decode is not None
     mixed = make_batch([(21, 5), (9, 1)], 4, 2, torch.float32, 24, gen)
     assert builder.build(0, mixed.common).config.decode is not None
+
+
+def _spec_config(k, *, parallel_drafting=False, v2=False, mode=CUDAGraphMode.NONE):
+    config = vllm_config(4, 2, torch.float32, mode=mode)
+    config.speculative_config = SimpleNamespace(num_speculative_tokens=k, parallel_drafting=parallel_drafting)
+    config.use_v2_model_runner = v2
+    return config
+
+
+def test_decode_query_len_follows_speculation():
+    """What a builder serves as a decode, as vLLM's spec-as-decode backends count it."""
+    from vllm_triton_plugin import _compat
+
+    assert _compat.decode_query_len(vllm_config(4, 2, torch.float32)) == 1
+    assert _compat.decode_query_len(_spec_config(3)) == 4
+    # Parallel drafting (model runner V1): the draft's first pass adds up to k mask slots.
+    assert _compat.decode_query_len(_spec_config(3, parallel_drafting=True)) == 7
+    assert _compat.decode_query_len(_spec_config(3, parallel_drafting=True, v2=True)) == 4
+    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=2, head_size=HEAD, dtype=torch.float32)
+    builder = TritonAttentionMetadataBuilder(spec, ["layer.0"], _spec_config(12, parallel_drafting=True), DEVICE)
+    assert builder.policy.limits.decode_query_len == 16  # the kernels' bound; wider runs as a prefill
+
+
+def test_builder_declarations_for_speculative_decoding():
+    """What vLLM's proposers (0.26 - 0.32) read off a builder: CUDA graphs for any batch (the
+    verification shapes of 1 + k tokens included), no decode-first reordering, no metadata
+    reused across KV-cache groups, and draft decode steps that need no refresh in place."""
+    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=2, head_size=HEAD, dtype=torch.float32)
+    config = _spec_config(3)
+    builder = TritonAttentionMetadataBuilder(spec, ["layer.0"], config, DEVICE)
+    assert TritonAttentionMetadataBuilder.get_cudagraph_support(config, spec) == AttentionCGSupport.ALWAYS
+    assert builder.reorder_batch_threshold is None
+    assert builder.supports_update_block_table is False
+    assert builder.supports_draft_decode_metadata_update is True
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["rebuilt", "captured"])
+def test_eagle_draft_passes(graph):
+    """The metadata an EAGLE proposer hands the draft's builder, then ``forward`` against the
+    reference. First pass: the verified tokens (1 + k = 4 per decode request, a prefill chunk
+    beside them), as the target saw them. Then k - 1 passes of one token per request on
+    contexts one longer each time (seq_lens updated in place, max_seq_len + 1, query rows
+    padded as CUDA graphs pad the draft batch). ``rebuilt``: build_for_drafting at every pass
+    (model runner V1); ``captured``: the passes replay metadata built once for a full CUDA
+    graph, refreshed by update_draft_decode_metadata (V2's speculator)."""
+    gen = torch.Generator().manual_seed(11)
+    k, num_blocks, pad = 3, 24, 2
+    mode = CUDAGraphMode.FULL_AND_PIECEWISE if graph else CUDAGraphMode.NONE
+    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=2, head_size=HEAD, dtype=torch.float32)
+    builder = TritonAttentionMetadataBuilder(spec, ["draft.0"], _spec_config(k, mode=mode), DEVICE)
+    impl = TritonAttentionImpl(4, HEAD, HEAD**-0.5, 2, None, None, "auto")
+    cache = kv_cache(num_blocks, 2, torch.float32, "HND")
+    cache.copy_(torch.randn(cache.shape, generator=gen))
+    k_cache, v_cache = impl._caches(cache)
+    # (context after the first pass, first-pass query length): verifications at and across a
+    # page boundary, a prefill chunk on a cached prefix, a verification right after prefill.
+    seqs = [(40, 4), (16, 4), (29, 7), (5, 4)]
+    num_reqs = len(seqs)
+    table = torch.randperm(num_blocks, generator=gen)[: num_reqs * 4].view(num_reqs, 4).to(torch.int32).to(DEVICE)
+    seq_lens = torch.tensor([c for c, _ in seqs], dtype=torch.int32, device=DEVICE)  # persistent
+
+    def slots(positions):
+        return torch.tensor(
+            [int(table[r, p // BLOCK]) * BLOCK + p % BLOCK for r, p in positions], dtype=torch.int64, device=DEVICE
+        )
+
+    def check(md, q_lens):
+        n = sum(q_lens)
+        query = torch.randn(n + pad, 4, HEAD, generator=gen).to(DEVICE)
+        output = torch.full_like(query, float("nan"))
+        impl.forward(layer(), query, query[:, :2], query[:, :2], cache, md, output)
+        starts = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32, device=DEVICE)
+        ref = paged_attention_ref(query, k_cache, v_cache, table, seq_lens, starts, scale=HEAD**-0.5)
+        torch.testing.assert_close(output[:n], ref[:n], atol=2e-3, rtol=2e-3)
+        assert torch.isnan(output[n:]).all(), "padded draft rows must be left untouched"
+
+    q_lens = [q for _, q in seqs]
+    first_starts = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
+    first = CommonAttentionMetadata(
+        query_start_loc=first_starts.to(DEVICE),
+        query_start_loc_cpu=first_starts,
+        seq_lens=seq_lens,
+        num_reqs=num_reqs,
+        num_actual_tokens=sum(q_lens),
+        max_query_len=max(q_lens),
+        max_seq_len=max(c for c, _ in seqs),
+        block_table_tensor=table,
+        slot_mapping=slots([(r, c - q + i) for r, (c, q) in enumerate(seqs) for i in range(q)]),
+    )
+    md = builder.build_for_drafting(first, draft_index=0)
+    assert md.decode_query_len == k + 1 and md.config.decode is not None and md.config.prefill is not None
+    check(md, q_lens)
+
+    ones = torch.arange(num_reqs + 1, dtype=torch.int32)
+    slot_buffer = torch.full((num_reqs + pad,), -1, dtype=torch.int64, device=DEVICE)  # persistent
+    step = dataclasses.replace(
+        first,
+        query_start_loc=ones.to(DEVICE),
+        query_start_loc_cpu=ones,
+        num_actual_tokens=num_reqs,
+        max_query_len=1,
+        slot_mapping=slot_buffer[:num_reqs],
+    )
+    captured = builder.build_for_cudagraph_capture(step) if graph else None
+    for draft_index in range(1, k):
+        seq_lens += 1  # in place, as the proposer's step kernel does
+        step.max_seq_len += 1
+        slot_buffer[:num_reqs] = slots([(r, int(seq_lens[r]) - 1) for r in range(num_reqs)])
+        if graph:
+            builder.update_draft_decode_metadata(captured)
+            md = captured
+        else:
+            md = builder.build_for_drafting(step, draft_index=draft_index)
+            assert md.config.prefill is None  # one token per request: the decode launch alone
+        check(md, [1] * num_reqs)

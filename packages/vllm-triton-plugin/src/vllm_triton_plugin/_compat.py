@@ -123,9 +123,18 @@ def platform_detected(kind: str) -> bool:
 
 
 def decode_query_len(vllm_config: Any) -> int:
-    """New tokens per request in a decode step: 1, or 1 + num_speculative_tokens when a
-    speculative proposer (n-gram, EAGLE, MTP, ...) sends verification steps. Read from the
-    config on every vLLM release (``max_decode_query_len`` exists only in newer ones)."""
+    """The widest request a builder serves as a decode, as vLLM's spec-as-decode backends
+    count it: 1, or 1 + num_speculative_tokens when a speculative proposer (n-gram, EAGLE,
+    MTP, ...) sends verification steps; with parallel drafting on model runner V1 the
+    draft's first pass appends up to num_speculative_tokens mask slots to each verified
+    request (no V2 speculator builds wider queries). Read from the config on every release
+    (``max_decode_query_len`` exists only in newer ones, and reads attributes that a
+    partial config may lack); any wider request is served, as a prefill."""
     spec = getattr(vllm_config, "speculative_config", None)
     n = getattr(spec, "num_speculative_tokens", None) if spec is not None else None
-    return 1 + int(n) if n else 1
+    if not n:
+        return 1
+    widest = 1 + int(n)
+    if getattr(spec, "parallel_drafting", False) and not getattr(vllm_config, "use_v2_model_runner", False):
+        widest += int(n)
+    return widest

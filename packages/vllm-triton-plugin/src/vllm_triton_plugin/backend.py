@@ -121,6 +121,15 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
     _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.ALWAYS
     # The kernels take sequences in any order: no decode-first reordering needed.
     reorder_batch_threshold: int | None = None
+    # Metadata is cheap to build per KV-cache group, and the pinned config and workspace are
+    # this builder's (its layers' head counts): never reused for another group's block table.
+    supports_update_block_table: bool = False
+    # A speculator's draft steps (EAGLE, MTP; vLLM's V2 model runner, 0.32+; inert before)
+    # may replay one CUDA graph built with capture-time metadata: every device tensor the
+    # metadata holds is vLLM's own persistent buffer, rewritten in place between steps, and
+    # the host values are bounds the kernels do not need exact (a context longer than
+    # ``max_seq_len`` is read in full), so there is nothing to refresh.
+    supports_draft_decode_metadata_update: bool = True
     _capturing: bool = False
 
     def __init__(
@@ -175,6 +184,9 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             return super().build_for_cudagraph_capture(common_attn_metadata)
         finally:
             self._capturing = False
+
+    def update_draft_decode_metadata(self, metadata: TritonAttentionMetadata) -> None:
+        """Nothing to recompute between draft steps (see ``supports_draft_decode_metadata_update``)."""
 
     def build(
         self,
