@@ -19,6 +19,13 @@ EXPECTED = {
     "vllm-triton-kv-write",
     "flash-attn",
     "flashinfer",
+    "ours-mla",
+    "ours-mla-prefill",
+    "ours-mla-prefill-paged",
+    "vllm-triton-mla",
+    "vllm-flashmla",
+    "vllm-fa3-mla",
+    "vllm-fa3-mla-prefill",
 }
 
 

@@ -5,17 +5,20 @@ Big cases would make the fp32 reference slow and huge (a 32k causal prefill is a
 sequence, and in each up to three windows of query rows (first, middle, last), each judged
 by :func:`triton_attn_kernels.testing.compare` against
 :func:`triton_attn_kernels.testing.paged_rows_ref` (the same sampled check as the tuner's and
-the kernels' fuzzer's).
+the kernels' fuzzer's). An MLA decode's rows are judged against
+:func:`triton_attn_kernels.reference_mla.mla_decode_ref` instead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from triton_attn_kernels.reference import write_kv_cache_ref
+from triton_attn_kernels.reference_mla import mla_decode_ref
 from triton_attn_kernels.testing import Tolerance, compare, paged_rows_ref
 from triton_attn_kernels.testing import tolerance as kernel_tolerance
 
@@ -57,19 +60,39 @@ def sampled_sequences(x: Inputs) -> list[int]:
     return sorted({i for i in picks if 0 <= i < n})
 
 
-def _attention(x: Inputs, got: torch.Tensor) -> CheckResult:
+Reference = Callable[[Inputs, int, int, int], torch.Tensor]
+
+
+def _paged_rows(x: Inputs, seq: int, lo: int, hi: int) -> torch.Tensor:
+    scales: dict[str, Any] = {"scale": x.scale, "k_scale": x.k_scale, "v_scale": x.v_scale}
+    return paged_rows_ref(
+        x.q, x.k_cache, x.v_cache, x.block_table, x.seq_lens, x.cu_seqlens_q,
+        seq=seq, rows=(lo, hi), **scales, **x.features(),
+    )  # fmt: skip
+
+
+def _mla_rows(x: Inputs, seq: int, lo: int, hi: int) -> torch.Tensor:
+    """triton_attn_kernels.reference_mla on rows lo:hi of one sequence: the context is cut
+    after row hi - 1, as for :func:`paged_rows_ref` (causal rows see no later key)."""
+    start, q_len = int(x.cu_seqlens_q[seq].item()), x.q_lens[seq]
+    rows = slice(start + lo, start + hi)
+    ctx = torch.tensor([x.kv_lens[seq] - q_len + hi], dtype=torch.int32, device=x.device)
+    cu = torch.tensor([0, hi - lo], dtype=torch.int32, device=x.device)
+    table = x.block_table[seq : seq + 1]
+    ref = mla_decode_ref(x.q_nope[rows], x.q_pe[rows], x.latent_cache, table, ctx, cu, scale=x.scale, k_scale=x.k_scale)
+    return cast(torch.Tensor, ref)
+
+
+def _attention(x: Inputs, got: torch.Tensor, reference: Reference) -> CheckResult:
     p = x.problem
-    if tuple(got.shape) != tuple(x.q.shape):
-        return CheckResult(False, float("inf"), f"output shape {tuple(got.shape)} != {tuple(x.q.shape)}")
+    if tuple(got.shape) != x.out_shape:
+        return CheckResult(False, float("inf"), f"output shape {tuple(got.shape)} != {x.out_shape}")
     cu = x.cu_seqlens_q.tolist()
     tol = tolerance(p.dtype, p.kv_dtype)
     worst = 0.0
     for i in sampled_sequences(x):
         for lo, hi in _windows(x.q_lens[i]):
-            batch = (x.q, x.k_cache, x.v_cache, x.block_table, x.seq_lens, x.cu_seqlens_q)
-            scales = {"scale": x.scale, "k_scale": x.k_scale, "v_scale": x.v_scale}
-            ref = paged_rows_ref(*batch, seq=i, rows=(lo, hi), **scales, **x.features())
-            result = compare(got[cu[i] + lo : cu[i] + hi], ref, tol)
+            result = compare(got[cu[i] + lo : cu[i] + hi], reference(x, i, lo, hi), tol)
             worst = max(worst, result.max_err)
             if not result.ok:
                 return CheckResult(False, result.max_err, f"sequence {i} rows {lo}:{hi}: {result.failure}")
@@ -102,4 +125,4 @@ def check(x: Inputs, output: Any) -> CheckResult:
     """Compare a provider's canonical output with the reference on sampled rows/tokens."""
     if x.problem.op == "kv_write":
         return _kv_write(x, output)
-    return _attention(x, output)
+    return _attention(x, output, _mla_rows if x.problem.op == "mla_decode" else _paged_rows)

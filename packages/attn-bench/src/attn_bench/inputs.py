@@ -4,6 +4,11 @@ provider reads (providers build their own layouts from it outside the timed clos
 Pages are handed out in runs of 8 (128 tokens) in a shuffled order: the paged kernels
 really gather, while a provider whose mask works on 128-token blocks (FlexAttention)
 still sees whole blocks of one sequence.
+
+An MLA decode's cache is the latent cache: ``k_cache`` [num_blocks, block_size, 1, head_dim]
+holds one ``[c | k_pe]`` row per token and ``v_cache`` is its view of the first head_dim_v
+dims (the same memory), so an fp8 latent has one scale for both (``v_scale`` is
+``k_scale``). ``latent_cache`` and ``q_nope``/``q_pe`` are the views ``mla_decode`` takes.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ class Inputs:
     device: torch.device
     q: torch.Tensor  # [num_tokens, Hq, D], problem.dtype
     k_cache: torch.Tensor  # [num_blocks, block_size, Hkv, D], problem.kv_dtype
-    v_cache: torch.Tensor
+    v_cache: torch.Tensor  # [num_blocks, block_size, Hkv, Dv] (Dv = problem.v_head_dim)
     block_table: torch.Tensor  # [num_seqs, max_blocks] int32
     seq_lens: torch.Tensor  # [num_seqs] int32, whole context
     cu_seqlens_q: torch.Tensor  # [num_seqs + 1] int32
@@ -65,9 +70,29 @@ class Inputs:
             "sinks": self.sinks,
         }
 
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        return (self.q.shape[0], self.problem.num_q_heads, self.problem.v_head_dim)
+
     def new_out(self) -> torch.Tensor:
         """An output buffer poisoned with NaN, so an unwritten row fails the check."""
-        return torch.full_like(self.q, float("nan"))
+        return torch.full(self.out_shape, float("nan"), dtype=self.q.dtype, device=self.device)
+
+    # -- MLA decode views (no copies) ---------------------------------------------------
+    @property
+    def latent_cache(self) -> torch.Tensor:
+        """[num_blocks, block_size, kv_lora_rank + rope_dim]: one latent row per token."""
+        return self.k_cache[:, :, 0]
+
+    @property
+    def q_nope(self) -> torch.Tensor:
+        """[num_tokens, Hq, kv_lora_rank]: the absorbed non-rotary query."""
+        return self.q[..., : self.problem.v_head_dim]
+
+    @property
+    def q_pe(self) -> torch.Tensor:
+        """[num_tokens, Hq, rope_dim]."""
+        return self.q[..., self.problem.v_head_dim :]
 
     @functools.cached_property
     def cu_seqlens_k(self) -> torch.Tensor:
@@ -128,8 +153,10 @@ def make_inputs(problem: Problem, device: torch.device | str, *, seed: int = 0) 
     table, num_blocks = _block_table(kv_lens, p.block_size, gen)
     fp8 = p.fp8
     k_scale = torch.tensor([0.25 if fp8 else 1.0], dtype=torch.float32, device=device)
-    v_scale = torch.tensor([0.5 if fp8 else 1.0], dtype=torch.float32, device=device)
+    latent = p.op == "mla_decode"
+    v_scale = k_scale if latent else torch.tensor([0.5 if fp8 else 1.0], dtype=torch.float32, device=device)
     cache_shape = (num_blocks, p.block_size, p.num_kv_heads, p.head_dim)
+    v_shape = (*cache_shape[:3], p.v_head_dim)
     num_tokens = sum(q_lens)
     if p.op == "kv_write":
         k_cache = torch.zeros(cache_shape, dtype=kv_dtype, device=device)
@@ -139,7 +166,7 @@ def make_inputs(problem: Problem, device: torch.device | str, *, seed: int = 0) 
         q = torch.empty((0, p.num_q_heads, p.head_dim), dtype=dtype, device=device)
     else:
         k_cache = _random(cache_shape, kv_dtype, k_scale.item(), device)
-        v_cache = _random(cache_shape, kv_dtype, v_scale.item(), device)
+        v_cache = k_cache[..., : p.v_head_dim] if latent else _random(v_shape, kv_dtype, v_scale.item(), device)
         key = value = torch.empty(0, dtype=dtype, device=device)
         q = torch.randn((num_tokens, p.num_q_heads, p.head_dim), dtype=dtype, device=device)
     slots = []

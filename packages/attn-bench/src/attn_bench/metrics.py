@@ -10,6 +10,11 @@
   pairs against a cached prefix. With a window, each query's visible keys are counted
   exactly: min(position + 1, W).
 - KV write bytes: K and V read in the input dtype plus written in the cache dtype.
+- MLA: flops are 2 * Hq * (head_dim + head_dim_v) per visible pair (QK^T at the q/k head
+  size, PV at the value head size: 576 and 512 in an absorbed decode, 192 and 128 in a
+  prefill). An MLA decode's bytes are the latent rows (head_dim values) each sequence can
+  see, read once for all query heads: the values are the rows' first head_dim_v dims, not a
+  second read. An MLA prefill reads K at head_dim and V at head_dim_v per head.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ def flops(p: Problem) -> float:
         return 0.0
     w = _window(p)
     pairs = sum(visible_pairs(q, k, w) for q, k in p.seqs())
-    return 4.0 * p.num_q_heads * p.head_dim * pairs
+    return 2.0 * p.num_q_heads * (p.head_dim + p.v_head_dim) * pairs
 
 
 def bytes_moved(p: Problem) -> float:
@@ -64,7 +69,9 @@ def bytes_moved(p: Problem) -> float:
         return 2.0 * p.num_tokens * row * (DTYPE_BYTES[p.dtype] + DTYPE_BYTES[p.kv_dtype])
     w = _window(p)
     keys = sum(keys_read(q, k, w) for q, k in p.seqs())
-    return 2.0 * keys * row * DTYPE_BYTES[p.kv_dtype]
+    if p.op == "mla_decode":  # one latent row per key serves as K and (its head_dim_v prefix) V
+        return float(keys * row * DTYPE_BYTES[p.kv_dtype])
+    return keys * p.num_kv_heads * (p.head_dim + p.v_head_dim) * float(DTYPE_BYTES[p.kv_dtype])
 
 
 def intensity(p: Problem) -> float:

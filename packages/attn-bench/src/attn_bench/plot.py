@@ -14,19 +14,26 @@ from pathlib import Path
 from typing import Any
 
 from .metrics import flops, intensity
-from .results import Row, read_csv
+from .problems import OPS
+from .results import BANDWIDTH_OPS, Row, read_csv
 
 __all__ = ["plot_csv"]
 
-_RATE = {"decode": "gbps", "kv_write": "gbps", "prefill": "tflops", "mixed": "tflops"}
-_UNIT = {"gbps": "GB/s (K+V bytes once)", "tflops": "TFLOP/s"}
+_RATE = {op: "gbps" if op in BANDWIDTH_OPS else "tflops" for op in OPS}
+_UNIT = {"gbps": "GB/s (K+V or latent bytes once)", "tflops": "TFLOP/s"}
 
 
 def _variant(r: Row) -> str:
-    parts = [f"h{r.num_q_heads}-{r.num_kv_heads}", f"d{r.head_dim}", r.dtype]
+    parts = [
+        f"h{r.num_q_heads}-{r.num_kv_heads}",
+        f"d{r.head_dim}" + (f"-{r.head_dim_v}" if r.head_dim_v else ""),
+        r.dtype,
+    ]
     if r.kv_dtype != r.dtype:
         parts.append(f"kv-{r.kv_dtype}")
-    if r.op == "prefill":
+    if r.op == "mla_decode" and r.q_len > 1:
+        parts.append(f"q{r.q_len}")
+    if r.op in ("prefill", "mla_prefill"):
         parts.append("fresh" if r.q_len == r.context else f"chunk{r.q_len}")
     if r.op == "kv_write":
         parts.append("decode-step" if r.q_len == 1 else "prompt")

@@ -7,6 +7,13 @@ batch adds ``chunks`` prefill-chunk sequences of ``chunk_len`` new tokens on a c
 ``chunk_context`` tokens, placed after the decodes (vLLM's order). ``kv_write`` writes the
 ``batch * q_len`` new tokens' K and V into the paged cache.
 
+Multi-head latent attention (DeepSeek-V2/V3) has two ops. ``mla_decode`` (absorbed weights,
+``q_len`` 1 to 16 for speculative verification) reads one latent row per cached token, shared
+by every query head: ``num_kv_heads`` is 1, ``head_dim`` the latent row (kv_lora_rank + rope
+dims, 512 + 64) and ``head_dim_v`` the latent's first kv_lora_rank dims, the value part.
+``mla_prefill`` is causal attention with q/k heads of ``head_dim`` (128 + 64 rope) and v heads
+of ``head_dim_v`` (128), one K/V head per query head.
+
 Suites live in ``attn_bench/suites/<name>.toml``; see ``default.toml`` for the format.
 """
 
@@ -19,9 +26,11 @@ from typing import Any
 
 import tomllib
 
-__all__ = ["OPS", "PROBLEM_FIELDS", "Problem", "Suite", "list_suites", "load_suite"]
+__all__ = ["MLA_OPS", "OPS", "PROBLEM_FIELDS", "Problem", "Suite", "list_suites", "load_suite"]
 
-OPS = ("decode", "prefill", "mixed", "kv_write")
+OPS = ("decode", "prefill", "mixed", "kv_write", "mla_decode", "mla_prefill")
+MLA_OPS = ("mla_decode", "mla_prefill")
+MAX_MLA_DECODE_Q_LEN = 16  # speculative verification runs on the decode kernel up to here
 DTYPES = ("float16", "bfloat16", "float32")
 KV_DTYPES = ("float16", "bfloat16", "float32", "float8_e4m3fn", "float8_e5m2")
 VARIANTS = ("window", "softcap", "alibi", "sinks")  # attention features, one at a time
@@ -39,6 +48,7 @@ class Problem:
     num_q_heads: int = 32
     num_kv_heads: int = 8
     head_dim: int = 128
+    head_dim_v: int = 0  # MLA ops only: the value head size (0: head_dim)
     block_size: int = 16
     dtype: str = "bfloat16"
     kv_dtype: str = "bfloat16"
@@ -58,6 +68,10 @@ class Problem:
             raise ValueError(f"q_len ({self.q_len}) must not exceed context ({self.context})")
         if self.op == "decode" and self.q_len != 1:
             raise ValueError(f"a decode problem has q_len 1, got {self.q_len}")
+        if self.op in MLA_OPS:
+            self._check_mla()
+        elif self.head_dim_v:
+            raise ValueError(f"head_dim_v is for MLA problems {MLA_OPS}, not {self.op!r}")
         if self.num_q_heads % self.num_kv_heads:
             raise ValueError(f"num_q_heads ({self.num_q_heads}) must be a multiple of num_kv_heads")
         if self.variant:
@@ -73,6 +87,22 @@ class Problem:
                 raise ValueError("a mixed problem needs chunks >= 1 and 1 <= chunk_len <= chunk_context")
         elif self.chunks or self.chunk_len or self.chunk_context:
             raise ValueError(f"chunks/chunk_len/chunk_context are for mixed problems, not {self.op!r}")
+
+    def _check_mla(self) -> None:
+        if not 1 <= self.head_dim_v < self.head_dim:
+            raise ValueError(
+                f"an MLA problem needs 1 <= head_dim_v < head_dim ({self.head_dim}), got {self.head_dim_v}"
+            )
+        if self.variant:
+            raise ValueError("MLA problems have no attention variant")
+        if self.op == "mla_decode":
+            if self.num_kv_heads != 1:
+                raise ValueError(f"an MLA decode reads one latent head (num_kv_heads 1), got {self.num_kv_heads}")
+            if self.q_len > MAX_MLA_DECODE_Q_LEN:
+                raise ValueError(f"an MLA decode has q_len 1..{MAX_MLA_DECODE_Q_LEN}, got {self.q_len}")
+        elif self.kv_dtype != self.dtype:
+            # Prefill K/V are up-projected from the latents per step, never a stored cache.
+            raise ValueError(f"an MLA prefill has K/V in the query dtype {self.dtype}, got kv_dtype {self.kv_dtype}")
 
     def variant_arg(self) -> tuple[str, float]:
         """(name, value) of the variant: ("window", 1024.0), ("alibi", 0.0), ("", 0.0)."""
@@ -111,6 +141,11 @@ class Problem:
         return max(k for _, k in self.seqs())
 
     @property
+    def v_head_dim(self) -> int:
+        """The value (and output) head size."""
+        return self.head_dim_v or self.head_dim
+
+    @property
     def fp8(self) -> bool:
         return self.kv_dtype.startswith("float8")
 
@@ -118,11 +153,15 @@ class Problem:
         """Short human name, e.g. ``decode b16 ctx8192 h32:8 d128 bf16``."""
         dt = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
         parts = [self.op, f"b{self.batch}", f"ctx{self.context}"]
-        if self.op in ("prefill", "kv_write"):
+        if self.op in ("prefill", "kv_write", "mla_prefill") or self.q_len > 1:
             parts.append(f"q{self.q_len}")
         if self.op == "mixed":
             parts.append(f"+{self.chunks}x{self.chunk_len}/{self.chunk_context}")
-        parts += [f"h{self.num_q_heads}:{self.num_kv_heads}", f"d{self.head_dim}", dt.get(self.dtype, self.dtype)]
+        parts += [
+            f"h{self.num_q_heads}:{self.num_kv_heads}",
+            f"d{self.head_dim}" + (f"/{self.head_dim_v}" if self.head_dim_v else ""),
+            dt.get(self.dtype, self.dtype),
+        ]
         if self.kv_dtype != self.dtype:
             parts.append(f"kv:{self.kv_dtype}")
         if self.variant:

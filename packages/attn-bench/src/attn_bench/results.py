@@ -21,6 +21,7 @@ from typing import Any
 from .problems import PROBLEM_FIELDS, Problem
 
 __all__ = [
+    "BANDWIDTH_OPS",
     "COLUMNS",
     "COMMIT_ENV",
     "Row",
@@ -55,6 +56,7 @@ class Row:
     num_q_heads: int
     num_kv_heads: int
     head_dim: int
+    head_dim_v: int
     block_size: int
     dtype: str
     kv_dtype: str
@@ -95,6 +97,7 @@ class Row:
 
 
 COLUMNS = tuple(f.name for f in fields(Row))
+BANDWIDTH_OPS = ("decode", "kv_write", "mla_decode")  # reported in GB/s; the others in TFLOP/s
 _TYPES = {f.name: f.type for f in fields(Row)}
 
 
@@ -186,13 +189,18 @@ def write_csv(rows: Iterable[Row], path: Path) -> None:
             w.writerow([_fmt(getattr(r, c)) for c in COLUMNS])
 
 
+_LATER_COLUMNS = {"head_dim_v": "0"}
+
+
 def read_csv(path: Path | str) -> list[Row]:
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        missing = set(COLUMNS) - set(reader.fieldnames or ())
+        # Columns added later read as their problem default (0: no separate value head size),
+        # so that results written before them still compare.
+        missing = set(COLUMNS) - set(reader.fieldnames or ()) - set(_LATER_COLUMNS)
         if missing:
             raise ValueError(f"{path} is not an attn-bench CSV: missing columns {sorted(missing)}")
-        return [Row(**{c: _parse(c, d[c]) for c in COLUMNS}) for d in reader]
+        return [Row(**{c: _parse(c, d.get(c, _LATER_COLUMNS.get(c, ""))) for c in COLUMNS}) for d in reader]
 
 
 def fill_baselines(rows: list[Row], preference: dict[str, tuple[str, ...]]) -> None:
@@ -224,7 +232,7 @@ def _rate(v: float) -> str:
 def _cell(r: Row) -> str:
     if r.status != "ok":
         return f"{r.status}"
-    rate = f"{_rate(r.gbps)} GB/s" if r.op in ("decode", "kv_write") else f"{_rate(r.tflops)} TF/s"
+    rate = f"{_rate(r.gbps)} GB/s" if r.op in BANDWIDTH_OPS else f"{_rate(r.tflops)} TF/s"
     pct = "" if math.isnan(r.pct_roofline) else f" ({r.pct_roofline:.0f}%)"
     ratio = "" if math.isnan(r.ratio_to_baseline) else f" · {r.ratio_to_baseline:.2f}x"
     return f"{_time(r.p50_us)} · {rate}{pct}{ratio}"
@@ -236,7 +244,8 @@ def markdown_summary(rows: list[Row], header: dict[str, str]) -> str:
     out += [f"- **{k}**: {v}" for k, v in header.items()]
     out += [
         "",
-        "Cells: median time · GB/s (decode, KV write: K+V bytes once) or TFLOP/s (prefill, mixed)"
+        "Cells: median time · GB/s (decode, KV write: K+V bytes once; MLA decode: latent rows once)"
+        " or TFLOP/s (prefill, mixed, MLA prefill)"
         " (percent of the measured roofline) · speed relative to the baseline provider"
         " (baseline time / this time).",
         "",

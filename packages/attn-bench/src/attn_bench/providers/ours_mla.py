@@ -1,0 +1,124 @@
+"""Our kernels on MLA problems: ``mla_decode`` over the paged latent cache, and the MLA
+prefill (q/k head size 192, v head size 128) through ``varlen_attention`` and
+``paged_attention``."""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import torch
+
+from ..inputs import Inputs
+from ..registry import Timed, provider
+
+NO_DV = "unsupported: kernels without dv != dk"
+
+
+@provider("ours-mla", ops=("mla_decode",), requires=("triton_attn_kernels",))
+def ours_mla(x: Inputs) -> Timed:
+    """triton_attn_kernels.mla_decode: absorbed-weight MLA decode and verification over the paged latent cache."""
+    from triton_attn_kernels import mla_decode, mla_workspace_numel
+    from triton_attn_kernels.tuning.mla import MLAProblem, mla_decode_heuristic
+
+    p = x.problem
+    q_nope, q_pe, cache = x.q_nope, x.q_pe, x.latent_cache
+    # The configuration and split-KV workspace are chosen here, so that the timed call
+    # allocates nothing (as under the plugin's CUDA graphs).
+    shape = MLAProblem.from_tensors(
+        q_nope, q_pe, cache, num_seqs=p.num_seqs, max_seqlen_q=p.max_seqlen_q, max_seqlen_k=p.max_seqlen_k
+    )
+    config = mla_decode_heuristic(shape)
+    numel = mla_workspace_numel(p.num_seqs, p.num_q_heads, p.v_head_dim, config.num_splits, query_len=p.max_seqlen_q)
+    ws = torch.empty(max(numel, 1), dtype=torch.float32, device=x.device)
+    scale: dict[str, Any] = {"k_scale": x.k_scale} if p.fp8 else {}
+    out = x.new_out()
+
+    def fn() -> Any:
+        return mla_decode(
+            q_nope,
+            q_pe,
+            cache,
+            x.block_table,
+            x.seq_lens,
+            x.cu_seqlens_q,
+            max_seqlen_q=p.max_seqlen_q,
+            max_seqlen_k=p.max_seqlen_k,
+            scale=x.scale,
+            out=out,
+            config=config,
+            workspace=ws,
+            **scale,
+        )
+
+    return Timed(fn)
+
+
+@functools.cache
+def _dv_probe(device_type: str) -> str | None:
+    """None where varlen_attention and paged_attention take a V head size other than Q/K's
+    (192 and 128, an MLA prefill's), else why not. The probe is an empty batch: the
+    arguments are validated and nothing is launched."""
+    from triton_attn_kernels import paged_attention, varlen_attention
+
+    dev = torch.device(device_type)
+    q = torch.empty(0, 1, 192, dtype=torch.float16, device=dev)
+    v = torch.empty(0, 1, 128, dtype=torch.float16, device=dev)
+    cu = torch.zeros(1, dtype=torch.int32, device=dev)
+    table = torch.zeros(0, 1, dtype=torch.int32, device=dev)
+    k_cache = torch.empty(1, 16, 1, 192, dtype=torch.float16, device=dev)
+    v_cache = torch.empty(1, 16, 1, 128, dtype=torch.float16, device=dev)
+    calls = {
+        "varlen_attention": lambda: varlen_attention(q, q, v, cu, cu, max_seqlen_q=0, max_seqlen_k=0),
+        "paged_attention": lambda: paged_attention(
+            q, k_cache, v_cache, table, cu[:0], cu, max_seqlen_q=0, max_seqlen_k=0
+        ),
+    }
+    for name, call in calls.items():
+        try:
+            out = call()
+        except (TypeError, ValueError) as exc:
+            return f"{NO_DV} ({name}: {str(exc).splitlines()[0][:160]})"
+        if not isinstance(out, torch.Tensor) or out.shape[-1] != 128:
+            return f"{NO_DV} ({name} gave an output of head size {getattr(out, 'shape', ['?'])[-1]}, not 128)"
+    return None
+
+
+def dv_supported() -> str | None:
+    """Why our attention cannot run an MLA prefill here (None when it can)."""
+    if torch.cuda.is_available():
+        return _dv_probe("cuda")
+    if os.environ.get("TRITON_INTERPRET", "0") != "1":
+        return "needs a GPU, or TRITON_INTERPRET=1 on a CPU"
+    return _dv_probe("cpu")
+
+
+def _prefill(x: Inputs, *, paged: bool) -> Timed:
+    from triton_attn_kernels import paged_attention, varlen_attention
+
+    p = x.problem
+    out = x.new_out()
+    attend: Any = paged_attention if paged else varlen_attention
+    if paged:
+        args: tuple[Any, ...] = (x.q, x.k_cache, x.v_cache, x.block_table, x.seq_lens, x.cu_seqlens_q)
+    else:
+        k, v = x.contiguous_kv
+        args = (x.q, k, v, x.cu_seqlens_q, x.cu_seqlens_k)
+
+    def fn() -> Any:
+        return attend(*args, max_seqlen_q=p.max_seqlen_q, max_seqlen_k=p.max_seqlen_k, scale=x.scale, out=out)
+
+    return Timed(fn)
+
+
+@provider("ours-mla-prefill", ops=("mla_prefill",), requires=("triton_attn_kernels",), available=dv_supported)
+def ours_mla_prefill(x: Inputs) -> Timed:
+    """triton_attn_kernels.varlen_attention with v heads of 128 and q/k heads of 192 (contiguous K/V, as vLLM's MLA prefill)."""
+    return _prefill(x, paged=False)
+
+
+@provider("ours-mla-prefill-paged", ops=("mla_prefill",), requires=("triton_attn_kernels",), available=dv_supported)
+def ours_mla_prefill_paged(x: Inputs) -> Timed:
+    """triton_attn_kernels.paged_attention with v heads of 128 and q/k heads of 192 (paged K/V)."""
+    return _prefill(x, paged=True)
