@@ -142,10 +142,11 @@ def test_huge_key_is_legal_and_harmless(tmp_path: Path) -> None:
 
 
 def test_hostile_file_of_another_device_is_skipped_in_the_family_search(tmp_path: Path) -> None:
-    # An H200 has no table; the search over same-capability files meets the broken one.
+    # An H200 has no table; the search over same-architecture, same-SM-count files meets the
+    # broken one.
     (tmp_path / "decode").mkdir()
     (tmp_path / "decode" / "NVIDIA_H100_PCIe.json").write_text(HOSTILE["deep_nesting"])  # type: ignore[arg-type]
-    sel = ConfigSelector(roots=[tmp_path, DATA], device=DeviceInfo("NVIDIA H200", (9, 0)))
+    sel = ConfigSelector(roots=[tmp_path, DATA], device=DeviceInfo("NVIDIA H200", (9, 0), 132))
     with pytest.warns(RuntimeWarning, match="NVIDIA_H100_PCIe.json"):
         assert sel.decode(problem(1, 32768)).tile_n == 128
 

@@ -4,6 +4,7 @@ directory; broken files; memoisation. No kernel runs here (the cost of a lookup 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import warnings
 from dataclasses import replace
@@ -152,30 +153,53 @@ def test_no_cuda_device_means_heuristic() -> None:
     assert tuning.stats()["decode"]["heuristic"] == 1
 
 
-def test_family_fallback_same_capability(tmp_path: Path) -> None:
-    # H100 PCIe and H200 have no table: they get the H100 SXM one (same capability 9.0).
-    for name in ("NVIDIA H100 PCIe", "NVIDIA H200"):
-        sel = selector(device=DeviceInfo(name, (9, 0)))
+def test_another_gpu_uses_a_table_only_of_the_same_architecture_and_sm_count(caplog: pytest.LogCaptureFixture) -> None:
+    # An H200 (9.0, 132 SMs) has no table: the H100 SXM one (9.0, 132 SMs) serves it.
+    sel = selector(device=DeviceInfo("NVIDIA H200", (9, 0), 132))
+    with caplog.at_level(logging.INFO, logger="triton_attn_kernels.tuning"):
         assert sel.decode(problem(1, 1, 32768)).tile_n == 128
-        assert "NVIDIA_H100_80GB_HBM3.json" in next(iter(sel.stats()["tables"].values()))
-    # An A100 (8.0) does not: heuristics.
-    sel = selector(device=DeviceInfo("NVIDIA A100-SXM4-80GB", (8, 0)))
-    assert sel.decode(problem(1, 1, 32768)) == decode_heuristic(problem(1, 1, 32768))
-    assert list(sel.stats()["tables"].values()) == [None]
+        sel.decode(problem(2, 1, 32768))
+    assert "NVIDIA_H100_80GB_HBM3.json" in next(iter(sel.stats()["tables"].values()))
+    chosen = [r.getMessage() for r in caplog.records if "tuning table" in r.getMessage()]
+    assert len(chosen) == 1 and "tuned on NVIDIA H100 80GB HBM3" in chosen[0]  # logged once
+    # An H100 PCIe (9.0, 114 SMs), an A100 (8.0, 108 SMs) and a device whose SM count is
+    # unknown do not: heuristics, logged once each.
+    for info in (
+        DeviceInfo("NVIDIA H100 PCIe", (9, 0), 114),
+        DeviceInfo("NVIDIA A100-SXM4-80GB", (8, 0), 108),
+        DeviceInfo("NVIDIA H200", (9, 0)),
+    ):
+        caplog.clear()
+        sel = selector(device=info)
+        with caplog.at_level(logging.INFO, logger="triton_attn_kernels.tuning"):
+            for k in (32768, 4096):
+                assert sel.decode(problem(1, 1, k)) == decode_heuristic(problem(1, 1, k))
+        assert list(sel.stats()["tables"].values()) == [None]
+        told = [r.getMessage() for r in caplog.records if "tuning table" in r.getMessage()]
+        assert len(told) == 1 and "heuristics" in told[0] and info.name in told[0]
+    # The device's own table is used whatever SM count it reports.
+    sel = selector(device=DeviceInfo("NVIDIA H100 80GB HBM3", (9, 0), 114))
+    sel.decode(problem(1, 1, 32768))
+    assert "NVIDIA_H100_80GB_HBM3.json" in next(iter(sel.stats()["tables"].values()))
 
 
-def test_family_fallback_prefers_the_closest_name(tmp_path: Path) -> None:
-    for name, splits in (("NVIDIA H100 80GB HBM3", 32), ("NVIDIA H200", 16)):
+def test_same_sm_count_fallback_prefers_the_closest_name(tmp_path: Path) -> None:
+    for name, splits, sms in (("NVIDIA H100 80GB HBM3", 32, 132), ("NVIDIA H200", 16, 132), ("NVIDIA H20", 8, 78)):
         doc = json.loads((DATA / "decode" / "NVIDIA_H100_80GB_HBM3.json").read_text())
-        doc["device"]["name"] = name
+        doc["device"].update(name=name, num_sms=sms)
         doc["entries"] = [e for e in doc["entries"] if e["key"]["max_seqlen_k"] == 32768]
         doc["entries"][0]["config"]["num_splits"] = splits
         (tmp_path / "decode").mkdir(exist_ok=True)
         (tmp_path / "decode" / device_file_name(name)).write_text(json.dumps(doc))
-    pcie = find_table("decode", "NVIDIA H100 PCIe", (9, 0), [tmp_path])
-    nvl = find_table("decode", "NVIDIA H200 NVL", (9, 0), [tmp_path])
+    pcie = find_table("decode", "NVIDIA H100 PCIe", (9, 0), [tmp_path], num_sms=132)
+    nvl = find_table("decode", "NVIDIA H200 NVL", (9, 0), [tmp_path], num_sms=132)
     assert pcie is not None and pcie.device_name == "NVIDIA H100 80GB HBM3"
     assert nvl is not None and nvl.device_name == "NVIDIA H200"
+    # The closest name alone is not enough: an H20-named GPU of 132 SMs skips the H20 table.
+    h20 = find_table("decode", "NVIDIA H20 NVL", (9, 0), [tmp_path], num_sms=132)
+    assert h20 is not None and h20.device_name != "NVIDIA H20"
+    assert find_table("decode", "NVIDIA H200 NVL", (9, 0), [tmp_path], num_sms=114) is None
+    assert find_table("decode", "NVIDIA H200 NVL", (9, 0), [tmp_path]) is None
 
 
 def test_user_directory_takes_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

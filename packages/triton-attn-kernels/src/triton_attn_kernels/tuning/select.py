@@ -43,6 +43,8 @@ MEMO_LIMIT = 1 << 16
 class DeviceInfo:
     name: str  # torch.cuda.get_device_name(), e.g. "NVIDIA H100 80GB HBM3"
     capability: tuple[int, int] | None  # torch.cuda.get_device_capability()
+    # multi_processor_count; None (unknown) limits the device to tables tuned on it by name.
+    num_sms: int | None = None
 
 
 class ConfigSelector:
@@ -194,7 +196,8 @@ class ConfigSelector:
             if dev is None or dev.index is None:
                 dev = torch.device("cuda", torch.cuda.current_device())
             cap = torch.cuda.get_device_capability(dev)
-            info = DeviceInfo(torch.cuda.get_device_name(dev), (int(cap[0]), int(cap[1])))
+            sms = int(torch.cuda.get_device_properties(dev).multi_processor_count)
+            info = DeviceInfo(torch.cuda.get_device_name(dev), (int(cap[0]), int(cap[1])), sms)
         self._devices[device] = info
         return info
 
@@ -202,9 +205,8 @@ class ConfigSelector:
         k = (kernel, info)
         if k not in self._tables:
             roots = self._roots if self._roots is not None else search_roots(envs.tuning_dir())
-            table = find_table(kernel, info.name, info.capability, roots)
-            if table is not None:
-                log.info("triton_attn_kernels: %s tuning table for %s: %s", kernel, info.name, table.origin)
+            table = find_table(kernel, info.name, info.capability, roots, num_sms=info.num_sms)
+            _log_table_choice(kernel, info, table)
             self._tables[k] = table
         return self._tables[k]
 
@@ -223,3 +225,32 @@ class ConfigSelector:
             for (kernel, info), t in self._tables.items()
         }
         return out
+
+
+def _describe(info: DeviceInfo) -> str:
+    cap = f"sm_{info.capability[0]}{info.capability[1]}" if info.capability else "unknown architecture"
+    sms = f"{info.num_sms} SMs" if info.num_sms else "unknown SM count"
+    return f"{info.name} ({cap}, {sms})"
+
+
+def _log_table_choice(kernel: str, info: DeviceInfo, table: Table | None) -> None:
+    """Once per kernel and device (the selector remembers the outcome): which table serves
+    the device and by which rule, or that the heuristics do."""
+    if table is None:
+        log.info(
+            "triton_attn_kernels: no %s tuning table for %s, nor one tuned on a GPU of the same "
+            "architecture and SM count: heuristics",
+            kernel,
+            _describe(info),
+        )
+    elif table.device_name == info.name:
+        log.info("triton_attn_kernels: %s tuning table for %s: %s", kernel, info.name, table.origin)
+    else:
+        log.info(
+            "triton_attn_kernels: no %s tuning table for %s; using the one tuned on %s (same "
+            "architecture and SM count): %s",
+            kernel,
+            _describe(info),
+            table.device_name,
+            table.origin,
+        )

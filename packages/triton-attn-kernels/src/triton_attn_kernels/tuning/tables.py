@@ -36,6 +36,7 @@ __all__ = [
     "read_table",
     "search_roots",
     "shipped_root",
+    "tuned_sms",
 ]
 
 
@@ -306,12 +307,27 @@ def _shared_prefix(a: str, b: str) -> int:
     return n
 
 
+def tuned_sms(table: Table) -> int | None:
+    """The SM count of the GPU the table was tuned on (``device.num_sms``), if recorded."""
+    device = table.meta.get("device")
+    value = device.get("num_sms") if isinstance(device, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def find_table(
-    kernel: str, device_name: str, capability: tuple[int, int] | None, roots: Iterable[Resource]
+    kernel: str,
+    device_name: str,
+    capability: tuple[int, int] | None,
+    roots: Iterable[Resource],
+    *,
+    num_sms: int | None = None,
 ) -> Table | None:
-    """The table for this device (the user's entries over the shipped ones), else the table
-    of the closest-named device with the same compute capability (an H100 PCIe or an H200
-    uses an H100 SXM table), else None."""
+    """The table tuned on this device (the user's entries over the shipped ones), else one
+    tuned on a GPU of the same architecture (compute capability) and the same SM count, the
+    closest-named if several (an H200 and an H100 SXM: 9.0 and 132 SMs each), else None: a
+    GPU that differs in either (an H100 PCIe has 114 SMs) gets the heuristics, which derive
+    splits from its own SM count. Without ``capability`` and ``num_sms`` only the device's
+    own table is used."""
     roots = list(roots)
     file_name = device_file_name(device_name)
     layers = []
@@ -326,7 +342,7 @@ def find_table(
         for upper in reversed(layers[:-1]):
             table = upper.over(table)
         return table
-    if capability is None:
+    if capability is None or num_sms is None:
         return None
     best: tuple[int, int, Table] | None = None
     for rank, root in enumerate(roots):
@@ -334,7 +350,7 @@ def find_table(
             if not res.name.endswith(".json") or res.name == file_name:
                 continue
             table = _load(res, kernel)
-            if table is None or table.capability != tuple(capability):
+            if table is None or table.capability != tuple(capability) or tuned_sms(table) != num_sms:
                 continue
             score = (_shared_prefix(device_name, table.device_name), -rank)
             if best is None or score > best[:2]:
