@@ -4,6 +4,8 @@ agreement with the first backend, accumulation across invocations, failures repo
 import json
 import textwrap
 
+import pytest
+
 from attn_bench import e2e
 
 FAKE_VLLM = textwrap.dedent(
@@ -26,7 +28,9 @@ FAKE_VLLM = textwrap.dedent(
         def __init__(self, model, attention_config=None, **kw):
             import json, os
             assert kw["load_format"] == "dummy" and kw["skip_tokenizer_init"]
-            assert json.load(open(os.path.join(model, "config.json")))["num_key_value_heads"] == 8
+            cfg = json.load(open(os.path.join(model, "config.json")))
+            assert cfg["num_key_value_heads"] == (16 if cfg["model_type"] == "deepseek_v2" else 8)
+            self.cfg = cfg
             self.backend = (attention_config or {}).get("backend", "auto")
             self.model = model
             if self.backend == "BROKEN":
@@ -46,11 +50,23 @@ FAKE_VLLM = textwrap.dedent(
                     print("INFO Triton attention: 7 kernel variants compiled or loaded during engine start (x)")
 
         def apply_model(self, fn):
-            # vLLM-style parameter names at toy width; the config's layer count.
+            # vLLM-style parameter names at toy width; the config's layer count. An MLA config
+            # adds per layer a toy of vLLM's MLAAttention: absorbed weights made from kv_b_proj
+            # in place by process_weights_after_loading.
             import json, os, torch
             assert os.environ.get("VLLM_ALLOW_INSECURE_SERIALIZATION") == "1"
             cfg = json.load(open(os.path.join(self.model, "config.json")))
             layers, vocab = cfg["num_hidden_layers"], cfg["vocab_size"]
+
+            class ToyMLA(torch.nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.kv_b_proj = torch.nn.Linear(4, 6, bias=False)
+                    self.W_UK_T = torch.nn.Parameter(torch.zeros(6, 4))
+
+                def process_weights_after_loading(self, dtype):
+                    self.W_UK_T.data.copy_(self.kv_b_proj.weight.to(dtype))
+
             m = torch.nn.Module()
             m.embed = torch.nn.ParameterDict({"embed_tokens": torch.nn.Parameter(torch.zeros(vocab, 8))})
             m.head = torch.nn.ParameterDict({"lm_head": torch.nn.Parameter(torch.zeros(vocab, 8))})
@@ -60,9 +76,16 @@ FAKE_VLLM = textwrap.dedent(
                     {n: torch.nn.Parameter(torch.zeros(8, 8)) for n in ("qkv_proj", "o_proj", "down_proj")}
                 )
                 m.layers.append(layer)
-            return [fn(m)]
+            if "kv_lora_rank" in cfg:
+                m.mla = torch.nn.ModuleList([ToyMLA() for _ in range(layers)])
+            counts = fn(m)
+            if "kv_lora_rank" in cfg:
+                assert all(torch.equal(a.W_UK_T, a.kv_b_proj.weight) for a in m.mla)
+            return [counts]
 
         def generate(self, prompts, sp, use_tqdm=True):
+            # Prompts hold ordinary tokens of the model: below its first special token.
+            assert max(max(p["prompt_token_ids"]) for p in prompts) < self.cfg["bos_token_id"]
             outs = []
             for p in prompts:
                 ids = [(p["prompt_token_ids"][0] + i) % 1000 for i in range(sp.max_tokens)]
@@ -192,8 +215,82 @@ def test_shipped_model_config_is_llama_3_1_8b():
     assert cfg["rope_scaling"]["rope_type"] == "llama3" and cfg["rope_theta"] == 500000.0
 
 
+def test_deepseek_v2_lite_workload_with_a_fake_vllm(tmp_path, monkeypatch):
+    fake = tmp_path / "fake"
+    (fake / "vllm").mkdir(parents=True)
+    (fake / "vllm" / "__init__.py").write_text(FAKE_VLLM)
+    monkeypatch.setenv("PYTHONPATH", f"{fake}")
+    out = tmp_path / "e2e"
+    # No --workload: the model's own, 64 x (2048 in, 512 out).
+    opts = e2e.E2EOptions(backends=["FLASH_ATTN_MLA", "ours"], model="deepseek-v2-lite", out=out, timeout_s=120)
+    assert e2e.run_e2e(opts) == 0
+    rows = {r["label"]: r for r in _read(out / "e2e.csv")}
+    assert {r["workload"] for r in rows.values()} == {"64x2048-512"}
+    assert (rows["ours"]["num_requests"], rows["ours"]["input_len"], rows["ours"]["output_len"]) == (
+        "64",
+        "2048",
+        "512",
+    )
+    assert rows["ours"]["reference"] == "FLASH_ATTN_MLA" and float(rows["ours"]["agree_exact"]) == 1.0
+    # Every engine redrew its 27 layers and remade their absorbed MLA weights.
+    results = [json.loads(p.read_text()) for p in out.glob("result-*.json")]
+    assert len(results) == 2 and all(r["weights"]["mla_absorbed"] == 27 == r["weights"]["o_proj"] for r in results)
+
+
+def test_token_ranges_of_the_shipped_models():
+    llama, deepseek = e2e.model_config("llama-3.1-8b"), e2e.model_config("deepseek-v2-lite")
+    assert e2e.token_range(llama) == e2e.TOKEN_RANGE  # the Llama prompts are unchanged
+    assert e2e.token_range(deepseek) == (1000, 100000)
+    w = e2e.WORKLOADS["64x2048-512"]
+    assert (w.num_requests, w.input_len, w.output_len) == (64, 2048, 512)
+    p = e2e.prompts(e2e.WORKLOADS["tiny"], tokens=e2e.token_range(deepseek))
+    assert all(1000 <= t < 100000 for ids in p for t in ids)
+
+
+def test_shipped_deepseek_v2_lite_config():
+    cfg = e2e.model_config("deepseek-v2-lite")
+    assert cfg["architectures"] == ["DeepseekV2ForCausalLM"] and cfg["model_type"] == "deepseek_v2"
+    assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"]) == (2048, 27, 16)
+    assert (cfg["kv_lora_rank"], cfg["q_lora_rank"]) == (512, None)
+    assert (cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"]) == (128, 64, 128)
+    assert (cfg["n_routed_experts"], cfg["n_shared_experts"], cfg["num_experts_per_tok"]) == (64, 2, 6)
+    assert (cfg["moe_intermediate_size"], cfg["first_k_dense_replace"], cfg["vocab_size"]) == (1408, 1, 102400)
+    assert cfg["rope_scaling"] == {
+        "beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 0.707, "mscale_all_dim": 0.707,
+        "original_max_position_embeddings": 4096, "type": "yarn",
+    }  # fmt: skip
+
+
+def test_deepseek_config_parses_as_transformers_deepseek_v2():
+    transformers = pytest.importorskip("transformers")
+    path = e2e.model_dir("deepseek-v2-lite")
+    cfg = transformers.AutoConfig.from_pretrained(path)
+    assert type(cfg).__name__ == "DeepseekV2Config"
+    assert (cfg.kv_lora_rank, cfg.qk_rope_head_dim, cfg.num_hidden_layers) == (512, 64, 27)
+
+
+def test_deepseek_config_is_an_mla_model_to_vllm():
+    vllm_config = pytest.importorskip("vllm.config")
+    path = e2e.model_dir("deepseek-v2-lite")
+    mc = vllm_config.ModelConfig(model=path, skip_tokenizer_init=True, dtype="bfloat16", max_model_len=4096)
+    assert mc.use_mla and mc.get_head_size() == 576  # the latent row: 512 + 64
+    assert mc.architectures == ["DeepseekV2ForCausalLM"]
+
+
 def _read(path):
     import csv
 
     with open(path) as f:
         return list(csv.DictReader(f))
+
+
+def test_cli_defaults_follow_the_model(monkeypatch):
+    from attn_bench import cli
+
+    seen = []
+    monkeypatch.setattr(e2e, "run_e2e", lambda opts: seen.append(opts) or 0)
+    assert cli.main(["e2e", "--model", "deepseek-v2-lite"]) == 0 and cli.main(["e2e"]) == 0
+    assert seen[0].backends == ["FLASH_ATTN_MLA", "ours", "FLASHMLA", "TRITON_MLA"] and seen[0].workloads is None
+    assert seen[1].backends == ["ours", "FLASH_ATTN", "TRITON_ATTN", "FLEX_ATTENTION"]
+    assert cli.main(["e2e", "--model", "deepseek-v2-lite", "--backends", "ours", "--workload", "tiny"]) == 0
+    assert (seen[2].backends, seen[2].workloads) == (["ours"], ["tiny"])

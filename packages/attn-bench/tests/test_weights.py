@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from attn_bench.weights import check_counts, draw_weights, redraw
+from attn_bench.weights import check_counts, draw_weights, redraw, refresh_absorbed
 
 
 def _vllm_llama_params(layers: int, hidden: int, vocab: int) -> list[tuple[str, torch.Tensor]]:
@@ -68,3 +68,39 @@ def test_redraw_through_a_module_and_count_check() -> None:
     assert module.model.embed_tokens.weight.std().item() == pytest.approx(1.0, rel=0.05)
     with pytest.raises(RuntimeError, match="missed layers"):
         check_counts(counts, layers + 1)
+
+
+class _AbsorbingLayer(torch.nn.Module):
+    """vLLM's MLAAttention in small: W_UK_T is kv_b_proj's per-head split, remade in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kv_b_proj = torch.nn.Linear(8, 2 * 12, bias=False)
+        self.W_UK_T = torch.nn.Parameter(torch.zeros(2, 12, 8))
+
+    def process_weights_after_loading(self, act_dtype: torch.dtype) -> None:
+        self.W_UK_T.data.copy_(self.kv_b_proj.weight.view(2, 12, 8).to(act_dtype))
+
+
+def test_mla_absorbed_weights_follow_the_redrawn_kv_b_proj() -> None:
+    layers = 3
+    model = torch.nn.Module()
+    model.lm_head = torch.nn.Linear(8, 32, bias=False)
+    model.layers = torch.nn.ModuleList()
+    for _ in range(layers):
+        layer = torch.nn.Module()
+        layer.o_proj = torch.nn.Linear(8, 8, bias=False)
+        layer.down_proj = torch.nn.Linear(8, 8, bias=False)
+        layer.attn = _AbsorbingLayer()
+        model.layers.append(layer)
+    storage = [layer.attn.W_UK_T.data_ptr() for layer in model.layers]
+    counts = redraw(std=0.02, seed=7, num_layers=layers, live_vocab=2, vocab_size=32)(model)
+    assert counts["mla_absorbed"] == layers
+    check_counts(counts, layers, mla=True)
+    for layer, ptr in zip(model.layers, storage, strict=True):
+        # The draw gave W_UK_T values of its own; the remake replaced them, in place.
+        assert torch.equal(layer.attn.W_UK_T, layer.attn.kv_b_proj.weight.view(2, 12, 8))
+        assert layer.attn.W_UK_T.data_ptr() == ptr
+    with pytest.raises(RuntimeError, match="absorbed"):
+        check_counts({**counts, "mla_absorbed": 1}, layers, mla=True)
+    assert refresh_absorbed(torch.nn.Linear(2, 2)) == 0

@@ -112,11 +112,11 @@ def _cmd_anchors(a: argparse.Namespace) -> int:
 
 
 def _cmd_e2e(a: argparse.Namespace) -> int:
-    from .e2e import E2EOptions, run_e2e
+    from .e2e import DEFAULT_BACKENDS, MODEL_BACKENDS, E2EOptions, run_e2e
 
     return run_e2e(
         E2EOptions(
-            backends=a.backends,
+            backends=a.backends or list(MODEL_BACKENDS.get(a.model, DEFAULT_BACKENDS)),
             workloads=a.workload,
             out=a.out,
             model=a.model,
@@ -142,13 +142,15 @@ def _cmd_soak(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .problems import OPS  # standard library only: cheap
+
     ap = argparse.ArgumentParser(prog="attn-bench", description="Attention microbenchmarks and vLLM end-to-end runs.")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="run benchmark suites")
     r.add_argument("suites", nargs="+", help="suite names (see `attn-bench list`)")
     r.add_argument("--providers", type=_csv_list, default=None, help="comma-separated providers (default: all)")
-    r.add_argument("--ops", type=_csv_list, default=None, help="keep only these ops (decode,prefill,mixed,kv_write)")
+    r.add_argument("--ops", type=_csv_list, default=None, help=f"keep only these ops ({','.join(OPS)})")
     r.add_argument("--out", type=Path, default=None, help="output folder (default results/<gpu>/<timestamp>)")
     r.add_argument("--quick", action="store_true", help="only the sweeps marked quick (the ANCHORS.md points)")
     r.add_argument("--max-cases", type=int, default=None, help="stop after this many cases")
@@ -194,12 +196,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--backends",
         type=_csv_list,
-        default=["ours", "FLASH_ATTN", "TRITON_ATTN", "FLEX_ATTENTION"],
-        help="LABEL or LABEL=BACKEND; 'ours' means our plugin (backend CUSTOM); BACKEND 'auto' sets none",
+        default=None,
+        help="LABEL or LABEL=BACKEND; 'ours' means our plugin (backend CUSTOM); BACKEND 'auto' sets none "
+        "(default: the model's, e2e.MODEL_BACKENDS, else ours,FLASH_ATTN,TRITON_ATTN,FLEX_ATTENTION)",
     )
-    e.add_argument("--workload", nargs="+", default=None, help="workload names (default: all); see e2e.WORKLOADS")
+    e.add_argument(
+        "--workload",
+        nargs="+",
+        default=None,
+        help="workload names (default: the model's, e2e.MODEL_WORKLOADS, else all but tiny); see e2e.WORKLOADS",
+    )
     e.add_argument("--out", type=Path, default=None, help="output folder (default results/<gpu>/e2e-<timestamp>)")
-    e.add_argument("--model", default="llama-3.1-8b", help="a model config shipped in attn_bench/models, or a folder")
+    e.add_argument(
+        "--model",
+        default="llama-3.1-8b",
+        help="a model config shipped in attn_bench/models (llama-3.1-8b, deepseek-v2-lite), or a folder",
+    )
     e.add_argument("--timeout", type=float, default=1800, help="seconds per backend subprocess")
     e.add_argument("--reference", default=None, help="backend label whose tokens others are compared with")
     e.add_argument("--engine-arg", action="append", help="extra LLM(...) keyword as KEY=JSON, repeatable")

@@ -59,14 +59,20 @@ WORKLOADS = {
     "256x1024-256": Workload(256, 1024, 256),
     "64x8192-512": Workload(64, 8192, 512),
     "1x500-4096": Workload(1, 500, 4096),
+    "64x2048-512": Workload(64, 2048, 512),  # the MLA model's (deepseek-v2-lite)
     "tiny": Workload(4, 64, 16),  # a few seconds: checks the setup, not a benchmark
 }
 DEFAULT_WORKLOADS = ("256x1024-256", "64x8192-512", "1x500-4096")
+# A shipped model whose default workloads and backends are others. An MLA model runs on
+# vLLM's MLA backends; the first is the agreement reference, vLLM's default on Hopper.
+MODEL_WORKLOADS = {"deepseek-v2-lite": ("64x2048-512",)}
+DEFAULT_BACKENDS = ("ours", "FLASH_ATTN", "TRITON_ATTN", "FLEX_ATTENTION")
+MODEL_BACKENDS = {"deepseek-v2-lite": ("FLASH_ATTN_MLA", "ours", "FLASHMLA", "TRITON_MLA")}
 # Backend labels and the vLLM attention backend each selects. "ours": our plugin registers
 # vLLM's CUSTOM backend; pass ours=auto if it is installed as a platform plugin instead.
 BACKENDS = {"ours": "CUSTOM"}
 PROMPT_SEED = 1234
-TOKEN_RANGE = (1000, 128000)  # ordinary (non-special) Llama-3 token ids
+TOKEN_RANGE = (1000, 128000)  # ordinary (non-special) Llama-3 token ids; other models: token_range
 # Compile caches an engine start reads and fills -> folder name under a backend's cache root.
 CACHE_VARIABLES = {
     "TRITON_CACHE_DIR": "triton",
@@ -124,9 +130,17 @@ class E2ERow:
     timestamp: str = ""
 
 
-def prompts(w: Workload, seed: int = PROMPT_SEED) -> list[list[int]]:
+def token_range(cfg: dict[str, Any]) -> tuple[int, int]:
+    """Ordinary token ids of a model config: from 1000 up to its first special token. The
+    shipped models' tokenizers number their special tokens from ``bos_token_id`` up (Llama 3
+    from 128000, DeepSeek-V2 from 100000, below a vocabulary of 102400)."""
+    hi = min(TOKEN_RANGE[1], cfg.get("bos_token_id") or TOKEN_RANGE[1], cfg["vocab_size"])
+    return TOKEN_RANGE[0], hi
+
+
+def prompts(w: Workload, seed: int = PROMPT_SEED, *, tokens: tuple[int, int] = TOKEN_RANGE) -> list[list[int]]:
     rng = random.Random(seed * 1_000_003 + w.num_requests * 7919 + w.input_len)
-    return [[rng.randrange(*TOKEN_RANGE) for _ in range(w.input_len)] for _ in range(w.num_requests)]
+    return [[rng.randrange(*tokens) for _ in range(w.input_len)] for _ in range(w.num_requests)]
 
 
 def model_dir(model: str) -> str:
@@ -204,11 +218,12 @@ def _worker(spec_path: str) -> None:
     t0 = time.perf_counter()
     llm = LLM(**kwargs)
     init_s = time.perf_counter() - t0
+    cfg = json.loads((Path(spec["model"]) / "config.json").read_text())
+    ordinary = token_range(cfg)
     drawn: dict[str, int] = {}
     if spec.get("weights", "sharp") == "sharp":
         from .weights import check_counts, redraw
 
-        cfg = json.loads((Path(spec["model"]) / "config.json").read_text())
         layers = cfg["num_hidden_layers"]
         # 2 live lm_head rows, the others exactly 0: half the near-ties of 8 live rows at 1/20
         # (attn_bench.weights); bf16 keeps more rounding noise than check-vllm's fp16.
@@ -216,10 +231,10 @@ def _worker(spec_path: str) -> None:
         for counts in llm.apply_model(fn):
             for kind, n in counts.items():
                 drawn[kind] = drawn.get(kind, 0) + n
-        check_counts(drawn, layers)
+        check_counts(drawn, layers, mla="kv_lora_rank" in cfg)
     first_batch_s = float("nan")
     if spec.get("phase"):
-        first = [{"prompt_token_ids": p} for p in prompts(FIRST_BATCH, seed=PROMPT_SEED + 2)]
+        first = [{"prompt_token_ids": p} for p in prompts(FIRST_BATCH, seed=PROMPT_SEED + 2, tokens=ordinary)]
         t = time.perf_counter()
         llm.generate(
             first, SamplingParams(temperature=0.0, max_tokens=FIRST_BATCH.output_len, ignore_eos=True, detokenize=False),
@@ -232,11 +247,14 @@ def _worker(spec_path: str) -> None:
         sp = SamplingParams(
             temperature=0.0, max_tokens=w.output_len, min_tokens=w.output_len, ignore_eos=True, detokenize=False
         )
-        warm = [{"prompt_token_ids": p[:256]} for p in prompts(Workload(4, w.input_len, 8), seed=PROMPT_SEED + 1)]
+        warm = [
+            {"prompt_token_ids": p[:256]}
+            for p in prompts(Workload(4, w.input_len, 8), seed=PROMPT_SEED + 1, tokens=ordinary)
+        ]
         llm.generate(
             warm, SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, detokenize=False), use_tqdm=False
         )
-        batch = [{"prompt_token_ids": p} for p in prompts(w)]
+        batch = [{"prompt_token_ids": p} for p in prompts(w, tokens=ordinary)]
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         t = time.perf_counter()
@@ -470,7 +488,7 @@ def _run_worker(spec: dict[str, Any], spec_path: Path, log: Path, timeout_s: flo
 def run_e2e(opts: E2EOptions) -> int:
     from .runner import _git_sha
 
-    names = opts.workloads or list(DEFAULT_WORKLOADS)
+    names = opts.workloads or list(MODEL_WORKLOADS.get(opts.model, DEFAULT_WORKLOADS))
     for n in names:
         if n not in WORKLOADS:
             raise SystemExit(f"unknown workload {n!r}; known: {', '.join(WORKLOADS)}")

@@ -19,7 +19,12 @@ emulation of Llama-3.1-8B, teacher-forced, SDPA against fp32-math attention; num
 - norm weights 1, every other matrix N(0, std).
 
 Works on vLLM's fused parameters (``qkv_proj``, ``gate_up_proj``) and on a Hugging Face state
-dict alike.
+dict alike. MLA layers (DeepSeek-V2) keep a second copy of ``kv_b_proj``, split per head into
+the absorbed decode weights ``W_UK_T`` and ``W_UV``, made when vLLM loaded the model: after
+the redraw each such layer remakes them from the new ``kv_b_proj`` through its own
+``process_weights_after_loading``, which vLLM writes into the existing tensors (captured
+CUDA graphs keep reading the right memory). Without that, decode steps would attend with
+the load-time dummy weights and prefills with the redrawn ones.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["check_counts", "draw_weights", "redraw"]
+__all__ = ["check_counts", "draw_weights", "redraw", "refresh_absorbed"]
 
 _KINDS = ("embed_tokens", "lm_head", "o_proj", "down_proj")
 
@@ -96,10 +101,29 @@ def _apply(model: Any, **kw: Any) -> dict[str, int]:
     import torch
 
     with torch.no_grad():
-        return draw_weights(model.named_parameters(), **kw)
+        counts = draw_weights(model.named_parameters(), **kw)
+        absorbed = refresh_absorbed(model)
+    if absorbed:
+        counts["mla_absorbed"] = absorbed
+    return counts
 
 
-def check_counts(counts: dict[str, int], num_layers: int) -> None:
-    """Raise when a redraw missed layers (e.g. a model whose parameter names differ)."""
+def refresh_absorbed(model: Any) -> int:
+    """Remake every MLA layer's absorbed weights from its (redrawn) ``kv_b_proj``; returns
+    how many layers did."""
+    done = 0
+    for module in model.modules():
+        remake = getattr(module, "process_weights_after_loading", None)
+        if callable(remake) and hasattr(module, "W_UK_T") and hasattr(module, "kv_b_proj"):
+            remake(module.W_UK_T.dtype)
+            done += 1
+    return done
+
+
+def check_counts(counts: dict[str, int], num_layers: int, *, mla: bool = False) -> None:
+    """Raise when a redraw missed layers (e.g. a model whose parameter names differ); with
+    ``mla``, also when an MLA layer's absorbed weights were not remade."""
     if counts.get("o_proj") != num_layers or counts.get("down_proj") != num_layers or not counts.get("lm_head"):
         raise RuntimeError(f"weight redraw missed layers (expected o_proj/down_proj x {num_layers}): {counts}")
+    if mla and counts.get("mla_absorbed") != num_layers:
+        raise RuntimeError(f"MLA absorbed weights remade in {counts.get('mla_absorbed', 0)} of {num_layers} layers")
