@@ -97,11 +97,16 @@ FAKE_VLLM = textwrap.dedent(
 )
 
 
-def test_e2e_with_a_fake_vllm(tmp_path, monkeypatch):
+def _use_fake_vllm(tmp_path, monkeypatch):
+    """The stand-in `vllm` first on the engine subprocesses' path."""
     fake = tmp_path / "fake"
     (fake / "vllm").mkdir(parents=True)
     (fake / "vllm" / "__init__.py").write_text(FAKE_VLLM)
     monkeypatch.setenv("PYTHONPATH", f"{fake}")
+
+
+def test_e2e_with_a_fake_vllm(tmp_path, monkeypatch):
+    _use_fake_vllm(tmp_path, monkeypatch)
     out = tmp_path / "e2e"
     opts = e2e.E2EOptions(backends=["FLASH_ATTN", "TRITON_ATTN"], workloads=["tiny"], out=out, timeout_s=120)
     assert e2e.run_e2e(opts) == 0
@@ -126,10 +131,7 @@ def test_e2e_with_a_fake_vllm(tmp_path, monkeypatch):
 def test_e2e_folders_merge_with_agreement_across_them(tmp_path, monkeypatch):
     from attn_bench import cli
 
-    fake = tmp_path / "fake"
-    (fake / "vllm").mkdir(parents=True)
-    (fake / "vllm" / "__init__.py").write_text(FAKE_VLLM)
-    monkeypatch.setenv("PYTHONPATH", f"{fake}")
+    _use_fake_vllm(tmp_path, monkeypatch)
     for label in ("FLASH_ATTN", "TRITON_ATTN"):  # one backend per command, as on a busy GPU
         e2e.run_e2e(e2e.E2EOptions(backends=[label], workloads=["tiny"], out=tmp_path / label, timeout_s=120))
     assert (
@@ -141,10 +143,7 @@ def test_e2e_folders_merge_with_agreement_across_them(tmp_path, monkeypatch):
 
 
 def test_cold_start_gives_each_backend_fresh_caches_then_keeps_them(tmp_path, monkeypatch):
-    fake = tmp_path / "fake"
-    (fake / "vllm").mkdir(parents=True)
-    (fake / "vllm" / "__init__.py").write_text(FAKE_VLLM)
-    monkeypatch.setenv("PYTHONPATH", f"{fake}")
+    _use_fake_vllm(tmp_path, monkeypatch)
     journal = tmp_path / "journal.jsonl"
     monkeypatch.setenv("FAKE_JOURNAL", str(journal))
     # The caller's own cache settings must not leak into the measured starts.
@@ -171,10 +170,7 @@ def test_cold_start_gives_each_backend_fresh_caches_then_keeps_them(tmp_path, mo
 
 
 def test_cold_start_failure_is_reported_and_skips_the_warm_run(tmp_path, monkeypatch):
-    fake = tmp_path / "fake"
-    (fake / "vllm").mkdir(parents=True)
-    (fake / "vllm" / "__init__.py").write_text(FAKE_VLLM)
-    monkeypatch.setenv("PYTHONPATH", f"{fake}")
+    _use_fake_vllm(tmp_path, monkeypatch)
     out = tmp_path / "e2e"
     opts = e2e.E2EOptions(backends=["bad=BROKEN"], workloads=["tiny"], out=out, timeout_s=120, cold_start=True)
     assert e2e.run_e2e(opts) == 1
@@ -216,10 +212,7 @@ def test_shipped_model_config_is_llama_3_1_8b():
 
 
 def test_deepseek_v2_lite_workload_with_a_fake_vllm(tmp_path, monkeypatch):
-    fake = tmp_path / "fake"
-    (fake / "vllm").mkdir(parents=True)
-    (fake / "vllm" / "__init__.py").write_text(FAKE_VLLM)
-    monkeypatch.setenv("PYTHONPATH", f"{fake}")
+    _use_fake_vllm(tmp_path, monkeypatch)
     out = tmp_path / "e2e"
     # No --workload: the model's own, 64 x (2048 in, 512 out).
     opts = e2e.E2EOptions(backends=["FLASH_ATTN_MLA", "ours"], model="deepseek-v2-lite", out=out, timeout_s=120)
