@@ -54,6 +54,7 @@ def paged_batch(
     num_q_heads: int = 4,
     num_kv_heads: int = 2,
     head_dim: int = 32,
+    head_dim_v: int | None = None,
     block_size: int = 16,
     dtype: torch.dtype = torch.float16,
     kv_dtype: torch.dtype | None = None,
@@ -66,7 +67,7 @@ def paged_batch(
     num_blocks = sum(blocks_per_seq) + spare_blocks
     kv_dtype = kv_dtype or dtype
     k = make_cache(num_blocks, block_size, num_kv_heads, head_dim, kv_dtype, layout)
-    v = make_cache(num_blocks, block_size, num_kv_heads, head_dim, kv_dtype, layout)
+    v = make_cache(num_blocks, block_size, num_kv_heads, head_dim_v or head_dim, kv_dtype, layout)
     perm = torch.randperm(num_blocks, device=DEVICE).to(torch.int32)
     width = max([*blocks_per_seq, 1]) + 2
     # Unused table entries hold garbage block ids: the kernel must never follow them.
@@ -90,8 +91,11 @@ def paged_batch(
     )
 
 
-def poisoned_like(q: torch.Tensor) -> torch.Tensor:
-    return torch.full_like(q, float("nan"))
+def poisoned_like(q: torch.Tensor, head_dim: int | None = None) -> torch.Tensor:
+    """NaN in q's shape, or with ``head_dim`` as the last dimension (an output of V's size)."""
+    if head_dim is None:
+        return torch.full_like(q, float("nan"))
+    return torch.full((*q.shape[:-1], head_dim), float("nan"), dtype=q.dtype, device=q.device)
 
 
 def assert_matches(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, rows: int | None = None) -> None:

@@ -30,7 +30,7 @@ def tma_launches(monkeypatch):
 
 
 def run(b, config=TMA, **kw):
-    out = poisoned_like(b.q)
+    out = poisoned_like(b.q, b.v_cache.shape[-1])
     got = paged_attention(*b.args(), **{**b.lens(), **kw.pop("lens", {})}, out=out, config=config, **kw)
     return out, got
 
@@ -91,19 +91,30 @@ def test_understated_max_seqlen_q_still_computes_every_row(tma_launches):
 
 @pytest.mark.parametrize(
     "why",
-    ["window", "softcap", "alibi", "sinks", "page not a multiple of the tile", "tma off", "head_dim 80"],
+    ["window", "softcap", "alibi", "sinks", "page not a multiple of the tile", "tma off", "head_dim 80", "v head 64"],
 )
 def test_routing_rule(why, tma_launches):
     """Launches outside the rule run the generic kernel with the same config, correctly."""
     head_dim = 80 if why == "head_dim 80" else 32
-    b = paged_batch([20, 1], [40, 17], num_q_heads=4, num_kv_heads=2, head_dim=head_dim, block_size=16)
+    # Both powers of two but unequal, in HND memory (in NHD the rows of K and V already differ).
+    head_dim_v, layout = (64, "HND") if why == "v head 64" else (None, "NHD")
+    b = paged_batch(
+        [20, 1],
+        [40, 17],
+        num_q_heads=4,
+        num_kv_heads=2,
+        head_dim=head_dim,
+        head_dim_v=head_dim_v,
+        block_size=16,
+        layout=layout,
+    )
     config = TMA
     kw: dict = {}
     if why == "page not a multiple of the tile":
         config = AttentionConfig(prefill=PrefillConfig(block_m=16, tile_n=32, tma=1))
     elif why == "tma off":
         config = AttentionConfig(prefill=PrefillConfig(block_m=16, tile_n=16))
-    elif why == "head_dim 80":
+    elif why in ("head_dim 80", "v head 64"):
         pass
     else:
         kw = {

@@ -85,10 +85,14 @@ FEATURES = dict(USE_WINDOW=False, USE_SOFTCAP=False, USE_ALIBI=False, USE_SINKS=
 ALL_FEATURES = dict(USE_WINDOW=True, USE_SOFTCAP=True, USE_ALIBI=True, USE_SINKS=True, KV_SCALED=False)
 
 
-def attention(hd=128, group=4, paged=True, causal=True, feats=FEATURES, dtype="bf16", kv=None, **launch):
+def attention(hd=128, group=4, paged=True, causal=True, feats=FEATURES, dtype="bf16", kv=None, hdv=None, **launch):
+    """``hdv``: V's head size where it differs from ``hd`` (Q and K's)."""
+    hdv = hd if hdv is None else hdv
     cx = dict(
         HEAD_DIM=hd,
         BLOCK_D=triton.next_power_of_2(hd),
+        HEAD_DIM_V=hdv,
+        BLOCK_DV=triton.next_power_of_2(hdv),
         GROUP=group,
         BLOCK_SIZE=16,
         PAGED=paged,
@@ -215,6 +219,17 @@ ATTENTION: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
         prefill,
         dict(causal=False, feats={**FEATURES, "USE_WINDOW": True}, RETURN_LSE=True),
     ),
+    # MLA prefill (DeepSeek-V2/V3): q/k 128 nope + 64 rope, v 128, one KV head per query head,
+    # with the tiles prefill_heuristic picks for a head size above 128.
+    "prefill MLA q/k 192, v 128, varlen": (
+        prefill,
+        dict(hd=192, hdv=128, group=1, paged=False, BLOCK_M=64, TILE_N=32, stages=2),
+    ),
+    "prefill MLA q/k 192, v 128, chunk on a paged prefix": (
+        prefill,
+        dict(hd=192, hdv=128, group=1, BLOCK_M=64, TILE_N=32, stages=2),
+    ),
+    "decode MLA q/k 192, v 128, split-KV": (decode, dict(hd=192, hdv=128, group=1, TILE_N=64)),
 }
 
 

@@ -2,9 +2,10 @@
 the 2-D views and tensor descriptors it needs, and the launch.
 
 The rule (documented in docs/kernels.md): ``PrefillConfig(tma=1)``, a paged cache whose page
-size ``tile_n`` divides, a power-of-two head size, no window, softcap, ALiBi or sinks, fp16 /
-bf16 queries (fp8 caches included), Q with heads and dims contiguous, 16-byte aligned rows
-and bases; and a GPU of compute capability 9.x (or Triton's interpreter, for the tests).
+size ``tile_n`` divides, a power-of-two head size shared by Q, K and V, no window, softcap,
+ALiBi or sinks, fp16 / bf16 queries (fp8 caches included), Q with heads and dims contiguous,
+16-byte aligned rows and bases; and a GPU of compute capability 9.x (or Triton's interpreter,
+for the tests).
 Anything else runs the generic kernel with the same config.
 """
 
@@ -77,6 +78,8 @@ def qualifies(
     if not features_plain or q.dtype not in (torch.float16, torch.bfloat16):
         return None
     if head_dim & (head_dim - 1) or head_dim < 16 or k.shape[1] % tile_n:
+        return None
+    if v.shape[-1] != head_dim:  # its descriptors and output tiles are HEAD_DIM wide
         return None
     if not (interpreting() or _hopper(q.device)):
         return None

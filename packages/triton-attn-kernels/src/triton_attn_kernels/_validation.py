@@ -125,13 +125,27 @@ def head_geometry(q: torch.Tensor, num_kv_heads: int, head_dim: int, kv_name: st
     return num_q_heads // num_kv_heads
 
 
-def kv_pair(k: torch.Tensor, v: torch.Tensor, q: torch.Tensor, *, k_name: str, v_name: str) -> None:
-    if v.shape != k.shape:
+def kv_pair(
+    k: torch.Tensor, v: torch.Tensor, q: torch.Tensor, *, k_name: str, v_name: str, own_v_head_dim: bool = False
+) -> int:
+    """K and V of one launch; returns V's head size. ``own_v_head_dim``: V may have another
+    head size than K (one of :data:`SUPPORTED_HEAD_DIMS`), every other dimension equal."""
+    if own_v_head_dim:
+        if v.shape[:-1] != k.shape[:-1]:
+            raise ValueError(
+                f"{v_name} must have the shape of {k_name} {tuple(k.shape)} but for its last (head) dimension, "
+                f"got {tuple(v.shape)}"
+            )
+        # An equal one is k's, which head_geometry checks.
+        if v.shape[-1] != k.shape[-1] and v.shape[-1] not in SUPPORTED_HEAD_DIMS:
+            raise ValueError(f"{v_name} head size must be one of {SUPPORTED_HEAD_DIMS}, got {v.shape[-1]}")
+    elif v.shape != k.shape:
         raise ValueError(f"{v_name} must have the shape of {k_name} {tuple(k.shape)}, got {tuple(v.shape)}")
     if v.dtype != k.dtype:
         raise TypeError(f"{v_name} dtype {v.dtype} must equal {k_name} dtype {k.dtype}")
     if k.dtype != q.dtype and k.dtype not in FP8_DTYPES:
         raise TypeError(f"{k_name} dtype must be q's dtype ({q.dtype}) or an fp8 dtype, got {k.dtype}")
+    return int(v.shape[-1])
 
 
 def cache_blocks(name: str, cache: torch.Tensor) -> None:
@@ -205,14 +219,17 @@ def not_overlapping(name: str, t: torch.Tensor, **others: torch.Tensor | None) -
             )
 
 
-def output(out: Any, q: torch.Tensor, **others: torch.Tensor | None) -> torch.Tensor:
-    """``out`` checked (or allocated): q's shape, dtype and device, elements distinct, and
-    no memory shared with ``q`` or any of ``others`` (the tensors the launch reads)."""
+def output(out: Any, q: torch.Tensor, *, head_dim: int | None = None, **others: torch.Tensor | None) -> torch.Tensor:
+    """``out`` checked (or allocated): q's shape (with ``head_dim`` as the last dimension
+    where given: V's head size), dtype and device, elements distinct, and no memory shared
+    with ``q`` or any of ``others`` (the tensors the launch reads)."""
+    shape = q.shape if head_dim is None else torch.Size((*q.shape[:-1], head_dim))
     if out is None:
-        return torch.empty_like(q)
+        return torch.empty_like(q) if shape == q.shape else q.new_empty(shape)
     tensor("out", out, ndim=3, dtypes=(q.dtype,))
-    if out.shape != q.shape:
-        raise ValueError(f"out must have q's shape {tuple(q.shape)}, got {tuple(out.shape)}")
+    if out.shape != shape:
+        what = "q's shape" if shape == q.shape else "shape [num_tokens, num_q_heads, v head size]"
+        raise ValueError(f"out must have {what} {tuple(shape)}, got {tuple(out.shape)}")
     if out.device != q.device:
         raise ValueError(f"out must be on {q.device} like q, got {out.device}")
     not_overlapping("out", out, q=q, **others)

@@ -145,11 +145,11 @@ def _launch(
     lse = torch.full(q.shape[:2], float("-inf"), dtype=torch.float32, device=q.device) if return_lse else None
     if num_seqs == 0 or q.shape[0] == 0:
         return (out, lse) if lse is not None else out  # type: ignore[return-value]
-    num_q_heads, head_dim = q.shape[1], q.shape[2]
+    num_q_heads, head_dim, head_dim_v = q.shape[1], q.shape[2], v.shape[-1]
     num_kv_heads = k.shape[-2]
     group = num_q_heads // num_kv_heads
     problem = AttentionProblem.from_tensors(
-        q, k, num_seqs=num_seqs, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k
+        q, k, v=v, num_seqs=num_seqs, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k
     )
     plan = plan_launch(problem, decode_query_len=decode_query_len, config=config, device=q.device)
     dq = plan.decode_query_len
@@ -169,6 +169,8 @@ def _launch(
     common = dict(
         HEAD_DIM=head_dim,
         BLOCK_D=next_pow2(head_dim),
+        HEAD_DIM_V=head_dim_v,
+        BLOCK_DV=next_pow2(head_dim_v),
         GROUP=group,
         BLOCK_SIZE=block_size,
         PAGED=paged,
@@ -255,7 +257,7 @@ def _launch(
         if need:
             if ws is None:
                 ws = torch.empty(need, dtype=torch.float32, device=q.device)
-            n_lse = need // (head_dim + 1)
+            n_lse = need // (head_dim_v + 1)
             part_lse, part_out = ws[:n_lse], ws[n_lse:need]
         else:
             part_lse = part_out = out
@@ -280,8 +282,8 @@ def _launch(
                 lse if lse is not None else dummy,
                 q.shape[0],
                 *out.stride(),
-                HEAD_DIM=head_dim,
-                BLOCK_D=next_pow2(head_dim),
+                HEAD_DIM=head_dim_v,
+                BLOCK_D=next_pow2(head_dim_v),
                 NUM_SPLITS=splits,
                 SPLITS_POW2=next_pow2(splits),
                 DECODE_Q=dq,
@@ -414,14 +416,16 @@ def paged_attention(
             tokens of that sequence's context.
         k_cache, v_cache: ``kv_layout="NHD"``: [num_blocks, block_size, num_kv_heads, head_dim];
             ``"HND"``: [num_blocks, num_kv_heads, block_size, head_dim]. q's dtype or
-            float8_e4m3fn / float8_e5m2; any strides.
+            float8_e4m3fn / float8_e5m2; any strides. v_cache may have its own head size
+            ``head_dim_v`` (its last dimension, one of :data:`SUPPORTED_HEAD_DIMS`; e.g. MLA
+            prefill: 192-wide q and k, 128-wide v); the output then has that head size.
         block_table: [num_seqs, max_blocks] int32, physical block of each logical block.
         seq_lens: [num_seqs] int32, whole context length of each sequence (new tokens included).
         cu_seqlens_q: [num_seqs + 1] int32, prefix sums of new-token counts (0 allowed).
         max_seqlen_q: host int, the largest new-token count (1 means a pure decode batch). A
             sizing hint: a smaller value than the truth still computes every row, slowly.
         max_seqlen_k: host int, the largest ``seq_lens`` entry (used for launch heuristics).
-        scale: softmax scale; ``None`` means ``head_dim ** -0.5``.
+        scale: softmax scale; ``None`` means ``head_dim ** -0.5`` (q's head size).
         causal: mask keys after each query's position.
         sliding_window: ``None`` or W, the keys a query sees counting itself: with ``causal``,
             positions ``[p - W + 1, p]``; without, ``[p - W + 1, p + W - 1]`` (vLLM's meaning
@@ -441,13 +445,14 @@ def paged_attention(
             path. ``None``: ``max_seqlen_q`` if it is at most :data:`MAX_DECODE_QUERY_LEN`,
             else 1. 0: no decode path (a prefill-only batch is then one launch).
         return_lse: also return the log-sum-exp of each row's logits.
-        out: ``None`` or [num_tokens, num_q_heads, head_dim] in q's dtype to write into.
+        out: ``None`` or [num_tokens, num_q_heads, head_dim_v] in q's dtype to write into.
         config: ``None`` (table, else heuristic) or an :class:`AttentionConfig`.
         workspace: ``None`` or a 1-D float32 buffer of at least :func:`decode_workspace_numel`
-            elements for split-KV partials (preallocate it for CUDA graphs).
+            elements for split-KV partials (preallocate it for CUDA graphs; its ``head_dim``
+            is V's head size).
 
     Returns:
-        ``out``: [num_tokens, num_q_heads, head_dim] in q's dtype; with ``return_lse``,
+        ``out``: [num_tokens, num_q_heads, head_dim_v] in q's dtype; with ``return_lse``,
         ``(out, lse)``, lse [num_tokens, num_q_heads] float32, natural log, ``-inf`` for rows
         that see no key (including the sinks when given). Rows of tokens outside every
         sequence (padding) are left untouched (their lse is -inf).
@@ -461,7 +466,7 @@ def paged_attention(
     check.tensor("k_cache", k_cache, ndim=4)
     check.tensor("v_cache", v_cache, ndim=4)
     k_cache, v_cache = _paged_layout(k_cache, v_cache, kv_layout)
-    check.kv_pair(k_cache, v_cache, q, k_name="k_cache", v_name="v_cache")
+    head_dim_v = check.kv_pair(k_cache, v_cache, q, k_name="k_cache", v_name="v_cache", own_v_head_dim=True)
     check.cache_blocks("k_cache", k_cache)
     check.head_geometry(q, k_cache.shape[2], k_cache.shape[3], "k_cache")
     num_seqs = check.paged_batch(
@@ -482,7 +487,7 @@ def paged_attention(
         cu_seqlens_q=cu_seqlens_q,
         out=out,
     )
-    out = check.output(out, q, k_cache=k_cache, v_cache=v_cache)
+    out = check.output(out, q, head_dim=head_dim_v, k_cache=k_cache, v_cache=v_cache)
     check.workspace(workspace, q.device, q=q, k_cache=k_cache, v_cache=v_cache, out=out)
     if debug.enabled():
         debug.check_paged_batch(
@@ -558,7 +563,8 @@ def varlen_attention(
 
     Args:
         q: [total_q, num_q_heads, head_dim], float16 / bfloat16 / float32.
-        k, v: [total_k, num_kv_heads, head_dim] in q's dtype, any strides.
+        k, v: [total_k, num_kv_heads, head_dim] in q's dtype, any strides; v may have its
+            own head size ``head_dim_v`` (as in :func:`paged_attention`).
         cu_seqlens_q: [num_seqs + 1] int32 prefix sums of query lengths.
         cu_seqlens_k: [num_seqs + 1] int32 prefix sums of key lengths; each sequence's
             queries are its last ``q_len`` key positions (bottom-right aligned causal mask).
@@ -567,13 +573,13 @@ def varlen_attention(
         Other arguments as in :func:`paged_attention`.
 
     Returns:
-        ``out`` [total_q, num_q_heads, head_dim] in q's dtype, or ``(out, lse)`` with
+        ``out`` [total_q, num_q_heads, head_dim_v] in q's dtype, or ``(out, lse)`` with
         ``return_lse``. Key ranges of ``cu_seqlens_k`` are clipped to ``[0, total_k)``.
     """
     check.tensor("q", q, ndim=3, dtypes=check.FLOAT_DTYPES)
     check.tensor("k", k, ndim=3, dtypes=(q.dtype,))
     check.tensor("v", v, ndim=3, dtypes=(q.dtype,))
-    check.kv_pair(k, v, q, k_name="k", v_name="v")
+    head_dim_v = check.kv_pair(k, v, q, k_name="k", v_name="v", own_v_head_dim=True)
     check.head_geometry(q, k.shape[1], k.shape[2], "k")
     check.index("cu_seqlens_q", cu_seqlens_q, ndim=1)
     check.index("cu_seqlens_k", cu_seqlens_k, ndim=1)
@@ -585,7 +591,7 @@ def varlen_attention(
         )
     check.batch_limits(num_seqs, max_seqlen_q, max_seqlen_k)
     check.same_device(q.device, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, out=out)
-    out = check.output(out, q, k=k, v=v)
+    out = check.output(out, q, head_dim=head_dim_v, k=k, v=v)
     check.workspace(workspace, q.device, q=q, k=k, v=v, out=out)
     if debug.enabled():
         debug.check_varlen_batch(

@@ -15,6 +15,8 @@ Semantics shared with the kernels:
   zero value vector.
 - fp8 caches hold ``x / scale``; reading multiplies by ``k_scale`` / ``v_scale``.
 - A query row that sees no key gives zeros (and an lse of -inf).
+- V may have its own head size (its last dimension); the output has V's head size and the
+  default scale stays q's ``head_dim ** -0.5``.
 - ``return_lse``: also the natural log-sum-exp of each row's logits (the sink included).
 """
 
@@ -53,8 +55,8 @@ def attention_ref(
     window_size: tuple[int, int] | None = None,
     return_lse: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """One sequence. q [q_len, Hq, D]; k, v [seq_len, Hkv, D] (already dequantised).
-    Returns fp32 [q_len, Hq, D] (and with ``return_lse`` the lse, fp32 [q_len, Hq])."""
+    """One sequence. q [q_len, Hq, D]; k [seq_len, Hkv, D], v [seq_len, Hkv, Dv] (already
+    dequantised). Returns fp32 [q_len, Hq, Dv] (and with ``return_lse`` the lse, fp32 [q_len, Hq])."""
     q_len, num_q_heads, _ = q.shape
     seq_len, num_kv_heads, _ = k.shape
     group = num_q_heads // num_kv_heads
@@ -121,15 +123,15 @@ def paged_attention_ref(
     return_lse: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Reference of :func:`triton_attn_kernels.paged_attention`. Returns fp32
-    [num_tokens, num_q_heads, head_dim]; rows of tokens outside every sequence are zero
-    (their lse -inf)."""
+    [num_tokens, num_q_heads, head_dim_v] (v_cache's head size); rows of tokens outside
+    every sequence are zero (their lse -inf)."""
     if kv_layout == "HND":
         k_cache, v_cache = k_cache.transpose(1, 2), v_cache.transpose(1, 2)
     head_dim = q.shape[-1]
     scale = head_dim**-0.5 if scale is None else scale
     ks, vs = _scale_value(k_scale), _scale_value(v_scale)
     block_size = k_cache.shape[1]
-    out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    out = torch.zeros(*q.shape[:2], v_cache.shape[-1], dtype=torch.float32, device=q.device)
     lse = torch.full(q.shape[:2], float("-inf"), dtype=torch.float32, device=q.device)
     cu = cu_seqlens_q.tolist()
     for i, seq_len in enumerate(seq_lens.tolist()):
@@ -173,9 +175,9 @@ def varlen_attention_ref(
     return_lse: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Reference of :func:`triton_attn_kernels.varlen_attention`. Returns fp32
-    [total_q, num_q_heads, head_dim]."""
+    [total_q, num_q_heads, head_dim_v] (v's head size)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    out = torch.zeros(*q.shape[:2], v.shape[-1], dtype=torch.float32, device=q.device)
     lse = torch.full(q.shape[:2], float("-inf"), dtype=torch.float32, device=q.device)
     cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
     for i in range(len(cq) - 1):

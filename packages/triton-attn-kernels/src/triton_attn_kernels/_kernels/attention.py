@@ -8,7 +8,9 @@ them (GQA packing). The decode launch serves sequences with 1..decode_q new toke
 its key range split over NUM_SPLITS programs (split-KV) and merged by ``merge_kernel``;
 the prefill launch serves longer ones, BLOCK_Q tokens per tile. Paged and contiguous
 (varlen) K/V, causal masking, windows, softcap, ALiBi, sinks and scaled fp8 KV are
-``tl.constexpr`` flags, so a launch compiles only what it uses.
+``tl.constexpr`` flags, so a launch compiles only what it uses. V may have another head size
+than Q and K (HEAD_DIM_V; MLA prefill attends with 192-wide Q/K and 128-wide V): it sizes
+the accumulator, the split partials and the output.
 
 Every address is formed from clamped indices: page numbers lie in [0, num_blocks), a
 context never extends past its block-table row (or past k), and output rows lie in
@@ -59,8 +61,10 @@ def _attend_tiles(
     stride_v_b,
     stride_v_t,
     stride_v_d,
-    d,
+    d,  # [BLOCK_D] Q/K columns
     d_ok,
+    dv,  # [BLOCK_DV] V columns
+    dv_ok,
     offs_n,
     TILE_N: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
@@ -134,7 +138,7 @@ def _attend_tiles(
                 )
             s = tl.where(visible, s, float("-inf"))
         m_i, l_i, acc, p = online_softmax_step(m_i, l_i, acc, s, s_scale)
-        v = tl.load(v_head + v_off[:, None] + d[None, :] * stride_v_d, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
+        v = tl.load(v_head + v_off[:, None] + dv[None, :] * stride_v_d, mask=k_ok[:, None] & dv_ok[None, :], other=0.0)
         if DOT_F32:
             v = v.to(tl.float32)
         else:
@@ -186,6 +190,8 @@ def _attend_query_tile(
     stride_o_d,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    HEAD_DIM_V: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
     GROUP: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_Q: tl.constexpr,
@@ -220,6 +226,8 @@ def _attend_query_tile(
     q_pos = ctx + q_idx
     d = tl.arange(0, BLOCK_D)
     d_ok = d < HEAD_DIM
+    dv = tl.arange(0, BLOCK_DV)
+    dv_ok = dv < HEAD_DIM_V
 
     # Key range this tile of queries can see; tiles outside it are never visited.
     q_last = tl.minimum(q0 + BLOCK_Q, q_len) - 1
@@ -272,7 +280,7 @@ def _attend_query_tile(
     else:
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
 
     offs_n = tl.arange(0, TILE_N)
     # Tiles every valid row sees completely need no mask: left of the causal diagonal and
@@ -324,6 +332,8 @@ def _attend_query_tile(
             stride_v_d,
             d,
             d_ok,
+            dv,
+            dv_ok,
             offs_n,
             TILE_N,
             BLOCK_SIZE,
@@ -347,15 +357,15 @@ def _attend_query_tile(
         part = ((seq.to(tl.int64) * BLOCK_Q + q_idx) * num_q_heads + row_head) * N_SPLITS + split
         tl.store(part_lse_ptr + part, lse, mask=row_ok)
         tl.store(
-            part_out_ptr + part[:, None] * HEAD_DIM + d[None, :],
+            part_out_ptr + part[:, None] * HEAD_DIM_V + dv[None, :],
             out,
-            mask=(row_ok & (lse > float("-inf")))[:, None] & d_ok[None, :],
+            mask=(row_ok & (lse > float("-inf")))[:, None] & dv_ok[None, :],
         )
     else:
         tl.store(
-            out_ptr + q_tok[:, None] * stride_o_t + row_head[:, None] * stride_o_h + d[None, :] * stride_o_d,
+            out_ptr + q_tok[:, None] * stride_o_t + row_head[:, None] * stride_o_h + dv[None, :] * stride_o_d,
             out.to(out_ptr.dtype.element_ty),
-            mask=row_ok[:, None] & d_ok[None, :],
+            mask=row_ok[:, None] & dv_ok[None, :],
         )
         if RETURN_LSE:
             tl.store(lse_ptr + q_tok * num_q_heads + row_head, lse * LN2, mask=row_ok)
@@ -369,10 +379,10 @@ def _attend_query_tile(
 def attention_kernel(
     q_ptr,  # [num_tokens, num_q_heads, HEAD_DIM]
     k_ptr,  # PAGED: [num_blocks, BLOCK_SIZE, num_kv_heads, HEAD_DIM]; else [total_k, num_kv_heads, HEAD_DIM]
-    v_ptr,  # same shape as k
-    out_ptr,  # [num_tokens, num_q_heads, HEAD_DIM]
+    v_ptr,  # k's shape, but HEAD_DIM_V for HEAD_DIM
+    out_ptr,  # [num_tokens, num_q_heads, HEAD_DIM_V]
     lse_ptr,  # [num_tokens, num_q_heads] fp32, RETURN_LSE only
-    part_out_ptr,  # [num_seqs, BLOCK_Q, num_q_heads, NUM_SPLITS, HEAD_DIM] fp32, NUM_SPLITS > 1 only
+    part_out_ptr,  # [num_seqs, BLOCK_Q, num_q_heads, NUM_SPLITS, HEAD_DIM_V] fp32, NUM_SPLITS > 1 only
     part_lse_ptr,  # [num_seqs, BLOCK_Q, num_q_heads, NUM_SPLITS] fp32, NUM_SPLITS > 1 only
     block_table_ptr,  # [num_seqs, max_blocks] int32, PAGED only
     seq_lens_ptr,  # [num_seqs] int32, PAGED only
@@ -408,6 +418,8 @@ def attention_kernel(
     stride_bt_s,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,  # HEAD_DIM rounded up to a power of two
+    HEAD_DIM_V: tl.constexpr,  # V's (and out's) head size
+    BLOCK_DV: tl.constexpr,  # HEAD_DIM_V rounded up to a power of two
     GROUP: tl.constexpr,  # query heads per KV head
     BLOCK_M: tl.constexpr,  # rows per program, >= BLOCK_Q * GROUP, power of two, >= 16
     BLOCK_Q: tl.constexpr,  # query tokens per program
@@ -465,7 +477,7 @@ def attention_kernel(
                 q_len, 0, seq_len, k_start, num_tokens, num_kv_rows, num_q_heads, scale, softcap, win_left,
                 win_right, stride_q_t, stride_q_h, stride_q_d, stride_k_b, stride_k_t, stride_k_d,
                 stride_v_b, stride_v_t, stride_v_d, stride_o_t, stride_o_h, stride_o_d, HEAD_DIM,
-                BLOCK_D, GROUP, BLOCK_M, BLOCK_Q, TILE_N, BLOCK_SIZE, PAGED, PREFETCH_PAGES,
+                BLOCK_D, HEAD_DIM_V, BLOCK_DV, GROUP, BLOCK_M, BLOCK_Q, TILE_N, BLOCK_SIZE, PAGED, PREFETCH_PAGES,
                 CAUSAL, USE_WINDOW, USE_SOFTCAP, USE_ALIBI, USE_SINKS, KV_SCALED, FP8_VIA_F16,
                 RETURN_LSE, NUM_SPLITS, NUM_SPLITS > 1, DOT_F32, DOT_PRECISION,
             )  # fmt: skip
@@ -480,7 +492,7 @@ def attention_kernel(
                         q_start, q_len, q0, seq_len, k_start, num_tokens, num_kv_rows, num_q_heads, scale,
                         softcap, win_left, win_right, stride_q_t, stride_q_h, stride_q_d,
                         stride_k_b, stride_k_t, stride_k_d, stride_v_b, stride_v_t, stride_v_d,
-                        stride_o_t, stride_o_h, stride_o_d, HEAD_DIM, BLOCK_D, GROUP, BLOCK_M,
+                        stride_o_t, stride_o_h, stride_o_d, HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, GROUP, BLOCK_M,
                         BLOCK_Q, TILE_N, BLOCK_SIZE, PAGED, PREFETCH_PAGES, CAUSAL, USE_WINDOW,
                         USE_SOFTCAP, USE_ALIBI, USE_SINKS, KV_SCALED, FP8_VIA_F16, RETURN_LSE, 1,
                         False, DOT_F32, DOT_PRECISION,
@@ -502,7 +514,7 @@ def attention_kernel(
                 q0, seq_len, k_start, num_tokens, num_kv_rows, num_q_heads, scale, softcap, win_left, win_right,
                 stride_q_t, stride_q_h, stride_q_d, stride_k_b, stride_k_t, stride_k_d, stride_v_b,
                 stride_v_t, stride_v_d, stride_o_t, stride_o_h, stride_o_d, HEAD_DIM, BLOCK_D,
-                GROUP, BLOCK_M, BLOCK_Q, TILE_N, BLOCK_SIZE, PAGED, PREFETCH_PAGES, CAUSAL,
+                HEAD_DIM_V, BLOCK_DV, GROUP, BLOCK_M, BLOCK_Q, TILE_N, BLOCK_SIZE, PAGED, PREFETCH_PAGES, CAUSAL,
                 USE_WINDOW, USE_SOFTCAP, USE_ALIBI, USE_SINKS, KV_SCALED, FP8_VIA_F16, RETURN_LSE,
                 1, False, DOT_F32, DOT_PRECISION,
             )  # fmt: skip
@@ -513,7 +525,7 @@ def merge_kernel(
     part_out_ptr,  # [num_seqs, DECODE_Q, num_q_heads, NUM_SPLITS, HEAD_DIM] fp32
     part_lse_ptr,  # [num_seqs, DECODE_Q, num_q_heads, NUM_SPLITS] fp32
     cu_seqlens_q_ptr,  # [num_seqs + 1] int32
-    out_ptr,  # [num_tokens, num_q_heads, HEAD_DIM]
+    out_ptr,  # [num_tokens, num_q_heads, HEAD_DIM]; HEAD_DIM is the output's (V's) head size
     lse_ptr,  # [num_tokens, num_q_heads] fp32, RETURN_LSE only
     num_tokens,
     stride_o_t,

@@ -27,10 +27,26 @@ class AttentionProblem:
     kv_dtype: str  # dtype name of the cache, e.g. "float8_e4m3fn"
     num_sms: int
     interpreter: bool = False
+    # V's head size where it differs from head_dim (MLA prefill: 192-wide q/k, 128-wide v);
+    # None otherwise, so that equal problems compare and hash equal however they were built.
+    head_dim_v: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.head_dim_v == self.head_dim:
+            object.__setattr__(self, "head_dim_v", None)
 
     @property
     def group(self) -> int:
         return self.num_q_heads // self.num_kv_heads
+
+    @property
+    def v_head_dim(self) -> int:
+        """V's (and the output's) head size."""
+        return self.head_dim if self.head_dim_v is None else self.head_dim_v
+
+    @property
+    def widest_head_dim(self) -> int:
+        return max(self.head_dim, self.v_head_dim)
 
     @classmethod
     def from_tensors(
@@ -38,6 +54,7 @@ class AttentionProblem:
         q: Any,
         k: Any,
         *,
+        v: Any = None,
         num_seqs: int,
         max_seqlen_q: int,
         max_seqlen_k: int,
@@ -45,7 +62,8 @@ class AttentionProblem:
     ) -> AttentionProblem:
         """The problem of a launch on these tensors: ``q`` [tokens, num_q_heads, head_dim]
         and ``k`` a paged cache (4-D, ``kv_layout`` as in ``paged_attention``) or contiguous
-        keys [total_k, num_kv_heads, head_dim]; the device facts are the launcher's."""
+        keys [total_k, num_kv_heads, head_dim], ``v`` (if given) the values, whose last
+        dimension is V's head size; the device facts are the launcher's."""
         from .._device import interpreting, num_sms
 
         heads_dim = 2 if k.dim() == 4 and kv_layout == "NHD" else 1
@@ -60,6 +78,7 @@ class AttentionProblem:
             kv_dtype=str(k.dtype).removeprefix("torch."),
             num_sms=num_sms(q.device),
             interpreter=interpreting(),
+            head_dim_v=None if v is None else v.shape[-1],
         )
 
 
@@ -67,7 +86,7 @@ def decode_heuristic(p: AttentionProblem) -> DecodeConfig:
     if p.interpreter:
         # Tiny tiles so that CPU test shapes still cross tile and page boundaries.
         tile_n = 16
-    elif p.head_dim > 128:
+    elif p.widest_head_dim > 128:
         # 256-wide K and V tiles of 64 keys would hold 64 KB of registers per program.
         tile_n = 64
     else:
@@ -86,7 +105,7 @@ def decode_heuristic(p: AttentionProblem) -> DecodeConfig:
 def prefill_heuristic(p: AttentionProblem) -> PrefillConfig:
     if p.interpreter:
         return PrefillConfig(block_m=16, tile_n=16, num_warps=4, num_stages=1)
-    if p.head_dim > 128:
+    if p.widest_head_dim > 128:
         return PrefillConfig(block_m=64, tile_n=32, num_warps=4, num_stages=2)
     # H100, d=128: 128 rows x 64 keys, 4 warps, 3 stages was the best of six probed configs
     # at 1x8k (312 TFLOP/s) and 16x1k (232).

@@ -41,7 +41,8 @@ def decode_workspace_numel(
     num_seqs: int, num_q_heads: int, head_dim: int, num_splits: int, *, query_len: int = 1
 ) -> int:
     """fp32 elements the split-KV decode needs as ``workspace`` (0 when ``num_splits == 1``);
-    ``query_len`` is the ``decode_query_len`` of the launches that will use it."""
+    ``head_dim`` is the output's (V's) head size, ``query_len`` the ``decode_query_len`` of
+    the launches that will use it."""
     if num_splits <= 1:
         return 0
     return num_seqs * max(query_len, 1) * num_q_heads * num_splits * (head_dim + 1)
@@ -102,7 +103,7 @@ def _plan(problem: AttentionProblem, decode: DecodeConfig | None, prefill: Prefi
     need = 0
     if decode is not None:
         need = decode_workspace_numel(
-            problem.num_seqs, problem.num_q_heads, problem.head_dim, decode.num_splits, query_len=dq
+            problem.num_seqs, problem.num_q_heads, problem.v_head_dim, decode.num_splits, query_len=dq
         )
     return LaunchPlan(AttentionConfig(decode=decode, prefill=prefill), dq, need)
 
@@ -171,10 +172,12 @@ class ServingPolicy:
         kv_dtype: Any,
         limits: ServingLimits,
         device: Any,
+        head_dim_v: int | None = None,
     ) -> ServingPolicy:
         """The policy for a model's attention layers on ``device`` (a ``torch.device``; its SM
         count and whether Triton's interpreter runs are the launcher's facts). ``dtype`` /
-        ``kv_dtype``: torch dtypes or their names, of the queries and of the cache."""
+        ``kv_dtype``: torch dtypes or their names, of the queries and of the cache;
+        ``head_dim_v``: V's head size where it differs from ``head_dim``."""
         import torch
 
         from .._device import interpreting, num_sms
@@ -190,6 +193,7 @@ class ServingPolicy:
             kv_dtype=str(kv_dtype).removeprefix("torch."),
             num_sms=num_sms(torch.device(device)),
             interpreter=interpreting(),
+            head_dim_v=head_dim_v,
         )
         return cls(geometry, limits, device=device)
 
@@ -234,7 +238,7 @@ class ServingPolicy:
             decode_workspace_numel(
                 n,
                 g.num_q_heads,
-                g.head_dim,
+                g.v_head_dim,
                 self.decode(n, lim.max_model_len).num_splits,
                 query_len=lim.decode_query_len,
             )

@@ -154,6 +154,11 @@ class ConfigSelector:
         key_fn: Callable[[AttentionProblem], tuple],
         heuristic: Callable[[AttentionProblem], Config],
     ) -> tuple[Config, str]:
+        if problem.head_dim_v is not None:
+            # Tables are keyed by one head size; V's own is another compile-time constant of
+            # the kernel, which no stored entry was tuned with.
+            log.debug("%s %s: heuristic (V head size %d)", spec.name, key_fn(problem), problem.head_dim_v)
+            return heuristic(problem), "heuristic"
         config, source = self._resolve(spec, key_fn(problem), heuristic(problem), device, problem.interpreter)
         if isinstance(config, DecodeConfig) and source == "nearest":
             # A split needs at least one tile of keys; a nearest entry tuned for a longer
