@@ -153,7 +153,7 @@ class Problem:
         """Short human name, e.g. ``decode b16 ctx8192 h32:8 d128 bf16``."""
         dt = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
         parts = [self.op, f"b{self.batch}", f"ctx{self.context}"]
-        if self.op in ("prefill", "kv_write", "mla_prefill") or self.q_len > 1:
+        if self.op in ("prefill", "kv_write", "mla_prefill") or (self.op == "mla_decode" and self.q_len > 1):
             parts.append(f"q{self.q_len}")
         if self.op == "mixed":
             parts.append(f"+{self.chunks}x{self.chunk_len}/{self.chunk_context}")
