@@ -41,6 +41,7 @@ def launch_plan(p: Any, device: torch.device, *, paged: bool = True):  # type: i
         num_q_heads=p.num_q_heads,
         num_kv_heads=p.num_kv_heads,
         head_dim=p.head_dim,
+        head_dim_v=p.head_dim_v or None,
         dtype=p.dtype,
         kv_dtype=p.kv_dtype if paged else p.dtype,
         limits=serving_limits(p),

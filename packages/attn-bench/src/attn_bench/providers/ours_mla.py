@@ -1,6 +1,6 @@
 """Our kernels on MLA problems: ``mla_decode`` over the paged latent cache, and the MLA
 prefill (q/k head size 192, v head size 128) through ``varlen_attention`` and
-``paged_attention``."""
+``paged_attention``, as ``ours-varlen`` and ``ours-paged`` call them (the plugin's plan)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 
 from ..inputs import Inputs
 from ..registry import Timed, provider
+from .ours import _paged, ours_varlen
 
 NO_DV = "unsupported: kernels without dv != dk"
 
@@ -94,31 +95,13 @@ def dv_supported() -> str | None:
     return _dv_probe("cpu")
 
 
-def _prefill(x: Inputs, *, paged: bool) -> Timed:
-    from triton_attn_kernels import paged_attention, varlen_attention
-
-    p = x.problem
-    out = x.new_out()
-    attend: Any = paged_attention if paged else varlen_attention
-    if paged:
-        args: tuple[Any, ...] = (x.q, x.k_cache, x.v_cache, x.block_table, x.seq_lens, x.cu_seqlens_q)
-    else:
-        k, v = x.contiguous_kv
-        args = (x.q, k, v, x.cu_seqlens_q, x.cu_seqlens_k)
-
-    def fn() -> Any:
-        return attend(*args, max_seqlen_q=p.max_seqlen_q, max_seqlen_k=p.max_seqlen_k, scale=x.scale, out=out)
-
-    return Timed(fn)
-
-
 @provider("ours-mla-prefill", ops=("mla_prefill",), requires=("triton_attn_kernels",), available=dv_supported)
 def ours_mla_prefill(x: Inputs) -> Timed:
     """triton_attn_kernels.varlen_attention with v heads of 128 and q/k heads of 192 (contiguous K/V, as vLLM's MLA prefill)."""
-    return _prefill(x, paged=False)
+    return ours_varlen(x)  # the plugin's plan for this geometry, v's head size included
 
 
 @provider("ours-mla-prefill-paged", ops=("mla_prefill",), requires=("triton_attn_kernels",), available=dv_supported)
 def ours_mla_prefill_paged(x: Inputs) -> Timed:
     """triton_attn_kernels.paged_attention with v heads of 128 and q/k heads of 192 (paged K/V)."""
-    return _prefill(x, paged=True)
+    return _paged(x, prefill=None)
