@@ -1,5 +1,5 @@
 """The two entry points: declared, cheap, idempotent, free of side effects; the platform's
-backend choice (ours by default, the user's choice honoured, MLA/sparse to the parent);
+backend choice (ours by default, MLA included, the user's choice honoured, sparse MLA to the parent);
 VLLM_PLUGINS switching either off."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from vllm.v1.attention.backends.registry import AttentionBackendEnum
 
 from vllm_triton_plugin import BACKEND_PATH, platform_plugin, register_backend
-from vllm_triton_plugin.platform import TritonOnlyPlatformMixin
+from vllm_triton_plugin.platform import MLA_BACKEND_PATH, TritonOnlyPlatformMixin
 
 
 def _python(code: str, **env: str | None) -> str:
@@ -127,9 +127,22 @@ def test_platform_backend_choice():
     assert _Platform.get_attn_backend_cls(AttentionBackendEnum.CUSTOM, _selector()) == BACKEND_PATH
     # An explicit choice of another backend goes to the parent platform untouched.
     assert _Platform.get_attn_backend_cls(AttentionBackendEnum.FLASH_ATTN, _selector()) == "parent:FLASH_ATTN"
-    # MLA and sparse models: the parent's own choice.
-    assert _Platform.get_attn_backend_cls(None, _selector(use_mla=True)) == "parent:None"
+    # MLA (a 512 + 64 latent row): our MLA backend, by default and when chosen by name.
+    mla = _selector(use_mla=True, head_size=576)
+    assert _Platform.get_attn_backend_cls(None, mla) == MLA_BACKEND_PATH
+    assert _Platform.get_attn_backend_cls(AttentionBackendEnum.CUSTOM, mla) == MLA_BACKEND_PATH
+    assert _Platform.get_attn_backend_cls(AttentionBackendEnum.FLASH_ATTN, mla) == "parent:FLASH_ATTN"
+    # Sparse MLA (top-k attention and its indexer, not in the kernels): the parent's own choice.
+    assert (
+        _Platform.get_attn_backend_cls(None, _selector(use_mla=True, use_sparse=True, head_size=576)) == "parent:None"
+    )
     assert _Platform.get_attn_backend_cls(None, _selector(use_sparse=True)) == "parent:None"
+
+
+def test_platform_reports_unsupported_mla_configuration():
+    with pytest.raises(ValueError, match="Triton MLA backend") as err:
+        _Platform.get_attn_backend_cls(None, _selector(use_mla=True, head_size=192))
+    assert "VLLM_PLUGINS" in str(err.value)
 
 
 def test_platform_reports_unsupported_configuration():

@@ -138,3 +138,13 @@ def decode_query_len(vllm_config: Any) -> int:
     if getattr(spec, "parallel_drafting", False) and not getattr(vllm_config, "use_v2_model_runner", False):
         widest += int(n)
     return widest
+
+
+def host_seq_lens(common_attn_metadata: Any) -> torch.Tensor:
+    """Each request's whole context length as a host tensor, without a device sync where
+    vLLM provides one: ``seq_lens_cpu_upper_bound`` (exact for prefill rows, the MLA
+    builder's own source on 0.26 and 0.32), else the synchronising ``seq_lens_cpu``."""
+    bound = getattr(common_attn_metadata, "seq_lens_cpu_upper_bound", None)
+    if bound is not None:
+        return bound
+    return common_attn_metadata.seq_lens_cpu

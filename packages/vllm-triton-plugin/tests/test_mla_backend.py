@@ -1,0 +1,233 @@
+"""The Triton MLA impl's cache write, decode (forward_mqa) and prefill (forward_mha, with
+cached prefixes gathered in several chunks) on hand-built metadata, against the fp32
+references (triton_attn_kernels.reference_mla for the absorbed decode, reference's
+attention_ref over the up-projected latents for prefill); outputs poisoned with NaN.
+
+Shapes are small for Triton's interpreter: kv_lora_rank 64, rope 16, qk_nope 16 (q/k head
+size 32), v_head_dim 16, 2 heads, 4-token pages; a context budget of 6 keys cuts the
+cached prefixes into several chunks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from vllm.config import VllmConfig, set_current_vllm_config
+from vllm.model_executor.layers.attention.mla_attention import (
+    MLACommonDecodeMetadata,
+    MLACommonPrefillMetadata,
+)
+
+from triton_attn_kernels.reference import attention_ref
+from triton_attn_kernels.reference_mla import mla_decode_ref, write_latent_cache_ref
+from triton_attn_kernels.testing import tolerance
+from vllm_triton_plugin.mla_backend import (
+    TritonMLAImpl,
+    TritonMLAMetadata,
+    TritonMLAPlan,
+    plan_context_chunks,
+)
+
+RANK, ROPE, NOPE, V_DIM, HEADS, BLOCK = 64, 16, 16, 16, 2, 4
+QK = NOPE + ROPE
+SCALE = QK**-0.5
+
+
+class _Proj:
+    """kv_b_proj: kv_c [T, RANK] -> [T, HEADS * (NOPE + V_DIM)], as vLLM's linear layers
+    return it (output, bias)."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.weight = weight  # [RANK, HEADS * (NOPE + V_DIM)]
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return x @ self.weight.to(x.dtype), None
+
+
+def _impl(proj: _Proj, kv_cache_dtype: str) -> TritonMLAImpl:
+    with set_current_vllm_config(VllmConfig()):
+        return TritonMLAImpl(
+            num_heads=HEADS,
+            head_size=RANK + ROPE,
+            scale=SCALE,
+            num_kv_heads=1,
+            alibi_slopes=None,
+            sliding_window=None,
+            kv_cache_dtype=kv_cache_dtype,
+            logits_soft_cap=None,
+            attn_type="decoder",
+            kv_sharing_target_layer_name=None,
+            q_lora_rank=None,
+            kv_lora_rank=RANK,
+            qk_nope_head_dim=NOPE,
+            qk_rope_head_dim=ROPE,
+            qk_head_dim=QK,
+            v_head_dim=V_DIM,
+            kv_b_proj=proj,
+        )
+
+
+def _batch(decodes: list[tuple[int, int]], prefills: list[tuple[int, int]], dtype, cache_dtype, seed: int):
+    """(context_len, query_len) per request, decodes first (vLLM's MLA order). Returns the
+    latents of every token, the cache with the contexts written (unused slots NaN), the
+    metadata and the new tokens' slot mapping."""
+    g = torch.Generator().manual_seed(seed)
+    reqs = [*decodes, *prefills]
+    seq_lens = [c + q for c, q in reqs]
+    blocks_per = [math.ceil(s / BLOCK) for s in seq_lens]
+    max_blocks = max(blocks_per)
+    num_blocks = sum(blocks_per) + 3
+    perm = torch.randperm(num_blocks, generator=g)  # scattered pages
+    table = torch.zeros(len(reqs), max_blocks, dtype=torch.int32)
+    used = 0
+    for i, n in enumerate(blocks_per):
+        table[i, :n] = perm[used : used + n].int()
+        used += n
+    cache = torch.full((num_blocks, BLOCK, RANK + ROPE), float("nan"), dtype=dtype).to(cache_dtype)
+    latents = [torch.randn(s, RANK + ROPE, generator=g).to(dtype) for s in seq_lens]
+    k_scale = torch.tensor([0.5], dtype=torch.float32)
+    slots = []
+    for i, (c, _) in enumerate(reqs):
+        pos = torch.arange(seq_lens[i])
+        slot = table[i, pos // BLOCK].long() * BLOCK + pos % BLOCK
+        # Contexts are in the cache already; the new tokens go through the impl's write.
+        write_latent_cache_ref(latents[i][:c, :RANK], latents[i][:c, RANK:], cache, slot[:c], k_scale=k_scale)
+        slots.append(slot[c:])
+    q_lens = [q for _, q in reqs]
+    cu = torch.tensor(np.concatenate([[0], np.cumsum(q_lens)]), dtype=torch.int32)
+    nd = len(decodes)
+    seq_t = torch.tensor(seq_lens, dtype=torch.int32)
+    decode_md = None
+    if nd:
+        decode_md = MLACommonDecodeMetadata(block_table=table[:nd], seq_lens=seq_t[:nd], dcp_tot_seq_lens=None)
+    prefill_md = None
+    chunks = []
+    if prefills:
+        prefill_md = MLACommonPrefillMetadata(
+            block_table=table[nd:], query_start_loc=cu[nd:] - cu[nd], max_query_len=max(q_lens)
+        )
+        ctx = np.array([c for c, _ in prefills], dtype=np.int64)
+        chunks = plan_context_chunks(ctx, table[nd:], block_size=BLOCK, max_keys=6)
+    plan = TritonMLAPlan(
+        decode_cu_seqlens_q=cu[: nd + 1] if nd else None,
+        decode_max_query_len=max([q for _, q in decodes], default=0),
+        decode_max_seq_len=max(seq_lens),
+        decode_config=None,
+        decode_workspace=None,
+        prefill_max_query_len=max([q for _, q in prefills], default=0),
+        context_chunks=chunks,
+    )
+    num_tokens = int(cu[-1])
+    md = TritonMLAMetadata(
+        num_reqs=len(reqs),
+        max_query_len=max(q_lens),
+        max_seq_len=max(seq_lens),
+        num_actual_tokens=num_tokens,
+        query_start_loc=cu,
+        slot_mapping=torch.cat(slots),
+        num_decodes=nd,
+        num_decode_tokens=int(cu[nd]),
+        num_prefills=len(prefills),
+        prefill=prefill_md,
+        decode=decode_md,
+        plan=plan,
+    )
+    return reqs, latents, cache, md, table, seq_t, k_scale
+
+
+CASES = {
+    "decode": ([(9, 1), (0, 1), (14, 2), (3, 4)], []),
+    "prefill": ([], [(0, 5), (7, 3), (13, 4), (4, 1)]),
+    "mixed": ([(6, 1), (11, 3)], [(0, 6), (9, 2), (16, 5)]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("dtype,cache", [("float32", "auto"), ("float16", "auto"), ("float16", "fp8")])
+def test_mla_impl_matches_reference(case: str, dtype: str, cache: str) -> None:
+    decodes, prefills = CASES[case]
+    dt = getattr(torch, dtype)
+    cache_dt = torch.float8_e4m3fn if cache == "fp8" else dt
+    reqs, latents, kv_cache, md, table, seq_lens, k_scale = _batch(
+        decodes, prefills, dt, cache_dt, seed=len(case) * 7 + len(dtype) + len(cache)
+    )
+    g = torch.Generator().manual_seed(11)
+    proj = _Proj(torch.randn(RANK, HEADS * (NOPE + V_DIM), generator=g) * RANK**-0.5)
+    impl = _impl(proj, cache)
+    layer = SimpleNamespace(_k_scale=k_scale)
+    tol = tolerance(dt)
+    n_dec = md.num_decode_tokens
+
+    # The cache write of this step's tokens (vLLM hands fp8 caches over as uint8).
+    new = torch.cat([lat[c:] for lat, (c, _) in zip(latents, reqs, strict=True)])
+    raw = kv_cache.view(torch.uint8) if cache == "fp8" else kv_cache
+    impl.do_kv_cache_update(new[:, :RANK], new[:, None, RANK:], raw, md.slot_mapping, cache, k_scale)
+    ref_cache = kv_cache.clone()
+    for lat, (c, _), slot in zip(latents, reqs, md.slot_mapping.split([q for _, q in reqs]), strict=True):
+        ref_cache.view(-1, RANK + ROPE)[slot] = float("nan")
+        write_latent_cache_ref(lat[c:, :RANK], lat[c:, RANK:], ref_cache, slot, k_scale=k_scale)
+    assert torch.equal(kv_cache.view(torch.uint8), ref_cache.view(torch.uint8))
+
+    if n_dec:
+        q_nope = torch.randn(n_dec, HEADS, RANK, generator=g).to(dt)
+        q_pe = torch.randn(n_dec, HEADS, ROPE, generator=g).to(dt)
+        got, lse = impl.forward_mqa((q_nope, q_pe), kv_cache, md, layer)
+        assert lse is None
+        nd = md.num_decodes
+        want = mla_decode_ref(
+            q_nope,
+            q_pe,
+            kv_cache,
+            table[:nd],
+            seq_lens[:nd],
+            md.query_start_loc[: nd + 1],
+            scale=SCALE,
+            k_scale=k_scale,
+        )
+        assert not got.isnan().any()
+        torch.testing.assert_close(got.float(), want, **tol.kwargs())
+
+    if md.num_prefills:
+        n_pre = md.num_actual_tokens - n_dec
+        q = torch.randn(n_pre, HEADS, QK, generator=g).to(dt)
+        output = torch.full((n_pre, HEADS * V_DIM), float("nan"), dtype=dt)
+        impl.forward_mha(q, new[n_dec:, :RANK], new[n_dec:, None, RANK:], kv_cache, md, k_scale, output=output)
+        w = proj.weight.float().view(RANK, HEADS, NOPE + V_DIM)
+        want = torch.empty(n_pre, HEADS, V_DIM)
+        lo = 0
+        for i in range(md.num_decodes, md.num_reqs):
+            c, ql = reqs[i]
+            # Context keys as the cache holds them (fp8: dequantised), new keys as computed.
+            pos = torch.arange(c)
+            ctx = kv_cache[table[i, pos // BLOCK].long(), pos % BLOCK].float() * (k_scale if cache == "fp8" else 1.0)
+            lat = torch.cat([ctx, latents[i][c:].float()])
+            kv = torch.einsum("tl,lhd->thd", lat[:, :RANK], w)
+            k = torch.cat([kv[..., :NOPE], lat[:, None, RANK:].expand(-1, HEADS, -1)], dim=-1)
+            want[lo : lo + ql] = attention_ref(q[lo : lo + ql], k, kv[..., NOPE:], scale=SCALE, causal=True)
+            lo += ql
+        assert not output.isnan().any()
+        torch.testing.assert_close(output.float().view(n_pre, HEADS, V_DIM), want, **tol.kwargs())
+
+
+def test_context_chunks_cover_each_prefix_once() -> None:
+    """Every cached position of every prefill is gathered exactly once, from its own page,
+    and no chunk gathers more than the budget."""
+    ctx = np.array([0, 7, 13, 1], dtype=np.int64)
+    table = torch.arange(4 * 5, dtype=torch.int32).view(4, 5) * 10
+    chunks = plan_context_chunks(ctx, table, block_size=BLOCK, max_keys=6)
+    seen: list[list[int]] = [[] for _ in ctx]
+    for ch in chunks:
+        cu = ch.cu_seqlens_k.tolist()
+        assert cu[-1] <= 6 and ch.max_seqlen_k == max(b - a for a, b in itertools.pairwise(cu))
+        for r in range(len(ctx)):
+            for j in range(cu[r], cu[r + 1]):
+                block = int(ch.blocks[j])
+                assert block % 10 == 0 and int(table[r, block // 10 - r * 5]) == block
+                seen[r].append((block // 10 - r * 5) * BLOCK + int(ch.offsets[j]))
+    assert seen == [list(range(c)) for c in ctx]
+    assert plan_context_chunks(np.zeros(3, dtype=np.int64), table[:3], block_size=BLOCK, max_keys=6) == []
