@@ -31,6 +31,14 @@ from triton_attn_kernels._tma import warp_specialize
 from triton_attn_kernels.tuning.mla import MLAProblem, mla_decode_heuristic
 
 TARGET = GPUTarget("cuda", 90, 32)
+
+
+def _gluon_verified() -> bool:
+    from triton_attn_kernels._gluon import available
+
+    return available()
+
+
 FLOAT_ARGS = {"scale", "softcap"}
 
 
@@ -149,6 +157,81 @@ def prefill_tma(hd=128, group=4, causal=True, dtype="bf16", kv=None, tile_n=128,
         **{n: "*i32" for n in ("block_table_ptr", "seq_lens_ptr", "cu_seqlens_q_ptr")},
     }
     return compile_one(prefill_tma_kernel, cx, ptrs, **{"warps": 4, "stages": 2, **opts})
+
+
+def prefill_gluon(hd=128, group=4, causal=True, dtype="bf16", tile_n=128, stages=2, paged=True, pingpong=True):
+    """The Gluon Hopper prefill (``_kernels/prefill_gluon.py``) as ``_gluon.launch``
+    specialises it: 64-row Q halves, tile_n-key K/V tiles, 4 warps plus the partitions'."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from triton_attn_kernels import _gluon
+    from triton_attn_kernels._kernels.prefill_gluon import prefill_gluon_kernel as fn
+
+    def desc(rows: int) -> str:
+        layout = gl.NVMMASharedLayout.get_default_for([rows, hd], {"bf16": gl.bfloat16, "fp16": gl.float16}[dtype])
+        return f"tensordesc<{dtype}[{rows}, {hd}],{layout!r}>"
+
+    cx = dict(
+        HEAD_DIM=hd,
+        GROUP=group,
+        TILE_N=tile_n,
+        BLOCK_SIZE=128 if paged else tile_n,
+        STAGES=stages,
+        PAGED=paged,
+        CAUSAL=causal,
+        PINGPONG=pingpong,
+        RETURN_LSE=False,
+        LOADER_REGS=_gluon.LOADER_REGS,
+        CONSUMER_REGS=_gluon.CONSUMER_REGS,
+    )
+    ptrs = {"q_desc": desc(_gluon.BLOCK_M // 2), "k_desc": desc(tile_n), "v_desc": desc(tile_n), "out_ptr": f"*{dtype}"}
+    sig = signature(fn, cx, {**{n: "*i32" for n in fn.arg_names if n.endswith("_ptr")}, **ptrs})
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if sig[n].startswith("*")}
+    constexprs = {(fn.arg_names.index(k),): v for k, v in cx.items()}
+    src = GluonASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=TARGET, options={"num_warps": 4})
+
+
+def gluon_facts(kernel) -> dict[str, Any]:
+    """What the Gluon prefill's PTX must show: wgmma, TMA copies, mbarrier waits, register
+    budgets moved by setmaxnreg, and three warpgroups (two consumers and the loader's)."""
+    ptx = kernel.asm["ptx"]
+    return {
+        "warps": kernel.metadata.num_warps,
+        "wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
+        "tma_loads": len(re.findall(r"cp\.async\.bulk\.tensor\.2d\.shared::cluster\.global", ptx)),
+        "mbarrier_waits": len(re.findall(r"mbarrier\.try_wait", ptx)),
+        "setmaxnreg": sorted({int(n) for n in re.findall(r"setmaxnreg\.(?:inc|dec)\.sync\.aligned\.u32\s+(\d+)", ptx)}),
+    }
+
+
+def prefill_gluon_checked(**kw: Any) -> Any:
+    """A Gluon prefill variant whose code has the schedule's pieces (``gluon_facts``)."""
+    from triton_attn_kernels import _gluon
+
+    kernel = prefill_gluon(**kw)
+    facts = gluon_facts(kernel)
+    budgets = {_gluon.LOADER_REGS, _gluon.CONSUMER_REGS}
+    if facts["warps"] != 12 or not (facts["wgmma"] and facts["tma_loads"] and facts["mbarrier_waits"]):
+        raise RuntimeError(f"the Gluon prefill lacks a piece of its schedule: {facts}")
+    if not budgets <= set(facts["setmaxnreg"]):
+        raise RuntimeError(f"register budgets {sorted(budgets)} not set by setmaxnreg: {facts}")
+    return kernel
+
+
+# Only where the kernel's Gluon API is verified (``_gluon.VERIFIED_TRITON``): elsewhere the
+# launcher never runs it either.
+GLUON: dict[str, Callable[[], Any]] = {
+    "prefill Gluon bf16 d128 causal, 128-key tiles of 128-slot pages, 2 stages": lambda: prefill_gluon_checked(),
+    "prefill Gluon bf16 d128 not causal": lambda: prefill_gluon_checked(causal=False),
+    "prefill Gluon bf16 d128 causal, no ping-pong": lambda: prefill_gluon_checked(pingpong=False),
+    "prefill Gluon fp16 d64, 8 heads per KV head, 3 stages": lambda: prefill_gluon_checked(
+        hd=64, group=8, dtype="fp16", stages=3
+    ),
+    "prefill Gluon bf16 d128 varlen causal": lambda: prefill_gluon_checked(paged=False),
+    "prefill Gluon bf16 d128 causal, 64-key tiles, 3 stages": lambda: prefill_gluon_checked(tile_n=64, stages=3),
+}
 
 
 def warp_specialised(kernel) -> bool:
@@ -340,6 +423,7 @@ OTHERS: dict[str, Callable[[], Any]] = {
     "mla merge of 32 splits, 512 dims": mla_merge,
     "mla latent write bf16": lambda: latent_write("bf16"),
     "mla latent write fp8 e4m3": lambda: latent_write("fp8e4nv"),
+    **(GLUON if _gluon_verified() else {}),
 }
 
 

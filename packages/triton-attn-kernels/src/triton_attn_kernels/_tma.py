@@ -83,7 +83,13 @@ def qualifies(
         return None
     if not (interpreting() or _hopper(q.device)):
         return None
-    if q.stride(2) != 1 or q.stride(1) != head_dim or not _aligned(q, q.stride(0)):
+    return row_views(q, k, v)
+
+
+def row_views(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[CacheRows, CacheRows] | None:
+    """The row views of caches k and v when Q, K and V can be read by TMA descriptors (Q's
+    heads and dims contiguous, 16-byte aligned rows and bases, K and V rows alike), else None."""
+    if q.stride(2) != 1 or q.stride(1) != q.shape[2] or not _aligned(q, q.stride(0)):
         return None
     kr, vr = cache_rows(k), cache_rows(v)
     if kr is None or vr is None or not _aligned(k, kr.row_stride) or not _aligned(v, vr.row_stride):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _fallback, _tma, debug
+from . import _fallback, _gluon, _tma, debug
 from . import _validation as check
 from ._device import interpreting
 from ._intmath import cdiv, next_pow2
@@ -295,7 +295,13 @@ def _launch(
         rows = None
         if pcfg.tma and paged:
             rows = _tma.qualifies(q, k, v, tile_n=pcfg.tile_n, features_plain=plain)
-        if rows is not None and block_table is not None and seq_lens is not None:
+        g_rows = _gluon.qualifies(q, k, v, paged=paged, config=pcfg, features_plain=plain and feats.k_scale is None)
+        if g_rows is not None:
+            _gluon.launch(q, k, v, out, lse, g_rows, block_table=block_table if paged else None, seq_lens=seq_lens,
+                          cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, num_seqs=num_seqs,
+                          max_seqlen_q=max_seqlen_q, decode_q=dq, other_launch=int(decode_runs), scale=feats.scale,
+                          causal=feats.causal, config=pcfg)  # fmt: skip
+        elif rows is not None and block_table is not None and seq_lens is not None:
             _launch_tma(q, k, v, out, lse, rows, block_table, seq_lens, cu_seqlens_q, num_seqs, max_seqlen_q, dq,
                         int(decode_runs), feats, pcfg, fp8_via_f16, interp_bf16)  # fmt: skip
         else:

@@ -115,7 +115,7 @@ class Space:
         return {name: list(v) for name, v in {**self.coarse, **self.fine}.items()}
 
     def _make(self, values: dict[str, Any]) -> Any | None:
-        if values.get("tma") and self.block_size % values["tile_n"]:
+        if (values.get("tma") or values.get("gluon")) and self.block_size % values["tile_n"]:
             return None  # would run the generic kernel: the same config timed twice
         try:
             return self.config_cls(**values)
@@ -182,6 +182,10 @@ def space_for(kernel: str, head_dim: int, interpreter: bool = False, *, block_si
         # The Hopper prefill (TMA, warp-specialised at 4 warps on Triton 3.6) where the cases'
         # pages hold whole tiles; the launcher runs it only on sm_90.
         tma: dict[str, tuple[int, ...]] = {} if interpreter or block_size < 32 else {"tma": (0, 1)}
+        # The Gluon prefill at the head sizes it serves; its fixed tile (block_m 128, 4 warps,
+        # tma 0) leaves every other combination out (PrefillConfig rejects them).
+        gluon_ok = not interpreter and block_size >= 64 and head_dim in (64, 128)
+        gluon: dict[str, tuple[int, ...]] = {"gluon": (0, 1)} if gluon_ok else {}
         return Space(
             PrefillConfig,
             coarse=coarse,
@@ -190,6 +194,7 @@ def space_for(kernel: str, head_dim: int, interpreter: bool = False, *, block_si
                 "num_stages": (1, 2) if interpreter else (1, 2, 3),
                 **prefetch,
                 **tma,
+                **gluon,
             },
             defaults={"num_stages": 2},
             block_size=block_size,

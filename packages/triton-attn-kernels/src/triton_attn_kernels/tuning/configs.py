@@ -30,9 +30,9 @@ def _flag(name: str, value: int) -> None:
 
 # Config fields added after the first tables were written: a table entry without one gets
 # the field's default (what every launch did before the field existed).
-OPTIONAL_FIELDS = ("prefetch_pages", "tma")
+OPTIONAL_FIELDS = ("prefetch_pages", "tma", "gluon")
 # Fields that are switches (0 or 1) rather than positive sizes.
-FLAG_FIELDS = ("prefetch_pages", "tma")
+FLAG_FIELDS = ("prefetch_pages", "tma", "gluon")
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,11 @@ class PrefillConfig:
     specialised, one query head per program, block_m tokens) where the launch qualifies
     (sm_90, a page size that tile_n divides, no window/softcap/ALiBi/sinks, TMA-aligned
     tensors); elsewhere the generic kernel runs this config as if tma were 0.
+    gluon: 1 runs the Gluon Hopper prefill (``_kernels/prefill_gluon.py``: a TMA loader warp,
+    two consumer warpgroups ping-ponging, num_stages K/V slots) where the launch qualifies
+    (``_gluon.qualifies``: Triton 3.6.0, sm_90, fp16/bf16, head size 64 or 128, ...);
+    elsewhere this config runs as if gluon were 0. Its tile is fixed, so it requires
+    block_m 128, num_warps 4, tile_n 64 or 128 and tma 0.
     """
 
     block_m: int = 64
@@ -81,6 +86,7 @@ class PrefillConfig:
     num_stages: int = 2
     prefetch_pages: int = 0
     tma: int = 0
+    gluon: int = 0
 
     def __post_init__(self) -> None:
         _pow2("block_m", self.block_m, 16, 256)
@@ -89,6 +95,12 @@ class PrefillConfig:
         _stages(self.num_stages)
         _flag("prefetch_pages", self.prefetch_pages)
         _flag("tma", self.tma)
+        _flag("gluon", self.gluon)
+        if self.gluon and ((self.block_m, self.num_warps, self.tma) != (128, 4, 0) or self.tile_n not in (64, 128)):
+            raise ValueError(
+                "gluon=1 needs block_m=128, num_warps=4, tile_n 64 or 128 and tma=0, got "
+                f"block_m={self.block_m}, num_warps={self.num_warps}, tile_n={self.tile_n}, tma={self.tma}"
+            )
 
 
 @dataclass(frozen=True)

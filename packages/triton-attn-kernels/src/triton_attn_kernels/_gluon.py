@@ -1,0 +1,166 @@
+"""Host side of the Gluon Hopper prefill (``_kernels/prefill_gluon.py``): whether a launch
+qualifies, its tensor descriptors and its launch.
+
+The rule (documented in docs/kernels.md): ``PrefillConfig(gluon=1)`` (which requires
+block_m 128, 4 warps and tile_n 64 or 128), Triton 3.6.0 (the only version whose Gluon API
+the kernel is verified against; elsewhere it is off), a GPU of compute capability 9.0 (never
+Triton's interpreter, which cannot run Gluon), fp16/bf16 Q, K and V of one dtype (no fp8
+cache), one head size of 64 or 128 for Q, K and V, no window, softcap, ALiBi or sinks, a
+paged cache whose page size tile_n divides or contiguous varlen K/V, Q with heads and dims
+contiguous, 16-byte aligned rows and bases, and the shared-memory ring within the SM's
+227 KB. Anything else runs what the config would run without ``gluon`` (the TMA prefill
+where ``tma=1`` qualifies, else the generic kernel).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+
+from . import _tma
+from . import _validation as check
+from ._device import interpreting
+from ._intmath import cdiv
+from .tuning import PrefillConfig
+
+# Triton releases whose Gluon API (warp_specialize, warpgroup_mma, tma, mbarrier) the kernel
+# is written and compile-checked against (3.9 renamed part of it: thread_barrier is gone).
+VERIFIED_TRITON = ("3.6.0",)
+HEAD_DIMS = (64, 128)
+BLOCK_M = 128  # two consumer warpgroups x 64 query rows
+LOADER_REGS = 24  # setmaxnreg budgets: 24 + 2 x 240 per thread of the three warpgroups
+CONSUMER_REGS = 240
+SMEM_LIMIT = 227 * 1024  # sm_90's shared memory per block
+
+
+@functools.cache
+def available() -> bool:
+    """Whether the installed Triton is one the Gluon kernel is verified against."""
+    import triton
+
+    return triton.__version__ in VERIFIED_TRITON
+
+
+@functools.cache
+def _sm90(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
+
+
+def smem_bytes(head_dim: int, tile_n: int, stages: int, elem: int = 2) -> int:
+    """Shared memory of one program: Q (two 64-row halves) and the K/V ring (barriers aside)."""
+    return (BLOCK_M * head_dim + 2 * stages * tile_n * head_dim) * elem
+
+
+def qualifies(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    paged: bool,
+    config: PrefillConfig,
+    features_plain: bool,
+) -> tuple[_tma.CacheRows, _tma.CacheRows] | None:
+    """The 2-D row views of k and v when this launch can run the Gluon prefill, else None.
+    k and v: a paged cache [num_blocks, block_size, kv_heads, dim] or, not paged, contiguous
+    [total_k, kv_heads, dim] (seen as one page of total_k slots)."""
+    if not config.gluon or interpreting() or not available() or not _sm90(q.device):
+        return None
+    head_dim = q.shape[2]
+    if not features_plain or q.dtype not in (torch.float16, torch.bfloat16):
+        return None
+    if k.dtype != q.dtype or v.dtype != q.dtype or head_dim not in HEAD_DIMS or v.shape[-1] != head_dim:
+        return None
+    if smem_bytes(head_dim, config.tile_n, config.num_stages) > SMEM_LIMIT:
+        return None
+    if paged and k.shape[1] % config.tile_n:
+        return None
+    # Varlen K/V [total_k, heads, dim] is read as one page of total_k slots.
+    return _tma.row_views(q, k, v) if paged else _tma.row_views(q, k.unsqueeze(0), v.unsqueeze(0))
+
+
+def _descriptor(t: torch.Tensor, rows: int, cols: int, row_stride: int, block: list[int]) -> Any:
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    dtype = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}[t.dtype]
+    layout = gl.NVMMASharedLayout.get_default_for(block, dtype)
+    return TensorDescriptor(t, [rows, cols], [row_stride, 1], block, layout)
+
+
+def launch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor | None,
+    rows: tuple[_tma.CacheRows, _tma.CacheRows],
+    *,
+    block_table: torch.Tensor | None,
+    seq_lens: torch.Tensor | None,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor | None,
+    num_seqs: int,
+    max_seqlen_q: int,
+    decode_q: int,
+    other_launch: int,
+    scale: float,
+    causal: bool,
+    config: PrefillConfig,
+    pingpong: bool = True,
+) -> None:
+    """One launch of the Gluon prefill over the sequences with more than ``decode_q`` new
+    tokens (all of them where ``other_launch`` is 0). ``rows`` from :func:`qualifies`;
+    ``block_table`` and ``seq_lens`` for a paged cache, ``cu_seqlens_k`` for varlen K/V."""
+    from ._kernels.prefill_gluon import prefill_gluon_kernel
+
+    num_tokens, num_q_heads, head_dim = q.shape
+    paged = block_table is not None
+    kr, vr = rows
+    tile = [config.tile_n, head_dim]
+    dummy = cu_seqlens_q  # stands in for pointers a specialisation never reads
+    if block_table is not None:
+        if seq_lens is None:
+            raise ValueError("seq_lens is required with a block_table")
+        max_k, bt_stride = block_table.shape[1] * k.shape[1], block_table.stride(0)
+    elif cu_seqlens_k is None:
+        raise ValueError("cu_seqlens_k is required without a block_table")
+    else:
+        max_k, bt_stride = k.shape[0], 0
+    grid = (num_q_heads, num_seqs, min(cdiv(max(max_seqlen_q, 1), BLOCK_M), check.MAX_SEQS))
+    prefill_gluon_kernel[grid](
+        _descriptor(q, num_tokens, num_q_heads * head_dim, q.stride(0), [BLOCK_M // 2, head_dim]),
+        _descriptor(k, kr.rows, kr.cols, kr.row_stride, tile),
+        _descriptor(v, vr.rows, vr.cols, vr.row_stride, tile),
+        out,
+        lse if lse is not None else dummy,
+        block_table if paged else dummy,
+        seq_lens if paged else dummy,
+        cu_seqlens_q,
+        dummy if paged else cu_seqlens_k,
+        scale,
+        num_tokens,
+        k.shape[0] if paged else 1,
+        max_k,
+        decode_q,
+        other_launch,
+        kr.rows_per_block,
+        kr.rows_per_head,
+        kr.cols_per_head,
+        out.stride(0),
+        out.stride(1),
+        bt_stride,
+        HEAD_DIM=head_dim,
+        GROUP=num_q_heads // k.shape[-2],
+        TILE_N=config.tile_n,
+        BLOCK_SIZE=k.shape[1] if paged else config.tile_n,
+        STAGES=config.num_stages,
+        PAGED=paged,
+        CAUSAL=causal,
+        PINGPONG=pingpong,
+        RETURN_LSE=lse is not None,
+        LOADER_REGS=LOADER_REGS,
+        CONSUMER_REGS=CONSUMER_REGS,
+        num_warps=4,
+    )

@@ -1,0 +1,297 @@
+"""The Gluon Hopper prefill (``PrefillConfig(gluon=1)``, ``_kernels/prefill_gluon.py``).
+
+On any machine: the config's limits, the rule of ``_gluon.qualifies`` clause by clause, that
+the launcher reaches the kernel exactly where the rule says, and that where it cannot run
+(Triton's interpreter, other Triton versions, no sm_90 GPU) the same call computes the
+reference result on another path. The interpreter cannot run Gluon, so the kernel's numbers
+come from the ``gpu`` tests below (sm_90 with Triton 3.6.0); its sm_90 code is checked by
+``nox -s sm90`` (``_sm90.GLUON``: wgmma, TMA, mbarrier waits, setmaxnreg budgets)."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from batches import DEVICE, assert_matches, paged_batch, poisoned_like
+
+from triton_attn_kernels import AttentionConfig, PrefillConfig, _gluon, paged_attention, varlen_attention
+from triton_attn_kernels.reference import paged_attention_ref, varlen_attention_ref
+
+GLUON = PrefillConfig(block_m=128, tile_n=128, num_warps=4, num_stages=2, gluon=1)
+
+
+@pytest.fixture
+def gluon_launches(monkeypatch):
+    """Counts the launcher's calls of the Gluon kernel (each still runs)."""
+    calls: list[dict] = []
+    real = _gluon.launch
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_gluon, "launch", counted)
+    return calls
+
+
+# --- the config and the rule (any machine) -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(block_m=64, tile_n=128),
+        dict(block_m=128, tile_n=32),
+        dict(block_m=128, tile_n=128, num_warps=8),
+        dict(block_m=128, tile_n=128, tma=1),
+    ],
+)
+def test_config_rejects_what_the_kernel_does_not_run(kw):
+    with pytest.raises(ValueError, match="gluon=1 needs block_m=128"):
+        PrefillConfig(**kw, gluon=1)
+
+
+def test_config_flag_is_a_switch():
+    assert PrefillConfig().gluon == 0
+    assert PrefillConfig(block_m=128, tile_n=64, gluon=1).gluon == 1
+    with pytest.raises(ValueError, match="gluon must be 0 or 1"):
+        PrefillConfig(block_m=128, tile_n=128, gluon=2)
+
+
+@pytest.mark.parametrize(
+    ("version", "verified"), [("3.6.0", True), ("3.9.0", False), ("3.6.1", False), ("3.5.1", False)]
+)
+def test_available_only_on_the_verified_triton(monkeypatch, version, verified):
+    import triton
+
+    monkeypatch.setattr(triton, "__version__", version)
+    assert _gluon.available.__wrapped__() is verified
+
+
+def test_tuner_offers_it_only_where_it_can_run():
+    from triton_attn_kernels.tuner.space import space_for
+
+    space = space_for("prefill", 128, block_size=128)
+    assert space.declared()["gluon"] == [0, 1]
+    with_gluon = [c for c in space.stage2(space.stage1()) if c.gluon]
+    assert with_gluon and all((c.block_m, c.num_warps, c.tma) == (128, 4, 0) for c in with_gluon)
+    for head_dim, block_size, interpreter in [(256, 128, False), (128, 16, False), (128, 128, True)]:
+        assert "gluon" not in space_for("prefill", head_dim, interpreter, block_size=block_size).declared()
+
+
+def _pretend_sm90(monkeypatch):
+    """The rule's device and version clauses made true, so the others can be checked here."""
+    monkeypatch.setattr(_gluon, "interpreting", lambda: False)
+    monkeypatch.setattr(_gluon, "available", lambda: True)
+    monkeypatch.setattr(_gluon, "_sm90", lambda device: True)
+
+
+def _tensors(why: str):
+    d = {"head_dim 80": 80, "head_dim 256": 256, "head_dim 64": 64}.get(why, 128)
+    dv = 64 if why == "v head 64" else d
+    block = 96 if why == "page not a multiple of the tile" else 128
+    dtype = torch.float32 if why == "fp32" else torch.float16
+    kv_dtype = torch.float8_e4m3fn if why == "fp8 cache" else dtype
+    q = torch.randn(8, 4, d).to(dtype)
+    if why == "q not contiguous":
+        q = torch.randn(8, 4, 2 * d).to(dtype)[..., :d]
+    k = torch.randn(3, block, 2, d).to(kv_dtype)
+    v = torch.randn(3, block, 2, dv).to(kv_dtype)
+    if why == "v head 64":  # HND memory: K's and V's rows then have the same geometry
+        k, v = (x.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3) for x in (k, v))
+    return q, k, v
+
+
+REASONS = [
+    "interpreter",
+    "other triton",
+    "not sm_90",
+    "gluon off",
+    "fp32",
+    "fp8 cache",
+    "head_dim 80",
+    "head_dim 256",
+    "v head 64",
+    "features",
+    "page not a multiple of the tile",
+    "q not contiguous",
+    "shared memory",
+]
+
+
+@pytest.mark.parametrize("why", REASONS)
+def test_rule_each_clause(monkeypatch, why):
+    _pretend_sm90(monkeypatch)
+    if why == "interpreter":
+        monkeypatch.setattr(_gluon, "interpreting", lambda: True)
+    elif why == "other triton":
+        monkeypatch.setattr(_gluon, "available", lambda: False)
+    elif why == "not sm_90":
+        monkeypatch.setattr(_gluon, "_sm90", lambda device: False)
+    config = GLUON
+    if why == "gluon off":
+        config = PrefillConfig(block_m=128, tile_n=128)
+    elif why == "shared memory":  # Q 32 KB + 4 stages x 64 KB of K/V > 227 KB
+        config = PrefillConfig(block_m=128, tile_n=128, num_stages=4, gluon=1)
+    q, k, v = _tensors(why)
+    plain = why != "features"
+    assert _gluon.qualifies(q, k, v, paged=True, config=config, features_plain=plain) is None
+    # The control: the same launch without the reason qualifies.
+    monkeypatch.undo()
+    _pretend_sm90(monkeypatch)
+    q, k, v = _tensors("none")
+    assert _gluon.qualifies(q, k, v, paged=True, config=GLUON, features_plain=True) is not None
+
+
+def test_rule_varlen_views(monkeypatch):
+    _pretend_sm90(monkeypatch)
+    q = torch.randn(40, 8, 64, dtype=torch.float16)
+    kv = torch.randn(50, 2, 2, 64, dtype=torch.float16)  # k and v views of one packed tensor
+    rows = _gluon.qualifies(q, kv[:, 0], kv[:, 1], paged=False, config=GLUON, features_plain=True)
+    assert rows is not None
+    kr, _ = rows
+    assert (kr.rows, kr.row_stride, kr.rows_per_head, kr.cols_per_head) == (50, 2 * 2 * 64, 0, 64)
+
+
+def test_launcher_routes_qualifying_launches_to_it(monkeypatch):
+    """With the rule made true (device and version), paged_attention and varlen_attention hand
+    the prefill launch to ``_gluon.launch`` with the batch's index tensors and no other
+    prefill launch; the kernel itself is not run here (the interpreter cannot)."""
+    _pretend_sm90(monkeypatch)
+    seen: list[dict] = []
+    monkeypatch.setattr(_gluon, "launch", lambda *a, **kw: seen.append(kw))
+    b = paged_batch([20, 1, 0], [40, 17, 5], num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=128)
+    paged_attention(*b.args(), **b.lens(), config=AttentionConfig(prefill=GLUON))
+    assert len(seen) == 1 and seen[0]["block_table"] is not None and seen[0]["other_launch"] == 1
+    q = torch.randn(30, 4, 64, dtype=torch.float16, device=DEVICE)
+    k = torch.randn(50, 2, 64, dtype=torch.float16, device=DEVICE)
+    cu_q = torch.tensor([0, 10, 30], dtype=torch.int32, device=DEVICE)
+    cu_k = torch.tensor([0, 20, 50], dtype=torch.int32, device=DEVICE)
+    cfg = AttentionConfig(prefill=GLUON)
+    varlen_attention(q, k, k, cu_q, cu_k, max_seqlen_q=20, max_seqlen_k=30, config=cfg, decode_query_len=0)
+    assert len(seen) == 2 and seen[1]["block_table"] is None and seen[1]["other_launch"] == 0
+
+
+def test_never_chosen_where_it_cannot_run(gluon_launches):
+    """Here (the interpreter, or a GPU without Triton 3.6.0 / sm_90) a gluon config computes
+    the reference result on another path and never reaches the Gluon kernel."""
+    if _gluon.available() and DEVICE == "cuda" and torch.cuda.get_device_capability() == (9, 0):
+        pytest.skip("this machine runs the Gluon prefill (the gpu tests cover it)")
+    b = paged_batch([20, 1], [40, 17], num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=64)
+    cfg = AttentionConfig(prefill=PrefillConfig(block_m=128, tile_n=64, gluon=1))
+    out = paged_attention(*b.args(), **b.lens(), out=poisoned_like(b.q), config=cfg)
+    assert_matches(out, paged_attention_ref(*b.args()), torch.float16)
+    assert not gluon_launches
+
+
+# --- numerics on sm_90 with Triton 3.6.0 -----------------------------------------------------
+
+
+def _runs_gluon() -> bool:
+    return DEVICE == "cuda" and _gluon.available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+def _why_not() -> str:
+    import triton
+
+    return f"the Gluon prefill runs on sm_90 with Triton {', '.join(_gluon.VERIFIED_TRITON)} (here: Triton {triton.__version__})"
+
+
+needs_sm90 = pytest.mark.skipif(not _runs_gluon(), reason=_why_not())
+
+
+def _config(tile_n: int, stages: int) -> AttentionConfig:
+    return AttentionConfig(prefill=PrefillConfig(block_m=128, tile_n=tile_n, num_warps=4, num_stages=stages, gluon=1))
+
+
+@pytest.fixture(params=[True, False], ids=["pingpong", "no-pingpong"])
+def pingpong(request, monkeypatch, gluon_launches):
+    real = _gluon.launch
+    monkeypatch.setattr(_gluon, "launch", functools.partial(real, pingpong=request.param))
+    return gluon_launches
+
+
+@pytest.mark.gpu
+@needs_sm90
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("head_dim", "tile_n", "stages"), [(128, 128, 2), (128, 64, 3), (64, 128, 3)])
+@pytest.mark.parametrize("gqa", [(32, 8), (8, 8)], ids=["gqa4", "mha"])
+@pytest.mark.usefixtures("pingpong")
+def test_paged_matches_reference(causal, dtype, head_dim, tile_n, stages, gqa, gluon_launches):
+    # Fresh prefills of lengths off the 128-row tile, a chunk on a cached prefix, decodes
+    # (the decode launch's) and an empty sequence; shuffled 128-slot pages.
+    b = paged_batch(
+        [1000, 1, 300, 77, 0, 129, 2],
+        [1000, 2000, 2348, 77, 50, 4000, 9],
+        num_q_heads=gqa[0],
+        num_kv_heads=gqa[1],
+        head_dim=head_dim,
+        block_size=128,
+        dtype=dtype,
+    )
+    out, lse = paged_attention(
+        *b.args(), **b.lens(), out=poisoned_like(b.q), causal=causal, return_lse=True, config=_config(tile_n, stages)
+    )
+    ref, ref_lse = paged_attention_ref(*b.args(), causal=causal, return_lse=True)
+    assert_matches(out, ref, dtype)
+    torch.testing.assert_close(lse, ref_lse, atol=2e-3, rtol=1e-3)
+    assert len(gluon_launches) == 1
+
+
+@pytest.mark.gpu
+@needs_sm90
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_varlen_matches_reference(causal, dtype, gluon_launches):
+    q_lens, k_lens = [700, 128, 5, 257], [700, 1000, 5, 300]
+    cu_q = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32, device=DEVICE)
+    cu_k = torch.tensor([0, *torch.tensor(k_lens).cumsum(0).tolist()], dtype=torch.int32, device=DEVICE)
+    q = torch.randn(sum(q_lens), 16, 128, device=DEVICE).to(dtype)
+    kv = torch.randn(sum(k_lens), 2, 4, 128, device=DEVICE).to(dtype)  # packed: strided views
+    k, v = kv[:, 0], kv[:, 1]
+    lens = dict(max_seqlen_q=max(q_lens), max_seqlen_k=max(k_lens))
+    out = varlen_attention(
+        q, k, v, cu_q, cu_k, **lens, causal=causal, out=poisoned_like(q), config=_config(128, 2), decode_query_len=0
+    )
+    assert_matches(out, varlen_attention_ref(q, k, v, cu_q, cu_k, causal=causal), dtype)
+    assert len(gluon_launches) == 1
+
+
+@pytest.mark.gpu
+@needs_sm90
+def test_nan_in_unused_cache_slots_stays_out(gluon_launches):
+    # Slots past each context (the last tile's tail, whole spare pages) hold NaN.
+    b = paged_batch([300, 130], [357, 130], num_q_heads=8, num_kv_heads=2, head_dim=128, block_size=128)
+    used = torch.zeros(b.k_cache.shape[:2], dtype=torch.bool, device=DEVICE)
+    for i, n in enumerate(b.seq_lens.tolist()):
+        for p in range(0, n, 128):
+            used[int(b.block_table[i, p // 128]), : min(128, n - p)] = True
+    b.k_cache[~used] = float("nan")
+    b.v_cache[~used] = float("nan")
+    out = paged_attention(*b.args(), **b.lens(), out=poisoned_like(b.q), config=_config(128, 2))
+    assert_matches(out, paged_attention_ref(*b.args()), torch.float16)
+    assert gluon_launches
+
+
+@pytest.mark.gpu
+@needs_sm90
+def test_understated_max_seqlen_q_still_computes_every_row(gluon_launches):
+    b = paged_batch([600, 300], [600, 900], num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=128)
+    lens = {**b.lens(), "max_seqlen_q": 130}
+    out = paged_attention(*b.args(), **lens, out=poisoned_like(b.q), config=_config(128, 2))
+    assert_matches(out, paged_attention_ref(*b.args()), torch.float16)
+    assert gluon_launches
+
+
+@pytest.mark.gpu
+@needs_sm90
+@pytest.mark.slow
+@pytest.mark.parametrize("causal", [True, False])
+def test_bench_geometry_8k(causal, gluon_launches):
+    # The prefill bench point: one 8k sequence, 32 query heads over 8 KV heads, d128, bf16.
+    b = paged_batch([8192], [8192], num_q_heads=32, num_kv_heads=8, head_dim=128, block_size=128, dtype=torch.bfloat16)
+    out = paged_attention(*b.args(), **b.lens(), out=poisoned_like(b.q), causal=causal, config=_config(128, 2))
+    assert_matches(out, paged_attention_ref(*b.args(), causal=causal), torch.bfloat16)
+    assert gluon_launches
