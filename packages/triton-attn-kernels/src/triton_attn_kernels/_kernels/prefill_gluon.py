@@ -323,8 +323,8 @@ def _consumer(
             turns = _take_turn(my_turn, turns, PINGPONG)
             mbarrier.wait(k_ready.index(slot), (it // STAGES) & 1)
             s_tok = warpgroup_mma(q_mine, k_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+            # Tile t - 1 is not the sequence's last (tile n_kv - 1 may be): no tail to clean.
             mbarrier.wait(v_ready.index(prev), ((it - 1) // STAGES) & 1)
-            tails = _clean_tail(v_smem.index(prev), v_clean, tails, t - 1, seq_len, WG, TILE_N, HEAD_DIM)
             acc_tok = warpgroup_mma(p, v_smem.index(prev), acc, is_async=True)
             _pass_turn(their_turn, PINGPONG)
             s = warpgroup_mma_wait(num_outstanding=1, deps=[s_tok])
