@@ -9,8 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .._intmath import cdiv
 from .configs import DecodeConfig, KVWriteConfig, PrefillConfig
+from .occupancy import decode_split, decode_tile, prefill_block_m
+
+# Bytes of one element in the dtype of the decode dot (an fp8 cache is converted to it).
+_ELEMENT_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 
 
 @dataclass(frozen=True)
@@ -83,23 +86,20 @@ class AttentionProblem:
 
 
 def decode_heuristic(p: AttentionProblem) -> DecodeConfig:
+    """Keys per iteration from the register budget of the K/V tiles, splits from the waves of
+    programs over the SMs (:mod:`.occupancy`)."""
     if p.interpreter:
         # Tiny tiles so that CPU test shapes still cross tile and page boundaries.
         tile_n = 16
-    elif p.widest_head_dim > 128:
-        # 256-wide K and V tiles of 64 keys would hold 64 KB of registers per program.
-        tile_n = 64
     else:
-        # H100, 32q/8kv, d=128, CUDA-graph replays: 128 keys per iteration beat 64 at batch
-        # 64 x 1k (101 vs 117 us) and fp8 batch 64 x 8k (556 vs 659 us), equal elsewhere.
-        tile_n = 128
-    # Split-KV: enough programs to give every SM about two, but never a split shorter than
-    # two tiles, where the merge would cost more than the parallelism gains.
-    programs = max(p.num_seqs * p.num_kv_heads, 1)
-    want = cdiv(2 * p.num_sms, programs)
-    most = max(cdiv(p.max_seqlen_k, 2 * tile_n), 1)
-    num_splits = max(1, min(want, most, 64))
-    return DecodeConfig(tile_n=tile_n, num_splits=num_splits, num_warps=4, num_stages=2)
+        # 128 keys at head size 128 in 16-bit dtypes, 64 at 256 (H100, 32q/8kv, d=128, CUDA-graph
+        # replays: 128 keys per iteration beat 64 at batch 64 x 1k, 101 vs 117 us, and fp8 batch
+        # 64 x 8k, 556 vs 659 us, equal elsewhere).
+        tile_n = decode_tile(p.widest_head_dim, _ELEMENT_BYTES.get(p.dtype, 2)).tile_n
+    split = decode_split(
+        programs=max(p.num_seqs * p.num_kv_heads, 1), num_sms=p.num_sms, max_seqlen_k=p.max_seqlen_k, tile_n=tile_n
+    )
+    return DecodeConfig(tile_n=tile_n, num_splits=split.num_splits, num_warps=4, num_stages=2)
 
 
 def prefill_heuristic(p: AttentionProblem) -> PrefillConfig:
@@ -107,9 +107,21 @@ def prefill_heuristic(p: AttentionProblem) -> PrefillConfig:
         return PrefillConfig(block_m=16, tile_n=16, num_warps=4, num_stages=1)
     if p.widest_head_dim > 128:
         return PrefillConfig(block_m=64, tile_n=32, num_warps=4, num_stages=2)
-    # H100, d=128: 128 rows x 64 keys, 4 warps, 3 stages was the best of six probed configs
-    # at 1x8k (312 TFLOP/s) and 16x1k (232).
-    return PrefillConfig(block_m=128, tile_n=64, num_warps=4, num_stages=3)
+    rows = prefill_block_m(
+        query_rows=max(p.max_seqlen_q, 1) * p.group,
+        num_kv_heads=p.num_kv_heads,
+        num_sms=p.num_sms,
+        widest=128,
+        narrowest=64,
+    )
+    if rows.block_m == 128:
+        # H100, d=128: 128 rows x 64 keys, 4 warps, 3 stages was the best of six probed configs
+        # at 1x8k (312 TFLOP/s) and 16x1k (232); its table's winner from 2k-token queries on.
+        return PrefillConfig(block_m=128, tile_n=64, num_warps=4, num_stages=3)
+    # Queries too short to fill a wave of 128-row programs: 64 rows x 32 keys, 2 stages (the
+    # H100 table's winner at 4 and 16 x 1k; the config of the wide-head branch above, so no
+    # new variant).
+    return PrefillConfig(block_m=64, tile_n=32, num_warps=4, num_stages=2)
 
 
 def kv_write_heuristic(num_kv_heads: int, head_dim: int) -> KVWriteConfig:
