@@ -3,8 +3,8 @@ cached prefixes gathered in several chunks) on hand-built metadata, against the 
 references (triton_attn_kernels.reference_mla for the absorbed decode, reference's
 attention_ref over the up-projected latents for prefill); outputs poisoned with NaN.
 
-Shapes are small for Triton's interpreter: kv_lora_rank 64, rope 16, qk_nope 16 (q/k head
-size 32), v_head_dim 16, 2 heads, 4-token pages; a context budget of 6 keys cuts the
+Shapes are small for Triton's interpreter: kv_lora_rank 64, rope 16, qk_nope 48 (q/k head
+size 64), v_head_dim 32 (V read with its own head size), 2 heads, 4-token pages; a context budget of 6 keys cuts the
 cached prefixes into several chunks.
 """
 
@@ -33,7 +33,7 @@ from vllm_triton_plugin.mla_backend import (
     plan_context_chunks,
 )
 
-RANK, ROPE, NOPE, V_DIM, HEADS, BLOCK = 64, 16, 16, 16, 2, 4
+RANK, ROPE, NOPE, V_DIM, HEADS, BLOCK = 64, 16, 48, 32, 2, 4
 QK = NOPE + ROPE
 SCALE = QK**-0.5
 
@@ -49,7 +49,7 @@ class _Proj:
         return x @ self.weight.to(x.dtype), None
 
 
-def _impl(proj: _Proj, kv_cache_dtype: str) -> TritonMLAImpl:
+def _impl(proj: _Proj, kv_cache_dtype: str, *, v_head_dim: int = V_DIM) -> TritonMLAImpl:
     with set_current_vllm_config(VllmConfig()):
         return TritonMLAImpl(
             num_heads=HEADS,
@@ -67,7 +67,7 @@ def _impl(proj: _Proj, kv_cache_dtype: str) -> TritonMLAImpl:
             qk_nope_head_dim=NOPE,
             qk_rope_head_dim=ROPE,
             qk_head_dim=QK,
-            v_head_dim=V_DIM,
+            v_head_dim=v_head_dim,
             kv_b_proj=proj,
         )
 
@@ -231,3 +231,9 @@ def test_context_chunks_cover_each_prefix_once() -> None:
                 seen[r].append((block // 10 - r * 5) * BLOCK + int(ch.offsets[j]))
     assert seen == [list(range(c)) for c in ctx]
     assert plan_context_chunks(np.zeros(3, dtype=np.int64), table[:3], block_size=BLOCK, max_keys=6) == []
+
+
+def test_unsupported_v_head_dim_is_named() -> None:
+    proj = _Proj(torch.zeros(RANK, HEADS * (NOPE + 16)))
+    with pytest.raises(ValueError, match="v_head_dim 16 not supported"):
+        _impl(proj, "auto", v_head_dim=16)

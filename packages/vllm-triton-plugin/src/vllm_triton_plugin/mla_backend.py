@@ -38,6 +38,7 @@ from vllm.v1.attention.backend import AttentionCGSupport, AttentionType, Multipl
 
 from triton_attn_kernels import (
     MAX_DECODE_QUERY_LEN,
+    SUPPORTED_HEAD_DIMS,
     MLADecodeConfig,
     merge_attention_states,
     mla_decode,
@@ -306,6 +307,13 @@ class TritonMLAImpl(MLACommonImpl[TritonMLAMetadata]):
             raise NotImplementedError(f"attention type {attn_type} not supported by the Triton MLA backend")
         if kv_cache_dtype not in TritonMLABackend.supported_kv_cache_dtypes:
             raise NotImplementedError(f"kv_cache_dtype {kv_cache_dtype} not supported by the Triton MLA backend")
+        for name in ("qk_head_dim", "v_head_dim"):
+            if mla_args[name] not in SUPPORTED_HEAD_DIMS:
+                raise ValueError(
+                    f"{name} {mla_args[name]} not supported by the Triton MLA prefill (supported: "
+                    + ", ".join(map(str, SUPPORTED_HEAD_DIMS))
+                    + ")"
+                )
         super().__init__(
             num_heads,
             head_size,
@@ -394,18 +402,11 @@ class TritonMLAImpl(MLACommonImpl[TritonMLAMetadata]):
         return out, None
 
     def _up_project(self, kv_c: torch.Tensor, k_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """K [T, N, qk_nope + rope] and V [T, N, qk_nope + rope] from latents [T, L] and the
-        rotary key [T, (1,) R]. V is zero-padded to the query/key head size because
-        varlen_attention reads V with the head size of Q and K; the output is sliced back
-        to v_head_dim (the padded columns of the output are zero)."""
+        """K [T, N, qk_nope + rope] and V [T, N, v_head_dim] from latents [T, kv_lora_rank]
+        and the rotary key [T, (1,) rope]; the kernels read V with its own head size."""
         kv_nope = self.kv_b_proj(kv_c)[0].view(-1, self.num_heads, self.qk_nope_head_dim + self.v_head_dim)
         k_nope, v = kv_nope.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)
-        k = self._concat_k_nope_k_pe(k_nope, k_pe.reshape(-1, 1, self.qk_rope_head_dim))
-        if self.v_head_dim == self.qk_head_dim:
-            return k, v
-        v_padded = v.new_zeros((v.shape[0], self.num_heads, self.qk_head_dim))
-        v_padded[..., : self.v_head_dim] = v
-        return k, v_padded
+        return self._concat_k_nope_k_pe(k_nope, k_pe.reshape(-1, 1, self.qk_rope_head_dim)), v
 
     def forward_mha(  # type: ignore[override]
         self,
@@ -439,9 +440,10 @@ class TritonMLAImpl(MLACommonImpl[TritonMLAMetadata]):
             scale=self.scale,
             causal=True,
             return_lse=bool(plan.context_chunks),
+            # Without a cached prefix the result is final: straight into vLLM's output.
+            out=None if plan.context_chunks else out,
         )
         if isinstance(new, torch.Tensor):  # no cached prefix
-            out.copy_(new[..., : self.v_head_dim])
             return
         new_out, new_lse = new
         cache = self._cache(kv_c_and_k_pe_cache)
@@ -450,8 +452,7 @@ class TritonMLAImpl(MLACommonImpl[TritonMLAMetadata]):
         for chunk in rest:
             part_out, part_lse = self._attend_context(q, cache, chunk, cu_q, max_q, k_scale)
             ctx_out, ctx_lse = merge_attention_states(ctx_out, ctx_lse, part_out, part_lse)
-        v_dim = self.v_head_dim
-        merge_attention_states(ctx_out[..., :v_dim], ctx_lse, new_out[..., :v_dim], new_lse, out=out)
+        merge_attention_states(ctx_out, ctx_lse, new_out, new_lse, out=out)
 
     def _attend_context(
         self,
