@@ -42,7 +42,7 @@ def gluon_launches(monkeypatch):
     "kw",
     [
         dict(block_m=64, tile_n=128),
-        dict(block_m=128, tile_n=32),
+        dict(block_m=128, tile_n=16),
         dict(block_m=128, tile_n=128, num_warps=8),
         dict(block_m=128, tile_n=128, tma=1),
     ],
@@ -76,7 +76,7 @@ def test_tuner_offers_it_only_where_it_can_run():
     assert space.declared()["gluon"] == [0, 1]
     with_gluon = [c for c in space.stage2(space.stage1()) if c.gluon]
     assert with_gluon and all((c.block_m, c.num_warps, c.tma) == (128, 4, 0) for c in with_gluon)
-    for head_dim, block_size, interpreter in [(256, 128, False), (128, 16, False), (128, 128, True)]:
+    for head_dim, block_size, interpreter in [(96, 128, False), (128, 16, False), (128, 128, True)]:
         assert "gluon" not in space_for("prefill", head_dim, interpreter, block_size=block_size).declared()
 
 
@@ -88,7 +88,7 @@ def _pretend_sm90(monkeypatch):
 
 
 def _tensors(why: str):
-    d = {"head_dim 80": 80, "head_dim 256": 256, "head_dim 64": 64}.get(why, 128)
+    d = {"head_dim 80": 80, "head_dim 256 at 128-key tiles": 256}.get(why, 128)
     dv = 64 if why == "v head 64" else d
     block = 96 if why == "page not a multiple of the tile" else 128
     dtype = torch.float32 if why == "fp32" else torch.float16
@@ -111,7 +111,7 @@ REASONS = [
     "fp32",
     "fp8 cache",
     "head_dim 80",
-    "head_dim 256",
+    "head_dim 256 at 128-key tiles",
     "v head 64",
     "features",
     "page not a multiple of the tile",
@@ -142,6 +142,13 @@ def test_rule_each_clause(monkeypatch, why):
     _pretend_sm90(monkeypatch)
     q, k, v = _tensors("none")
     assert _gluon.qualifies(q, k, v, paged=True, config=GLUON, features_plain=True) is not None
+
+
+def test_rule_head_dim_256_at_32_key_tiles(monkeypatch):
+    _pretend_sm90(monkeypatch)
+    q, k, v = torch.randn(8, 4, 256).half(), torch.randn(3, 128, 2, 256).half(), torch.randn(3, 128, 2, 256).half()
+    config = PrefillConfig(block_m=128, tile_n=32, num_stages=3, gluon=1)
+    assert _gluon.qualifies(q, k, v, paged=True, config=config, features_plain=True) is not None
 
 
 def test_rule_varlen_views(monkeypatch):
@@ -216,7 +223,7 @@ def pingpong(request, monkeypatch, gluon_launches):
 @needs_sm90
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize(("head_dim", "tile_n", "stages"), [(128, 128, 2), (128, 64, 3), (64, 128, 3)])
+@pytest.mark.parametrize(("head_dim", "tile_n", "stages"), [(128, 128, 2), (128, 64, 3), (64, 128, 3), (256, 32, 3)])
 @pytest.mark.parametrize("gqa", [(32, 8), (8, 8)], ids=["gqa4", "mha"])
 @pytest.mark.usefixtures("pingpong")
 def test_paged_matches_reference(causal, dtype, head_dim, tile_n, stages, gqa, gluon_launches):

@@ -2,11 +2,11 @@
 qualifies, its tensor descriptors and its launch.
 
 The rule (documented in docs/kernels.md): ``PrefillConfig(gluon=1)`` (which requires
-block_m 128, 4 warps and tile_n 64 or 128), Triton 3.6.0 (the only version whose Gluon API
+block_m 128, 4 warps and tile_n 32, 64 or 128), Triton 3.6.0 (the only version whose Gluon API
 the kernel is verified against; elsewhere it is off), a GPU of compute capability 9.0 (never
 Triton's interpreter, which cannot run Gluon), fp16/bf16 Q, K and V of one dtype (no fp8
-cache), one head size of 64 or 128 for Q, K and V, no window, softcap, ALiBi or sinks, a
-paged cache whose page size tile_n divides or contiguous varlen K/V, Q with heads and dims
+cache), one head size for Q, K and V of 64 or 128 (tile_n 64 or 128) or 256 (tile_n 32), no
+window, softcap, ALiBi or sinks, a paged cache whose page size tile_n divides or contiguous varlen K/V, Q with heads and dims
 contiguous, 16-byte aligned rows and bases, and the shared-memory ring within the SM's
 227 KB. Anything else runs what the config would run without ``gluon`` (the TMA prefill
 where ``tma=1`` qualifies, else the generic kernel).
@@ -28,7 +28,9 @@ from .tuning import PrefillConfig
 # Triton releases whose Gluon API (warp_specialize, warpgroup_mma, tma, mbarrier) the kernel
 # is written and compile-checked against (3.9 renamed part of it: thread_barrier is gone).
 VERIFIED_TRITON = ("3.6.0",)
-HEAD_DIMS = (64, 128)
+# Key-tile widths per head size: at 256 the consumers' registers (acc 64 x 256 fp32 = 128 per
+# thread) leave room for 32-key scores only (64 keys spill on sm_90 with the ping-pong).
+TILES = {64: (64, 128), 128: (64, 128), 256: (32,)}
 BLOCK_M = 128  # two consumer warpgroups x 64 query rows
 LOADER_REGS = 24  # setmaxnreg budgets: 24 + 2 x 240 per thread of the three warpgroups
 CONSUMER_REGS = 240
@@ -70,7 +72,12 @@ def qualifies(
     head_dim = q.shape[2]
     if not features_plain or q.dtype not in (torch.float16, torch.bfloat16):
         return None
-    if k.dtype != q.dtype or v.dtype != q.dtype or head_dim not in HEAD_DIMS or v.shape[-1] != head_dim:
+    if (
+        k.dtype != q.dtype
+        or v.dtype != q.dtype
+        or config.tile_n not in TILES.get(head_dim, ())
+        or v.shape[-1] != head_dim
+    ):
         return None
     if smem_bytes(head_dim, config.tile_n, config.num_stages) > SMEM_LIMIT:
         return None

@@ -231,6 +231,9 @@ GLUON: dict[str, Callable[[], Any]] = {
     ),
     "prefill Gluon bf16 d128 varlen causal": lambda: prefill_gluon_checked(paged=False),
     "prefill Gluon bf16 d128 causal, 64-key tiles, 3 stages": lambda: prefill_gluon_checked(tile_n=64, stages=3),
+    "prefill Gluon bf16 d256 causal, 32-key tiles, 3 stages": lambda: prefill_gluon_checked(
+        hd=256, tile_n=32, stages=3
+    ),
 }
 
 

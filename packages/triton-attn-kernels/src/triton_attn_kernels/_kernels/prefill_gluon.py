@@ -385,7 +385,7 @@ def prefill_gluon_kernel(
     stride_o_t,
     stride_o_h,
     stride_bt_s,
-    HEAD_DIM: gl.constexpr,  # 64 or 128
+    HEAD_DIM: gl.constexpr,  # 64, 128 or 256 (_gluon.TILES)
     GROUP: gl.constexpr,  # query heads per KV head
     TILE_N: gl.constexpr,  # keys per tile; divides BLOCK_SIZE when PAGED
     BLOCK_SIZE: gl.constexpr,

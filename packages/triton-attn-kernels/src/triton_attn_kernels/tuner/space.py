@@ -184,7 +184,7 @@ def space_for(kernel: str, head_dim: int, interpreter: bool = False, *, block_si
         tma: dict[str, tuple[int, ...]] = {} if interpreter or block_size < 32 else {"tma": (0, 1)}
         # The Gluon prefill at the head sizes it serves; its fixed tile (block_m 128, 4 warps,
         # tma 0) leaves every other combination out (PrefillConfig rejects them).
-        gluon_ok = not interpreter and block_size >= 64 and head_dim in (64, 128)
+        gluon_ok = not interpreter and block_size >= 64 and head_dim in (64, 128, 256)
         gluon: dict[str, tuple[int, ...]] = {"gluon": (0, 1)} if gluon_ok else {}
         return Space(
             PrefillConfig,

@@ -75,9 +75,9 @@ class PrefillConfig:
     tensors); elsewhere the generic kernel runs this config as if tma were 0.
     gluon: 1 runs the Gluon Hopper prefill (``_kernels/prefill_gluon.py``: a TMA loader warp,
     two consumer warpgroups ping-ponging, num_stages K/V slots) where the launch qualifies
-    (``_gluon.qualifies``: Triton 3.6.0, sm_90, fp16/bf16, head size 64 or 128, ...);
-    elsewhere this config runs as if gluon were 0. Its tile is fixed, so it requires
-    block_m 128, num_warps 4, tile_n 64 or 128 and tma 0.
+    (``_gluon.qualifies``: Triton 3.6.0, sm_90, fp16/bf16, head size 64/128 at tile_n 64 or
+    128, 256 at tile_n 32, ...); elsewhere this config runs as if gluon were 0. Its tile is
+    fixed, so it requires block_m 128, num_warps 4, tile_n 32, 64 or 128 and tma 0.
     """
 
     block_m: int = 64
@@ -96,9 +96,9 @@ class PrefillConfig:
         _flag("prefetch_pages", self.prefetch_pages)
         _flag("tma", self.tma)
         _flag("gluon", self.gluon)
-        if self.gluon and ((self.block_m, self.num_warps, self.tma) != (128, 4, 0) or self.tile_n not in (64, 128)):
+        if self.gluon and ((self.block_m, self.num_warps, self.tma) != (128, 4, 0) or self.tile_n not in (32, 64, 128)):
             raise ValueError(
-                "gluon=1 needs block_m=128, num_warps=4, tile_n 64 or 128 and tma=0, got "
+                "gluon=1 needs block_m=128, num_warps=4, tile_n 32, 64 or 128 and tma=0, got "
                 f"block_m={self.block_m}, num_warps={self.num_warps}, tile_n={self.tile_n}, tma={self.tma}"
             )
 
