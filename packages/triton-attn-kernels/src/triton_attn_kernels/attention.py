@@ -72,7 +72,6 @@ def _softcap(value: object) -> float | None:
 def _features(
     q: torch.Tensor,
     kv_dtype: torch.dtype,
-    *,
     scale: float | None,
     causal: bool,
     sliding_window: int | None,
@@ -80,9 +79,11 @@ def _features(
     softcap: float | None,
     alibi_slopes: torch.Tensor | None,
     sinks: torch.Tensor | None,
-    k_scale: float | torch.Tensor | None,
-    v_scale: float | torch.Tensor | None,
+    k_scale: float | torch.Tensor | None = None,
+    v_scale: float | torch.Tensor | None = None,
 ) -> _Features:
+    """The public call's feature arguments, checked (in the public functions' parameter order,
+    so that both pass them positionally on one line)."""
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     fp8 = kv_dtype in check.FP8_DTYPES
@@ -111,6 +112,72 @@ def _features(
     )
 
 
+@dataclass(frozen=True)
+class _Batch:
+    """Where the sequences' tokens are: a paged cache (``block_table``, ``seq_lens``) or
+    contiguous keys (``cu_seqlens_k``), and the host sizes the launch is planned from."""
+
+    cu_seqlens_q: torch.Tensor
+    num_seqs: int
+    max_seqlen_q: int
+    max_seqlen_k: int
+    block_table: torch.Tensor | None = None
+    seq_lens: torch.Tensor | None = None
+    cu_seqlens_k: torch.Tensor | None = None
+
+    def index_tensors(self) -> dict[str, torch.Tensor]:
+        """The index tensors by argument name, in the public functions' order."""
+        named = (
+            ("block_table", self.block_table),
+            ("seq_lens", self.seq_lens),
+            ("cu_seqlens_q", self.cu_seqlens_q),
+            ("cu_seqlens_k", self.cu_seqlens_k),
+        )
+        return {name: t for name, t in named if t is not None}
+
+
+def _checked_out(
+    q: torch.Tensor,
+    batch: _Batch,
+    out: torch.Tensor | None,
+    workspace: torch.Tensor | None,
+    k_scale: float | torch.Tensor | None = None,
+    v_scale: float | torch.Tensor | None = None,
+    **kv: torch.Tensor,
+) -> torch.Tensor:
+    """The checks every launch makes after its own (devices, ``out`` of V's head size,
+    ``workspace``; with ``TRITON_ATTN_DEBUG=1`` the index contents), in that order; returns
+    ``out``, allocated where ``None``. ``kv``: K and V by argument name."""
+    k, v = kv.values()
+    check.same_device(q.device, **kv, **batch.index_tensors(), out=out)
+    out = check.output(out, q, head_dim=v.shape[-1], **kv)
+    check.workspace(workspace, q.device, need=0, q=q, **kv, out=out)
+    if debug.enabled():
+        if batch.block_table is not None and batch.seq_lens is not None:
+            debug.check_paged_batch(
+                batch.block_table,
+                batch.seq_lens,
+                batch.cu_seqlens_q,
+                num_tokens=q.shape[0],
+                num_blocks=k.shape[0],
+                block_size=k.shape[1],
+                max_seqlen_q=batch.max_seqlen_q,
+                max_seqlen_k=batch.max_seqlen_k,
+            )
+            if k.dtype in check.FP8_DTYPES:
+                debug.check_fp8_scales(k_scale=k_scale, v_scale=v_scale)
+        elif batch.cu_seqlens_k is not None:
+            debug.check_varlen_batch(
+                batch.cu_seqlens_q,
+                batch.cu_seqlens_k,
+                num_tokens=q.shape[0],
+                num_keys=k.shape[0],
+                max_seqlen_q=batch.max_seqlen_q,
+                max_seqlen_k=batch.max_seqlen_k,
+            )
+    return out
+
+
 def _config(config: AttentionConfig | None) -> AttentionConfig:
     if config is None:
         return AttentionConfig()
@@ -124,22 +191,23 @@ def _launch(
     k: torch.Tensor,
     v: torch.Tensor,
     out: torch.Tensor,
-    *,
-    paged: bool,
-    block_size: int,
-    block_table: torch.Tensor | None,
-    seq_lens: torch.Tensor | None,
-    cu_seqlens_q: torch.Tensor,
-    cu_seqlens_k: torch.Tensor | None,
-    num_seqs: int,
-    max_seqlen_q: int,
-    max_seqlen_k: int,
+    batch: _Batch,
     feats: _Features,
-    config: AttentionConfig,
+    config: AttentionConfig | None,
     workspace: torch.Tensor | None,
     decode_query_len: int | None,
     return_lse: bool,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    config = _config(config)
+    block_table, seq_lens, cu_seqlens_q, cu_seqlens_k = (
+        batch.block_table,
+        batch.seq_lens,
+        batch.cu_seqlens_q,
+        batch.cu_seqlens_k,
+    )
+    num_seqs, max_seqlen_q, max_seqlen_k = batch.num_seqs, batch.max_seqlen_q, batch.max_seqlen_k
+    paged = block_table is not None
+    block_size = k.shape[1] if paged else 1
     if not isinstance(return_lse, bool):
         raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
     lse = torch.full(q.shape[:2], float("-inf"), dtype=torch.float32, device=q.device) if return_lse else None
@@ -472,7 +540,7 @@ def paged_attention(
     check.tensor("k_cache", k_cache, ndim=4)
     check.tensor("v_cache", v_cache, ndim=4)
     k_cache, v_cache = _paged_layout(k_cache, v_cache, kv_layout)
-    head_dim_v = check.kv_pair(k_cache, v_cache, q, k_name="k_cache", v_name="v_cache", own_v_head_dim=True)
+    check.kv_pair(k_cache, v_cache, q, k_name="k_cache", v_name="v_cache", own_v_head_dim=True)
     check.cache_blocks("k_cache", k_cache)
     check.head_geometry(q, k_cache.shape[2], k_cache.shape[3], "k_cache")
     num_seqs = check.paged_batch(
@@ -484,63 +552,12 @@ def paged_attention(
         max_seqlen_k=max_seqlen_k,
         hint="; a cache shaped [num_blocks, num_kv_heads, block_size, head_dim] needs kv_layout='HND'",
     )
-    check.same_device(
-        q.device,
-        k_cache=k_cache,
-        v_cache=v_cache,
-        block_table=block_table,
-        seq_lens=seq_lens,
-        cu_seqlens_q=cu_seqlens_q,
-        out=out,
-    )
-    out = check.output(out, q, head_dim=head_dim_v, k_cache=k_cache, v_cache=v_cache)
-    check.workspace(workspace, q.device, q=q, k_cache=k_cache, v_cache=v_cache, out=out)
-    if debug.enabled():
-        debug.check_paged_batch(
-            block_table,
-            seq_lens,
-            cu_seqlens_q,
-            num_tokens=q.shape[0],
-            num_blocks=k_cache.shape[0],
-            block_size=k_cache.shape[1],
-            max_seqlen_q=max_seqlen_q,
-            max_seqlen_k=max_seqlen_k,
-        )
-        if k_cache.dtype in check.FP8_DTYPES:
-            debug.check_fp8_scales(k_scale=k_scale, v_scale=v_scale)
+    batch = _Batch(cu_seqlens_q, num_seqs, max_seqlen_q, max_seqlen_k, block_table=block_table, seq_lens=seq_lens)
+    out = _checked_out(q, batch, out, workspace, k_scale, v_scale, k_cache=k_cache, v_cache=v_cache)
     feats = _features(
-        q,
-        k_cache.dtype,
-        scale=scale,
-        causal=causal,
-        sliding_window=sliding_window,
-        window_size=window_size,
-        softcap=softcap,
-        alibi_slopes=alibi_slopes,
-        sinks=sinks,
-        k_scale=k_scale,
-        v_scale=v_scale,
+        q, k_cache.dtype, scale, causal, sliding_window, window_size, softcap, alibi_slopes, sinks, k_scale, v_scale
     )
-    return _launch(
-        q,
-        k_cache,
-        v_cache,
-        out,
-        paged=True,
-        block_size=k_cache.shape[1],
-        block_table=block_table,
-        seq_lens=seq_lens,
-        cu_seqlens_q=cu_seqlens_q,
-        cu_seqlens_k=None,
-        num_seqs=num_seqs,
-        max_seqlen_q=max_seqlen_q,
-        max_seqlen_k=max_seqlen_k,
-        feats=feats,
-        config=_config(config),
-        workspace=workspace,
-        decode_query_len=decode_query_len,
-        return_lse=return_lse,
-    )
+    return _launch(q, k_cache, v_cache, out, batch, feats, config, workspace, decode_query_len, return_lse)
 
 
 def varlen_attention(
@@ -585,7 +602,7 @@ def varlen_attention(
     check.tensor("q", q, ndim=3, dtypes=check.FLOAT_DTYPES)
     check.tensor("k", k, ndim=3, dtypes=(q.dtype,))
     check.tensor("v", v, ndim=3, dtypes=(q.dtype,))
-    head_dim_v = check.kv_pair(k, v, q, k_name="k", v_name="v", own_v_head_dim=True)
+    check.kv_pair(k, v, q, k_name="k", v_name="v", own_v_head_dim=True)
     check.head_geometry(q, k.shape[1], k.shape[2], "k")
     check.index("cu_seqlens_q", cu_seqlens_q, ndim=1)
     check.index("cu_seqlens_k", cu_seqlens_k, ndim=1)
@@ -596,48 +613,7 @@ def varlen_attention(
             f"{cu_seqlens_q.shape[0]} and {cu_seqlens_k.shape[0]}"
         )
     check.batch_limits(num_seqs, max_seqlen_q, max_seqlen_k)
-    check.same_device(q.device, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, out=out)
-    out = check.output(out, q, head_dim=head_dim_v, k=k, v=v)
-    check.workspace(workspace, q.device, q=q, k=k, v=v, out=out)
-    if debug.enabled():
-        debug.check_varlen_batch(
-            cu_seqlens_q,
-            cu_seqlens_k,
-            num_tokens=q.shape[0],
-            num_keys=k.shape[0],
-            max_seqlen_q=max_seqlen_q,
-            max_seqlen_k=max_seqlen_k,
-        )
-    feats = _features(
-        q,
-        k.dtype,
-        scale=scale,
-        causal=causal,
-        sliding_window=sliding_window,
-        window_size=window_size,
-        softcap=softcap,
-        alibi_slopes=alibi_slopes,
-        sinks=sinks,
-        k_scale=None,
-        v_scale=None,
-    )
-    return _launch(
-        q,
-        k,
-        v,
-        out,
-        paged=False,
-        block_size=1,
-        block_table=None,
-        seq_lens=None,
-        cu_seqlens_q=cu_seqlens_q,
-        cu_seqlens_k=cu_seqlens_k,
-        num_seqs=num_seqs,
-        max_seqlen_q=max_seqlen_q,
-        max_seqlen_k=max_seqlen_k,
-        feats=feats,
-        config=_config(config),
-        workspace=workspace,
-        decode_query_len=decode_query_len,
-        return_lse=return_lse,
-    )
+    batch = _Batch(cu_seqlens_q, num_seqs, max_seqlen_q, max_seqlen_k, cu_seqlens_k=cu_seqlens_k)
+    out = _checked_out(q, batch, out, workspace, k=k, v=v)
+    feats = _features(q, k.dtype, scale, causal, sliding_window, window_size, softcap, alibi_slopes, sinks)
+    return _launch(q, k, v, out, batch, feats, config, workspace, decode_query_len, return_lse)
