@@ -76,6 +76,7 @@ def test_tuner_offers_it_only_where_it_can_run():
     assert space.declared()["gluon"] == [0, 1]
     with_gluon = [c for c in space.stage2(space.stage1()) if c.gluon]
     assert with_gluon and all((c.block_m, c.num_warps, c.tma) == (128, 4, 0) for c in with_gluon)
+    assert {c.tile_n for c in with_gluon} <= set(_gluon.TILES[128])
     for head_dim, block_size, interpreter in [(96, 128, False), (128, 16, False), (128, 128, True)]:
         assert "gluon" not in space_for("prefill", head_dim, interpreter, block_size=block_size).declared()
 

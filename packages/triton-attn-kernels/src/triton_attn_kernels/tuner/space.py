@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .._gluon import TILES as GLUON_TILES
 from ..tuning.configs import DecodeConfig, KVWriteConfig, PrefillConfig
 
 __all__ = ["GEOMETRIES", "GRIDS", "Geometry", "Shape", "Space", "space_for"]
@@ -110,6 +111,7 @@ class Space:
     defaults: dict[str, int]
     keep: int = 2
     block_size: int = 16  # page size of the cases: a TMA prefill config needs tiles that divide it
+    gluon_tiles: tuple[int, ...] = ()  # tile_n values the Gluon prefill runs at this head size
 
     def declared(self) -> dict[str, list[int]]:
         return {name: list(v) for name, v in {**self.coarse, **self.fine}.items()}
@@ -117,6 +119,8 @@ class Space:
     def _make(self, values: dict[str, Any]) -> Any | None:
         if (values.get("tma") or values.get("gluon")) and self.block_size % values["tile_n"]:
             return None  # would run the generic kernel: the same config timed twice
+        if values.get("gluon") and values["tile_n"] not in self.gluon_tiles:
+            return None  # likewise
         try:
             return self.config_cls(**values)
         except ValueError:  # outside the dataclass's limits: not part of the space
@@ -184,7 +188,7 @@ def space_for(kernel: str, head_dim: int, interpreter: bool = False, *, block_si
         tma: dict[str, tuple[int, ...]] = {} if interpreter or block_size < 32 else {"tma": (0, 1)}
         # The Gluon prefill at the head sizes it serves; its fixed tile (block_m 128, 4 warps,
         # tma 0) leaves every other combination out (PrefillConfig rejects them).
-        gluon_ok = not interpreter and block_size >= 64 and head_dim in (64, 128, 256)
+        gluon_ok = not interpreter and block_size >= 64 and head_dim in GLUON_TILES
         gluon: dict[str, tuple[int, ...]] = {"gluon": (0, 1)} if gluon_ok else {}
         return Space(
             PrefillConfig,
@@ -198,6 +202,7 @@ def space_for(kernel: str, head_dim: int, interpreter: bool = False, *, block_si
             },
             defaults={"num_stages": 2},
             block_size=block_size,
+            gluon_tiles=GLUON_TILES.get(head_dim, ()),
         )
     if kernel == "kv_write":
         warps = (2, 4) if interpreter else (1, 2, 4, 8, 16)
