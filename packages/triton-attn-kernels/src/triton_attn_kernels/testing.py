@@ -107,8 +107,8 @@ def compare(got: torch.Tensor, ref: torch.Tensor, tol: Tolerance) -> Comparison:
         return Comparison(0.0)
     g, r = got.float(), ref.float()
     if not bool(torch.isfinite(g).all()):
-        bad = int((~torch.isfinite(g)).sum())
-        return Comparison(float("nan"), f"{bad} non-finite values (a row left unwritten, or overflow)")
+        n = int((~torch.isfinite(g)).sum())
+        return Comparison(float("nan"), f"{n} non-finite values (a row left unwritten, or overflow)")
     err = (g - r).abs()
     max_err = err.max().item()
     peak = r.abs().max().item()
