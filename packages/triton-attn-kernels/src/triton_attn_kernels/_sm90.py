@@ -159,7 +159,9 @@ def prefill_tma(hd=128, group=4, causal=True, dtype="bf16", kv=None, tile_n=128,
     return compile_one(prefill_tma_kernel, cx, ptrs, **{"warps": 4, "stages": 2, **opts})
 
 
-def prefill_gluon(hd=128, group=4, causal=True, dtype="bf16", tile_n=128, stages=2, paged=True, pingpong=True):
+def prefill_gluon(
+    hd=128, group=4, causal=True, dtype="bf16", tile_n=128, stages=2, paged=True, pingpong=True, lse=False
+):
     """The Gluon Hopper prefill (``_kernels/prefill_gluon.py``) as ``_gluon.launch``
     specialises it: 64-row Q halves, tile_n-key K/V tiles, 4 warps plus the partitions'."""
     from triton.experimental.gluon import language as gl
@@ -181,11 +183,13 @@ def prefill_gluon(hd=128, group=4, causal=True, dtype="bf16", tile_n=128, stages
         PAGED=paged,
         CAUSAL=causal,
         PINGPONG=pingpong,
-        RETURN_LSE=False,
+        RETURN_LSE=lse,
         LOADER_REGS=_gluon.LOADER_REGS,
         CONSUMER_REGS=_gluon.CONSUMER_REGS,
     )
     ptrs = {"q_desc": desc(_gluon.BLOCK_M // 2), "k_desc": desc(tile_n), "v_desc": desc(tile_n), "out_ptr": f"*{dtype}"}
+    if lse:
+        ptrs["lse_ptr"] = "*fp32"
     sig = signature(fn, cx, {**{n: "*i32" for n in fn.arg_names if n.endswith("_ptr")}, **ptrs})
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if sig[n].startswith("*")}
     constexprs = {(fn.arg_names.index(k),): v for k, v in cx.items()}
@@ -230,6 +234,7 @@ GLUON: dict[str, Callable[[], Any]] = {
         hd=64, group=8, dtype="fp16", stages=3
     ),
     "prefill Gluon bf16 d128 varlen causal": lambda: prefill_gluon_checked(paged=False),
+    "prefill Gluon fp16 d128 causal with lse": lambda: prefill_gluon_checked(dtype="fp16", lse=True),
     "prefill Gluon bf16 d128 causal, 64-key tiles, 3 stages": lambda: prefill_gluon_checked(tile_n=64, stages=3),
     "prefill Gluon bf16 d256 causal, 32-key tiles, 3 stages": lambda: prefill_gluon_checked(
         hd=256, tile_n=32, stages=3
