@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from vllm.config import VllmConfig, set_current_vllm_config
+from vllm.config import DeviceConfig, VllmConfig, set_current_vllm_config
 from vllm.model_executor.layers.attention.mla_attention import (
     MLACommonDecodeMetadata,
     MLACommonPrefillMetadata,
@@ -50,7 +50,8 @@ class _Proj:
 
 
 def _impl(proj: _Proj, kv_cache_dtype: str, *, v_head_dim: int = V_DIM) -> TritonMLAImpl:
-    with set_current_vllm_config(VllmConfig()):
+    # An explicit device: vLLM 0.26 cannot infer one without its CUDA binaries.
+    with set_current_vllm_config(VllmConfig(device_config=DeviceConfig(device="cpu"))):
         return TritonMLAImpl(
             num_heads=HEADS,
             head_size=RANK + ROPE,

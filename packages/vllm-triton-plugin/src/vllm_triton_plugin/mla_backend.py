@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from vllm.config import get_current_vllm_config
 from vllm.model_executor.layers.attention.mla_attention import (
     MLACommonBackend,
     MLACommonImpl,
@@ -332,6 +333,13 @@ class TritonMLAImpl(MLACommonImpl[TritonMLAMetadata]):
         self.supports_quant_query_input = False
         # K = [k_nope | k_pe] is assembled by torch copies, never flashinfer's kernel.
         self._use_flashinfer_concat_mla_k = False
+        dcp = getattr(get_current_vllm_config().parallel_config, "decode_context_parallel_size", 1)
+        if dcp > 1:
+            raise NotImplementedError(
+                f"decode context parallelism (decode_context_parallel_size={dcp}) is not supported by the "
+                "Triton MLA backend"
+            )
+        # Set here for every release (0.26 leaves it -1 for the layer to fill in).
         self.dcp_world_size = 1
 
     def fused_output_quant_supported(self, quant_key: Any) -> bool:
