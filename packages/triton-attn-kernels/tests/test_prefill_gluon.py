@@ -10,6 +10,10 @@ come from the ``gpu`` tests below (sm_90 with Triton 3.6.0); its sm_90 code is c
 from __future__ import annotations
 
 import functools
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -191,6 +195,35 @@ def test_never_chosen_where_it_cannot_run(gluon_launches):
     out = paged_attention(*b.args(), **b.lens(), out=poisoned_like(b.q), config=cfg)
     assert_matches(out, paged_attention_ref(*b.args()), torch.float16)
     assert not gluon_launches
+
+
+def _nvidia_backend() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("triton.backends.nvidia") is not None
+
+
+@pytest.mark.skipif(
+    not (_nvidia_backend() and _gluon.available()), reason="compiles with the Triton the kernel is verified on"
+)
+def test_sm90_code_has_the_schedule():
+    """Every registered sm_90 variant (``_sm90.GLUON``), compiled by the real compiler in a
+    subprocess without the interpreter: three warpgroups, wgmma, TMA copies, mbarrier waits,
+    and setmaxnreg moving registers to the consumers (240) from the loader (24)."""
+    code = (
+        "import json; from triton_attn_kernels import _sm90; "
+        "print(json.dumps({n: _sm90.gluon_facts(f()) for n, f in _sm90.GLUON.items()}))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    facts = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(facts) >= 8
+    for name, f in facts.items():
+        assert f["warps"] == 12, name
+        assert f["wgmma"] and f["tma_loads"] and f["mbarrier_waits"], name
+        assert {_gluon.LOADER_REGS, _gluon.CONSUMER_REGS} <= set(f["setmaxnreg"]), name
 
 
 # --- numerics on sm_90 with Triton 3.6.0 -----------------------------------------------------
