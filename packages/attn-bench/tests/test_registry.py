@@ -8,6 +8,7 @@ from attn_bench.registry import Timed, all_providers, get, provider
 EXPECTED = {
     "ours-paged",
     "ours-tma",
+    "ours-gluon",
     "ours-varlen",
     "ours-kv-write",
     "torch-sdpa",
@@ -87,3 +88,9 @@ def test_tma_provider_says_why_it_skips():
     assert "block_size 16" in tma.unsupported(Problem(**fresh))
     assert tma.unsupported(Problem(**fresh, block_size=128)) is None
     assert "window" in tma.unsupported(Problem(**fresh, block_size=128, variant="window=64"))
+    assert tma.unsupported(Problem(**fresh, block_size=128, kv_dtype="float8_e4m3fn")) is None
+    gluon = get("ours-gluon")
+    assert "fp8" in gluon.unsupported(Problem(**fresh, block_size=128, kv_dtype="float8_e4m3fn"))
+    assert "128-key tile" in gluon.unsupported(Problem(**fresh, block_size=64))
+    assert gluon.unsupported(Problem(**fresh, block_size=128)) is None
+    assert gluon.unsupported(Problem(**fresh, block_size=32, head_dim=256)) is None

@@ -104,23 +104,28 @@ def _paged(x: Inputs, *, prefill: Any) -> Timed:
     return Timed(fn)
 
 
-# The Hopper prefill's launch shape: 128 tokens x 64-key tiles, 4 warps, 2 stages, the shape
-# that compiles warp-specialised with no spill for sm_90 (nox -s sm90).
+# The Hopper prefills' launch shapes, the ones that compile with no spill for sm_90 (nox -s
+# sm90): TMA + Triton's warp specialisation, 128 tokens x 64-key tiles, 4 warps, 2 stages; the
+# Gluon ping-pong, 128 tokens x 128-key tiles (32 at head_dim 256, where wider tiles spill).
 TMA_TILE_N = 64
 
 
-def _tma_supported(p: Any) -> str | None:
-    if p.variant:
-        return f"variant {p.variant.split('=')[0]} runs on the generic kernel"
-    if p.block_size % TMA_TILE_N:
-        return f"block_size {p.block_size} is not a multiple of the {TMA_TILE_N}-key TMA tile"
-    return None
+def _gluon_tile_n(head_dim: int) -> int:
+    return 32 if head_dim > 128 else 128
 
 
-def _tma_prefill() -> Any:
-    from triton_attn_kernels import PrefillConfig
+def _hopper_supported(tile_n: Any, *, fp8: bool) -> Any:
+    def check(p: Any) -> str | None:
+        if p.variant:
+            return f"variant {p.variant.split('=')[0]} runs on the generic kernel"
+        if p.fp8 and not fp8:
+            return "an fp8 cache runs on the generic kernel"
+        n = tile_n(p.head_dim)
+        if p.block_size % n:
+            return f"block_size {p.block_size} is not a multiple of the {n}-key tile"
+        return None
 
-    return PrefillConfig(block_m=128, tile_n=TMA_TILE_N, num_warps=4, num_stages=2, tma=1)
+    return check
 
 
 @provider(
@@ -128,11 +133,29 @@ def _tma_prefill() -> Any:
     ops=("prefill", "mixed"),
     requires=("triton_attn_kernels",),
     cuda_only=True,
-    supports=_tma_supported,
+    supports=_hopper_supported(lambda d: TMA_TILE_N, fp8=True),
 )
 def ours_tma(x: Inputs) -> Timed:
     """paged_attention with the Hopper prefill (PrefillConfig(tma=1)): TMA + warp specialisation; pages a multiple of 64."""
-    return _paged(x, prefill=_tma_prefill())
+    from triton_attn_kernels import PrefillConfig
+
+    return _paged(x, prefill=PrefillConfig(block_m=128, tile_n=TMA_TILE_N, num_warps=4, num_stages=2, tma=1))
+
+
+@provider(
+    "ours-gluon",
+    ops=("prefill", "mixed"),
+    requires=("triton_attn_kernels",),
+    cuda_only=True,
+    supports=_hopper_supported(_gluon_tile_n, fp8=False),
+)
+def ours_gluon(x: Inputs) -> Timed:
+    """paged_attention with the Gluon Hopper prefill (PrefillConfig(gluon=1)): TMA loader warp, two ping-ponging consumer warpgroups; pages a multiple of its 128-key tile."""
+    from triton_attn_kernels import PrefillConfig
+
+    tile_n = _gluon_tile_n(x.problem.head_dim)
+    stages = 2 if tile_n == 128 else 3
+    return _paged(x, prefill=PrefillConfig(block_m=128, tile_n=tile_n, num_warps=4, num_stages=stages, gluon=1))
 
 
 @provider(
