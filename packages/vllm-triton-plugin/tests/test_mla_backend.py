@@ -1,11 +1,12 @@
 """The Triton MLA impl's cache write, decode (forward_mqa) and prefill (forward_mha, with
-cached prefixes gathered in several chunks) on hand-built metadata, against the fp32
-references (triton_attn_kernels.reference_mla for the absorbed decode, reference's
-attention_ref over the up-projected latents for prefill); outputs poisoned with NaN.
+cached prefixes gathered in several chunks) on hand-built vLLM MLA metadata with the plan
+our builder makes for it (also under full CUDA graphs), against the fp32 references
+(triton_attn_kernels.reference_mla for the absorbed decode, reference's attention_ref over
+the up-projected latents for prefill); outputs poisoned with NaN.
 
 Shapes are small for Triton's interpreter: kv_lora_rank 64, rope 16, qk_nope 48 (q/k head
-size 64), v_head_dim 32 (V read with its own head size), 2 heads, 4-token pages; a context budget of 6 keys cuts the
-cached prefixes into several chunks.
+size 64), v_head_dim 32 (V read with its own head size), 2 heads, 4-token pages; a context
+budget of 6 keys cuts the cached prefixes into several chunks.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from triton_attn_kernels.testing import tolerance
 from vllm_triton_plugin.mla_backend import (
     TritonMLAImpl,
     TritonMLAMetadata,
+    TritonMLAMetadataBuilder,
     TritonMLAPlan,
     plan_context_chunks,
 )
@@ -73,7 +75,31 @@ def _impl(proj: _Proj, kv_cache_dtype: str, *, v_head_dim: int = V_DIM) -> Trito
         )
 
 
-def _batch(decodes: list[tuple[int, int]], prefills: list[tuple[int, int]], dtype, cache_dtype, seed: int):
+def _builder(dtype: torch.dtype, cache: str, *, cuda_graphs: bool) -> TritonMLAMetadataBuilder:
+    """Our part of the metadata builder on the attributes vLLM's MLA builder sets (its own
+    __init__ needs a whole engine; test_mla_engine.py runs that)."""
+    builder = object.__new__(TritonMLAMetadataBuilder)
+    builder.reorder_batch_threshold = 4  # speculative decoding with 3 draft tokens
+    builder.mla_dims = SimpleNamespace(kv_lora_rank=RANK, qk_rope_head_dim=ROPE)
+    builder.model_config = SimpleNamespace(dtype=dtype, max_model_len=64)
+    builder.num_heads = HEADS
+    builder.device = torch.device("cpu")
+    builder.page_size = BLOCK
+    builder.chunked_prefill_workspace_size = 6  # keys per context chunk: several chunks
+    mode = SimpleNamespace(has_full_cudagraphs=lambda: cuda_graphs)
+    builder._init_plan(
+        SimpleNamespace(
+            cache_config=SimpleNamespace(cache_dtype=cache),
+            compilation_config=SimpleNamespace(cudagraph_mode=mode),
+            scheduler_config=SimpleNamespace(max_num_seqs=8),
+        )
+    )
+    return builder
+
+
+def _batch(
+    decodes: list[tuple[int, int]], prefills: list[tuple[int, int]], dtype, cache: str, seed: int, *, cuda_graphs=False
+):
     """(context_len, query_len) per request, decodes first (vLLM's MLA order). Returns the
     latents of every token, the cache with the contexts written (unused slots NaN), the
     metadata and the new tokens' slot mapping."""
@@ -89,7 +115,8 @@ def _batch(decodes: list[tuple[int, int]], prefills: list[tuple[int, int]], dtyp
     for i, n in enumerate(blocks_per):
         table[i, :n] = perm[used : used + n].int()
         used += n
-    cache = torch.full((num_blocks, BLOCK, RANK + ROPE), float("nan"), dtype=dtype).to(cache_dtype)
+    cache_dtype = torch.float8_e4m3fn if cache == "fp8" else dtype
+    kv_cache = torch.full((num_blocks, BLOCK, RANK + ROPE), float("nan"), dtype=dtype).to(cache_dtype)
     latents = [torch.randn(s, RANK + ROPE, generator=g).to(dtype) for s in seq_lens]
     k_scale = torch.tensor([0.5], dtype=torch.float32)
     slots = []
@@ -97,7 +124,7 @@ def _batch(decodes: list[tuple[int, int]], prefills: list[tuple[int, int]], dtyp
         pos = torch.arange(seq_lens[i])
         slot = table[i, pos // BLOCK].long() * BLOCK + pos % BLOCK
         # Contexts are in the cache already; the new tokens go through the impl's write.
-        write_latent_cache_ref(latents[i][:c, :RANK], latents[i][:c, RANK:], cache, slot[:c], k_scale=k_scale)
+        write_latent_cache_ref(latents[i][:c, :RANK], latents[i][:c, RANK:], kv_cache, slot[:c], k_scale=k_scale)
         slots.append(slot[c:])
     q_lens = [q for _, q in reqs]
     cu = torch.tensor(np.concatenate([[0], np.cumsum(q_lens)]), dtype=torch.int32)
@@ -107,22 +134,10 @@ def _batch(decodes: list[tuple[int, int]], prefills: list[tuple[int, int]], dtyp
     if nd:
         decode_md = MLACommonDecodeMetadata(block_table=table[:nd], seq_lens=seq_t[:nd], dcp_tot_seq_lens=None)
     prefill_md = None
-    chunks = []
     if prefills:
         prefill_md = MLACommonPrefillMetadata(
             block_table=table[nd:], query_start_loc=cu[nd:] - cu[nd], max_query_len=max(q_lens)
         )
-        ctx = np.array([c for c, _ in prefills], dtype=np.int64)
-        chunks = plan_context_chunks(ctx, table[nd:], block_size=BLOCK, max_keys=6)
-    plan = TritonMLAPlan(
-        decode_cu_seqlens_q=cu[: nd + 1] if nd else None,
-        decode_max_query_len=max([q for _, q in decodes], default=0),
-        decode_max_seq_len=max(seq_lens),
-        decode_config=None,
-        decode_workspace=None,
-        prefill_max_query_len=max([q for _, q in prefills], default=0),
-        context_chunks=chunks,
-    )
     num_tokens = int(cu[-1])
     md = TritonMLAMetadata(
         num_reqs=len(reqs),
@@ -136,9 +151,18 @@ def _batch(decodes: list[tuple[int, int]], prefills: list[tuple[int, int]], dtyp
         num_prefills=len(prefills),
         prefill=prefill_md,
         decode=decode_md,
-        plan=plan,
     )
-    return reqs, latents, cache, md, table, seq_t, k_scale
+    # The fields of vLLM's CommonAttentionMetadata the plan reads.
+    common = SimpleNamespace(
+        num_reqs=len(reqs),
+        query_start_loc=cu,
+        query_start_loc_cpu=cu.clone(),
+        max_seq_len=max(seq_lens),
+        seq_lens_cpu_upper_bound=seq_t.clone(),
+        block_table_tensor=table,
+    )
+    md.plan = _builder(dtype, cache, cuda_graphs=cuda_graphs)._plan(common, md)
+    return reqs, latents, kv_cache, md, table, seq_t, k_scale
 
 
 CASES = {
@@ -151,11 +175,26 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("dtype,cache", [("float32", "auto"), ("float16", "auto"), ("float16", "fp8")])
 def test_mla_impl_matches_reference(case: str, dtype: str, cache: str) -> None:
+    _check(case, dtype, cache, cuda_graphs=False)
+
+
+def test_mla_decode_under_cuda_graph_plan() -> None:
+    """The plan of full CUDA graphs: a configuration pinned per batch size (planned for
+    max_model_len, whatever this batch's lengths), the builder's preallocated workspace, the
+    decode launch sized for the reorder threshold; the result is the same."""
+    builder = _builder(torch.float16, "auto", cuda_graphs=True)
+    assert builder.decode_workspace is not None
+    plan = _check("decode", "float16", "auto", cuda_graphs=True)
+    assert plan.decode_config == builder._config(4, 1, 1) == builder._config(4, 4, 60)
+    assert plan.decode_config.num_splits > 1 and plan.decode_workspace is not None
+    assert plan.decode_max_query_len == 4
+
+
+def _check(case: str, dtype: str, cache: str, *, cuda_graphs: bool) -> TritonMLAPlan:
     decodes, prefills = CASES[case]
     dt = getattr(torch, dtype)
-    cache_dt = torch.float8_e4m3fn if cache == "fp8" else dt
     reqs, latents, kv_cache, md, table, seq_lens, k_scale = _batch(
-        decodes, prefills, dt, cache_dt, seed=len(case) * 7 + len(dtype) + len(cache)
+        decodes, prefills, dt, cache, seed=len(case) * 7 + len(dtype) + len(cache), cuda_graphs=cuda_graphs
     )
     g = torch.Generator().manual_seed(11)
     proj = _Proj(torch.randn(RANK, HEADS * (NOPE + V_DIM), generator=g) * RANK**-0.5)
@@ -213,6 +252,7 @@ def test_mla_impl_matches_reference(case: str, dtype: str, cache: str) -> None:
             lo += ql
         assert not output.isnan().any()
         torch.testing.assert_close(output.float().view(n_pre, HEADS, V_DIM), want, **tol.kwargs())
+    return md.plan
 
 
 def test_context_chunks_cover_each_prefix_once() -> None:

@@ -109,6 +109,11 @@ class TritonMLAMetadataBuilder(MLACommonMetadataBuilder[TritonMLAMetadata]):
 
     def __init__(self, kv_cache_spec: Any, layer_names: list[str], vllm_config: Any, device: torch.device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device, metadata_cls=TritonMLAMetadata)
+        self._init_plan(vllm_config)
+
+    def _init_plan(self, vllm_config: Any) -> None:
+        """Our state on top of vLLM's builder: the decode configurations and, under full CUDA
+        graphs, the split-KV workspace for every batch size a graph may be captured at."""
         # Longer verification runs than the decode kernel takes go to the prefill path.
         self.reorder_batch_threshold = min(self.reorder_batch_threshold, MAX_DECODE_QUERY_LEN)
         self.kv_lora_rank = self.mla_dims.kv_lora_rank
@@ -122,7 +127,6 @@ class TritonMLAMetadataBuilder(MLACommonMetadataBuilder[TritonMLAMetadata]):
         self._pinned: dict[int, MLADecodeConfig] = {}
         self.decode_workspace: torch.Tensor | None = None
         if self.cuda_graphs:
-            # Every batch size a graph may be captured at, with the configuration it will pin.
             max_seqs = vllm_config.scheduler_config.max_num_seqs
             dq = self.reorder_batch_threshold
             need = max(
@@ -132,7 +136,7 @@ class TritonMLAMetadataBuilder(MLACommonMetadataBuilder[TritonMLAMetadata]):
                 for n in range(1, max_seqs + 1)
             )
             if need:
-                self.decode_workspace = torch.empty(need, dtype=torch.float32, device=device)
+                self.decode_workspace = torch.empty(need, dtype=torch.float32, device=self.device)
 
     def _config(self, num_decodes: int, max_query_len: int, max_seq_len: int) -> MLADecodeConfig:
         """The decode configuration; under full CUDA graphs a function of the batch size only
