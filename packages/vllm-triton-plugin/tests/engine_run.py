@@ -6,10 +6,10 @@ engine must see its own environment: the plugin on or off).
 Generates greedily in two rounds and writes the token ids, the attention backends the
 workers used, the prefix-cache hit count and the speculative-decoding counters to OUT_JSON.
 SPECULATIVE ``ngram`` proposes 3 tokens per step by n-gram lookup in the prompt, so every
-decode step verifies 4 tokens per request; ``eagle:DRAFT_DIR`` proposes 3 tokens per step
-with the EAGLE draft model in DRAFT_DIR (its own attention layer and KV cache, run through
-the same attention backend as the target), and OUT_JSON also holds every proposal and the
-draft's attention backends.
+decode step verifies 4 tokens per request; ``eagle:DRAFT_DIR`` (``eagle3:DRAFT_DIR``)
+proposes 3 tokens per step with the EAGLE (EAGLE-3) draft model in DRAFT_DIR (its own
+attention layer and KV cache, run through the same attention backend as the target), and
+OUT_JSON also holds every proposal and the draft's attention backends.
 """
 
 from __future__ import annotations
@@ -81,9 +81,9 @@ def main(model_dir: str, out_path: str, kv_cache_dtype: str = "auto", speculativ
                 "prompt_lookup_min": 1,
             }
         )
-    elif speculative.startswith("eagle:"):
-        draft_dir = speculative.removeprefix("eagle:")
-        spec = dict(speculative_config={"method": "eagle", "model": draft_dir, "num_speculative_tokens": 3})
+    elif speculative.startswith(("eagle:", "eagle3:")):
+        method, draft_dir = speculative.split(":", 1)
+        spec = dict(speculative_config={"method": method, "model": draft_dir, "num_speculative_tokens": 3})
     llm = LLM(
         **spec,
         model=model_dir,
@@ -102,13 +102,13 @@ def main(model_dir: str, out_path: str, kv_cache_dtype: str = "auto", speculativ
         disable_log_stats=False,
         seed=0,
     )
-    if speculative.startswith("eagle:"):
+    if speculative.startswith(("eagle:", "eagle3:")):
         llm.collective_rpc(record_draft_proposals)
     params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
     tokens = []
     # EAGLE: round 1 only (mixed decodes, verification and chunked prefill); the interpreter
     # runs three attention layers per target step and two more draft passes.
-    rounds = (ROUND1,) if speculative.startswith("eagle:") else (ROUND1, ROUND2)
+    rounds = (ROUND1,) if speculative.startswith(("eagle:", "eagle3:")) else (ROUND1, ROUND2)
     for batch in rounds:
         outs = llm.generate([{"prompt_token_ids": p} for p in batch], params, use_tqdm=False)
         tokens += [list(o.outputs[0].token_ids) for o in outs]
@@ -120,7 +120,7 @@ def main(model_dir: str, out_path: str, kv_cache_dtype: str = "auto", speculativ
         "spec_draft_tokens": metric(llm, "vllm:spec_decode_num_draft_tokens"),
         "spec_accepted_tokens": metric(llm, "vllm:spec_decode_num_accepted_tokens"),
     }
-    if speculative.startswith("eagle:"):
+    if speculative.startswith(("eagle:", "eagle3:")):
         (draft_backends, proposals), *_ = llm.collective_rpc(draft_details)
         result.update(draft_backends=draft_backends, draft_proposals=proposals)
     with open(out_path, "w") as f:

@@ -157,18 +157,21 @@ def test_engine_ngram_speculative_decoding(tiny_llama: Path, tmp_path: Path) -> 
     assert ours["tokens"] == ref["tokens"]
 
 
-def _save_tiny_eagle_draft(path: Path) -> Path:
-    """An EAGLE draft for the tiny Llama, as vLLM's EagleLlamaForCausalLM reads it: a Llama
-    config (vLLM renames the architecture for method "eagle") and one decoder layer over
-    ``fc([embedding, target hidden state])``; no embedding or LM head of its own (vLLM shares
-    the target's). Its attention layer is the model's third, with its own KV cache."""
+def _save_tiny_eagle_draft(path: Path, method: str) -> Path:
+    """A draft for the tiny Llama as vLLM's EAGLE Llama classes read it: a Llama config (vLLM
+    renames the architecture for the method) and one decoder layer. ``eagle``
+    (EagleLlamaForCausalLM): the layer runs on ``fc([embedding, target hidden state])``, no
+    embedding or LM head of its own (vLLM shares the target's). ``eagle3``
+    (Eagle3LlamaForCausalLM): ``fc`` combines the target's hidden states after layers 0 and 1,
+    the layer's attention reads ``[embedding, hidden]`` (twice the width), with its own norms
+    and LM head. Either way its attention layer is the model's third, with its own KV cache."""
     import torch
     from safetensors.torch import save_file
     from transformers import LlamaConfig
 
-    hidden, heads, kv_heads, head_dim, inter = 64, 4, 2, 32, 128
-    LlamaConfig(
-        vocab_size=256,
+    hidden, heads, kv_heads, head_dim, inter, vocab = 64, 4, 2, 32, 128, 256
+    config = LlamaConfig(
+        vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=inter,
         num_hidden_layers=1,
@@ -178,40 +181,53 @@ def _save_tiny_eagle_draft(path: Path) -> Path:
         max_position_embeddings=256,
         tie_word_embeddings=False,
         architectures=["LlamaForCausalLM"],
-    ).save_pretrained(path)
+    )
+    width, layer = hidden, "layers.0"
+    if method == "eagle3":
+        config.eagle_aux_hidden_state_layer_ids = [0, 1]
+        config.num_aux_hidden_states = 2
+        width, layer = 2 * hidden, "midlayer"
+    config.save_pretrained(path)
     gen = torch.Generator().manual_seed(1)
     shapes = {
         "fc.weight": (hidden, 2 * hidden),
-        "layers.0.self_attn.q_proj.weight": (heads * head_dim, hidden),
-        "layers.0.self_attn.k_proj.weight": (kv_heads * head_dim, hidden),
-        "layers.0.self_attn.v_proj.weight": (kv_heads * head_dim, hidden),
-        "layers.0.self_attn.o_proj.weight": (hidden, heads * head_dim),
-        "layers.0.mlp.gate_proj.weight": (inter, hidden),
-        "layers.0.mlp.up_proj.weight": (inter, hidden),
-        "layers.0.mlp.down_proj.weight": (hidden, inter),
+        f"{layer}.self_attn.q_proj.weight": (heads * head_dim, width),
+        f"{layer}.self_attn.k_proj.weight": (kv_heads * head_dim, width),
+        f"{layer}.self_attn.v_proj.weight": (kv_heads * head_dim, width),
+        f"{layer}.self_attn.o_proj.weight": (hidden, heads * head_dim),
+        f"{layer}.mlp.gate_proj.weight": (inter, hidden),
+        f"{layer}.mlp.up_proj.weight": (inter, hidden),
+        f"{layer}.mlp.down_proj.weight": (hidden, inter),
     }
+    norms = [f"{layer}.post_attention_layernorm.weight"]
+    if method == "eagle3":
+        shapes["lm_head.weight"] = (vocab, hidden)
+        norms += [f"{layer}.input_layernorm.weight", f"{layer}.hidden_norm.weight", "norm.weight"]
     # Large weights, as in the target: the draft's choices are far apart, so the proposals
     # are decided by what its attention computes, not by rounding.
     weights = {name: torch.randn(shape, generator=gen) * 0.5 for name, shape in shapes.items()}
-    weights["layers.0.post_attention_layernorm.weight"] = torch.ones(hidden)
+    weights.update({name: torch.ones(hidden) for name in norms})
     save_file(weights, str(path / "model.safetensors"))
     return path
 
 
+@pytest.mark.parametrize("method", ["eagle", "eagle3"])
 def test_engine_eagle_speculative_decoding(
-    tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+    method: str, tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
-    """EAGLE with our backend for the target and the draft: the draft's first pass runs over
-    the verified tokens (up to 1 + 3 per request, prefill chunks too), its next two passes
-    one token per request on contexts that grow by one, each with metadata the proposer
-    builds itself. Against vLLM's own CPU attention with the same draft: the same greedy
-    tokens and the same proposals at every step."""
-    draft = _save_tiny_eagle_draft(tmp_path_factory.mktemp("tiny-eagle"))
-    ours_out, ref_out = tmp_path / "triton-eagle.json", tmp_path / "reference-eagle.json"
-    ours_proc = _engine(tiny_llama, ours_out, "auto", plugin=True, speculative=f"eagle:{draft}")
-    ref_proc = _engine(tiny_llama, ref_out, "auto", plugin=False, speculative=f"eagle:{draft}")
+    """EAGLE and EAGLE-3 with our backend for the target and the draft: the draft's first pass
+    runs over the verified tokens (up to 1 + 3 per request, prefill chunks too), its next two
+    passes one token per request on contexts that grow by one, each with metadata the
+    proposer builds itself. Against vLLM's own CPU attention with the same draft: the same
+    greedy tokens and the same proposals at every step."""
+    draft = _save_tiny_eagle_draft(tmp_path_factory.mktemp(f"tiny-{method}"), method)
+    ours_out, ref_out = tmp_path / f"triton-{method}.json", tmp_path / f"reference-{method}.json"
+    ours_proc = _engine(tiny_llama, ours_out, "auto", plugin=True, speculative=f"{method}:{draft}")
+    ref_proc = _engine(tiny_llama, ref_out, "auto", plugin=False, speculative=f"{method}:{draft}")
     ours, ref = _result(ours_proc, ours_out), _result(ref_proc, ref_out)
-    print(f"EAGLE drafts {ours['spec_drafts']}, accepted {ours['spec_accepted_tokens']} of {ours['spec_draft_tokens']}")
+    print(
+        f"{method} drafts {ours['spec_drafts']}, accepted {ours['spec_accepted_tokens']} of {ours['spec_draft_tokens']}"
+    )
     ours_impl = ["vllm_triton_plugin.backend.TritonAttentionImpl"]
     assert ours["backends"] == ours_impl and ours["draft_backends"] == ours_impl
     assert ref["draft_backends"] and all("vllm_triton_plugin" not in b for b in ref["draft_backends"])
