@@ -1,12 +1,12 @@
 """One vLLM engine run of a tiny MLA model for test_mla_engine.py, in its own process.
 
-    python mla_engine_run.py MODEL_DIR OUT_JSON [ATTENTION_BACKEND [PREFIX_CACHING]]
+    python mla_engine_run.py MODEL_DIR OUT_JSON [ATTENTION_BACKEND [PREFIX_CACHING [KV_CACHE_DTYPE]]]
 
 Generates greedily in two rounds and writes the token ids, the MLA impl class of every
 attention layer and the prefix-cache hit count to OUT_JSON. ATTENTION_BACKEND (e.g.
 ``CPU_MLA``) is passed to vLLM as ``attention_backend``; ``auto`` leaves the choice to the
 platform. PREFIX_CACHING ``on`` asks for prefix caching (vLLM's CPU platform turns it off
-for its own CPU MLA backend).
+for its own CPU MLA backend, and for every MLA backend on CPUs without AMX).
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ def metric(llm, name: str) -> int:
     return int(sum(getattr(m, "value", 0) for m in llm.get_metrics() if m.name == name))
 
 
-def main(model_dir: str, out_path: str, attention_backend: str = "auto", prefix_caching: str = "off") -> None:
+def main(
+    model_dir: str, out_path: str, attention_backend: str = "auto", prefix_caching: str = "off", kv_cache_dtype="auto"
+) -> None:
     from vllm import LLM, SamplingParams
 
     backend = {} if attention_backend == "auto" else {"attention_backend": attention_backend}
@@ -44,6 +46,7 @@ def main(model_dir: str, out_path: str, attention_backend: str = "auto", prefix_
         model=model_dir,
         skip_tokenizer_init=True,
         dtype="float32",
+        kv_cache_dtype=kv_cache_dtype,
         enforce_eager=True,
         block_size=16,
         max_model_len=128,

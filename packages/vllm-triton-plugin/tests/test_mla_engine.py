@@ -84,3 +84,16 @@ def test_mla_engine_matches_vllm_cpu_mla(tiny_deepseek: Path, tmp_path: Path) ->
     assert "Using the Triton MLA backend (vllm-triton-plugin)." in log
     assert [len(t) for t in ours["tokens"]] == [5] * 5
     assert ours["tokens"] == ref["tokens"]
+
+
+def test_mla_engine_fp8_kv_cache(tiny_deepseek: Path, tmp_path: Path) -> None:
+    """An fp8 latent cache through a real engine: vLLM allocates it as uint8 and hands the
+    layer's k_scale over; write_latent_cache quantises, mla_decode and the prefix gather
+    dequantise. Prefix caching is asked for (kept where vLLM's CPU platform allows it). No
+    token comparison: vLLM's CPU MLA has no fp8 cache; test_mla_backend checks the fp8
+    numerics against the reference."""
+    out = tmp_path / "triton-mla-fp8.json"
+    proc = _spawn("mla_engine_run.py", str(tiny_deepseek), str(out), "auto", "on", "fp8", out=out, plugin=True)
+    ours = _result(proc, out)
+    assert ours["impls"] == ["vllm_triton_plugin.mla_backend.TritonMLAImpl"] * NUM_LAYERS
+    assert [len(t) for t in ours["tokens"]] == [5] * 5
