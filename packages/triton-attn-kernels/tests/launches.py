@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from triton_attn_kernels import _workspace
 from triton_attn_kernels import attention as attention_module
 
 
@@ -35,5 +36,5 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> Iterator[list]:
     monkeypatch.setattr(
         attention_module, "attention_kernel", _Counted(attention_module.attention_kernel, "attention", log)
     )
-    monkeypatch.setattr(attention_module, "merge_kernel", _Counted(attention_module.merge_kernel, "merge", log))
+    monkeypatch.setattr(_workspace, "merge_kernel", _Counted(_workspace.merge_kernel, "merge", log))
     yield log

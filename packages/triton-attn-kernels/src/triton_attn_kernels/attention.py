@@ -17,8 +17,9 @@ from . import _fallback, _gluon, _tma, debug
 from . import _validation as check
 from ._device import interpreting
 from ._intmath import cdiv, next_pow2
-from ._kernels.attention import attention_kernel, merge_kernel
+from ._kernels.attention import attention_kernel
 from ._kernels.prefill_tma import prefill_tma_kernel
+from ._workspace import merge_partials, partials
 from .tuning import AttentionConfig, AttentionProblem, PrefillConfig
 from .tuning.policy import MAX_DECODE_QUERY_LEN, decode_workspace_numel, plan_launch
 
@@ -322,13 +323,7 @@ def _launch(
         splits = dcfg.num_splits
         need = plan.workspace_numel
         ws = check.workspace(workspace, q.device, need=need)
-        if need:
-            if ws is None:
-                ws = torch.empty(need, dtype=torch.float32, device=q.device)
-            n_lse = need // (head_dim_v + 1)
-            part_lse, part_out = ws[:n_lse], ws[n_lse:need]
-        else:
-            part_lse = part_out = out
+        part_lse, part_out = partials(ws, need, head_dim_v, q.device, out)
         decode_m = max(16, next_pow2(dq * group))
         # Verification tiles of 64+ rows: sm_90 code (Triton 3.6) spills 48 B (64 rows) and
         # 3.3 KB (128 rows) per thread at 4 warps, nothing at 8.
@@ -342,22 +337,7 @@ def _launch(
             narrower=False,
         )
         if splits > 1:
-            merge_kernel[(num_q_heads, num_seqs, dq)](
-                part_out,
-                part_lse,
-                cu_seqlens_q,
-                out,
-                lse if lse is not None else dummy,
-                q.shape[0],
-                *out.stride(),
-                HEAD_DIM=head_dim_v,
-                BLOCK_D=next_pow2(head_dim_v),
-                NUM_SPLITS=splits,
-                SPLITS_POW2=next_pow2(splits),
-                DECODE_Q=dq,
-                RETURN_LSE=lse is not None,
-                num_warps=4,
-            )
+            merge_partials(part_lse, part_out, cu_seqlens_q, out, lse, num_seqs=num_seqs, decode_q=dq, splits=splits)
     if pcfg is not None:
         plain = feats.window is None and feats.softcap is None and feats.alibi is None and feats.sinks is None
         rows = None

@@ -17,9 +17,9 @@ from . import _fallback, debug
 from . import _validation as check
 from ._device import interpreting
 from ._intmath import cdiv, next_pow2
-from ._kernels.attention import merge_kernel
 from ._kernels.mla import mla_decode_kernel
 from ._kernels.mla_cache import write_latent_kernel
+from ._workspace import merge_partials, partials
 from .tuning.mla import MLADecodeConfig, MLAProblem, mla_decode_heuristic, mla_workspace_numel
 from .tuning.policy import MAX_DECODE_QUERY_LEN
 
@@ -191,13 +191,7 @@ def mla_decode(
     )
     if num_seqs == 0 or num_tokens == 0:
         return (out, lse) if lse is not None else out  # type: ignore[return-value]
-    if need:
-        if ws is None:
-            ws = torch.empty(need, dtype=torch.float32, device=q_nope.device)
-        n_lse = need // (rank + 1)
-        part_lse, part_out = ws[:n_lse], ws[n_lse:need]
-    else:
-        part_lse = part_out = out
+    part_lse, part_out = partials(ws, need, rank, q_nope.device, out)
     block_h = min(config.block_h, next_pow2(num_heads))
     block_m = max(16, next_pow2(dq * block_h))
     dummy = cu_seqlens_q
@@ -264,22 +258,10 @@ def mla_decode(
         ),
     )
     if splits > 1:
-        merge_kernel[(num_heads, num_seqs, dq)](
-            part_out,
-            part_lse,
-            cu_seqlens_q,
-            out,
-            lse if lse is not None else dummy,
-            num_tokens,
-            *out.stride(),
-            HEAD_DIM=rank,
-            BLOCK_D=rank,
-            NUM_SPLITS=splits,
-            SPLITS_POW2=next_pow2(splits),
-            DECODE_Q=dq,
-            RETURN_LSE=lse is not None,
-            # [splits, kv_lora_rank] fp32 partials per program: more warps for wider tiles.
-            num_warps=4 if next_pow2(splits) * rank <= 4096 else 8,
+        # [splits, kv_lora_rank] fp32 partials per program: more warps for wider tiles.
+        warps = 4 if next_pow2(splits) * rank <= 4096 else 8
+        merge_partials(
+            part_lse, part_out, cu_seqlens_q, out, lse, num_seqs=num_seqs, decode_q=dq, splits=splits, num_warps=warps
         )
     return (out, lse) if lse is not None else out
 
