@@ -278,3 +278,20 @@ def test_unsupported_v_head_dim_is_named() -> None:
     proj = _Proj(torch.zeros(RANK, HEADS * (NOPE + 16)))
     with pytest.raises(ValueError, match="v_head_dim 16 not supported"):
         _impl(proj, "auto", v_head_dim=16)
+
+
+def test_backend_names_what_the_device_lacks() -> None:
+    from vllm.platforms.interface import DeviceCapability
+
+    from vllm_triton_plugin.mla_backend import TritonMLABackend
+
+    def reason(kv_cache_dtype: str, capability: DeviceCapability) -> str | None:
+        # vLLM's argument order (the same on 0.26 and 0.32).
+        return TritonMLABackend.supports_combination(
+            576, torch.bfloat16, kv_cache_dtype, 16, True, False, False, False, capability
+        )
+
+    assert reason("fp8", DeviceCapability(9, 0)) is None
+    assert "fp8 KV cache needs compute capability 8.9" in (reason("fp8", DeviceCapability(8, 0)) or "")
+    assert "differs from the model dtype" in (reason("float16", DeviceCapability(9, 0)) or "")
+    assert TritonMLABackend.supports_head_size(576) and not TritonMLABackend.supports_head_size(192)

@@ -50,7 +50,7 @@ from triton_attn_kernels import (
 from triton_attn_kernels.tuning.mla import MLAProblem, mla_decode_heuristic
 
 from . import _compat
-from .backend import FP8_CACHE_DTYPES, SUPPORTED_DTYPES
+from .backend import FP8_CACHE_DTYPES, SUPPORTED_DTYPES, TritonAttentionBackend
 
 __all__ = [
     "TritonMLABackend",
@@ -280,6 +280,12 @@ class TritonMLABackend(MLACommonBackend):
     @classmethod
     def supports_compute_capability(cls, capability: Any) -> bool:
         return True
+
+    @classmethod
+    def supports_combination(cls, *args: Any, **kwargs: Any) -> str | None:
+        # The same kernels' limits (fp8 from compute capability 8.9, bfloat16 from 8.0, a
+        # 16-bit cache dtype equal to the model's) as the non-MLA backend.
+        return TritonAttentionBackend.supports_combination(*args, **kwargs)
 
 
 # --------------------------------------------------------------------------------------
