@@ -157,3 +157,52 @@ def test_compiled_variants_reads_both_cache_layouts() -> None:
     assert {"attention", "merge", "merge_states", "prefill_tma", "write_kv"} <= set(counts)
     if DEVICE == "cpu":
         assert set(counts.values()) == {0}
+
+
+def _mla_policy(head_dim: int, head_dim_v: int, *, num_sms: int | None = None, interpreter: bool = True):
+    # An MLA model's prefill: q/k and V of their own head sizes, as many KV heads as query
+    # heads (the keys and values are up-projected per head).
+    geometry = AttentionProblem(1, 2, 2, head_dim, 1, 1, "float16", "float16", num_sms or 4, interpreter, head_dim_v)
+    limits = ServingLimits(max_num_seqs=2, max_model_len=64, max_num_batched_tokens=32)
+    return ServingPolicy(geometry, limits, device=torch.device(DEVICE))
+
+
+@pytest.mark.parametrize(("interpreter", "num_sms"), [(True, 4), (False, 132)])
+def test_mla_prefill_variants_are_what_its_calls_plan(interpreter: bool, num_sms: int) -> None:
+    """The prefill configuration listed for q/k 192, v 128 is the one the MLA backend's
+    ``varlen_attention`` calls plan (config=None) at any prefill length, and no KV write."""
+    from triton_attn_kernels.tuning import plan_launch
+
+    policy = _mla_policy(192, 128, num_sms=num_sms, interpreter=interpreter)
+    variants = serving_variants(policy)
+    assert [v.kind for v in variants if v.kind != "decode"] == ["prefill"]
+    (prefill,) = [v.config for v in variants if v.kind == "prefill"]
+    for num_seqs, q_len in ((1, 17), (2, 32), (1, 4096)):
+        call = dataclasses.replace(policy.geometry, num_seqs=num_seqs, max_seqlen_q=q_len, max_seqlen_k=q_len)
+        assert plan_launch(call).config.prefill == prefill == policy.plan(num_seqs, q_len, q_len).config.prefill
+    # V's head size is part of the problem: the equal-size geometry need not plan the same.
+    assert dataclasses.replace(policy.geometry, head_dim_v=None).v_head_dim == 192
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="watches interpreter launches")
+def test_precompile_builds_v_with_its_own_head_size(launches: list[tuple[str, dict]]) -> None:
+    policy = _mla_policy(64, 32)
+    report = precompile(policy, block_size=16, num_blocks=32)
+    attn = [a for k, a in launches if k == "attention"]
+    assert attn and {(a["HEAD_DIM"], a["HEAD_DIM_V"], a["BLOCK_DV"]) for a in attn} == {(64, 32, 32)}
+    assert {a["v_ptr"].shape[-1] for a in attn} == {32} and {a["out_ptr"].shape[-1] for a in attn} == {32}
+    prefills = {(a["BLOCK_M"], a["TILE_N"]) for a in attn if not a["IS_DECODE"]}
+    assert prefills == {(policy.prefill.block_m, policy.prefill.tile_n)}
+    assert not any(k == "write_kv" for k, _ in launches)
+    assert [v.kind for v in report.variants].count("kv_write") == 0
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="runs the command under the interpreter")
+def test_precompile_command_head_dim_v(capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["precompile", "--num-q-heads", "2", "--num-kv-heads", "2", "--head-dim", "192", "--dtype", "float16"]
+    common += ["--max-model-len", "64", "--max-num-batched-tokens", "32", "--max-num-seqs", "1"]
+    assert main([*common, "--head-dim-v", "128", "--dry-run"]) == 0
+    assert [ln.split()[0] for ln in capsys.readouterr().out.splitlines()] == ["decode", "prefill"]
+    assert main([*common, "--dry-run"]) == 0
+    assert [ln.split()[0] for ln in capsys.readouterr().out.splitlines()] == ["decode", "prefill", "kv_write"]
+    assert main([*common, "--head-dim-v", "0", "--dry-run"]) == 2

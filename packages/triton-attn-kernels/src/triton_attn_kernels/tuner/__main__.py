@@ -204,11 +204,14 @@ def cmd_precompile(args: argparse.Namespace) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu" and not interpreting():
         raise ValueError("no GPU: precompile compiles for the GPU it runs on (TRITON_INTERPRET=1 only rehearses)")
+    if args.head_dim_v is not None and args.head_dim_v < 1:
+        raise ValueError(f"--head-dim-v must be >= 1, got {args.head_dim_v}")
     kv_dtype = args.dtype if args.kv_dtype == "auto" else _VLLM_KV.get(args.kv_dtype, args.kv_dtype)
     policy = ServingPolicy.for_model(
         num_q_heads=args.num_q_heads,
         num_kv_heads=args.num_kv_heads,
         head_dim=args.head_dim,
+        head_dim_v=args.head_dim_v,
         dtype=args.dtype,
         kv_dtype=kv_dtype,
         limits=ServingLimits(
@@ -297,7 +300,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--num-q-heads", type=int, required=True, help="per GPU: the model's divided by tensor parallelism")
     p.add_argument("--num-kv-heads", type=int, required=True, help="per GPU, as --num-q-heads")
-    p.add_argument("--head-dim", type=int, required=True)
+    p.add_argument("--head-dim", type=int, required=True, help="q/k head size")
+    p.add_argument(
+        "--head-dim-v",
+        type=int,
+        default=None,
+        help="V's head size where it differs from --head-dim; an MLA model's prefill (DeepSeek-V3: "
+        "--head-dim 192 --head-dim-v 128, --num-kv-heads = --num-q-heads); no KV-cache write then",
+    )
     p.add_argument("--dtype", default="bfloat16", choices=list(_DTYPES))
     p.add_argument(
         "--kv-dtype", default="auto", choices=["auto", *_KV_DTYPES, *_VLLM_KV], help="cache dtype; auto: --dtype"

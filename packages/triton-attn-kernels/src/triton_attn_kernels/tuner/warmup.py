@@ -88,7 +88,8 @@ def serving_variants(policy: ServingPolicy) -> list[Variant]:
     """The distinct configurations ``policy`` gives any batch up to its limits: decode for
     every batch size 1..max_num_seqs (every context length too without CUDA graphs), the
     prefill configuration, and the KV-cache write for every token count up to the
-    chunked-prefill budget. Decode first, by first batch size; then prefill; then kv_write."""
+    chunked-prefill budget (none where V has its own head size: see the module's docstring).
+    Decode first, by first batch size; then prefill; then kv_write."""
     lim, g = policy.limits, policy.geometry
     variants: list[Variant] = []
     if lim.decode_query_len >= 1:
@@ -101,6 +102,8 @@ def serving_variants(policy: ServingPolicy) -> list[Variant]:
                     uses.append(n)
         variants += [Variant("decode", c, tuple(uses)) for c, uses in by_config.items()]
     variants.append(Variant("prefill", policy.prefill))
+    if g.head_dim_v is not None:
+        return variants
     writes: dict[KVWriteConfig, list[int]] = {}
     for t in range(1, lim.max_num_batched_tokens + 1):
         c = select_kv_write_config(
@@ -140,9 +143,9 @@ class _Problem:
         self.device = torch.device(policy.device) if policy.device is not None else torch.device("cuda")
         self.dtype, self.kv_dtype = getattr(torch, g.dtype), getattr(torch, g.kv_dtype)
         self.fp8 = self.kv_dtype != self.dtype
-        cache = torch.zeros(num_blocks, block_size, g.num_kv_heads, 2 * g.head_dim, device=self.device)
-        cache = cache.to(self.kv_dtype)
-        self.k_cache, self.v_cache = cache[..., : g.head_dim], cache[..., g.head_dim :]
+        dk, dv = g.head_dim, g.v_head_dim
+        cache = torch.zeros(num_blocks, block_size, g.num_kv_heads, dk + dv, device=self.device).to(self.kv_dtype)
+        self.k_cache, self.v_cache = cache[..., :dk], cache[..., dk:]
         self.max_blocks = cdiv(policy.limits.max_model_len, block_size)
         self.scale = torch.ones(1, dtype=torch.float32, device=self.device) if self.fp8 else None
         heads = torch.linspace(0.1, 1.0, g.num_q_heads, device=self.device)
@@ -151,18 +154,18 @@ class _Problem:
 
     def _qkv(self, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         g = self.g
-        qd, kd = g.num_q_heads * g.head_dim, g.num_kv_heads * g.head_dim
-        qkv = torch.randn(num_tokens, qd + 2 * kd, device=self.device).to(self.dtype)
+        qd, kd, vd = g.num_q_heads * g.head_dim, g.num_kv_heads * g.head_dim, g.num_kv_heads * g.v_head_dim
+        qkv = torch.randn(num_tokens, qd + kd + vd, device=self.device).to(self.dtype)
         return (
             qkv[:, :qd].view(num_tokens, g.num_q_heads, g.head_dim),
             qkv[:, qd : qd + kd].view(num_tokens, g.num_kv_heads, g.head_dim),
-            qkv[:, qd + kd :].view(num_tokens, g.num_kv_heads, g.head_dim),
+            qkv[:, qd + kd :].view(num_tokens, g.num_kv_heads, g.v_head_dim),
         )
 
     def attention(self, num_tokens: int, query_len: int, config: AttentionConfig, decode_query_len: int) -> None:
         g, f = self.g, self.features
         q, _, _ = self._qkv(num_tokens)
-        out = torch.empty(num_tokens, g.num_q_heads * g.head_dim, dtype=self.dtype, device=self.device)
+        out = torch.empty(num_tokens, g.num_q_heads * g.v_head_dim, dtype=self.dtype, device=self.device)
         from .. import paged_attention
 
         def i32(values: list[Any]) -> torch.Tensor:
@@ -184,7 +187,7 @@ class _Problem:
             k_scale=self.scale,
             v_scale=self.scale,
             decode_query_len=decode_query_len,
-            out=out.view(num_tokens, g.num_q_heads, g.head_dim),
+            out=out.view(num_tokens, g.num_q_heads, g.v_head_dim),
             config=config,
         )
 
