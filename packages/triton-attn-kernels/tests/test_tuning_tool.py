@@ -15,7 +15,7 @@ from triton_attn_kernels.tuner import bench, store
 from triton_attn_kernels.tuner.__main__ import main
 from triton_attn_kernels.tuner.dejavu import convert, parse_config, parse_key
 from triton_attn_kernels.tuner.runner import RunOptions, run
-from triton_attn_kernels.tuner.space import GEOMETRIES, Shape, space_for
+from triton_attn_kernels.tuner.space import GEOMETRIES, Geometry, Shape, space_for
 from triton_attn_kernels.tuning import ConfigSelector, DecodeConfig, DeviceInfo, KVWriteConfig
 from triton_attn_kernels.tuning.tables import TableError, read_table
 
@@ -284,3 +284,55 @@ def test_prefill_space_offers_tma_only_where_pages_hold_whole_tiles():
     with_tma = [c for c in configs if c.tma]
     assert with_tma and all(64 % c.tile_n == 0 for c in with_tma)
     assert any(c.tile_n == 128 and not c.tma for c in configs)
+
+
+# V narrower than q/k, as in an MLA model's prefill (192 and 128), at CPU sizes.
+_DV_GEOMETRY = Geometry(4, 2, 64, 32)
+
+
+def test_paged_rows_ref_with_v_of_its_own_head_size() -> None:
+    """The tuner's reference rows against plain softmax attention over the gathered cache."""
+    from triton_attn_kernels.testing import paged_rows_ref
+
+    case = bench.AttentionCase(
+        "prefill", _DV_GEOMETRY, Shape(1, 40, 20), torch.float32, torch.float32, 16, torch.device("cpu")
+    )
+    g, n, q_len = _DV_GEOMETRY, 40, 20
+    pages = case.block_table[0]
+    k = case.k_cache[pages].reshape(-1, g.num_kv_heads, g.head_dim)[:n].repeat_interleave(g.num_q_heads // 2, 1)
+    v = case.v_cache[pages].reshape(-1, g.num_kv_heads, 32)[:n].repeat_interleave(g.num_q_heads // 2, 1)
+    logits = torch.einsum("qhd,khd->hqk", case.q, k) * g.head_dim**-0.5
+    mask = torch.arange(n)[None, :] > torch.arange(n - q_len, n)[:, None]
+    want = torch.einsum("hqk,khd->qhd", logits.masked_fill(mask, float("-inf")).softmax(-1), v)
+    batch = (case.q, case.k_cache, case.v_cache, case.block_table, case.seq_lens, case.cu_seqlens_q)
+    got = paged_rows_ref(*batch, seq=0, rows=(3, 11), scale=g.head_dim**-0.5)
+    assert got.shape == (8, 4, 32)
+    torch.testing.assert_close(got, want[3:11], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("kernel", "shape"), [("decode", Shape(2, 37)), ("prefill", Shape(2, 40, 20))])
+def test_attention_case_with_v_of_its_own_head_size(kernel: str, shape: Shape, monkeypatch: pytest.MonkeyPatch) -> None:
+    case = bench.AttentionCase(kernel, _DV_GEOMETRY, shape, torch.float16, torch.float16, 16, torch.device("cpu"))
+    assert case.v_cache.shape[-1] == case.out.shape[-1] == 32
+    assert case.problem(4, True).head_dim_v == 32
+    config = space_for(kernel, _DV_GEOMETRY.widest_head_dim, interpreter=True).stage1()[-1]
+    assert case.check(config) is None
+    real = bench.paged_attention
+
+    def last_v_column_off(*args: object, **kwargs: object) -> torch.Tensor:
+        out = real(*args, **kwargs)
+        out[0, 0, -1] += 0.5
+        return out
+
+    monkeypatch.setattr(bench, "paged_attention", last_v_column_off)
+    assert "max abs error" in (case.check(config) or "")
+    with pytest.raises(ValueError, match="one head size"):
+        bench.KVWriteCase(_DV_GEOMETRY, Shape(1, 4, 4), torch.float16, torch.float16, 16, torch.device("cpu"))
+
+
+def test_run_refuses_a_geometry_with_v_of_its_own_head_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(GEOMETRIES, "dv", _DV_GEOMETRY)
+    opts = RunOptions(kernel="prefill", geometries=["dv"], grid="smoke", out=tmp_path, dtype=torch.float16)
+    with pytest.raises(ValueError, match="no V head size"):
+        run(opts)
+    assert Geometry(4, 2, 64, 64) == Geometry(4, 2, 64) and Geometry(4, 2, 64, 64).head_dim_v is None

@@ -141,7 +141,7 @@ def paged_rows_ref(
 ) -> torch.Tensor:
     """fp32 reference of query rows ``rows = (lo, hi)`` (counted within sequence ``seq``'s
     chunk) of a :func:`triton_attn_kernels.paged_attention` batch, computed without the
-    rest of the batch: [hi - lo, num_q_heads, head_dim].
+    rest of the batch: [hi - lo, num_q_heads, head_dim_v] (v_cache's head size).
 
     Queries are the last tokens of their sequence (bottom-right alignment), so causal rows
     ``lo..hi-1`` attend exactly as they would as the last rows of the context cut after row

@@ -55,19 +55,19 @@ class AttentionCase:
         self.q_len = self.shape.q_len
         blocks = -(-n // bs)
         self.k_cache = _rand((b * blocks, bs, g.num_kv_heads, g.head_dim), self.kv_dtype, self.device, gen)
-        self.v_cache = _rand((b * blocks, bs, g.num_kv_heads, g.head_dim), self.kv_dtype, self.device, gen)
+        self.v_cache = _rand((b * blocks, bs, g.num_kv_heads, g.v_head_dim), self.kv_dtype, self.device, gen)
         # Shuffled pages, as a cache looks after a while of serving.
         perm = torch.randperm(b * blocks, generator=gen, device=self.device)
         self.block_table = perm.to(torch.int32).view(b, blocks)
         self.seq_lens = torch.full((b,), n, dtype=torch.int32, device=self.device)
         self.cu_seqlens_q = torch.arange(0, (b + 1) * self.q_len, self.q_len, dtype=torch.int32, device=self.device)
         self.q = _rand((b * self.q_len, g.num_q_heads, g.head_dim), self.dtype, self.device, gen)
-        self.out = torch.empty_like(self.q)
+        self.out = torch.empty(*self.q.shape[:2], g.v_head_dim, dtype=self.dtype, device=self.device)
         # fp8 caches: scales as device tensors, so that a launch allocates nothing (CUDA graphs).
         fp8 = self.kv_dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
         self.kv_scale = torch.ones(1, dtype=torch.float32, device=self.device) if fp8 else None
         self.workspace = torch.empty(
-            decode_workspace_numel(b, g.num_q_heads, g.head_dim, MAX_SPLITS), dtype=torch.float32, device=self.device
+            decode_workspace_numel(b, g.num_q_heads, g.v_head_dim, MAX_SPLITS), dtype=torch.float32, device=self.device
         )
         self._checks = self._reference_rows()
 
@@ -84,6 +84,7 @@ class AttentionCase:
             kv_dtype=str(self.kv_dtype).removeprefix("torch."),
             num_sms=num_sms,
             interpreter=interpreter,
+            head_dim_v=g.head_dim_v,
         )
 
     def launcher(self, config: DecodeConfig | PrefillConfig) -> Callable[[], object]:
@@ -150,6 +151,8 @@ class KVWriteCase:
 
     def __post_init__(self) -> None:
         g = self.geometry
+        if g.head_dim_v is not None:
+            raise ValueError(f"geometry: write_kv_cache takes K and V of one head size, got {g}")
         gen = torch.Generator(device=self.device).manual_seed(self.seed)
         t = self.shape.num_tokens
         blocks = -(-t // self.block_size) + 1

@@ -94,6 +94,9 @@ def run(opts: RunOptions) -> dict[str, Any]:
     skipped = 0
     for geom_name in opts.geometries:
         geom = GEOMETRIES[geom_name]
+        if geom.head_dim_v is not None:
+            # Its entries would serve (and overwrite) the equal-size geometry's keys.
+            raise ValueError(f"geometry {geom_name}: tuning tables have no V head size in their keys, got {geom}")
         for shape in GRIDS[opts.grid][opts.kernel]:
             if opts.kernel == "kv_write":
                 key = kv_write_key(geom.num_kv_heads, geom.head_dim, shape.num_tokens, opts.dtype, kv_dtype)
@@ -115,7 +118,7 @@ def run(opts: RunOptions) -> dict[str, Any]:
     try:
         for i, (geom_name, shape, key, heuristic) in enumerate(todo, 1):
             geom = GEOMETRIES[geom_name]
-            space = space_for(opts.kernel, geom.head_dim, interp, block_size=opts.block_size)
+            space = space_for(opts.kernel, geom.widest_head_dim, interp, block_size=opts.block_size)
             what = f"{shape.num_tokens} tokens" if opts.kernel == "kv_write" else str(shape)
             tag = f"[{i:>3}/{len(todo)}] {geom_name} {what}"
             if time.monotonic() > deadline and written:
@@ -195,6 +198,7 @@ def _attention_key(
         kv_dtype=str(kv_dtype).removeprefix("torch."),
         num_sms=num_sms,
         interpreter=interp,
+        head_dim_v=geom.head_dim_v,
     )
     if kernel == "decode":
         return decode_key(problem), decode_heuristic(problem)

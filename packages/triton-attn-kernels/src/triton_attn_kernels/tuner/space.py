@@ -16,9 +16,27 @@ __all__ = ["GEOMETRIES", "GRIDS", "Geometry", "Shape", "Space", "space_for"]
 
 @dataclass(frozen=True)
 class Geometry:
+    """A model's attention heads (per GPU). ``head_dim_v``: V's head size where it differs
+    from q/k's ``head_dim`` (an MLA model's prefill: 192 and 128), else None. Tables have no
+    V head size in their keys, so such a geometry is not in :data:`GEOMETRIES` and ``run``
+    refuses it; :class:`~.bench.AttentionCase` builds, times and checks its batches."""
+
     num_q_heads: int
     num_kv_heads: int
     head_dim: int
+    head_dim_v: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.head_dim_v == self.head_dim:
+            object.__setattr__(self, "head_dim_v", None)
+
+    @property
+    def v_head_dim(self) -> int:
+        return self.head_dim if self.head_dim_v is None else self.head_dim_v
+
+    @property
+    def widest_head_dim(self) -> int:
+        return max(self.head_dim, self.v_head_dim)
 
 
 # The attn-bench geometries (packages/attn-bench/src/attn_bench/suites/*.toml).
