@@ -206,3 +206,41 @@ def test_precompile_command_head_dim_v(capsys: pytest.CaptureFixture[str]) -> No
     assert main([*common, "--dry-run"]) == 0
     assert [ln.split()[0] for ln in capsys.readouterr().out.splitlines()] == ["decode", "prefill", "kv_write"]
     assert main([*common, "--head-dim-v", "0", "--dry-run"]) == 2
+    assert main([*common, "--layout", "varlen", "--dry-run"]) == 0  # equal head sizes: no write either
+    assert [ln.split()[0] for ln in capsys.readouterr().out.splitlines()] == ["decode", "prefill"]
+    small = [*common[:6], "64", *common[7:], "--head-dim-v", "32", "--layout", "varlen"]
+    assert main(small) == 0
+    assert "2 configurations (1 decode, 1 prefill, 0 kv_write), 20 launches" in capsys.readouterr().out
+    assert main([*small, "--kv-dtype", "fp8"]) == 2
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="watches interpreter launches")
+def test_precompile_varlen_layout_launches_the_mla_prefill_calls(launches: list[tuple[str, dict]]) -> None:
+    """The MLA backend's prefill: varlen_attention on contiguous K/V (PAGED off), causal
+    without and with the LSE, and a prefix chunk without the causal mask, with the LSE."""
+    policy = _mla_policy(64, 32)
+    said: list[str] = []
+    report = precompile(policy, block_size=16, layout="varlen", echo=said.append)
+    attn = [a for k, a in launches if k == "attention"]
+    assert attn and not any(a["PAGED"] for a in attn)
+    assert {(a["HEAD_DIM"], a["HEAD_DIM_V"]) for a in attn} == {(64, 32)}
+    assert {a["v_ptr"].shape[-1] for a in attn} == {32} and {a["out_ptr"].shape[-1] for a in attn} == {32}
+    prefill = [a for a in attn if not a["IS_DECODE"]]
+    assert {(a["BLOCK_M"], a["TILE_N"]) for a in prefill} == {(policy.prefill.block_m, policy.prefill.tile_n)}
+    combos = {(a["CAUSAL"], a["RETURN_LSE"], _int_class(a["num_kv_rows"])) for a in prefill}
+    assert combos == {(True, False, "x16"), (True, False, "other"), (True, True, "x16"), (True, True, "other")} | {
+        (False, True, "x16"),
+        (False, True, "other"),
+    }
+    assert not any(k == "write_kv" for k, _ in launches)
+    kinds = [v.kind for v in report.variants]
+    assert kinds == ["decode"] * 3 + ["prefill"] and all("contiguous K/V" in line for line in said)
+    planned = {(v.config.tile_n, v.config.num_splits) for v in report.variants if v.kind == "decode"}
+    assert {(a["TILE_N"], a["NUM_SPLITS"]) for a in attn if a["IS_DECODE"]} == planned
+    # 4 calls (the combinations above) per token class: decode 3 classes x 3 configs, prefill 2
+    assert report.calls == 4 * (3 * 3 + 2)
+    fp8 = ServingPolicy(dataclasses.replace(policy.geometry, kv_dtype="float8_e4m3fn"), policy.limits)
+    with pytest.raises(ValueError, match="queries' dtype"):
+        precompile(fp8, block_size=16, layout="varlen")
+    with pytest.raises(ValueError, match="layout"):
+        precompile(policy, block_size=16, layout="contiguous")

@@ -6,6 +6,8 @@
     import-dejavu PATH --kernel KERNEL [--device NAME] [--out DIR]   convert a triton-dejavu cache.json
     schema                    print the JSON Schema (dejavu_data/schema.json)
     precompile --num-q-heads 32 --num-kv-heads 8 --head-dim 128 ...   warm Triton's cache for a server
+    precompile --num-q-heads 16 --num-kv-heads 16 --head-dim 192 --head-dim-v 128 --layout varlen ...
+                              the same for an MLA model's prefill (the plugin's MLA backend)
 
 See docs/tuning.md.
 """
@@ -27,6 +29,7 @@ from ..tuning.schema import build_schema
 from ..tuning.tables import Resource, Table, TableError, device_file_name, read_table, search_roots
 from . import store
 from .space import GEOMETRIES, GRIDS
+from .warmup import LAYOUTS
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _KV_DTYPES = {**_DTYPES, "float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2}
@@ -226,7 +229,8 @@ def cmd_precompile(args: argparse.Namespace) -> int:
     features = Features(sliding_window=args.sliding_window, softcap=args.softcap, alibi=args.alibi, sinks=args.sinks)
     if args.dry_run:
         for v in serving_variants(policy):
-            print(f"{v.kind:8s} {v.config}")
+            if args.layout == "paged" or v.kind != "kv_write":
+                print(f"{v.kind:8s} {v.config}")
         return 0
     jobs = args.jobs if args.jobs is not None else (min(8, (os.cpu_count() or 2) // 2) if device.type == "cuda" else 0)
     report = precompile(
@@ -236,6 +240,7 @@ def cmd_precompile(args: argparse.Namespace) -> int:
         features=features,
         jobs=jobs,
         echo=lambda s: print(s, flush=True),
+        layout=args.layout,
     )
     kinds = {k: sum(v.kind == k for v in report.variants) for k in ("decode", "prefill", "kv_write")}
     print(
@@ -331,6 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sinks", action="store_true")
     p.add_argument(
         "--jobs", type=int, default=None, help="processes compiling side by side (default: min(8, cores/2); 0: none)"
+    )
+    p.add_argument(
+        "--layout",
+        default="paged",
+        choices=list(LAYOUTS),
+        help="paged: paged_attention on the KV cache (and its write); varlen: varlen_attention on contiguous K/V, "
+        "as the vLLM plugin's MLA backend runs its prefill (with --head-dim-v)",
     )
     p.add_argument("--dry-run", action="store_true", help="list the configurations only")
     p.set_defaults(fn=cmd_precompile)

@@ -13,8 +13,19 @@ The tiny problems reproduce the classes a server's launches can have: the token 
 (padding rows, which no sequence owns, give every class), the block-table width
 (``ceil(max_model_len / block_size)``, vLLM's), the cache's block count (``num_blocks`` when
 known, else both classes) and the strides of vLLM's tensors (queries, keys and values as
-views of one fused projection, the cache as ``[blocks, block_size, kv_heads, 2 * head_dim]``
-split in two).
+views of one fused projection, the cache as ``[blocks, block_size, kv_heads, head_dim +
+head_dim_v]`` split in two).
+
+V may have its own head size (the policy's ``geometry.head_dim_v``: an MLA model's prefill,
+128 beside q/k's 192): the tiny problems then build V, the cache's V half and the output with
+it, and the KV-cache write is left out (``write_kv_cache`` takes K and V of one head size; an
+MLA server writes its latent cache with ``write_latent_cache``).
+
+``layout="varlen"`` launches through ``varlen_attention`` on contiguous K/V instead of the
+paged cache, as the vLLM plugin's MLA backend runs its prefill (its keys and values are
+up-projected from the latents): the new tokens causal, without and with the log-sum-exp
+(the latter when a prefix is cached), and the prefix's chunks without a causal mask, with
+it. Each is its own compiled variant, and none of them is a paged one.
 """
 
 from __future__ import annotations
@@ -34,7 +45,10 @@ from ..compiled import compiled_variants
 from ..tuning import AttentionConfig, DecodeConfig, KVWriteConfig, PrefillConfig, select_kv_write_config
 from ..tuning.policy import ServingPolicy
 
-__all__ = ["Features", "PrecompileReport", "Variant", "context_lengths", "precompile", "serving_variants"]
+__all__ = ["LAYOUTS", "Features", "PrecompileReport", "Variant", "context_lengths", "precompile", "serving_variants"]
+
+# How the server's attention reads K and V: its paged cache, or contiguous tensors.
+LAYOUTS = ("paged", "varlen")
 
 
 @dataclass(frozen=True)
@@ -162,7 +176,7 @@ class _Problem:
             qkv[:, qd + kd :].view(num_tokens, g.num_kv_heads, g.v_head_dim),
         )
 
-    def attention(self, num_tokens: int, query_len: int, config: AttentionConfig, decode_query_len: int) -> None:
+    def attention(self, num_tokens: int, query_len: int, config: AttentionConfig, decode_query_len: int) -> int:
         g, f = self.g, self.features
         q, _, _ = self._qkv(num_tokens)
         out = torch.empty(num_tokens, g.num_q_heads * g.v_head_dim, dtype=self.dtype, device=self.device)
@@ -190,6 +204,43 @@ class _Problem:
             out=out.view(num_tokens, g.num_q_heads, g.v_head_dim),
             config=config,
         )
+        return 1
+
+    def varlen(self, num_tokens: int, query_len: int, config: AttentionConfig, decode_query_len: int) -> int:
+        """The MLA backend's three prefill calls on contiguous K/V (see the module's
+        docstring); the number of launcher calls."""
+        g, f = self.g, self.features
+        from .. import varlen_attention
+
+        q = torch.randn(num_tokens, g.num_q_heads, g.head_dim, device=self.device).to(self.dtype)
+        out = torch.empty(num_tokens, g.num_q_heads, g.v_head_dim, dtype=self.dtype, device=self.device)
+        cu_q = torch.tensor([0, query_len], dtype=torch.int32, device=self.device)
+        # A prefix chunk holds any number of keys: both integer classes of the key rows.
+        calls = [(True, False, num_tokens), (True, True, num_tokens)]
+        calls += [(False, True, keys) for keys in _token_counts(query_len, one=False)]
+        for causal, lse, keys in calls:
+            # K contiguous; V a slice of a wider per-head projection (kv_b_proj's [k_nope | v]).
+            k = torch.randn(keys, g.num_kv_heads, g.head_dim, device=self.device).to(self.dtype)
+            kv = torch.randn(keys, g.num_kv_heads, g.head_dim + g.v_head_dim, device=self.device).to(self.dtype)
+            varlen_attention(
+                q,
+                k,
+                kv[..., g.head_dim :],
+                cu_q,
+                torch.tensor([0, min(query_len, keys)], dtype=torch.int32, device=self.device),
+                max_seqlen_q=query_len,
+                max_seqlen_k=query_len,
+                causal=causal,
+                sliding_window=f.sliding_window,
+                softcap=f.softcap,
+                alibi_slopes=self.alibi,
+                sinks=self.sinks,
+                decode_query_len=decode_query_len,
+                return_lse=lse,
+                out=out,
+                config=config,
+            )
+        return len(calls)
 
     def kv_write(self, num_tokens: int, config: KVWriteConfig) -> None:
         from .. import write_kv_cache
@@ -209,6 +260,7 @@ def precompile(
     features: Features | None = None,
     jobs: int = 0,
     echo: Callable[[str], Any] | None = None,
+    layout: str = "paged",
 ) -> PrecompileReport:
     """Launch every configuration of :func:`serving_variants` once per integer class its
     server launches can have (see the module's docstring), on ``policy.device``.
@@ -217,7 +269,16 @@ def precompile(
     known (vLLM logs the cache size at start), else both of Triton's classes are compiled.
     jobs: worker processes that compile side by side (each fills the same on-disk cache);
     0 or 1: in this process. ``compiled`` then counts this process's variants only.
+    layout: ``"paged"`` (``paged_attention`` on the cache, and the cache write), or
+    ``"varlen"``: ``varlen_attention`` on contiguous K/V in the queries' dtype, as the
+    plugin's MLA backend runs its prefill (the module's docstring); no cache, so
+    ``block_size`` and ``num_blocks`` play no part and there is no KV-cache write.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    g = policy.geometry
+    if layout == "varlen" and g.kv_dtype != g.dtype:
+        raise ValueError(f"layout 'varlen' reads K/V in the queries' dtype {g.dtype}, got policy kv_dtype {g.kv_dtype}")
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
     if num_blocks is not None and (isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 1):
@@ -227,10 +288,13 @@ def precompile(
     features = features or Features()
     say = echo or (lambda s: None)
     variants = serving_variants(policy)
+    if layout == "varlen":
+        variants = [v for v in variants if v.kind != "kv_write"]
     # The decode launch that runs beside a prefill launch: batch 1's, warmed anyway.
     first_decode = next((v.config for v in variants if isinstance(v.config, DecodeConfig)), None)
     t0 = time.perf_counter()
-    work = [(v, blocks) for blocks in _block_counts(num_blocks) for v in variants]
+    # Block count 0: no cache.
+    work = [(v, blocks) for blocks in (_block_counts(num_blocks) if layout == "paged" else [0]) for v in variants]
     if jobs <= 1:
         calls = _launch(policy, work, first_decode, block_size, features, say)
     else:
@@ -242,7 +306,7 @@ def precompile(
             for future, part in zip(futures, parts, strict=True):
                 calls += future.result()
                 for v, blocks in part:
-                    say(f"{v.kind:8s} {_describe(v.config)}  ({blocks} blocks)")
+                    say(f"{v.kind:8s} {_describe(v.config)}  ({_where(blocks)})")
     return PrecompileReport(tuple(variants), calls, time.perf_counter() - t0, compiled_variants())
 
 
@@ -254,7 +318,8 @@ def _launch(
     features: Features,
     say: Callable[[str], Any] | None,
 ) -> int:
-    """Launch each (variant, block count) of ``work``; the number of launcher calls."""
+    """Launch each (variant, block count) of ``work`` (block count 0: the varlen layout);
+    the number of launcher calls."""
     dq = policy.limits.decode_query_len
     calls = 0
     problems: dict[int, _Problem] = {}
@@ -262,24 +327,29 @@ def _launch(
         if blocks not in problems:
             problems[blocks] = _Problem(policy, block_size, blocks, features)
         problem = problems[blocks]
+        attend = problem.attention if blocks else problem.varlen
         if v.kind == "decode":
             counts = _token_counts(dq, one=dq == 1 and 1 in v.uses)
             for t in counts:
-                problem.attention(t, dq, AttentionConfig(decode=v.config), dq)  # type: ignore[arg-type]
+                calls += attend(t, dq, AttentionConfig(decode=v.config), dq)  # type: ignore[arg-type]
         elif v.kind == "prefill":
             counts = _token_counts(dq + 1, one=False)
             for t in counts:
-                problem.attention(t, dq + 1, AttentionConfig(decode=first_decode, prefill=v.config), dq)  # type: ignore[arg-type]
+                calls += attend(t, dq + 1, AttentionConfig(decode=first_decode, prefill=v.config), dq)  # type: ignore[arg-type]
         else:
             counts = [v.uses[0]]
             problem.kv_write(v.uses[0], v.config)  # type: ignore[arg-type]
-        calls += len(counts)
+            calls += 1
         if say is not None:
-            say(f"{v.kind:8s} {_describe(v.config)}  ({blocks} blocks, tokens {', '.join(map(str, counts))})")
+            say(f"{v.kind:8s} {_describe(v.config)}  ({_where(blocks)}, tokens {', '.join(map(str, counts))})")
     for problem in problems.values():
         if problem.device.type == "cuda":
             torch.cuda.synchronize(problem.device)
     return calls
+
+
+def _where(blocks: int) -> str:
+    return f"{blocks} blocks" if blocks else "contiguous K/V"
 
 
 def _describe(config: Any) -> str:
