@@ -10,12 +10,13 @@ from typing import Any
 
 from .._gluon import TILES as GLUON_TILES
 from ..tuning.configs import DecodeConfig, KVWriteConfig, PrefillConfig
+from ..tuning.heuristics import HeadSizes
 
 __all__ = ["GEOMETRIES", "GRIDS", "Geometry", "Shape", "Space", "space_for"]
 
 
 @dataclass(frozen=True)
-class Geometry:
+class Geometry(HeadSizes):
     """A model's attention heads (per GPU). ``head_dim_v``: V's head size where it differs
     from q/k's ``head_dim`` (an MLA model's prefill: 192 and 128), else None. Tables have no
     V head size in their keys, so such a geometry is not in :data:`GEOMETRIES` and ``run``
@@ -25,18 +26,6 @@ class Geometry:
     num_kv_heads: int
     head_dim: int
     head_dim_v: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.head_dim_v == self.head_dim:
-            object.__setattr__(self, "head_dim_v", None)
-
-    @property
-    def v_head_dim(self) -> int:
-        return self.head_dim if self.head_dim_v is None else self.head_dim_v
-
-    @property
-    def widest_head_dim(self) -> int:
-        return max(self.head_dim, self.v_head_dim)
 
 
 # The attn-bench geometries (packages/attn-bench/src/attn_bench/suites/*.toml).

@@ -176,8 +176,22 @@ class _Problem:
             qkv[:, qd + kd :].view(num_tokens, g.num_kv_heads, g.v_head_dim),
         )
 
+    def _common(self, query_len: int, config: AttentionConfig, decode_query_len: int) -> dict[str, Any]:
+        # The keyword arguments both layouts' calls share.
+        f = self.features
+        return dict(
+            max_seqlen_q=query_len,
+            max_seqlen_k=query_len,
+            sliding_window=f.sliding_window,
+            softcap=f.softcap,
+            alibi_slopes=self.alibi,
+            sinks=self.sinks,
+            decode_query_len=decode_query_len,
+            config=config,
+        )
+
     def attention(self, num_tokens: int, query_len: int, config: AttentionConfig, decode_query_len: int) -> int:
-        g, f = self.g, self.features
+        g = self.g
         q, _, _ = self._qkv(num_tokens)
         out = torch.empty(num_tokens, g.num_q_heads * g.v_head_dim, dtype=self.dtype, device=self.device)
         from .. import paged_attention
@@ -192,24 +206,17 @@ class _Problem:
             i32([[0] * self.max_blocks]),
             i32([query_len]),
             i32([0, query_len]),
-            max_seqlen_q=query_len,
-            max_seqlen_k=query_len,
-            sliding_window=f.sliding_window,
-            softcap=f.softcap,
-            alibi_slopes=self.alibi,
-            sinks=self.sinks,
             k_scale=self.scale,
             v_scale=self.scale,
-            decode_query_len=decode_query_len,
             out=out.view(num_tokens, g.num_q_heads, g.v_head_dim),
-            config=config,
+            **self._common(query_len, config, decode_query_len),
         )
         return 1
 
     def varlen(self, num_tokens: int, query_len: int, config: AttentionConfig, decode_query_len: int) -> int:
         """The MLA backend's three prefill calls on contiguous K/V (see the module's
         docstring); the number of launcher calls."""
-        g, f = self.g, self.features
+        g = self.g
         from .. import varlen_attention
 
         q = torch.randn(num_tokens, g.num_q_heads, g.head_dim, device=self.device).to(self.dtype)
@@ -228,17 +235,10 @@ class _Problem:
                 kv[..., g.head_dim :],
                 cu_q,
                 torch.tensor([0, min(query_len, keys)], dtype=torch.int32, device=self.device),
-                max_seqlen_q=query_len,
-                max_seqlen_k=query_len,
                 causal=causal,
-                sliding_window=f.sliding_window,
-                softcap=f.softcap,
-                alibi_slopes=self.alibi,
-                sinks=self.sinks,
-                decode_query_len=decode_query_len,
                 return_lse=lse,
                 out=out,
-                config=config,
+                **self._common(query_len, config, decode_query_len),
             )
         return len(calls)
 

@@ -16,8 +16,30 @@ from .occupancy import decode_split, decode_tile, prefill_block_m
 _ELEMENT_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 
 
+class HeadSizes:
+    """``head_dim`` (q/k's) and ``head_dim_v`` (V's where it differs, else None) of a frozen
+    dataclass: equal sizes stored as None, so that equal geometries compare and hash equal
+    however they were built."""
+
+    head_dim: int
+    head_dim_v: int | None
+
+    def __post_init__(self) -> None:
+        if self.head_dim_v == self.head_dim:
+            object.__setattr__(self, "head_dim_v", None)
+
+    @property
+    def v_head_dim(self) -> int:
+        """V's (and the output's) head size."""
+        return self.head_dim if self.head_dim_v is None else self.head_dim_v
+
+    @property
+    def widest_head_dim(self) -> int:
+        return max(self.head_dim, self.v_head_dim)
+
+
 @dataclass(frozen=True)
-class AttentionProblem:
+class AttentionProblem(HeadSizes):
     """What a launch heuristic may look at: shapes and dtypes, never tensor contents."""
 
     num_seqs: int
@@ -30,26 +52,12 @@ class AttentionProblem:
     kv_dtype: str  # dtype name of the cache, e.g. "float8_e4m3fn"
     num_sms: int
     interpreter: bool = False
-    # V's head size where it differs from head_dim (MLA prefill: 192-wide q/k, 128-wide v);
-    # None otherwise, so that equal problems compare and hash equal however they were built.
+    # V's head size where it differs from head_dim (MLA prefill: 192-wide q/k, 128-wide v).
     head_dim_v: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.head_dim_v == self.head_dim:
-            object.__setattr__(self, "head_dim_v", None)
 
     @property
     def group(self) -> int:
         return self.num_q_heads // self.num_kv_heads
-
-    @property
-    def v_head_dim(self) -> int:
-        """V's (and the output's) head size."""
-        return self.head_dim if self.head_dim_v is None else self.head_dim_v
-
-    @property
-    def widest_head_dim(self) -> int:
-        return max(self.head_dim, self.v_head_dim)
 
     @classmethod
     def from_tensors(
