@@ -255,6 +255,24 @@ def _check(case: str, dtype: str, cache: str, *, cuda_graphs: bool) -> TritonMLA
     return md.plan
 
 
+def test_prefill_calls_launch_no_decode_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """forward_mha's rows are all prefills (one of them a single token): every
+    varlen_attention call says so (decode_query_len=0), so each is one prefill launch, the
+    variant `tuner precompile --layout varlen` warms, and none starts a split-KV decode."""
+    from vllm_triton_plugin import mla_backend
+
+    calls: list[dict] = []
+    real = mla_backend.varlen_attention
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mla_backend, "varlen_attention", spy)
+    _check("prefill", "float32", "auto", cuda_graphs=False)
+    assert len(calls) >= 2 and all(c.get("decode_query_len") == 0 for c in calls)
+
+
 def test_context_chunks_cover_each_prefix_once() -> None:
     """Every cached position of every prefill is gathered exactly once, from its own page,
     and no chunk gathers more than the budget."""

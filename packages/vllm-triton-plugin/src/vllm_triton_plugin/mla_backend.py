@@ -457,6 +457,9 @@ class TritonMLAImpl(MLACommonImpl[TritonMLAMetadata]):
             max_seqlen_k=max_q,
             scale=self.scale,
             causal=True,
+            # Every row here is a prefill (vLLM sends decodes to forward_mqa): one prefill
+            # launch, and one compiled variant whatever the chunk lengths, as precompile warms.
+            decode_query_len=0,
             return_lse=bool(plan.context_chunks),
             # Without a cached prefix the result is final: straight into vLLM's output.
             out=None if plan.context_chunks else out,
@@ -499,6 +502,7 @@ class TritonMLAImpl(MLACommonImpl[TritonMLAMetadata]):
             max_seqlen_k=max(chunk.max_seqlen_k, max_q),
             scale=self.scale,
             causal=False,
+            decode_query_len=0,  # as in forward_mha
             return_lse=True,
         )
         return out, lse

@@ -228,9 +228,8 @@ def cmd_precompile(args: argparse.Namespace) -> int:
     )
     features = Features(sliding_window=args.sliding_window, softcap=args.softcap, alibi=args.alibi, sinks=args.sinks)
     if args.dry_run:
-        for v in serving_variants(policy):
-            if args.layout == "paged" or v.kind != "kv_write":
-                print(f"{v.kind:8s} {v.config}")
+        for v in serving_variants(policy, layout=args.layout):
+            print(f"{v.kind:8s} {v.config}")
         return 0
     jobs = args.jobs if args.jobs is not None else (min(8, (os.cpu_count() or 2) // 2) if device.type == "cuda" else 0)
     report = precompile(

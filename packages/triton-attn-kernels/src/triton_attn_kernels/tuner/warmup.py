@@ -25,7 +25,8 @@ MLA server writes its latent cache with ``write_latent_cache``).
 paged cache, as the vLLM plugin's MLA backend runs its prefill (its keys and values are
 up-projected from the latents): the new tokens causal, without and with the log-sum-exp
 (the latter when a prefix is cached), and the prefix's chunks without a causal mask, with
-it. Each is its own compiled variant, and none of them is a paged one.
+it, all with ``decode_query_len=0`` as the backend calls them (no decode launch). Each is its
+own compiled variant, and none of them is a paged one.
 """
 
 from __future__ import annotations
@@ -98,13 +99,16 @@ def context_lengths(max_model_len: int) -> list[int]:
     return sorted(lengths)
 
 
-def serving_variants(policy: ServingPolicy) -> list[Variant]:
+def serving_variants(policy: ServingPolicy, *, layout: str = "paged") -> list[Variant]:
     """The distinct configurations ``policy`` gives any batch up to its limits: decode for
     every batch size 1..max_num_seqs (every context length too without CUDA graphs), the
     prefill configuration, and the KV-cache write for every token count up to the
     chunked-prefill budget (none where V has its own head size: see the module's docstring).
-    Decode first, by first batch size; then prefill; then kv_write."""
+    Decode first, by first batch size; then prefill; then kv_write. ``layout="varlen"``: the
+    prefill configuration only (the MLA backend's prefill calls launch nothing else)."""
     lim, g = policy.limits, policy.geometry
+    if layout == "varlen":
+        return [Variant("prefill", policy.prefill)]
     variants: list[Variant] = []
     if lim.decode_query_len >= 1:
         lengths = [lim.max_model_len] if lim.cuda_graphs else context_lengths(lim.max_model_len)
@@ -287,9 +291,9 @@ def precompile(
         raise ValueError(f"jobs must be an int >= 0, got {jobs!r}")
     features = features or Features()
     say = echo or (lambda s: None)
-    variants = serving_variants(policy)
-    if layout == "varlen":
-        variants = [v for v in variants if v.kind != "kv_write"]
+    # varlen: the MLA backend's prefill calls pass decode_query_len=0 (its decodes are
+    # mla_decode's): one prefill launch each, no attention decode or cache write.
+    variants = serving_variants(policy, layout=layout)
     # The decode launch that runs beside a prefill launch: batch 1's, warmed anyway.
     first_decode = next((v.config for v in variants if isinstance(v.config, DecodeConfig)), None)
     t0 = time.perf_counter()
@@ -335,7 +339,8 @@ def _launch(
         elif v.kind == "prefill":
             counts = _token_counts(dq + 1, one=False)
             for t in counts:
-                calls += attend(t, dq + 1, AttentionConfig(decode=first_decode, prefill=v.config), dq)  # type: ignore[arg-type]
+                dq_call = dq if blocks else 0  # varlen: as the MLA backend calls it
+                calls += attend(t, dq + 1, AttentionConfig(decode=first_decode, prefill=v.config), dq_call)  # type: ignore[arg-type]
         else:
             counts = [v.uses[0]]
             problem.kv_write(v.uses[0], v.config)  # type: ignore[arg-type]
