@@ -5,6 +5,7 @@ the ptxas bundled with Triton reports its resources. A first look before spendin
     python tools/sm90_report.py prefill     # the prefill tuning space, Llama-3.1-8B geometry
     python tools/sm90_report.py decode
     python tools/sm90_report.py ptx         # a fingerprint of each test variant's PTX
+    python tools/sm90_report.py sass "decode bf16 split-KV" "decode fp8 e4m3 KV"   # SASS op counts
     python tools/sm90_report.py crashes     # ptxas over many launch specialisations
     python tools/sm90_report.py crashes --prefetch-pages    # the same with prefetch_pages=1
 
@@ -16,10 +17,16 @@ with the GPU image's Triton (``nox -s sm90 -- crashes``); it takes minutes.
 `ptx` shows whether a source change alters the generated code: fingerprints equal before
 and after a refactor mean the GPU runs exactly what it ran before (source line numbers and
 debug sections are left out of the fingerprint).
+
+`sass` disassembles the named variants of ``triton_attn_kernels._sm90.VARIANTS`` (nvdisasm,
+bundled with Triton) and counts their instructions by opcode: where a kernel spends its
+issue slots (address arithmetic, shared-memory loads, conversions, MMAs), before a GPU says
+whether that is what bounds it.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import os
@@ -136,6 +143,22 @@ def crashes(prefetch: bool = False) -> None:
     print(f"{len(cases)} compiled, {bad} needed a fallback or failed", flush=True)
 
 
+def sass_ops(kernel) -> collections.Counter[str]:
+    """Instructions of ``kernel``'s SASS by opcode (without modifiers: ``LDG.E.128`` counts as ``LDG``)."""
+    nvdisasm = Path(ptxas()).parent / "nvdisasm"
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(kernel.asm["cubin"])
+    sass = subprocess.run([str(nvdisasm), "-c", f.name], capture_output=True, text=True, check=True).stdout
+    os.unlink(f.name)
+    ops: collections.Counter[str] = collections.Counter()
+    for line in sass.splitlines():
+        # "/*0130*/  @!P0 LDG.E.128 R4, desc[UR4][R2.64] ;": the opcode after an optional predicate.
+        m = re.search(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line)
+        if m:
+            ops[m.group(1)] += 1
+    return ops
+
+
 def main() -> None:
     which = sys.argv[1] if len(sys.argv) > 1 else "prefill"
     if which == "crashes":
@@ -143,6 +166,11 @@ def main() -> None:
     elif which == "ptx":
         for name, build in VARIANTS.items():
             print(f"{fingerprint(build().asm['ptx'])}  {name}", flush=True)
+    elif which == "sass":
+        for name in sys.argv[2:] or ["decode bf16 split-KV"]:
+            ops = sass_ops(VARIANTS[name]())
+            top = ", ".join(f"{op} {n}" for op, n in ops.most_common(16))
+            print(f"{name}: {sum(ops.values())} instructions; {top}", flush=True)
     elif which == "prefill":
         for bm, tn, w, st in itertools.product((64, 128), (32, 64, 128), (4, 8), (1, 2, 3)):
             k = prefill(BLOCK_M=bm, TILE_N=tn, warps=w, stages=st)
