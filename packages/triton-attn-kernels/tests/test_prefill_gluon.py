@@ -166,6 +166,13 @@ def test_rule_varlen_views(monkeypatch):
     assert (kr.rows, kr.row_stride, kr.rows_per_head, kr.cols_per_head) == (50, 2 * 2 * 64, 0, 64)
 
 
+def test_rule_varlen_without_keys(monkeypatch):
+    # No key rows: no TMA descriptor can be made (its shape must be positive).
+    _pretend_sm90(monkeypatch)
+    q, kv = torch.randn(8, 4, 64, dtype=torch.float16), torch.randn(0, 2, 64, dtype=torch.float16)
+    assert _gluon.qualifies(q, kv, kv, paged=False, config=GLUON, features_plain=True) is None
+
+
 def test_launcher_routes_qualifying_launches_to_it(monkeypatch):
     """With the rule made true (device and version), paged_attention and varlen_attention hand
     the prefill launch to ``_gluon.launch`` with the batch's index tensors and no other

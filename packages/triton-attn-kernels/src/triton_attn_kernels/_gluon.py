@@ -83,6 +83,8 @@ def qualifies(
         return None
     if paged and k.shape[1] % config.tile_n:
         return None
+    if not paged and k.shape[0] == 0:  # a TMA descriptor needs at least one key row
+        return None
     # Varlen K/V [total_k, heads, dim] is read as one page of total_k slots.
     return _tma.row_views(q, k, v) if paged else _tma.row_views(q, k.unsqueeze(0), v.unsqueeze(0))
 
