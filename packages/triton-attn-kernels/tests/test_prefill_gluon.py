@@ -19,7 +19,7 @@ import pytest
 import torch
 from batches import DEVICE, assert_matches, paged_batch, poisoned_like
 
-from triton_attn_kernels import AttentionConfig, PrefillConfig, _gluon, paged_attention, varlen_attention
+from triton_attn_kernels import AttentionConfig, PrefillConfig, _gluon, _tma, paged_attention, varlen_attention
 from triton_attn_kernels.reference import paged_attention_ref, varlen_attention_ref
 
 GLUON = PrefillConfig(block_m=128, tile_n=128, num_warps=4, num_stages=2, gluon=1)
@@ -171,6 +171,32 @@ def test_rule_varlen_without_keys(monkeypatch):
     _pretend_sm90(monkeypatch)
     q, kv = torch.randn(8, 4, 64, dtype=torch.float16), torch.randn(0, 2, 64, dtype=torch.float16)
     assert _gluon.qualifies(q, kv, kv, paged=False, config=GLUON, features_plain=True) is None
+
+
+def test_launch_gives_the_loader_a_table_entry_to_read(monkeypatch):
+    # A block table of no columns (every context empty): the loader still reads entry 0 of
+    # its row for the one fully masked tile, so the launch must pass a table that has it.
+    from triton_attn_kernels._kernels import prefill_gluon
+
+    seen: list[tuple] = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: seen.append(args)
+
+    monkeypatch.setattr(prefill_gluon, "prefill_gluon_kernel", Kernel())
+    q = torch.randn(8, 4, 64, dtype=torch.float16)
+    k = torch.randn(3, 128, 2, 64, dtype=torch.float16)
+    rows = _tma.row_views(q, k, k)
+    table = torch.zeros((2, 0), dtype=torch.int32)
+    lens = torch.zeros(2, dtype=torch.int32)
+    cu_q = torch.tensor([0, 4, 8], dtype=torch.int32)
+    _gluon.launch(q, k, k, torch.empty_like(q), None, rows, block_table=table, seq_lens=lens, cu_seqlens_q=cu_q,
+                  cu_seqlens_k=None, num_seqs=2, max_seqlen_q=4, decode_q=0, other_launch=0, scale=0.125,
+                  causal=True, config=PrefillConfig(block_m=128, tile_n=64, num_warps=4, num_stages=2, gluon=1))  # fmt: skip
+    (args,) = seen
+    passed, max_k = args[5], args[12]
+    assert max_k == 0 and passed.numel() >= 1 and passed.shape[0] == 2
 
 
 def test_launcher_routes_qualifying_launches_to_it(monkeypatch):

@@ -133,6 +133,10 @@ def launch(
         if seq_lens is None:
             raise ValueError("seq_lens is required with a block_table")
         max_k, bt_stride = block_table.shape[1] * k.shape[1], block_table.stride(0)
+        if block_table.shape[1] == 0:
+            # The loader reads one table entry even for an empty context (the fully masked
+            # tile both consumers wait for): give it one to read, page 0.
+            block_table, bt_stride = torch.zeros((max(num_seqs, 1), 1), dtype=torch.int32, device=q.device), 1
     elif cu_seqlens_k is None:
         raise ValueError("cu_seqlens_k is required without a block_table")
     else:
