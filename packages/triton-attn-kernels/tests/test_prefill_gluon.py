@@ -338,12 +338,7 @@ def test_varlen_matches_reference(causal, dtype, gluon_launches):
 def test_nan_in_unused_cache_slots_stays_out(gluon_launches):
     # Slots past each context (the last tile's tail, whole spare pages) hold NaN.
     b = paged_batch([300, 130], [357, 130], num_q_heads=8, num_kv_heads=2, head_dim=128, block_size=128)
-    used = torch.zeros(b.k_cache.shape[:2], dtype=torch.bool, device=DEVICE)
-    for i, n in enumerate(b.seq_lens.tolist()):
-        for p in range(0, n, 128):
-            used[int(b.block_table[i, p // 128]), : min(128, n - p)] = True
-    b.k_cache[~used] = float("nan")
-    b.v_cache[~used] = float("nan")
+    _nan_past_contexts(b, 128)
     out = paged_attention(*b.args(), **b.lens(), out=poisoned_like(b.q), config=_config(128, 2))
     assert_matches(out, paged_attention_ref(*b.args()), torch.float16)
     assert gluon_launches
@@ -357,6 +352,58 @@ def test_understated_max_seqlen_q_still_computes_every_row(gluon_launches):
     out = paged_attention(*b.args(), **lens, out=poisoned_like(b.q), config=_config(128, 2))
     assert_matches(out, paged_attention_ref(*b.args()), torch.float16)
     assert gluon_launches
+
+
+def _nan_past_contexts(b, block_size: int) -> None:
+    """Fill every cache slot no sequence's context covers with NaN (tails and spare pages)."""
+    used = torch.zeros(b.k_cache.shape[:2], dtype=torch.bool, device=DEVICE)
+    for i, n in enumerate(b.seq_lens.tolist()):
+        for p in range(0, n, block_size):
+            used[int(b.block_table[i, p // block_size]), : min(block_size, n - p)] = True
+    b.k_cache[~used] = float("nan")
+    b.v_cache[~used] = float("nan")
+
+
+@pytest.mark.gpu
+@needs_sm90
+@pytest.mark.parametrize(("head_dim", "tile_n", "stages"), [(128, 128, 2), (128, 64, 3), (64, 128, 3), (256, 32, 3)])
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.usefixtures("pingpong")
+def test_nan_tails_of_every_length_stay_out(head_dim, tile_n, stages, layout, gluon_launches):
+    # Contexts ending 1, 31, 33 slots into a key tile, on a tile boundary (no clean), inside
+    # the first tile, and a chunk on a prefix whose first query tile's causal range ends at
+    # key 928, mid-context (its last key tile is no tail): the first consumer's clean of the
+    # last V tile must precede both halves' PV, and happen only where a tail is.
+    seq_lens = [257, 128 + 31, 128 + 33, 256, 40, 1100]
+    b = paged_batch([200, 159, 100, 256, 40, 300], seq_lens, num_q_heads=8, num_kv_heads=2,
+                    head_dim=head_dim, block_size=128, layout=layout)  # fmt: skip
+    _nan_past_contexts(b, 128)
+    out = paged_attention(*b.args(), **b.lens(), out=poisoned_like(b.q), config=_config(tile_n, stages))
+    assert_matches(out, paged_attention_ref(*b.args()), torch.float16)
+    assert len(gluon_launches) == 1
+
+
+@pytest.mark.gpu
+@needs_sm90
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize(("head_dim", "tile_n", "stages"), [(128, 128, 2), (128, 64, 3), (256, 32, 3)])
+@pytest.mark.usefixtures("pingpong")
+def test_query_tiles_walked_in_turn_share_the_ring(causal, head_dim, tile_n, stages, gluon_launches):
+    # max_seqlen_q understated to 130: two programs per head and sequence walk 5, 3 and 1
+    # query tiles, so the ring's slot and phase, the Q barriers' phases and the ping-pong's
+    # turn count carry over from one query tile to the next, at key counts that leave the
+    # ring mid-way; the last sequence's tile ends the tensor (its second half past it).
+    b = paged_batch([600, 300, 129], [600, 1000, 129], num_q_heads=4, num_kv_heads=2, head_dim=head_dim,
+                    block_size=128)  # fmt: skip
+    _nan_past_contexts(b, 128)
+    lens = {**b.lens(), "max_seqlen_q": 130}
+    out, lse = paged_attention(
+        *b.args(), **lens, out=poisoned_like(b.q), causal=causal, return_lse=True, config=_config(tile_n, stages)
+    )
+    ref, ref_lse = paged_attention_ref(*b.args(), causal=causal, return_lse=True)
+    assert_matches(out, ref, torch.float16)
+    torch.testing.assert_close(lse, ref_lse, atol=2e-3, rtol=1e-3)
+    assert len(gluon_launches) == 1
 
 
 @pytest.mark.gpu
