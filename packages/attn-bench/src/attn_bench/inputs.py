@@ -185,7 +185,9 @@ def make_inputs(problem: Problem, device: torch.device | str, *, seed: int = 0) 
             [2.0 ** (-8.0 * (i + 1) / p.num_q_heads) for i in range(p.num_q_heads)], device=device
         )
     elif feature == "sinks":
-        variant["sinks"] = torch.randn(p.num_q_heads, generator=gen).to(device)
+        # Values bf16 holds exactly: FA3 takes its sinks in bf16 only, the others in fp32, and
+        # every provider (and the reference) should see the same numbers.
+        variant["sinks"] = torch.randn(p.num_q_heads, generator=gen).to(torch.bfloat16).float().to(device)
     return Inputs(
         problem=p,
         device=device,

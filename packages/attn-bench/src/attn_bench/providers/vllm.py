@@ -123,7 +123,8 @@ def vllm_fa3(x: Inputs) -> Timed:
     out = x.new_out()
     window = [x.window - 1, 0] if x.window else None
     softcap = x.softcap or 0.0
-    sinks = {"s_aux": x.sinks} if x.sinks is not None else {}
+    # FA3 reads sinks ("s_aux") in bf16 only; the inputs' values are exact in bf16.
+    sinks = {"s_aux": x.sinks.to(torch.bfloat16)} if x.sinks is not None else {}
 
     def fn() -> torch.Tensor:
         flash_attn_varlen_func(
