@@ -274,16 +274,19 @@ def test_run_on_gpu(tmp_path: Path, kernel: str) -> None:
     assert main(["validate", summary["path"]]) == 0
 
 
-def test_prefill_space_offers_tma_only_where_pages_hold_whole_tiles():
+def test_prefill_space_never_offers_tma_and_offers_gluon_only_where_pages_hold_whole_tiles():
     from triton_attn_kernels.tuner.space import space_for
 
-    assert "tma" not in space_for("prefill", 128, block_size=16).declared()
+    for block_size in (16, 64, 128):
+        assert "tma" not in space_for("prefill", 128, block_size=block_size).declared()
+    assert "gluon" not in space_for("prefill", 128, block_size=16).declared()
     space = space_for("prefill", 128, block_size=64)
-    assert space.declared()["tma"] == [0, 1]
+    assert space.declared()["gluon"] == [0, 1]
     configs = space.stage2(space.stage1())
-    with_tma = [c for c in configs if c.tma]
-    assert with_tma and all(64 % c.tile_n == 0 for c in with_tma)
-    assert any(c.tile_n == 128 and not c.tma for c in configs)
+    assert not any(c.tma for c in configs)
+    with_gluon = [c for c in configs if c.gluon]
+    assert with_gluon and all(64 % c.tile_n == 0 for c in with_gluon)
+    assert any(c.tile_n == 128 and not c.gluon for c in configs)
 
 
 # V narrower than q/k, as in an MLA model's prefill (192 and 128), at CPU sizes.

@@ -190,9 +190,8 @@ def space_for(kernel: str, head_dim: int, interpreter: bool = False, *, block_si
             coarse = {"block_m": (32, 64, 128), "tile_n": (16, 32, 64)}
         else:
             coarse = {"block_m": (64, 128), "tile_n": (32, 64, 128)}
-        # The Hopper prefill (TMA, warp-specialised at 4 warps on Triton 3.6) where the cases'
-        # pages hold whole tiles; the launcher runs it only on sm_90.
-        tma: dict[str, tuple[int, ...]] = {} if interpreter or block_size < 32 else {"tma": (0, 1)}
+        # No tma=1: on an H200 (Triton 3.6.0) that path did not finish a 1 x 8k prefill at
+        # 128-token pages in 110 s (docs/kernels.md); a tuner must not walk into it.
         # The Gluon prefill at the head sizes it serves; its fixed tile (block_m 128, 4 warps,
         # tma 0) leaves every other combination out (PrefillConfig rejects them).
         gluon_ok = not interpreter and block_size >= 64 and head_dim in GLUON_TILES
@@ -204,7 +203,6 @@ def space_for(kernel: str, head_dim: int, interpreter: bool = False, *, block_si
                 "num_warps": (4,) if interpreter else (4, 8),
                 "num_stages": (1, 2) if interpreter else (1, 2, 3),
                 **prefetch,
-                **tma,
                 **gluon,
             },
             defaults={"num_stages": 2},
