@@ -37,7 +37,7 @@ from triton_attn_kernels import (
     varlen_attention,
     write_kv_cache,
 )
-from triton_attn_kernels.tuning import ServingLimits, ServingPolicy
+from triton_attn_kernels.tuning import ServingLimits, ServingPolicy, model_geometry, preferred_block_size
 
 from . import _compat
 
@@ -80,6 +80,16 @@ def _report_start_variants() -> None:
         ", ".join(f"{k} {n}" for k, n in counts.items()),
         "; Triton's interpreter compiles none" if os.environ.get("TRITON_INTERPRET", "0") == "1" else "",
     )
+
+
+def _plain_attention(vllm_config: Any, layer_names: list[str] | None = None) -> bool:
+    """Whether none of the named layers (all where ``None``) that this backend serves has a
+    sliding window, softcap, ALiBi or sinks: the layers the Hopper prefill can serve."""
+    from vllm.config import get_layers_from_vllm_config
+
+    layers = get_layers_from_vllm_config(vllm_config, torch.nn.Module, layer_names)
+    impls = (getattr(layer, "impl", None) for layer in layers.values())
+    return all(impl.plain for impl in impls if isinstance(impl, TritonAttentionImpl))
 
 
 # --------------------------------------------------------------------------------------
@@ -169,6 +179,8 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
                 max_num_batched_tokens=getattr(scheduler, "max_num_batched_tokens", None) or model_config.max_model_len,
                 cuda_graphs=mode is not None and mode.has_full_cudagraphs(),
                 decode_query_len=min(_compat.decode_query_len(vllm_config), MAX_DECODE_QUERY_LEN),
+                block_size=kv_cache_spec.block_size,
+                plain_attention=_plain_attention(vllm_config, layer_names),
             ),
             device=device,
         )
@@ -268,6 +280,39 @@ class TritonAttentionBackend(_compat.kv_cache_shape_mixin(), AttentionBackend): 
         return [MultipleOf(1)]
 
     @classmethod
+    def get_preferred_block_size(cls, default_block_size: int) -> int:
+        """The kernels' page size for this model where they prefer one (128 tokens where the
+        Gluon Hopper prefill serves it: sm_90, Triton 3.6.0, bf16/fp16 cache, plain attention),
+        else vLLM's default. vLLM asks only when the user gave no ``--block-size``, with the
+        model built and its config current."""
+        from vllm.config import get_current_vllm_config
+
+        config = get_current_vllm_config()
+        model = config.model_config
+        if model is None or not torch.cuda.is_available():
+            return default_block_size
+        parallel = config.parallel_config
+        geometry = model_geometry(
+            num_q_heads=model.get_num_attention_heads(parallel),
+            num_kv_heads=model.get_num_kv_heads(parallel),
+            head_dim=model.get_head_size(),
+            dtype=model.dtype,
+            kv_dtype=FP8_CACHE_DTYPES.get(config.cache_config.cache_dtype, model.dtype),
+            device=torch.device("cuda", torch.cuda.current_device()),
+        )
+        size = preferred_block_size(
+            geometry, plain_attention=_plain_attention(config), device=torch.device("cuda", torch.cuda.current_device())
+        )
+        if size is None or size == default_block_size:
+            return default_block_size
+        logger.info(
+            "Triton attention: KV-cache pages of %d tokens (the Hopper prefill's key tile) instead of %d.",
+            size,
+            default_block_size,
+        )
+        return size
+
+    @classmethod
     def get_supported_head_sizes(cls) -> list[int]:
         return list(SUPPORTED_HEAD_SIZES)
 
@@ -365,6 +410,11 @@ class TritonAttentionImpl(AttentionImpl[TritonAttentionMetadata]):
             raise ValueError(f"sinks must have shape [num_heads={num_heads}], got {tuple(sinks.shape)}")
         self.sinks = sinks
         self._sinks_f32: torch.Tensor | None = None
+
+    @property
+    def plain(self) -> bool:
+        """No sliding window, softcap, ALiBi or sinks (what the Hopper prefill serves)."""
+        return self.sliding_window is None and self.softcap is None and self.alibi_slopes is None and self.sinks is None
 
     def process_weights_after_loading(self, act_dtype: torch.dtype) -> None:
         # The kernels read sinks as contiguous fp32; convert the loaded parameter once here

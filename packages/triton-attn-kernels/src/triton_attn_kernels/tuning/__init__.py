@@ -14,14 +14,22 @@ from typing import Any
 
 from . import envs
 from .configs import AttentionConfig, DecodeConfig, KVWriteConfig, PrefillConfig
-from .heuristics import AttentionProblem, decode_heuristic, kv_write_heuristic, prefill_heuristic
+from .heuristics import (
+    AttentionProblem,
+    decode_heuristic,
+    gluon_prefill_config,
+    kv_write_heuristic,
+    prefill_heuristic,
+)
 from .policy import (
     MAX_DECODE_QUERY_LEN,
     LaunchPlan,
     ServingLimits,
     ServingPolicy,
     decode_workspace_numel,
+    model_geometry,
     plan_launch,
+    preferred_block_size,
     resolve_decode_query_len,
 )
 from .select import ConfigSelector, DeviceInfo
@@ -40,8 +48,11 @@ __all__ = [
     "ServingPolicy",
     "decode_heuristic",
     "decode_workspace_numel",
+    "gluon_prefill_config",
     "kv_write_heuristic",
+    "model_geometry",
     "plan_launch",
+    "preferred_block_size",
     "prefill_heuristic",
     "reset",
     "resolve_decode_query_len",

@@ -132,6 +132,30 @@ def prefill_heuristic(p: AttentionProblem) -> PrefillConfig:
     return PrefillConfig(block_m=64, tile_n=32, num_warps=4, num_stages=2)
 
 
+def gluon_prefill_config(p: AttentionProblem, *, block_size: int | None = None) -> PrefillConfig | None:
+    """The Gluon Hopper prefill's configuration for ``p``'s geometry at pages of
+    ``block_size`` tokens (``None``: contiguous K/V), or ``None`` where that kernel does not
+    serve it: dtypes other than fp16/bf16, an fp8 cache, a V head size of its own, head sizes
+    other than 64, 128 and 256, pages its key tile does not divide, Triton's interpreter.
+    Whether the GPU runs it (sm_90, a verified Triton) and the layers' features (it has no
+    window, softcap, ALiBi or sinks) are the caller's facts."""
+    from .._gluon import TILES
+
+    if p.interpreter or p.dtype not in ("float16", "bfloat16") or p.kv_dtype != p.dtype or p.head_dim_v is not None:
+        return None
+    tiles = TILES.get(p.head_dim)
+    if not tiles:
+        return None
+    # The widest tile: the one measured (H200, 1 x 8k to 1 x 32k at 128-token pages: 0.92-0.96x
+    # FA3 at the same pages, docs/results/h200/fa3-2026-12-02); narrower ones are the tuner's.
+    tile_n = max(tiles)
+    if block_size is not None and block_size % tile_n:
+        return None
+    # 128-key tiles: Q and two K/V slots fill 160 KB of shared memory; 32-key tiles at head
+    # size 256 have room for a third slot.
+    return PrefillConfig(block_m=128, tile_n=tile_n, num_warps=4, num_stages=2 if tile_n == 128 else 3, gluon=1)
+
+
 def kv_write_heuristic(num_kv_heads: int, head_dim: int) -> KVWriteConfig:
     # One program moves num_kv_heads * head_dim elements of K and of V.
     return KVWriteConfig(num_warps=4 if num_kv_heads * head_dim <= 1024 else 8)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .configs import AttentionConfig, DecodeConfig, PrefillConfig
-from .heuristics import AttentionProblem, decode_heuristic, prefill_heuristic
+from .heuristics import AttentionProblem, decode_heuristic, gluon_prefill_config, prefill_heuristic
 
 __all__ = [
     "MAX_DECODE_QUERY_LEN",
@@ -28,7 +28,9 @@ __all__ = [
     "ServingLimits",
     "ServingPolicy",
     "decode_workspace_numel",
+    "model_geometry",
     "plan_launch",
+    "preferred_block_size",
     "resolve_decode_query_len",
 ]
 
@@ -119,6 +121,10 @@ class ServingLimits:
     lengths (vLLM's full CUDA graphs).
     decode_query_len: new tokens per sequence in a decode step: 1, or 1 +
     num_speculative_tokens with speculative decoding.
+    block_size: tokens per page of the paged cache, ``None`` where unknown (no choice then
+    depends on it).
+    plain_attention: no layer has a sliding window, softcap, ALiBi or sinks (the Hopper
+    prefill serves only plain attention).
     """
 
     max_num_seqs: int
@@ -126,6 +132,8 @@ class ServingLimits:
     max_num_batched_tokens: int
     cuda_graphs: bool = False
     decode_query_len: int = 1
+    block_size: int | None = None
+    plain_attention: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_model_len", "max_num_batched_tokens"):
@@ -133,6 +141,77 @@ class ServingLimits:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         resolve_decode_query_len(self.decode_query_len, 1)
+        bs = self.block_size
+        if bs is not None and (isinstance(bs, bool) or not isinstance(bs, int) or bs < 1):
+            raise ValueError(f"block_size must be an int >= 1 or None, got {bs!r}")
+        if not isinstance(self.plain_attention, bool):
+            raise TypeError(f"plain_attention must be a bool, got {type(self.plain_attention).__name__}")
+
+
+def model_geometry(
+    *,
+    num_q_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    dtype: Any,
+    kv_dtype: Any,
+    device: Any,
+    head_dim_v: int | None = None,
+) -> AttentionProblem:
+    """A model's attention geometry on ``device`` as the policy reads it (batch fields 1):
+    head counts and sizes, the dtype names of the queries and of the cache (torch dtypes or
+    names), the device's SM count and whether Triton's interpreter runs."""
+    import torch
+
+    from .._device import interpreting, num_sms
+
+    return AttentionProblem(
+        num_seqs=1,
+        num_q_heads=num_q_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        max_seqlen_q=1,
+        max_seqlen_k=1,
+        dtype=str(dtype).removeprefix("torch."),
+        kv_dtype=str(kv_dtype).removeprefix("torch."),
+        num_sms=num_sms(torch.device(device)),
+        interpreter=interpreting(),
+        head_dim_v=head_dim_v,
+    )
+
+
+def _runs_gluon(device: Any) -> bool:
+    if device is None:
+        return False
+    import torch
+
+    from .. import _gluon
+
+    device = torch.device(device)
+    return _gluon.available() and device.type == "cuda" and _gluon._sm90(device)
+
+
+def _hopper_prefill(geometry: AttentionProblem, limits: ServingLimits, device: Any) -> PrefillConfig | None:
+    if limits.block_size is None or not limits.plain_attention or not _runs_gluon(device):
+        return None
+    return gluon_prefill_config(geometry, block_size=limits.block_size)
+
+
+def preferred_block_size(geometry: AttentionProblem, *, plain_attention: bool, device: Any) -> int | None:
+    """Tokens per cache page at which ``geometry``'s prefill runs fastest on ``device``: the
+    Gluon Hopper prefill's key tile where that kernel serves the model (sm_90, Triton 3.6.0,
+    fp16/bf16 cache, head size 64/128/256, ``plain_attention``), else ``None`` (the generic
+    kernels read any page size alike: keep the server's default). Pages this large cost
+    prefix-cache hits on each request's last partial page (docs/plugin.md)."""
+    if not plain_attention or geometry.head_dim not in _MEASURED_HOPPER_HEAD_DIMS or not _runs_gluon(device):
+        return None
+    config = gluon_prefill_config(geometry)
+    return config.tile_n if config is not None else None
+
+
+# Head sizes whose Gluon prefill was measured against the generic kernel and FA3 on a GPU (H200,
+# docs/results/h200/): a page size is only worth asking a server for on evidence.
+_MEASURED_HOPPER_HEAD_DIMS = (128,)
 
 
 class ServingPolicy:
@@ -147,7 +226,8 @@ class ServingPolicy:
       compile a new variant in the middle of serving). Split counts are rounded up to a
       power of two, which bounds the variants (at most 9 up to 256 splits).
     - prefill: one configuration per model, for the chunked-prefill budget, for the same
-      reason.
+      reason: the Gluon Hopper prefill where it serves the model at ``limits.block_size``
+      (see :func:`preferred_block_size`), else the heuristic.
     """
 
     def __init__(self, geometry: AttentionProblem, limits: ServingLimits, *, device: Any = None) -> None:
@@ -156,7 +236,7 @@ class ServingPolicy:
         self.geometry = geometry
         self.limits = limits
         self.device = device
-        self.prefill = prefill_heuristic(
+        self.prefill = _hopper_prefill(geometry, limits, device) or prefill_heuristic(
             self._problem(limits.max_num_seqs, limits.max_num_batched_tokens, limits.max_model_len)
         )
         self._pinned_by_batch: dict[int, DecodeConfig] = {}
@@ -178,21 +258,13 @@ class ServingPolicy:
         count and whether Triton's interpreter runs are the launcher's facts). ``dtype`` /
         ``kv_dtype``: torch dtypes or their names, of the queries and of the cache;
         ``head_dim_v``: V's head size where it differs from ``head_dim``."""
-        import torch
-
-        from .._device import interpreting, num_sms
-
-        geometry = AttentionProblem(
-            num_seqs=1,
+        geometry = model_geometry(
             num_q_heads=num_q_heads,
             num_kv_heads=num_kv_heads,
             head_dim=head_dim,
-            max_seqlen_q=1,
-            max_seqlen_k=1,
-            dtype=str(dtype).removeprefix("torch."),
-            kv_dtype=str(kv_dtype).removeprefix("torch."),
-            num_sms=num_sms(torch.device(device)),
-            interpreter=interpreting(),
+            dtype=dtype,
+            kv_dtype=kv_dtype,
+            device=device,
             head_dim_v=head_dim_v,
         )
         return cls(geometry, limits, device=device)

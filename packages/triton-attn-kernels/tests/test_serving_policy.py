@@ -1,0 +1,117 @@
+"""The serving policy's prefill choice: the Gluon Hopper prefill exactly where it serves the
+model at the server's page size, the heuristic elsewhere; and the page size it asks for."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from triton_attn_kernels.tuning import (
+    PrefillConfig,
+    ServingLimits,
+    ServingPolicy,
+    gluon_prefill_config,
+    model_geometry,
+    policy,
+    preferred_block_size,
+    prefill_heuristic,
+)
+
+
+def _geometry(*, head_dim=128, dtype=torch.bfloat16, kv_dtype=None, head_dim_v=None):
+    # A GPU's geometry (the tests run under Triton's interpreter, which rules Gluon out).
+    g = model_geometry(
+        num_q_heads=32,
+        num_kv_heads=8,
+        head_dim=head_dim,
+        dtype=dtype,
+        kv_dtype=kv_dtype or dtype,
+        device="cpu",
+        head_dim_v=head_dim_v,
+    )
+    return dataclasses.replace(g, interpreter=False)
+
+
+def _limits(**kw):
+    return ServingLimits(max_num_seqs=8, max_model_len=4096, max_num_batched_tokens=2048, **kw)
+
+
+@pytest.fixture
+def sm90(monkeypatch):
+    """A device that runs the Gluon prefill (this machine has none)."""
+    monkeypatch.setattr(policy, "_runs_gluon", lambda device: True)
+    return torch.device("cuda")
+
+
+@pytest.mark.parametrize(("head_dim", "tile_n"), [(64, 128), (128, 128), (256, 32)])
+def test_gluon_config_at_the_head_sizes_it_serves(head_dim, tile_n):
+    config = gluon_prefill_config(_geometry(head_dim=head_dim), block_size=128)
+    assert config is not None and config.gluon == 1 and config.tile_n == tile_n
+    assert (config.block_m, config.num_warps, config.tma) == (128, 4, 0)
+
+
+@pytest.mark.parametrize(
+    "geometry, block_size",
+    [
+        (_geometry(), 16),  # pages smaller than the tile
+        (_geometry(), 192),  # not a multiple of it
+        (_geometry(kv_dtype=torch.float8_e4m3fn), 128),
+        (_geometry(dtype=torch.float32), 128),
+        (_geometry(head_dim=96), 128),
+        (_geometry(head_dim=128, head_dim_v=64), 128),
+    ],
+)
+def test_no_gluon_config_where_the_kernel_does_not_serve(geometry, block_size):
+    assert gluon_prefill_config(geometry, block_size=block_size) is None
+
+
+def test_policy_runs_gluon_at_whole_tile_pages_of_plain_models(sm90):
+    g = _geometry()
+    chosen = ServingPolicy(g, _limits(block_size=128, plain_attention=True), device=sm90).prefill
+    assert chosen == gluon_prefill_config(g, block_size=128)
+    plan = ServingPolicy(g, _limits(block_size=256, plain_attention=True), device=sm90).plan(4, 512, 512)
+    assert plan.config.prefill is not None and plan.config.prefill.gluon == 1
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        _limits(block_size=16, plain_attention=True),
+        _limits(block_size=128, plain_attention=False),
+        _limits(block_size=None, plain_attention=True),
+    ],
+)
+def test_policy_keeps_the_heuristic_elsewhere(sm90, limits):
+    g = _geometry()
+    chosen = ServingPolicy(g, limits, device=sm90).prefill
+    assert isinstance(chosen, PrefillConfig) and not chosen.gluon
+    assert chosen == prefill_heuristic(dataclasses.replace(g, num_seqs=8, max_seqlen_q=2048, max_seqlen_k=4096))
+
+
+def test_policy_without_a_hopper_gpu_never_runs_gluon():
+    g = _geometry()
+    assert gluon_prefill_config(dataclasses.replace(g, interpreter=True), block_size=128) is None
+    chosen = ServingPolicy(g, _limits(block_size=128, plain_attention=True), device="cpu").prefill
+    assert not chosen.gluon
+    assert preferred_block_size(g, plain_attention=True, device="cpu") is None
+
+
+def test_preferred_block_size(sm90):
+    assert preferred_block_size(_geometry(), plain_attention=True, device=sm90) == 128
+    assert preferred_block_size(_geometry(), plain_attention=False, device=sm90) is None
+    assert preferred_block_size(_geometry(kv_dtype=torch.float8_e4m3fn), plain_attention=True, device=sm90) is None
+    # Served but not yet measured against the generic kernel on a GPU: no page size asked for.
+    assert preferred_block_size(_geometry(head_dim=256), plain_attention=True, device=sm90) is None
+
+
+@pytest.mark.parametrize("bad", [0, -16, 1.5, True, "128"])
+def test_limits_reject_bad_block_sizes(bad):
+    with pytest.raises(ValueError, match="block_size"):
+        _limits(block_size=bad)
+
+
+def test_limits_reject_non_bool_plain_attention():
+    with pytest.raises(TypeError, match="plain_attention"):
+        _limits(plain_attention=1)

@@ -1,0 +1,113 @@
+"""The page size the backend asks vLLM for, and the serving limits its builder passes on:
+128-token pages where the Gluon Hopper prefill serves the model (sm_90 with Triton 3.6.0, here
+stood in for), vLLM's default everywhere else; the builder runs the Gluon prefill exactly at
+whole-tile pages of plain models."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import pytest
+import torch
+from vllm.config import CUDAGraphMode
+from vllm.v1.kv_cache_interface import FullAttentionSpec
+
+from triton_attn_kernels.tuning import policy
+from vllm_triton_plugin.backend import TritonAttentionBackend, TritonAttentionImpl, TritonAttentionMetadataBuilder
+
+HEAD = 128
+
+
+def _config(*, cache_dtype="auto", layers=None, dtype=torch.bfloat16):
+    model = SimpleNamespace(
+        get_num_attention_heads=lambda parallel: 32,
+        get_num_kv_heads=lambda parallel: 8,
+        get_head_size=lambda: HEAD,
+        max_model_len=4096,
+        dtype=dtype,
+    )
+    return SimpleNamespace(
+        model_config=model,
+        parallel_config=SimpleNamespace(),
+        cache_config=SimpleNamespace(cache_dtype=cache_dtype),
+        compilation_config=SimpleNamespace(cudagraph_mode=CUDAGraphMode.PIECEWISE, static_forward_context=layers or {}),
+        scheduler_config=SimpleNamespace(max_num_seqs=8, max_num_batched_tokens=2048),
+    )
+
+
+class _Layer(torch.nn.Module):
+    """What vLLM's forward context holds per attention layer, as far as the backend looks."""
+
+    def __init__(self, **features):
+        super().__init__()
+        self.impl = TritonAttentionImpl(32, HEAD, HEAD**-0.5, 8, **features)
+
+
+@pytest.fixture
+def hopper(monkeypatch):
+    """A GPU that runs the Gluon prefill: CUDA present, sm_90 with a verified Triton. Its
+    geometry is this CPU's (SM count), read as a GPU's (not the interpreter)."""
+    import vllm_triton_plugin.backend as backend
+
+    real = backend.model_geometry
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(policy, "_runs_gluon", lambda device: True)
+
+    def geometry(**kw):
+        return dataclasses.replace(real(**{**kw, "device": "cpu"}), interpreter=False)
+
+    monkeypatch.setattr(backend, "model_geometry", geometry)
+    monkeypatch.setattr(policy, "model_geometry", geometry)  # the builder's, via ServingPolicy.for_model
+
+
+def _preferred(monkeypatch, config):
+    import vllm.config
+
+    monkeypatch.setattr(vllm.config, "get_current_vllm_config", lambda: config)
+    return TritonAttentionBackend.get_preferred_block_size(16)
+
+
+def test_prefers_128_token_pages_for_plain_models_on_hopper(hopper, monkeypatch):
+    layers = {"model.layers.0.attn": _Layer(), "model.layers.1.attn": _Layer()}
+    assert _preferred(monkeypatch, _config(layers=layers)) == 128
+
+
+@pytest.mark.parametrize(
+    "features", [{"sliding_window": 1024}, {"logits_soft_cap": 30.0}, {"alibi_slopes": [0.5] * 32}]
+)
+def test_keeps_the_default_when_a_layer_is_not_plain(hopper, monkeypatch, features):
+    layers = {"model.layers.0.attn": _Layer(), "model.layers.1.attn": _Layer(**features)}
+    assert _preferred(monkeypatch, _config(layers=layers)) == 16
+
+
+def test_keeps_the_default_for_an_fp8_cache(hopper, monkeypatch):
+    assert _preferred(monkeypatch, _config(cache_dtype="fp8")) == 16
+
+
+def test_keeps_the_default_without_a_hopper_gpu(monkeypatch):
+    # This machine: no CUDA (and the kernels' own check would say no sm_90 either).
+    assert _preferred(monkeypatch, _config()) == 16
+
+
+def _builder(block_size, layers):
+    spec = FullAttentionSpec(block_size=block_size, num_kv_heads=8, head_size=HEAD, dtype=torch.bfloat16)
+    return TritonAttentionMetadataBuilder(spec, list(layers), _config(layers=layers), torch.device("cpu"))
+
+
+def test_builder_runs_the_gluon_prefill_at_whole_tile_pages(hopper):
+    plain = {"l0": _Layer(), "l1": _Layer()}
+    assert _builder(128, plain).policy.prefill.gluon == 1
+    assert _builder(128, plain).policy.limits.plain_attention
+    assert not _builder(16, plain).policy.prefill.gluon
+    windowed = {"l0": _Layer(), "l1": _Layer(sliding_window=512)}
+    assert not _builder(128, windowed).policy.prefill.gluon
+    # Only the builder's own layers count: a windowed layer of another group does not.
+    builder = TritonAttentionMetadataBuilder(
+        FullAttentionSpec(block_size=128, num_kv_heads=8, head_size=HEAD, dtype=torch.bfloat16),
+        ["l0"],
+        _config(layers=windowed),
+        torch.device("cpu"),
+    )
+    assert builder.policy.prefill.gluon == 1
