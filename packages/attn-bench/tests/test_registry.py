@@ -9,6 +9,7 @@ EXPECTED = {
     "ours-paged",
     "ours-tma",
     "ours-gluon",
+    "ours-gluon-persistent",
     "ours-varlen",
     "ours-kv-write",
     "torch-sdpa",
@@ -94,3 +95,33 @@ def test_tma_provider_says_why_it_skips():
     assert "128-key tile" in gluon.unsupported(Problem(**fresh, block_size=64))
     assert gluon.unsupported(Problem(**fresh, block_size=128)) is None
     assert gluon.unsupported(Problem(**fresh, block_size=32, head_dim=256)) is None
+    persistent = get("ours-gluon-persistent")
+    for p in [Problem(**fresh, block_size=b, head_dim=d, kv_dtype=kv) for b in (16, 32, 64, 128) for d in (128, 256)
+              for kv in ("bfloat16", "float8_e4m3fn")]:  # fmt: skip
+        assert persistent.unsupported(p) == gluon.unsupported(p)
+
+
+def test_gluon_persistent_provider_launches_persistent(monkeypatch):
+    """The provider's closure hands the launcher a persistent Gluon launch, and only while
+    it runs (ours-gluon, timed beside it, keeps the default)."""
+    import types
+
+    from attn_bench.providers import ours
+    from triton_attn_kernels import _gluon
+
+    seen: list[dict] = []
+    monkeypatch.setattr(_gluon, "launch", lambda *a, **kw: seen.append(kw))
+    configs: list = []
+
+    def paged(x, *, prefill):
+        configs.append(prefill)
+        return Timed(lambda: _gluon.launch(config=prefill))
+
+    monkeypatch.setattr(ours, "_paged", paged)
+    x = types.SimpleNamespace(problem=types.SimpleNamespace(head_dim=128))
+    timed = ours.ours_gluon_persistent(x)
+    timed.fn()
+    assert seen == [{"config": configs[0], "persistent": True}]
+    assert configs[0].gluon == 1 and configs[0].tile_n == 128
+    _gluon.launch(config=None)
+    assert seen[-1] == {"config": None}

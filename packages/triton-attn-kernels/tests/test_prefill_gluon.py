@@ -199,6 +199,35 @@ def test_launch_gives_the_loader_a_table_entry_to_read(monkeypatch):
     assert max_k == 0 and passed.numel() >= 1 and passed.shape[0] == 2
 
 
+@pytest.mark.parametrize(("sms", "programs"), [(132, 3 * 4 * 2), (5, 5)])
+def test_persistent_launch_grid(monkeypatch, sms, programs):
+    # Persistent: one program per SM at most, over the work tiles (query-tile levels x
+    # sequences x heads: 3 x 2 x 4 here); otherwise one per head, sequence and level.
+    from triton_attn_kernels._kernels import prefill_gluon
+
+    seen: list[tuple] = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: seen.append((grid, args, kwargs))
+
+    monkeypatch.setattr(prefill_gluon, "prefill_gluon_kernel", Kernel())
+    monkeypatch.setattr(_gluon, "num_sms", lambda device: sms)
+    q = torch.randn(300, 4, 64, dtype=torch.float16)
+    k = torch.randn(4, 128, 2, 64, dtype=torch.float16)
+    table = torch.arange(4, dtype=torch.int32).reshape(2, 2)
+    lens = torch.tensor([256, 200], dtype=torch.int32)
+    cu_q = torch.tensor([0, 256, 300], dtype=torch.int32)
+    for persistent in (True, False):
+        _gluon.launch(q, k, k, torch.empty_like(q), None, _tma.row_views(q, k, k), block_table=table, seq_lens=lens,
+                      cu_seqlens_q=cu_q, cu_seqlens_k=None, num_seqs=2, max_seqlen_q=257, decode_q=0, other_launch=0,
+                      scale=0.125, causal=True, config=GLUON, persistent=persistent)  # fmt: skip
+    (grid_p, args_p, kw_p), (grid, args, kw) = seen
+    assert grid_p == (programs,) and kw_p["PERSISTENT"] is True
+    assert grid == (4, 2, 3) and kw["PERSISTENT"] is False
+    assert args_p[15:18] == args[15:18] == (4, 2, 3)  # num_q_heads, num_seqs, q_levels
+
+
 def test_launcher_routes_qualifying_launches_to_it(monkeypatch):
     """With the rule made true (device and version), paged_attention and varlen_attention hand
     the prefill launch to ``_gluon.launch`` with the batch's index tensors and no other
@@ -286,8 +315,18 @@ def pingpong(request, monkeypatch, gluon_launches):
     return gluon_launches
 
 
+@pytest.fixture(params=[False, True], ids=["grid", "persistent"])
+def persistent(request, monkeypatch, gluon_launches):
+    """Every numerics case runs both launches: a program per query tile, and the persistent
+    one (a program per SM walking the work tiles)."""
+    real = _gluon.launch
+    monkeypatch.setattr(_gluon, "launch", functools.partial(real, persistent=request.param))
+    return request.param
+
+
 @pytest.mark.gpu
 @needs_sm90
+@pytest.mark.usefixtures("persistent")
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(("head_dim", "tile_n", "stages"), [(128, 128, 2), (128, 64, 3), (64, 128, 3), (256, 32, 3)])
@@ -316,6 +355,7 @@ def test_paged_matches_reference(causal, dtype, head_dim, tile_n, stages, gqa, g
 
 @pytest.mark.gpu
 @needs_sm90
+@pytest.mark.usefixtures("persistent")
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_varlen_matches_reference(causal, dtype, gluon_launches):
@@ -335,6 +375,7 @@ def test_varlen_matches_reference(causal, dtype, gluon_launches):
 
 @pytest.mark.gpu
 @needs_sm90
+@pytest.mark.usefixtures("persistent")
 def test_nan_in_unused_cache_slots_stays_out(gluon_launches):
     # Slots past each context (the last tile's tail, whole spare pages) hold NaN.
     b = paged_batch([300, 130], [357, 130], num_q_heads=8, num_kv_heads=2, head_dim=128, block_size=128)
@@ -346,6 +387,7 @@ def test_nan_in_unused_cache_slots_stays_out(gluon_launches):
 
 @pytest.mark.gpu
 @needs_sm90
+@pytest.mark.usefixtures("persistent")
 def test_understated_max_seqlen_q_still_computes_every_row(gluon_launches):
     b = paged_batch([600, 300], [600, 900], num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=128)
     lens = {**b.lens(), "max_seqlen_q": 130}
@@ -366,6 +408,7 @@ def _nan_past_contexts(b, block_size: int) -> None:
 
 @pytest.mark.gpu
 @needs_sm90
+@pytest.mark.usefixtures("persistent")
 @pytest.mark.parametrize(("head_dim", "tile_n", "stages"), [(128, 128, 2), (128, 64, 3), (64, 128, 3), (256, 32, 3)])
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
 @pytest.mark.usefixtures("pingpong")
@@ -385,6 +428,7 @@ def test_nan_tails_of_every_length_stay_out(head_dim, tile_n, stages, layout, gl
 
 @pytest.mark.gpu
 @needs_sm90
+@pytest.mark.usefixtures("persistent")
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize(("head_dim", "tile_n", "stages"), [(128, 128, 2), (128, 64, 3), (256, 32, 3)])
 @pytest.mark.usefixtures("pingpong")
@@ -408,6 +452,7 @@ def test_query_tiles_walked_in_turn_share_the_ring(causal, head_dim, tile_n, sta
 
 @pytest.mark.gpu
 @needs_sm90
+@pytest.mark.usefixtures("persistent")
 @pytest.mark.slow
 @pytest.mark.parametrize("causal", [True, False])
 def test_bench_geometry_8k(causal, gluon_launches):
@@ -416,3 +461,81 @@ def test_bench_geometry_8k(causal, gluon_launches):
     out = paged_attention(*b.args(), **b.lens(), out=poisoned_like(b.q), causal=causal, config=_config(128, 2))
     assert_matches(out, paged_attention_ref(*b.args(), causal=causal), torch.bfloat16)
     assert gluon_launches
+
+
+@pytest.mark.gpu
+@needs_sm90
+@pytest.mark.parametrize("programs", [1, 7, None], ids=["1-program", "7-programs", "sms"])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize(("head_dim", "tile_n", "stages"), [(128, 128, 2), (128, 64, 3), (64, 128, 3), (256, 32, 3)])
+@pytest.mark.usefixtures("pingpong")
+def test_persistent_walks_many_work_tiles(monkeypatch, programs, causal, head_dim, tile_n, stages, gluon_launches):
+    # Work tiles outnumber the programs many times over (1 or 7 programs, or one per SM over
+    # 12 levels x 24 sequences x 32 heads): every barrier phase, the ring's slot, the tail
+    # cleans and the ping-pong's turns carry from one work tile to the next across mixed
+    # lengths: decodes (the decode launch's: their work tiles are skipped), empty sequences,
+    # lengths off the 128-row and key tiles, a chunk on a prefix, one-key-tile sequences
+    # after a long one, and NaN in every slot past a context.
+    if programs is not None:
+        monkeypatch.setattr(_gluon, "num_sms", lambda device: programs)
+    monkeypatch.setattr(_gluon, "launch", functools.partial(_gluon.launch, persistent=True))
+    q_lens = [1500, 1, 0, 129, 2, 77, 128, 1, 300, 5, 0, 1000, 33, 1, 64, 257, 3, 1, 130, 17, 640, 1, 31, 200]
+    seq_lens = [
+        1500,
+        900,
+        40,
+        129,
+        2,
+        77,
+        128,
+        60,
+        2348,
+        5,
+        0,
+        1000,
+        33,
+        4000,
+        64,
+        257,
+        3,
+        1,
+        1100,
+        17,
+        640,
+        2,
+        31,
+        203,
+    ]
+    b = paged_batch(q_lens, seq_lens, num_q_heads=32, num_kv_heads=8, head_dim=head_dim, block_size=128)
+    _nan_past_contexts(b, 128)
+    out, lse = paged_attention(
+        *b.args(), **b.lens(), out=poisoned_like(b.q), causal=causal, return_lse=True, config=_config(tile_n, stages)
+    )
+    ref, ref_lse = paged_attention_ref(*b.args(), causal=causal, return_lse=True)
+    assert_matches(out, ref, torch.float16)
+    torch.testing.assert_close(lse, ref_lse, atol=2e-3, rtol=1e-3)
+    assert len(gluon_launches) == 1 and gluon_launches[0]["persistent"] is True
+
+
+@pytest.mark.gpu
+@needs_sm90
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.usefixtures("pingpong")
+def test_persistent_varlen_many_work_tiles(monkeypatch, causal, gluon_launches):
+    # Varlen K/V (every sequence served: no decode launch), 3 programs over mixed lengths,
+    # empty query or key ranges, a chunk on a prefix.
+    monkeypatch.setattr(_gluon, "num_sms", lambda device: 3)
+    monkeypatch.setattr(_gluon, "launch", functools.partial(_gluon.launch, persistent=True))
+    q_lens = [700, 0, 128, 5, 257, 1, 0, 64, 300]
+    k_lens = [700, 10, 1000, 5, 300, 1, 0, 64, 1300]
+    cu_q = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32, device=DEVICE)
+    cu_k = torch.tensor([0, *torch.tensor(k_lens).cumsum(0).tolist()], dtype=torch.int32, device=DEVICE)
+    q = torch.randn(sum(q_lens), 16, 128, device=DEVICE).half()
+    kv = torch.randn(sum(k_lens), 2, 4, 128, device=DEVICE).half()
+    k, v = kv[:, 0], kv[:, 1]
+    lens = dict(max_seqlen_q=max(q_lens), max_seqlen_k=max(k_lens))
+    out = varlen_attention(
+        q, k, v, cu_q, cu_k, **lens, causal=causal, out=poisoned_like(q), config=_config(128, 2), decode_query_len=0
+    )
+    assert_matches(out, varlen_attention_ref(q, k, v, cu_q, cu_k, causal=causal), torch.float16)
+    assert len(gluon_launches) == 1 and gluon_launches[0]["persistent"] is True

@@ -21,7 +21,7 @@ import torch
 
 from . import _tma
 from . import _validation as check
-from ._device import interpreting
+from ._device import interpreting, num_sms
 from ._intmath import cdiv
 from .tuning import PrefillConfig
 
@@ -118,10 +118,15 @@ def launch(
     causal: bool,
     config: PrefillConfig,
     pingpong: bool = True,
+    persistent: bool = False,
 ) -> None:
     """One launch of the Gluon prefill over the sequences with more than ``decode_q`` new
     tokens (all of them where ``other_launch`` is 0). ``rows`` from :func:`qualifies`;
-    ``block_table`` and ``seq_lens`` for a paged cache, ``cu_seqlens_k`` for varlen K/V."""
+    ``block_table`` and ``seq_lens`` for a paged cache, ``cu_seqlens_k`` for varlen K/V.
+    ``persistent``: one program per SM (at most one per work tile) walks the work tiles,
+    its loader issuing the next tile's copies while the consumers finish the current one;
+    otherwise one program per head, sequence and query tile (the default until the
+    persistent one is measured beside it)."""
     from ._kernels.prefill_gluon import prefill_gluon_kernel
 
     num_tokens, num_q_heads, head_dim = q.shape
@@ -141,7 +146,12 @@ def launch(
         raise ValueError("cu_seqlens_k is required without a block_table")
     else:
         max_k, bt_stride = k.shape[0], 0
-    grid = (num_q_heads, num_seqs, min(cdiv(max(max_seqlen_q, 1), BLOCK_M), check.MAX_SEQS))
+    q_levels = min(cdiv(max(max_seqlen_q, 1), BLOCK_M), check.MAX_SEQS)
+    if persistent:
+        # One resident program per SM at most (the ring takes most of its shared memory).
+        grid: tuple[int, ...] = (max(1, min(q_levels * num_q_heads * num_seqs, num_sms(q.device))),)
+    else:
+        grid = (num_q_heads, num_seqs, q_levels)
     prefill_gluon_kernel[grid](
         _descriptor(q, num_tokens, num_q_heads * head_dim, q.stride(0), [BLOCK_M // 2, head_dim]),
         _descriptor(k, kr.rows, kr.cols, kr.row_stride, tile),
@@ -158,6 +168,9 @@ def launch(
         max_k,
         decode_q,
         other_launch,
+        num_q_heads,
+        num_seqs,
+        q_levels,
         kr.rows_per_block,
         kr.rows_per_head,
         kr.cols_per_head,
@@ -175,5 +188,6 @@ def launch(
         RETURN_LSE=lse is not None,
         LOADER_REGS=LOADER_REGS,
         CONSUMER_REGS=CONSUMER_REGS,
+        PERSISTENT=persistent,
         num_warps=4,
     )

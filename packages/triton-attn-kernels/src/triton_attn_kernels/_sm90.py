@@ -28,7 +28,7 @@ from triton_attn_kernels._kernels.mla import mla_decode_kernel
 from triton_attn_kernels._kernels.mla_cache import write_latent_kernel
 from triton_attn_kernels._kernels.prefill_tma import prefill_tma_kernel
 from triton_attn_kernels._tma import warp_specialize
-from triton_attn_kernels.tuning.mla import MLAProblem, mla_decode_heuristic
+from triton_attn_kernels.tuning.mla import MLADecodeConfig, MLAProblem, mla_decode_heuristic, mla_decode_heuristic_v1
 
 TARGET = GPUTarget("cuda", 90, 32)
 
@@ -160,7 +160,16 @@ def prefill_tma(hd=128, group=4, causal=True, dtype="bf16", kv=None, tile_n=128,
 
 
 def prefill_gluon(
-    hd=128, group=4, causal=True, dtype="bf16", tile_n=128, stages=2, paged=True, pingpong=True, lse=False
+    hd=128,
+    group=4,
+    causal=True,
+    dtype="bf16",
+    tile_n=128,
+    stages=2,
+    paged=True,
+    pingpong=True,
+    lse=False,
+    persistent=False,
 ):
     """The Gluon Hopper prefill (``_kernels/prefill_gluon.py``) as ``_gluon.launch``
     specialises it: 64-row Q halves, tile_n-key K/V tiles, 4 warps plus the partitions'."""
@@ -186,6 +195,7 @@ def prefill_gluon(
         RETURN_LSE=lse,
         LOADER_REGS=_gluon.LOADER_REGS,
         CONSUMER_REGS=_gluon.CONSUMER_REGS,
+        PERSISTENT=persistent,
     )
     ptrs = {"q_desc": desc(_gluon.BLOCK_M // 2), "k_desc": desc(tile_n), "v_desc": desc(tile_n), "out_ptr": f"*{dtype}"}
     if lse:
@@ -238,6 +248,27 @@ GLUON: dict[str, Callable[[], Any]] = {
     "prefill Gluon bf16 d128 causal, 64-key tiles, 3 stages": lambda: prefill_gluon_checked(tile_n=64, stages=3),
     "prefill Gluon bf16 d256 causal, 32-key tiles, 3 stages": lambda: prefill_gluon_checked(
         hd=256, tile_n=32, stages=3
+    ),
+    # Persistent (one program per SM walking work tiles): the same shapes.
+    "prefill Gluon persistent bf16 d128 causal, 128-key tiles, 2 stages": lambda: prefill_gluon_checked(
+        persistent=True
+    ),
+    "prefill Gluon persistent bf16 d128 not causal": lambda: prefill_gluon_checked(causal=False, persistent=True),
+    "prefill Gluon persistent bf16 d128 causal, no ping-pong": lambda: prefill_gluon_checked(
+        pingpong=False, persistent=True
+    ),
+    "prefill Gluon persistent fp16 d64, 8 heads per KV head, 3 stages": lambda: prefill_gluon_checked(
+        hd=64, group=8, dtype="fp16", stages=3, persistent=True
+    ),
+    "prefill Gluon persistent bf16 d128 varlen causal": lambda: prefill_gluon_checked(paged=False, persistent=True),
+    "prefill Gluon persistent fp16 d128 causal with lse": lambda: prefill_gluon_checked(
+        dtype="fp16", lse=True, persistent=True
+    ),
+    "prefill Gluon persistent bf16 d128 causal, 64-key tiles, 3 stages": lambda: prefill_gluon_checked(
+        tile_n=64, stages=3, persistent=True
+    ),
+    "prefill Gluon persistent bf16 d256 causal, 32-key tiles, 3 stages": lambda: prefill_gluon_checked(
+        hd=256, tile_n=32, stages=3, persistent=True
     ),
 }
 
@@ -341,15 +372,20 @@ def prefill_tma_checked(**kw: Any) -> Any:
     return kernel
 
 
-def mla(heads: int = 16, dtype: str = "bf16", kv: str | None = None, query_len: int = 1, seqs: int = 64):
+def mla(
+    heads: int = 16,
+    dtype: str = "bf16",
+    kv: str | None = None,
+    query_len: int = 1,
+    seqs: int = 64,
+    heuristic: Callable[[MLAProblem], MLADecodeConfig] = mla_decode_heuristic,
+):
     """The MLA decode at DeepSeek's geometry (kv_lora_rank 512, rope 64, 64-slot pages) with
-    the tiles the heuristic picks for an H100-sized GPU (132 SMs) and 8k contexts."""
+    the tiles ``heuristic`` picks for an H100-sized GPU (132 SMs) and 8k contexts."""
     kv = kv or dtype
     fp8 = kv.startswith("fp8")
     torch_names = {"bf16": "bfloat16", "fp16": "float16", "fp8e4nv": "float8_e4m3fn", "fp8e5": "float8_e5m2"}
-    cfg = mla_decode_heuristic(
-        MLAProblem(seqs, heads, 512, 64, query_len, 8192, torch_names[dtype], torch_names[kv], num_sms=132)
-    )
+    cfg = heuristic(MLAProblem(seqs, heads, 512, 64, query_len, 8192, torch_names[dtype], torch_names[kv], num_sms=132))
     block_h = min(cfg.block_h, triton.next_power_of_2(heads))
     cx = dict(
         KV_RANK=512,
@@ -379,6 +415,10 @@ def mla(heads: int = 16, dtype: str = "bf16", kv: str | None = None, query_len: 
     # copies (only cp.async.wait_group 0) reads at a fraction of the bandwidth.
     if not re.search(r"cp\.async\.wait_group\s+[1-9]", kernel.asm["ptx"]):
         raise RuntimeError("the latent loads were not pipelined (cp.async.wait_group 0 only)")
+    # Triton lowers the dots of a 64-row program to wgmma (and of fewer rows to mma.sync):
+    # the heuristic's 64-row configurations exist for it.
+    if cx["BLOCK_M"] % 64 == 0 and "wgmma.mma_async" not in kernel.asm["ptx"]:
+        raise RuntimeError(f"{cx['BLOCK_M']} rows a program, but the dots were not lowered to wgmma")
     return kernel
 
 
@@ -428,6 +468,14 @@ OTHERS: dict[str, Callable[[], Any]] = {
     "mla decode fp8 e4m3 latent, 128 heads": lambda: mla(128, kv="fp8e4nv"),
     "mla verify 4 tokens, 16 heads": lambda: mla(16, query_len=4),
     "mla verify 16 tokens, 128 heads, fp8 e4m3 latent": lambda: mla(128, kv="fp8e4nv", query_len=16),
+    "mla verify 2 tokens, 128 heads": lambda: mla(128, query_len=2),
+    "mla verify 3 tokens, 16 heads": lambda: mla(16, query_len=3),
+    "mla verify 16 tokens, 128 heads": lambda: mla(128, query_len=16),
+    "mla decode fp16, 64 heads": lambda: mla(64, dtype="fp16"),
+    # The previous heuristic's tiles (attn-bench's ours-mla-v1 baseline).
+    "mla v1 decode bf16, 16 heads": lambda: mla(16, heuristic=mla_decode_heuristic_v1),
+    "mla v1 decode bf16, 128 heads": lambda: mla(128, heuristic=mla_decode_heuristic_v1),
+    "mla v1 verify 2 tokens, 128 heads": lambda: mla(128, query_len=2, heuristic=mla_decode_heuristic_v1),
     "mla merge of 32 splits, 512 dims": mla_merge,
     "mla latent write bf16": lambda: latent_write("bf16"),
     "mla latent write fp8 e4m3": lambda: latent_write("fp8e4nv"),

@@ -154,11 +154,43 @@ def ours_tma(x: Inputs) -> Timed:
 )
 def ours_gluon(x: Inputs) -> Timed:
     """paged_attention with the Gluon Hopper prefill (PrefillConfig(gluon=1)): TMA loader warp, two ping-ponging consumer warpgroups; pages a multiple of its 128-key tile."""
+    return _paged(x, prefill=_gluon_config(x.problem.head_dim))
+
+
+def _gluon_config(head_dim: int) -> Any:
     from triton_attn_kernels import PrefillConfig
 
-    tile_n = _gluon_tile_n(x.problem.head_dim)
+    tile_n = _gluon_tile_n(head_dim)
     stages = 2 if tile_n == 128 else 3
-    return _paged(x, prefill=PrefillConfig(block_m=128, tile_n=tile_n, num_warps=4, num_stages=stages, gluon=1))
+    return PrefillConfig(block_m=128, tile_n=tile_n, num_warps=4, num_stages=stages, gluon=1)
+
+
+@provider(
+    "ours-gluon-persistent",
+    ops=("prefill", "mixed"),
+    requires=("triton_attn_kernels",),
+    cuda_only=True,
+    supports=_hopper_supported(_gluon_tile_n, fp8=False),
+)
+def ours_gluon_persistent(x: Inputs) -> Timed:
+    """ours-gluon with its persistent launch: one program per SM walks the work tiles (query tile, head, sequence), heaviest first, the loader issuing the next tile's copies while the consumers finish the current one."""
+    import functools
+
+    from triton_attn_kernels import _gluon
+
+    inner = _paged(x, prefill=_gluon_config(x.problem.head_dim))
+    launch = _gluon.launch
+
+    def fn() -> Any:
+        # The launcher calls _gluon.launch with the default (non-persistent) launch; for
+        # the duration of this call it gets the persistent one.
+        _gluon.launch = functools.partial(launch, persistent=True)
+        try:
+            return inner.fn()
+        finally:
+            _gluon.launch = launch
+
+    return Timed(fn, inner.read)
 
 
 @provider(

@@ -86,7 +86,24 @@ def _n_kv_tiles(q0, q_len, seq_len, BLOCK_M: gl.constexpr, TILE_N: gl.constexpr,
 
 
 @gluon.jit
-def _loader(
+def _work_tile(w, num_q_heads, num_seqs):
+    """(head, seq, level) of work tile w (PERSISTENT): the query heads of one sequence and
+    level adjacent (a GQA group's programs read the same K/V tiles at about the same time,
+    from L2), then the sequences, then the levels: level 0 holds every sequence's last query
+    tile (causal: the most key tiles), so the work goes heaviest first."""
+    head = w % num_q_heads
+    rest = w // num_q_heads
+    return head, rest % num_seqs, rest // num_seqs
+
+
+@gluon.jit
+def _load_tiles(
+    head,
+    seq,
+    t_first,
+    t_step,
+    it,
+    n_done,
     q_desc,
     k_desc,
     v_desc,
@@ -120,9 +137,10 @@ def _loader(
     PAGED: gl.constexpr,
     CAUSAL: gl.constexpr,
 ):
+    """Issue the copies of query tiles t_first, t_first + t_step, ... (counted from the last)
+    of one head and sequence; ``it`` and ``n_done`` (key tiles and query tiles issued so far)
+    carry the ring's slot and phase and the Q barriers' phase on."""
     BLOCK_M: gl.constexpr = 2 * HALF_M
-    head = gl.program_id(0)
-    seq = gl.program_id(1)
     kv_head = head // GROUP
     q_start, q_len, k_start, seq_len, served = _span(
         cu_seqlens_q_ptr, cu_seqlens_k_ptr, seq_lens_ptr, seq, num_tokens, max_k, decode_q, other_launch, PAGED
@@ -131,9 +149,7 @@ def _loader(
     bt_row = block_table_ptr + seq.to(gl.int64) * stride_bt_s
     row_base = kv_head * rows_per_head
     col = kv_head * cols_per_head
-    it = 0  # key tiles issued so far by this program: slot it % STAGES, pass it // STAGES
-    n_done = 0  # query tiles issued so far
-    for t_q in range(gl.program_id(2), n_q_tiles, gl.num_programs(2)):
+    for t_q in range(t_first, n_q_tiles, t_step):
         q0 = (n_q_tiles - 1 - t_q) * BLOCK_M
         # The consumers of the previous query tile are done with Q (fresh barrier: passes).
         mbarrier.wait(q_empty, (n_done & 1) ^ 1)
@@ -157,6 +173,73 @@ def _loader(
             mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
             tma.async_copy_global_to_shared(v_desc, [row, col], v_ready.index(slot), v_smem.index(slot))
             it += 1
+    return it, n_done
+
+
+@gluon.jit
+def _loader(
+    q_desc,
+    k_desc,
+    v_desc,
+    q_smem,
+    k_smem,
+    v_smem,
+    q_ready,
+    q_empty,
+    k_ready,
+    v_ready,
+    k_empty,
+    v_empty,
+    block_table_ptr,
+    seq_lens_ptr,
+    cu_seqlens_q_ptr,
+    cu_seqlens_k_ptr,
+    num_tokens,
+    num_blocks,
+    max_k,
+    decode_q,
+    other_launch,
+    num_q_heads,
+    num_seqs,
+    q_levels,
+    rows_per_block,
+    rows_per_head,
+    cols_per_head,
+    stride_bt_s,
+    HEAD_DIM: gl.constexpr,
+    GROUP: gl.constexpr,
+    TILE_N: gl.constexpr,
+    BLOCK_SIZE: gl.constexpr,
+    STAGES: gl.constexpr,
+    PAGED: gl.constexpr,
+    CAUSAL: gl.constexpr,
+    PERSISTENT: gl.constexpr,
+):
+    if PERSISTENT:
+        # Nothing waits for a work tile to end: the copies of the next one are issued as soon
+        # as the ring has a free slot (and Q as soon as both consumers are done with it).
+        it = gl.to_tensor(0)
+        n_done = gl.to_tensor(0)
+        for w in range(gl.program_id(0), q_levels * num_q_heads * num_seqs, gl.num_programs(0)):
+            head, seq, level = _work_tile(w, num_q_heads, num_seqs)
+            it, n_done = _load_tiles(
+                head, seq, level, q_levels, it, n_done, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem,
+                q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
+                block_table_ptr, seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
+                num_tokens, num_blocks, max_k, decode_q, other_launch,
+                rows_per_block, rows_per_head, cols_per_head, stride_bt_s,
+                HEAD_DIM, GROUP, TILE_N, BLOCK_SIZE, STAGES, PAGED, CAUSAL,
+            )  # fmt: skip
+    else:
+        _load_tiles(
+            gl.program_id(0), gl.program_id(1), gl.program_id(2), gl.num_programs(2), gl.to_tensor(0), gl.to_tensor(0),
+            q_desc, k_desc, v_desc, q_smem, k_smem, v_smem,
+            q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
+            block_table_ptr, seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
+            num_tokens, num_blocks, max_k, decode_q, other_launch,
+            rows_per_block, rows_per_head, cols_per_head, stride_bt_s,
+            HEAD_DIM, GROUP, TILE_N, BLOCK_SIZE, STAGES, PAGED, CAUSAL,
+        )  # fmt: skip
 
 
 @gluon.jit
@@ -189,15 +272,35 @@ def _pass_turn(their_turn, PINGPONG: gl.constexpr):
 
 
 @gluon.jit
-def _clean_tail(v_tile, v_clean, tails, t, seq_len, WG: gl.constexpr, TILE_N: gl.constexpr, HEAD_DIM: gl.constexpr):
+def _clean_tail(
+    v_tile,
+    v_clean,
+    v_seen,
+    tails,
+    t,
+    seq_len,
+    WG: gl.constexpr,
+    TILE_N: gl.constexpr,
+    HEAD_DIM: gl.constexpr,
+    ACK: gl.constexpr,
+):
     """Before the PV of tile t: if it is the sequence's last, partial tile, the first consumer
-    zeroes its slots past the context and the second waits until it has."""
+    zeroes its slots past the context and the second waits until it has. With ACK the second
+    also confirms each wait and the first waits for the confirmation of the previous clean
+    before signalling the next: without the ping-pong's turns (after a short query tile) the
+    first could otherwise signal twice before the second waits once, and a parity wait
+    would then miss a whole phase (the ping-pong orders them: the first consumer's next
+    clean is in a later turn, which the second passes only after its wait)."""
     if (t + 1) * TILE_N > seq_len:
         if WG == 0:
+            if ACK:
+                mbarrier.wait(v_seen, (tails & 1) ^ 1)  # a fresh barrier passes this parity
             _zero_tail_rows(v_tile, seq_len - t * TILE_N, TILE_N, HEAD_DIM)
             mbarrier.arrive(v_clean)
         else:
             mbarrier.wait(v_clean, tails & 1)
+            if ACK:
+                mbarrier.arrive(v_seen)
         tails += 1
     return tails
 
@@ -223,7 +326,16 @@ def _softmax(s, m_i, l_i, t, mask_from, seq_len, q_pos, qk_scale, cols_s, TILE_N
 
 
 @gluon.jit
-def _consumer(
+def _consume_tiles(
+    head,
+    seq,
+    t_first,
+    t_step,
+    num_q_heads,
+    it,
+    n_done,
+    turns,
+    tails,
     q_smem,
     k_smem,
     v_smem,
@@ -236,6 +348,7 @@ def _consumer(
     my_turn,
     their_turn,
     v_clean,
+    v_seen,
     out_ptr,
     lse_ptr,
     seq_lens_ptr,
@@ -256,7 +369,12 @@ def _consumer(
     CAUSAL: gl.constexpr,
     PINGPONG: gl.constexpr,
     RETURN_LSE: gl.constexpr,
+    EARLY_Q: gl.constexpr,  # release Q after the last QK^T rather than after the last PV
+    ACK: gl.constexpr,  # _clean_tail's confirmation
 ):
+    """Query tiles t_first, t_first + t_step, ... (counted from the last) of one head and
+    sequence; the counters (key tiles and query tiles consumed, ping-pong rounds, tail
+    cleans) carry every barrier's phase on to the next call."""
     BLOCK_M: gl.constexpr = 2 * HALF_M
     dtype: gl.constexpr = q_smem.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(
@@ -271,9 +389,6 @@ def _consumer(
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
 
-    head = gl.program_id(0)
-    seq = gl.program_id(1)
-    num_q_heads = gl.num_programs(0)
     q_start, q_len, _, seq_len, served = _span(
         cu_seqlens_q_ptr, cu_seqlens_k_ptr, seq_lens_ptr, seq, num_tokens, max_k, decode_q, other_launch, PAGED
     )
@@ -283,11 +398,7 @@ def _consumer(
     rows_s = gl.arange(0, HALF_M, layout=row_s)
     cols_s = gl.arange(0, TILE_N, layout=col_s)
 
-    it = 0  # key tiles consumed so far (the loader's numbering)
-    n_done = 0  # query tiles consumed so far
-    turns = 0  # wgmma issue rounds so far (ping-pong parity)
-    tails = 0  # tail tiles cleaned so far (v_clean parity)
-    for t_q in range(gl.program_id(2), n_q_tiles, gl.num_programs(2)):
+    for t_q in range(t_first, n_q_tiles, t_step):
         q0 = (n_q_tiles - 1 - t_q) * BLOCK_M + WG * HALF_M
         q_pos = ctx + q0 + rows_s
         # The first key a row of this half cannot see is past every row's diagonal from
@@ -336,17 +447,22 @@ def _consumer(
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
             p = gl.convert_layout(p_f.to(dtype), p_layout)
             it += 1
+        if EARLY_Q:
+            # Every QK^T of this query tile has completed: the loader may bring the next Q
+            # in while the last PV and the epilogue run.
+            mbarrier.arrive(q_empty)
         # Last round: PV of the last tile.
         prev = (it - 1) % STAGES
         turns = _take_turn(my_turn, turns, PINGPONG)
         mbarrier.wait(v_ready.index(prev), ((it - 1) // STAGES) & 1)
-        tails = _clean_tail(v_smem.index(prev), v_clean, tails, n_kv - 1, seq_len, WG, TILE_N, HEAD_DIM)
+        tails = _clean_tail(v_smem.index(prev), v_clean, v_seen, tails, n_kv - 1, seq_len, WG, TILE_N, HEAD_DIM, ACK)
         acc_tok = warpgroup_mma(p, v_smem.index(prev), acc, is_async=True)
         _pass_turn(their_turn, PINGPONG)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc_tok])
         mbarrier.arrive(v_empty.index(prev))
-        # Both halves have issued their last QK^T: Q may be replaced.
-        mbarrier.arrive(q_empty)
+        if not EARLY_Q:
+            # Both halves are done with this query tile: Q may be replaced.
+            mbarrier.arrive(q_empty)
 
         l_safe = gl.where(l_i == 0.0, gl.full_like(l_i, 1.0), l_i)
         out = acc / gl.expand_dims(gl.convert_layout(l_safe, row_o), 1)
@@ -360,9 +476,79 @@ def _consumer(
             lse = gl.where(l_i == 0.0, gl.full_like(l_i, float("-inf")), (m_i * qk_scale + gl.log2(l_safe)) * LN2)
             tok_s = (q_start + q0 + rows_s).to(gl.int64)
             gl.store(lse_ptr + tok_s * num_q_heads + head, lse, mask=q0 + rows_s < q_len)
+    return it, n_done, turns, tails
 
 
-@gluon.jit(do_not_specialize=["num_tokens", "num_blocks", "max_k", "decode_q", "other_launch"])
+@gluon.jit
+def _consumer(
+    q_smem,
+    k_smem,
+    v_smem,
+    q_ready,
+    q_empty,
+    k_ready,
+    v_ready,
+    k_empty,
+    v_empty,
+    my_turn,
+    their_turn,
+    v_clean,
+    v_seen,
+    out_ptr,
+    lse_ptr,
+    seq_lens_ptr,
+    cu_seqlens_q_ptr,
+    cu_seqlens_k_ptr,
+    qk_scale,
+    num_tokens,
+    max_k,
+    decode_q,
+    other_launch,
+    stride_o_t,
+    stride_o_h,
+    num_q_heads,
+    num_seqs,
+    q_levels,
+    WG: gl.constexpr,  # 0 or 1: which 64-row half of the query tile
+    HEAD_DIM: gl.constexpr,
+    TILE_N: gl.constexpr,
+    STAGES: gl.constexpr,
+    PAGED: gl.constexpr,
+    CAUSAL: gl.constexpr,
+    PINGPONG: gl.constexpr,
+    RETURN_LSE: gl.constexpr,
+    PERSISTENT: gl.constexpr,
+):
+    if PERSISTENT:
+        it = gl.to_tensor(0)  # key tiles consumed so far (the loader's numbering)
+        n_done = gl.to_tensor(0)  # query tiles consumed so far
+        turns = gl.to_tensor(0)  # wgmma issue rounds so far (ping-pong parity)
+        tails = gl.to_tensor(0)  # tail tiles cleaned so far (v_clean parity)
+        for w in range(gl.program_id(0), q_levels * num_q_heads * num_seqs, gl.num_programs(0)):
+            head, seq, level = _work_tile(w, num_q_heads, num_seqs)
+            it, n_done, turns, tails = _consume_tiles(
+                head, seq, level, q_levels, num_q_heads, it, n_done, turns, tails,
+                q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
+                my_turn, their_turn, v_clean, v_seen, out_ptr, lse_ptr, seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
+                qk_scale, num_tokens, max_k, decode_q, other_launch, stride_o_t, stride_o_h,
+                WG, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, PINGPONG, RETURN_LSE,
+                True, not PINGPONG,
+            )  # fmt: skip
+    else:
+        _consume_tiles(
+            # The counters start as tensors: a literal would enter as a constant, which a branch
+            # may not redefine.
+            gl.program_id(0), gl.program_id(1), gl.program_id(2), gl.num_programs(2), gl.num_programs(0),
+            gl.to_tensor(0), gl.to_tensor(0), gl.to_tensor(0), gl.to_tensor(0),
+            q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
+                my_turn, their_turn, v_clean, v_seen, out_ptr, lse_ptr, seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
+                qk_scale, num_tokens, max_k, decode_q, other_launch, stride_o_t, stride_o_h,
+                WG, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, PINGPONG, RETURN_LSE,
+            False, not PINGPONG,
+        )  # fmt: skip
+
+
+@gluon.jit(do_not_specialize=["num_tokens", "num_blocks", "max_k", "decode_q", "other_launch", "num_seqs", "q_levels"])
 def prefill_gluon_kernel(
     q_desc,  # [num_tokens, num_q_heads * HEAD_DIM] rows of q, block [64, HEAD_DIM]
     k_desc,  # the cache (or contiguous keys) as 2-D rows (module docstring), block [TILE_N, HEAD_DIM]
@@ -379,6 +565,9 @@ def prefill_gluon_kernel(
     max_k,  # PAGED: max_blocks * BLOCK_SIZE; varlen: rows of k
     decode_q,  # sequences with 1..decode_q new tokens belong to the decode launch
     other_launch,  # 1: a decode launch serves those; 0: this launch serves every sequence
+    num_q_heads,
+    num_seqs,
+    q_levels,  # query tiles per sequence the launch plans for (max_seqlen_q / BLOCK_M, rounded up)
     rows_per_block,
     rows_per_head,
     cols_per_head,
@@ -396,9 +585,13 @@ def prefill_gluon_kernel(
     RETURN_LSE: gl.constexpr,
     LOADER_REGS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr,
+    PERSISTENT: gl.constexpr,  # grid (programs,): each walks work tiles (_work_tile), w += programs
 ):
-    """Grid (num_q_heads, num_seqs, query-tile programs), 4 warps (the first consumer; the
-    second consumer's 4 warps and the loader's warp are added by warp_specialize)."""
+    """Grid (num_q_heads, num_seqs, query-tile programs), or with PERSISTENT (programs,) over
+    q_levels x num_seqs x num_q_heads work tiles, a work tile being query tiles level,
+    level + q_levels, ... of one head and sequence (one query tile unless max_seqlen_q is
+    understated); 4 warps (the first consumer; the second consumer's 4 warps and the
+    loader's warp are added by warp_specialize)."""
     dtype: gl.constexpr = q_desc.dtype
     q_smem = gl.allocate_shared_memory(dtype, [2, HALF_M, HEAD_DIM], q_desc.layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, TILE_N, HEAD_DIM], k_desc.layout)
@@ -415,6 +608,13 @@ def prefill_gluon_kernel(
     mbarrier.init(q_ready, count=1)
     mbarrier.init(q_empty, count=2)
     mbarrier.init(v_clean, count=1)
+    if not PINGPONG:
+        # _clean_tail's confirmation; with the ping-pong the first consumer's next clean is in
+        # a later turn than the second's wait, which the second must pass first.
+        v_seen = gl.allocate_shared_memory(gl.int64, [1], bar_layout)
+        mbarrier.init(v_seen, count=1)
+    else:
+        v_seen = v_clean  # never waited on nor arrived at
     for i in gl.static_range(2):
         mbarrier.init(turn.index(i), count=1)
     for i in gl.static_range(STAGES):
@@ -432,26 +632,26 @@ def prefill_gluon_kernel(
             (
                 _consumer,
                 (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
-                 turn.index(0), turn.index(1), v_clean, out_ptr, lse_ptr,
+                 turn.index(0), turn.index(1), v_clean, v_seen, out_ptr, lse_ptr,
                  seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, qk_scale,
-                 num_tokens, max_k, decode_q, other_launch, stride_o_t, stride_o_h,
-                 0, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, PINGPONG, RETURN_LSE),
+                 num_tokens, max_k, decode_q, other_launch, stride_o_t, stride_o_h, num_q_heads, num_seqs, q_levels,
+                 0, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, PINGPONG, RETURN_LSE, PERSISTENT),
             ),
             (
                 _consumer,
                 (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
-                 turn.index(1), turn.index(0), v_clean, out_ptr, lse_ptr,
+                 turn.index(1), turn.index(0), v_clean, v_seen, out_ptr, lse_ptr,
                  seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, qk_scale,
-                 num_tokens, max_k, decode_q, other_launch, stride_o_t, stride_o_h,
-                 1, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, PINGPONG, RETURN_LSE),
+                 num_tokens, max_k, decode_q, other_launch, stride_o_t, stride_o_h, num_q_heads, num_seqs, q_levels,
+                 1, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, PINGPONG, RETURN_LSE, PERSISTENT),
             ),
             (
                 _loader,
                 (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
                  block_table_ptr, seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
-                 num_tokens, num_blocks, max_k, decode_q, other_launch,
+                 num_tokens, num_blocks, max_k, decode_q, other_launch, num_q_heads, num_seqs, q_levels,
                  rows_per_block, rows_per_head, cols_per_head, stride_bt_s,
-                 HEAD_DIM, GROUP, TILE_N, BLOCK_SIZE, STAGES, PAGED, CAUSAL),
+                 HEAD_DIM, GROUP, TILE_N, BLOCK_SIZE, STAGES, PAGED, CAUSAL, PERSISTENT),
             ),
         ],
         [4, 1],
