@@ -145,13 +145,16 @@ def ours_tma(x: Inputs) -> Timed:
     return _paged(x, prefill=PrefillConfig(block_m=128, tile_n=TMA_TILE_N, num_warps=4, num_stages=2, tma=1))
 
 
-@provider(
-    "ours-gluon",
+# Where the Gluon prefill runs: both of its launches take the same problems.
+GLUON_PROVIDER: dict[str, Any] = dict(
     ops=("prefill", "mixed"),
     requires=("triton_attn_kernels",),
     cuda_only=True,
     supports=_hopper_supported(_gluon_tile_n, fp8=False),
 )
+
+
+@provider("ours-gluon", **GLUON_PROVIDER)
 def ours_gluon(x: Inputs) -> Timed:
     """paged_attention with the Gluon Hopper prefill (PrefillConfig(gluon=1)): TMA loader warp, two ping-ponging consumer warpgroups; pages a multiple of its 128-key tile."""
     return _paged(x, prefill=_gluon_config(x.problem.head_dim))
@@ -165,13 +168,7 @@ def _gluon_config(head_dim: int) -> Any:
     return PrefillConfig(block_m=128, tile_n=tile_n, num_warps=4, num_stages=stages, gluon=1)
 
 
-@provider(
-    "ours-gluon-persistent",
-    ops=("prefill", "mixed"),
-    requires=("triton_attn_kernels",),
-    cuda_only=True,
-    supports=_hopper_supported(_gluon_tile_n, fp8=False),
-)
+@provider("ours-gluon-persistent", **GLUON_PROVIDER)
 def ours_gluon_persistent(x: Inputs) -> Timed:
     """ours-gluon with its persistent launch: one program per SM walks the work tiles (query tile, head, sequence), heaviest first, the loader issuing the next tile's copies while the consumers finish the current one."""
     import functools
