@@ -6,6 +6,7 @@ the ptxas bundled with Triton reports its resources. A first look before spendin
     python tools/sm90_report.py decode
     python tools/sm90_report.py ptx         # a fingerprint of each test variant's PTX
     python tools/sm90_report.py sass "decode bf16 split-KV" "decode fp8 e4m3 KV"   # SASS op counts
+    python tools/sm90_report.py loops "mla decode bf16, 128 heads"   # MMA kinds and spills per loop
     python tools/sm90_report.py crashes     # ptxas over many launch specialisations
     python tools/sm90_report.py crashes --prefetch-pages    # the same with prefetch_pages=1
 
@@ -13,6 +14,9 @@ the ptxas bundled with Triton reports its resources. A first look before spendin
 fp8 KV, feature mixes, the heuristics' and the H100 tables' tiles) and lists every one that
 ptxas rejects or crashes on, with the fallback tiles that compile (``_fallback``). Run it
 with the GPU image's Triton (``nox -s sm90 -- crashes``); it takes minutes.
+
+`loops` lists the SASS loops that hold MMAs (HGMMA: wgmma, HMMA: mma.sync, by shape) and the
+local-memory instructions inside each: ptxas's spill total also counts code outside them.
 
 `ptx` shows whether a source change alters the generated code: fingerprints equal before
 and after a refactor mean the GPU runs exactly what it ran before (source line numbers and
@@ -143,20 +147,56 @@ def crashes(prefetch: bool = False) -> None:
     print(f"{len(cases)} compiled, {bad} needed a fallback or failed", flush=True)
 
 
-def sass_ops(kernel) -> collections.Counter[str]:
-    """Instructions of ``kernel``'s SASS by opcode (without modifiers: ``LDG.E.128`` counts as ``LDG``)."""
+def sass_text(kernel) -> str:
     nvdisasm = Path(ptxas()).parent / "nvdisasm"
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(kernel.asm["cubin"])
     sass = subprocess.run([str(nvdisasm), "-c", f.name], capture_output=True, text=True, check=True).stdout
     os.unlink(f.name)
+    return sass
+
+
+# "/*0130*/  @!P0 LDG.E.128 R4, desc[UR4][R2.64] ;": the address, then the opcode after an optional predicate.
+SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)(\S*)")
+
+
+def sass_ops(kernel) -> collections.Counter[str]:
+    """Instructions of ``kernel``'s SASS by opcode (without modifiers: ``LDG.E.128`` counts as ``LDG``)."""
     ops: collections.Counter[str] = collections.Counter()
-    for line in sass.splitlines():
-        # "/*0130*/  @!P0 LDG.E.128 R4, desc[UR4][R2.64] ;": the opcode after an optional predicate.
-        m = re.search(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line)
+    for line in sass_text(kernel).splitlines():
+        m = SASS_LINE.search(line)
         if m:
-            ops[m.group(1)] += 1
+            ops[m.group(2)] += 1
     return ops
+
+
+def sass_loops(kernel) -> list[dict[str, object]]:
+    """The loops of ``kernel``'s SASS (a branch back to a label above it) that hold MMAs,
+    outermost first, each with its address range, the MMA instructions by shape (``HGMMA``
+    is wgmma, ``HMMA`` mma.sync) and its local-memory instructions (``LDL``/``STL``: spill
+    traffic inside the loop, paid on every iteration)."""
+    labels: dict[str, int] = {}
+    insts: list[tuple[int, str, str, str]] = []  # address, opcode, modifiers, line
+    for line in sass_text(kernel).splitlines():
+        label = re.match(r"\s*(\.L_x_\d+):", line)
+        if label:
+            labels[label.group(1)] = insts[-1][0] + 16 if insts else 0
+            continue
+        m = SASS_LINE.search(line)
+        if m:
+            insts.append((int(m.group(1), 16), m.group(2), m.group(3), line))
+    loops = []
+    for addr, op, _, line in insts:
+        target = re.search(r"`\((\.L_x_\d+)\)", line)
+        if op != "BRA" or not target or labels.get(target.group(1), addr + 1) > addr:
+            continue
+        lo = labels[target.group(1)]
+        body = [(o, mod) for a, o, mod, _ in insts if lo <= a <= addr]
+        mmas = collections.Counter(o + mod.split(".F32")[0] for o, mod in body if o in ("HGMMA", "HMMA"))
+        if mmas:
+            spill = sum(1 for o, _ in body if o in ("LDL", "STL"))
+            loops.append({"range": f"{lo:#x}-{addr:#x}", "mma": dict(mmas), "local": spill})
+    return loops
 
 
 def main() -> None:
@@ -171,6 +211,12 @@ def main() -> None:
             ops = sass_ops(VARIANTS[name]())
             top = ", ".join(f"{op} {n}" for op, n in ops.most_common(16))
             print(f"{name}: {sum(ops.values())} instructions; {top}", flush=True)
+    elif which == "loops":
+        for name in sys.argv[2:] or ["decode bf16 split-KV"]:
+            kernel = VARIANTS[name]()
+            print(f"{name}: {report(kernel)}", flush=True)
+            for loop in sass_loops(kernel):
+                print(f"  loop {loop['range']}: {loop['mma']}, local loads/stores {loop['local']}", flush=True)
     elif which == "prefill":
         for bm, tn, w, st in itertools.product((64, 128), (32, 64, 128), (4, 8), (1, 2, 3)):
             k = prefill(BLOCK_M=bm, TILE_N=tn, warps=w, stages=st)

@@ -16,7 +16,7 @@ from triton_attn_kernels import MLADecodeConfig, debug, mla_decode, mla_workspac
 from triton_attn_kernels.reference import attention_ref
 from triton_attn_kernels.reference_mla import mla_decode_ref
 from triton_attn_kernels.testing import tolerance
-from triton_attn_kernels.tuning.mla import MLAProblem, mla_decode_heuristic
+from triton_attn_kernels.tuning.mla import MLAProblem, mla_decode_heuristic, mla_decode_heuristic_v1
 
 
 @dataclasses.dataclass
@@ -263,12 +263,30 @@ def test_heuristic_is_pure_and_bounded():
         return MLAProblem(**{**base, **kw})
 
     c = mla_decode_heuristic(problem())
-    assert c == mla_decode_heuristic(problem()) and c.num_splits > 1 and c.block_h == 32
+    assert c == mla_decode_heuristic(problem()) and c.num_splits > 1
+    # 64 rows a program (wgmma on sm_90): 64 heads, 32 x 2 tokens, 4 x 16, 16 x 4.
+    assert (c.block_h, c.tile_n, c.num_warps, c.num_stages) == (64, 32, 8, 3)
+    assert mla_decode_heuristic(problem(max_seqlen_q=2)).block_h == 32
+    assert mla_decode_heuristic(problem(max_seqlen_q=16)).block_h == 4
+    assert mla_decode_heuristic(problem(num_heads=16, max_seqlen_q=3)).block_h == 16
     assert mla_decode_heuristic(problem(num_seqs=512)).num_splits == 1
     assert mla_decode_heuristic(problem(max_seqlen_k=16)).num_splits == 1
-    assert mla_decode_heuristic(problem(max_seqlen_q=16)).block_h == 2
-    assert mla_decode_heuristic(problem(kv_dtype="float8_e4m3fn")).block_h == 16
-    assert mla_decode_heuristic(problem(num_heads=16)).block_h == 16
+    # Fewer rows, an fp8 latent, fp32 or a wider latent: the mma.sync tiles.
+    fp8 = mla_decode_heuristic(problem(kv_dtype="float8_e4m3fn"))
+    assert (fp8.block_h, fp8.tile_n, fp8.num_stages) == (32, 16, 3)
+    assert mla_decode_heuristic(problem(num_heads=16, kv_dtype="float8_e4m3fn")).num_stages == 3
+    assert mla_decode_heuristic(problem(dtype="float32", kv_dtype="float32")).block_h == 32
+    assert mla_decode_heuristic(problem(kv_lora_rank=1024)).block_h == 32
+    small = mla_decode_heuristic(problem(num_heads=16))
+    assert (small.block_h, small.tile_n, small.num_stages) == (16, 32, 4)
+    # Splits fill whole waves of num_sms programs: 64 programs take 2 (128 on 132 SMs), 128 one.
+    assert mla_decode_heuristic(problem(num_seqs=64, num_heads=16)).num_splits == 2
+    assert mla_decode_heuristic(problem(num_seqs=64)).num_splits == 1
+    assert mla_decode_heuristic(problem(num_seqs=1, max_seqlen_k=32768)).num_splits > 32
+    # The previous heuristic stays reachable, unchanged: at most 32 rows, two programs per SM.
+    old = mla_decode_heuristic_v1(problem())
+    assert (old.block_h, old.tile_n, old.num_warps, old.num_stages, old.num_splits) == (32, 16, 8, 3, 17)
+    assert mla_decode_heuristic_v1(problem(num_heads=16, num_seqs=64)).num_splits == 5
 
 
 @pytest.mark.parametrize(
@@ -362,18 +380,22 @@ def test_out_is_checked():
 
 
 @pytest.mark.parametrize(
-    "heads,kv_dtype,q_len",
-    [(16, torch.bfloat16, 1), (128, torch.bfloat16, 1), (16, torch.float8_e4m3fn, 4), (128, torch.float8_e4m3fn, 16)],
-)
-def test_deepseek_geometry_with_the_gpu_tiles(heads, kv_dtype, q_len):
-    """kv_lora_rank 512 + rope 64 with the configuration the heuristic picks on an H100-sized
+    "heads,kv_dtype,q_len,heuristic",
+    [(16, torch.bfloat16, 1, mla_decode_heuristic), (128, torch.bfloat16, 1, mla_decode_heuristic),
+     (16, torch.float8_e4m3fn, 4, mla_decode_heuristic), (128, torch.float8_e4m3fn, 16, mla_decode_heuristic),
+     (16, torch.bfloat16, 3, mla_decode_heuristic), (128, torch.bfloat16, 2, mla_decode_heuristic),
+     (128, torch.bfloat16, 1, mla_decode_heuristic_v1)],
+    ids=lambda x: getattr(x, "__name__", str(x)),
+)  # fmt: skip
+def test_deepseek_geometry_with_the_gpu_tiles(heads, kv_dtype, q_len, heuristic):
+    """kv_lora_rank 512 + rope 64 with the configuration a heuristic picks on an H100-sized
     GPU (head tiles, key tiles, page prefetch, splits), here under the interpreter."""
     b = mla_batch(
         [q_len] * 3, [q_len, 65, 130], heads=heads, rank=512, rope=64, block_size=64,
         dtype=torch.bfloat16, kv_dtype=kv_dtype, k_scale=0.5,
     )  # fmt: skip
     gpu = MLAProblem(3, heads, 512, 64, q_len, 130, "bfloat16", str(kv_dtype).removeprefix("torch."), num_sms=132)
-    config = mla_decode_heuristic(gpu)
+    config = heuristic(gpu)
     assert config.prefetch_pages == 1 and (config.num_splits > 1 or heads * q_len >= 2048)
     kw = dict(k_scale=0.5) if kv_dtype in FP8 else {}
     out, _ = run(b, config=config, **kw)

@@ -9,7 +9,13 @@ from typing import Any
 from .._intmath import cdiv, next_pow2
 from .configs import _flag, _int, _pow2, _stages
 
-__all__ = ["MLADecodeConfig", "MLAProblem", "mla_decode_heuristic", "mla_workspace_numel"]
+__all__ = [
+    "MLADecodeConfig",
+    "MLAProblem",
+    "mla_decode_heuristic",
+    "mla_decode_heuristic_v1",
+    "mla_workspace_numel",
+]
 
 # Splits beyond this give the merge a [splits, kv_lora_rank] fp32 tile per row that no
 # longer fits one program's registers at 512 latent dims.
@@ -91,28 +97,102 @@ def mla_workspace_numel(
     return num_seqs * max(query_len, 1) * num_heads * num_splits * (kv_lora_rank + 1)
 
 
+# Rows a program needs for Hopper's wgmma: Triton 3.6 lowers a dot to it only when its M is a
+# multiple of 64 (one 64-row instruction per warpgroup); below that it emits mma.sync.
+WGMMA_ROWS = 64
+
+
 def mla_decode_heuristic(p: MLAProblem) -> MLADecodeConfig:
+    """The default configuration; :func:`mla_decode_heuristic_v1` is the previous one, kept
+    as the comparison baseline (attn-bench's ``ours-mla-v1``)."""
     rows_per_head = next_pow2(max(p.max_seqlen_q, 1))
     if p.interpreter:
         # Tiny tiles so that CPU test shapes cross tile and page boundaries, and head tiles
         # of at most 16 so that 32-head tests run two of them.
         block_h, tile_n, warps, stages = min(next_pow2(p.num_heads), 16), 16, 4, 1
+    elif _wgmma_fits(p, rows_per_head):
+        # 64 rows (64 heads, 32 heads x 2 verification tokens, 16 x 4, 4 x 16) per program,
+        # 8 warps. sm_90 compiles at kv_lora_rank 512 + rope 64 (Triton 3.6; docs/kernels.md,
+        # "MLA decode"; tools/sm90_report.py loops): both dots are HGMMA, no mma.sync. QK^T
+        # is 64x16x16 per warpgroup (the two warpgroups compute the same logits), P.V
+        # 64x256x16 with each warpgroup owning 256 of the 512 accumulator columns (128 fp32
+        # registers a thread). 255 registers; the unmasked key loop (every tile left of the
+        # diagonal) has no local loads or stores; the masked loop (the diagonal tile: one
+        # iteration per program at one new token) has 8-19; ptxas's 350-730 B of spill
+        # stores lie there and in the path for more new tokens than max_seqlen_q. The query
+        # stays in shared memory (72 KB) beside 3 latent stages of 36 KB: 184 KB, copies in
+        # flight across iterations (cp.async.wait_group 2). 16-key tiles give 64x8x16 QK^T
+        # instructions; 64-key tiles do not fit 3 stages, and at 2 every iteration waits for
+        # all its copies (wait_group 0 only).
+        block_h = max(1, min(next_pow2(p.num_heads), WGMMA_ROWS // rows_per_head))
+        tile_n, warps, stages = 32, 8, 3
     else:
-        # sm_90 compiles at kv_lora_rank 512, 8 warps (docs/kernels.md, "MLA decode"): 16 rows
-        # x 32-key tiles use 190 registers, 32 rows x 16 keys 235, neither spills; 32 x 32
-        # spills 16 B and 64 rows spill at any tile. A wider head tile reads the latent
-        # fewer times (128 heads: 4 reads of each tile instead of 8). An fp8 latent's
-        # conversion needs registers too: 32 rows spill 28 B there, 16 rows do not (224).
-        # Smaller ranks get the same tiles (not measured apart).
+        # Fewer than 64 rows (16 heads, or 32 at one token), or an fp8 latent: mma.sync. 16
+        # rows x 32-key tiles at 4 stages: 229 registers, no spills, three latent tiles in
+        # flight (cp.async.wait_group 4; two at 3 stages) in 130 KB; 16 x 64 at 3 stages
+        # spills 72 B, 4 warps 20-448 B. 32 rows x 16 keys at 3 stages: 248 registers, 75 KB,
+        # no spills. An fp8 latent is converted in registers before either dot: at 64 rows
+        # (HGMMA) the key loop itself loads and stores local memory (2.7-3 KB of spill
+        # stores at 16- and 32-key tiles); at 32 rows x 16 keys its key loops have none (the
+        # 40 B ptxas counts lie in the path for more new tokens than max_seqlen_q); at 16
+        # rows 4 stages pipeline no deeper than 3 (wait_group 2), so 3.
+        fp8 = p.kv_dtype.startswith("float8")
+        block_h = max(1, min(next_pow2(p.num_heads), 32 // rows_per_head))
+        if block_h * rows_per_head <= 16:
+            tile_n, warps, stages = 32, 8, (3 if fp8 else 4)
+        else:
+            tile_n, warps, stages = 16, 8, 3
+    programs = max(p.num_seqs * cdiv(p.num_heads, block_h), 1)
+    # Never a split shorter than two tiles: there the merge costs more than the parallelism gains.
+    most = max(cdiv(p.max_seqlen_k, 2 * tile_n), 1)
+    if p.interpreter:
+        num_splits = max(1, min(cdiv(2 * p.num_sms, programs), most, MAX_MLA_SPLITS))
+    else:
+        # 8 warps of 229-255 registers (57-65 K of an SM's 64 K): one program per SM, so
+        # the splits are counted in waves of num_sms programs.
+        num_splits = _fill_waves(programs, p.num_sms, min(most, MAX_MLA_SPLITS))
+    return MLADecodeConfig(block_h=block_h, tile_n=tile_n, num_splits=num_splits, num_warps=warps, num_stages=stages)
+
+
+def _wgmma_fits(p: MLAProblem, rows_per_head: int) -> bool:
+    """Whether the 64-row wgmma configuration applies: 16-bit query and latent (fp32 operands
+    would not fit shared memory, an fp8 latent spills), at most 512 latent dims (the
+    accumulator is 512 / 2 fp32 registers a thread per warpgroup) and enough rows."""
+    return (
+        p.dtype in ("float16", "bfloat16")
+        and p.kv_dtype == p.dtype
+        and p.kv_lora_rank <= 512
+        and p.rope_dim <= 64
+        and next_pow2(p.num_heads) * rows_per_head >= WGMMA_ROWS
+    )
+
+
+def _fill_waves(programs: int, slots: int, most: int) -> int:
+    """The fewest splits (at most ``most``) whose run time in waves of ``slots`` programs,
+    each split doing 1 / splits of the keys, is within 5% of the best: e.g. 64 programs on
+    132 SMs take 2 splits (one wave of 128), 128 programs 1, a single program ``most``."""
+
+    def waves(s: int) -> float:
+        return cdiv(programs * s, slots) / s
+
+    best = min(waves(s) for s in range(1, most + 1))
+    return next(s for s in range(1, most + 1) if waves(s) <= best * 1.05)
+
+
+def mla_decode_heuristic_v1(p: MLAProblem) -> MLADecodeConfig:
+    """The previous heuristic, kept as an explicit baseline to compare the current one with
+    on a GPU (attn-bench's ``ours-mla-v1``): at most 32 rows a program (mma.sync on sm_90),
+    two programs per SM."""
+    rows_per_head = next_pow2(max(p.max_seqlen_q, 1))
+    if p.interpreter:
+        block_h, tile_n, warps, stages = min(next_pow2(p.num_heads), 16), 16, 4, 1
+    else:
+        # sm_90 compiles at kv_lora_rank 512, 8 warps: 16 rows x 32-key tiles use 190
+        # registers, 32 rows x 16 keys 235, neither spills; an fp8 latent: 16 rows.
         rows = 16 if p.kv_dtype.startswith("float8") else 32
         block_h = max(1, min(next_pow2(p.num_heads), rows // rows_per_head))
         tile_n = 32 if block_h * rows_per_head <= 16 else 16
-        # 3 stages with the page numbers prefetched: the only mix whose sm_90 loop keeps latent
-        # copies in flight across iterations (cp.async.wait_group 2; at 2 stages, or without
-        # the prefetch, every iteration waits for all its copies), still without spills.
         warps, stages = 8, 3
-    # Split-KV as the generic decode: about two programs per SM, never a split shorter than
-    # two tiles (there the merge costs more than the parallelism gains).
     programs = max(p.num_seqs * cdiv(p.num_heads, block_h), 1)
     want = cdiv(2 * p.num_sms, programs)
     most = max(cdiv(p.max_seqlen_k, 2 * tile_n), 1)
