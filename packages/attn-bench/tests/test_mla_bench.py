@@ -120,6 +120,22 @@ def test_ours_mla_matches_the_reference_on_every_sequence(q_len, kv_dtype):
     assert check(x, got).ok
 
 
+def test_ours_mla_v1_runs_the_previous_heuristic(monkeypatch):
+    """The comparison baseline: mla_decode with mla_decode_heuristic_v1's configuration,
+    checked against the reference like ours-mla."""
+    from triton_attn_kernels.tuning import mla as tuning
+
+    seen = []
+    v1 = tuning.mla_decode_heuristic_v1
+    monkeypatch.setattr(tuning, "mla_decode_heuristic_v1", lambda p: seen.append(v1(p)) or seen[-1])
+    x = make_inputs(_tiny(q_len=2), "cpu", seed=4)
+    timed = get("ours-mla-v1").make(x)
+    got = timed.read(timed.fn()).float()
+    assert len(seen) == 1 and not torch.isnan(got).any()
+    want = mla_decode_ref(x.q_nope, x.q_pe, x.latent_cache, x.block_table, x.seq_lens, x.cu_seqlens_q, scale=x.scale)
+    torch.testing.assert_close(got, want, atol=0.06, rtol=0.03)
+
+
 def test_the_check_rejects_a_wrong_mla_decode():
     x = make_inputs(_tiny(q_len=2), "cpu", seed=5)
     right = mla_decode_ref(

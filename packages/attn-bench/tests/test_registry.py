@@ -22,6 +22,7 @@ EXPECTED = {
     "flash-attn",
     "flashinfer",
     "ours-mla",
+    "ours-mla-v1",
     "ours-mla-prefill",
     "ours-mla-prefill-paged",
     "vllm-triton-mla",

@@ -20,8 +20,23 @@ NO_DV = "unsupported: kernels without dv != dk"
 @provider("ours-mla", ops=("mla_decode",), requires=("triton_attn_kernels",))
 def ours_mla(x: Inputs) -> Timed:
     """triton_attn_kernels.mla_decode: absorbed-weight MLA decode and verification over the paged latent cache."""
+    from triton_attn_kernels.tuning.mla import mla_decode_heuristic
+
+    return _mla_decode(x, mla_decode_heuristic)
+
+
+@provider("ours-mla-v1", ops=("mla_decode",), requires=("triton_attn_kernels",))
+def ours_mla_v1(x: Inputs) -> Timed:
+    """mla_decode with the previous heuristic's configuration (mla_decode_heuristic_v1: at most
+    32 rows a program, mma.sync on Hopper): the baseline ours-mla is compared with."""
+    from triton_attn_kernels.tuning.mla import mla_decode_heuristic_v1
+
+    return _mla_decode(x, mla_decode_heuristic_v1)
+
+
+def _mla_decode(x: Inputs, heuristic: Any) -> Timed:
     from triton_attn_kernels import mla_decode, mla_workspace_numel
-    from triton_attn_kernels.tuning.mla import MLAProblem, mla_decode_heuristic
+    from triton_attn_kernels.tuning.mla import MLAProblem
 
     p = x.problem
     q_nope, q_pe, cache = x.q_nope, x.q_pe, x.latent_cache
@@ -30,7 +45,7 @@ def ours_mla(x: Inputs) -> Timed:
     shape = MLAProblem.from_tensors(
         q_nope, q_pe, cache, num_seqs=p.num_seqs, max_seqlen_q=p.max_seqlen_q, max_seqlen_k=p.max_seqlen_k
     )
-    config = mla_decode_heuristic(shape)
+    config = heuristic(shape)
     numel = mla_workspace_numel(p.num_seqs, p.num_q_heads, p.v_head_dim, config.num_splits, query_len=p.max_seqlen_q)
     ws = torch.empty(max(numel, 1), dtype=torch.float32, device=x.device)
     scale: dict[str, Any] = {"k_scale": x.k_scale} if p.fp8 else {}
