@@ -78,15 +78,25 @@ def _attend_tiles(
     DOT_PRECISION: tl.constexpr,
     MASKED: tl.constexpr,  # False: the caller guarantees every key of these tiles is visible
 ):
+    # Pages that hold whole key tiles (a compile-time fact): every key of a tile lies in one
+    # page, so a tile needs one page number (a scalar) instead of one per key, and the keys'
+    # offsets inside the page are loop invariant; the 64-bit address math per key, most of
+    # the decode loop's integer work at 16-token pages, becomes one product per tile.
     if PAGED and PREFETCH_PAGES:
         # Page numbers one tile ahead, carried in registers: the K/V addresses of a tile then
         # come from the previous iteration, not from a load of this one, and the compiler's
         # pipeliner keeps the K/V loads NUM_STAGES - 1 tiles ahead. Without it (sm_90 code,
         # Triton 3.6) every iteration waits for all its copies (cp.async.wait_group 0).
         stop = tl.minimum(kv_hi, t_hi * TILE_N)  # no key at or beyond it is in this range
-        first = t_lo * TILE_N + offs_n
+        if BLOCK_SIZE % TILE_N == 0:
+            first = t_lo * TILE_N
+        else:
+            first = t_lo * TILE_N + offs_n
         page_next = tl.load(bt_row + first // BLOCK_SIZE, mask=first < stop, other=0)
         page_next = tl.minimum(tl.maximum(page_next, 0), num_blocks - 1)
+    if PAGED and BLOCK_SIZE % TILE_N == 0:
+        k_in_page = offs_n * stride_k_t
+        v_in_page = offs_n * stride_v_t
     for t in range(t_lo, t_hi):
         k_pos = t * TILE_N + offs_n
         if MASKED:
@@ -94,19 +104,32 @@ def _attend_tiles(
         else:
             k_ok = offs_n < TILE_N
         if PAGED:
-            if PREFETCH_PAGES:
-                page = page_next.to(tl.int64)
-                ahead = k_pos + TILE_N
-                page_next = tl.load(bt_row + ahead // BLOCK_SIZE, mask=ahead < stop, other=0)
-                page_next = tl.minimum(tl.maximum(page_next, 0), num_blocks - 1)
+            if BLOCK_SIZE % TILE_N == 0:
+                k0 = t * TILE_N  # the tile's first key; its page holds the whole tile
+                if PREFETCH_PAGES:
+                    page = page_next.to(tl.int64)
+                    page_next = tl.load(bt_row + (k0 + TILE_N) // BLOCK_SIZE, mask=k0 + TILE_N < stop, other=0)
+                    page_next = tl.minimum(tl.maximum(page_next, 0), num_blocks - 1)
+                else:
+                    page = tl.load(bt_row + k0 // BLOCK_SIZE, mask=k0 < kv_hi, other=0)
+                    page = tl.minimum(tl.maximum(page, 0), num_blocks - 1).to(tl.int64)
+                slot0 = k0 % BLOCK_SIZE
+                k_off = (page * stride_k_b + slot0 * stride_k_t) + k_in_page
+                v_off = (page * stride_v_b + slot0 * stride_v_t) + v_in_page
             else:
-                page = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_ok, other=0)
-                # A block id outside the cache reads some page of this cache, never memory
-                # beyond it (two integer ops per key; debug mode reports the entry).
-                page = tl.minimum(tl.maximum(page, 0), num_blocks - 1).to(tl.int64)
-            slot = k_pos % BLOCK_SIZE
-            k_off = page * stride_k_b + slot * stride_k_t
-            v_off = page * stride_v_b + slot * stride_v_t
+                if PREFETCH_PAGES:
+                    page = page_next.to(tl.int64)
+                    ahead = k_pos + TILE_N
+                    page_next = tl.load(bt_row + ahead // BLOCK_SIZE, mask=ahead < stop, other=0)
+                    page_next = tl.minimum(tl.maximum(page_next, 0), num_blocks - 1)
+                else:
+                    page = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_ok, other=0)
+                    # A block id outside the cache reads some page of this cache, never memory
+                    # beyond it (two integer ops per key; debug mode reports the entry).
+                    page = tl.minimum(tl.maximum(page, 0), num_blocks - 1).to(tl.int64)
+                slot = k_pos % BLOCK_SIZE
+                k_off = page * stride_k_b + slot * stride_k_t
+                v_off = page * stride_v_b + slot * stride_v_t
         else:
             tok = (k_start + k_pos).to(tl.int64)
             k_off = tok * stride_k_t
