@@ -218,14 +218,18 @@ def test_persistent_launch_grid(monkeypatch, sms, programs):
     table = torch.arange(4, dtype=torch.int32).reshape(2, 2)
     lens = torch.tensor([256, 200], dtype=torch.int32)
     cu_q = torch.tensor([0, 256, 300], dtype=torch.int32)
-    for persistent in (True, False):
+    for persistent, other_launch in [(True, 1), (False, 0)]:
         _gluon.launch(q, k, k, torch.empty_like(q), None, _tma.row_views(q, k, k), block_table=table, seq_lens=lens,
-                      cu_seqlens_q=cu_q, cu_seqlens_k=None, num_seqs=2, max_seqlen_q=257, decode_q=0, other_launch=0,
-                      scale=0.125, causal=True, config=GLUON, persistent=persistent)  # fmt: skip
+                      cu_seqlens_q=cu_q, cu_seqlens_k=None, num_seqs=2, max_seqlen_q=257, decode_q=4,
+                      other_launch=other_launch, scale=0.125, causal=True, config=GLUON, persistent=persistent)  # fmt: skip
     (grid_p, args_p, kw_p), (grid, args, kw) = seen
     assert grid_p == (programs,) and kw_p["PERSISTENT"] is True
     assert grid == (4, 2, 3) and kw["PERSISTENT"] is False
-    assert args_p[15:18] == args[15:18] == (4, 2, 3)  # num_q_heads, num_seqs, q_levels
+    # The kernel skips sequences of at most this many new tokens: the decode launch's where
+    # there is one, else only empty ones.
+    assert (args_p[13], args[13]) == (4, 0)
+    # num_q_heads, num_seqs, q_levels, work tiles, programs
+    assert args_p[14:19] == (4, 2, 3, 24, programs) and args[14:17] == (4, 2, 3)
 
 
 def test_launcher_routes_qualifying_launches_to_it(monkeypatch):

@@ -147,9 +147,10 @@ def launch(
     else:
         max_k, bt_stride = k.shape[0], 0
     q_levels = min(cdiv(max(max_seqlen_q, 1), BLOCK_M), check.MAX_SEQS)
+    n_work = q_levels * num_seqs * num_q_heads
     if persistent:
         # One resident program per SM at most (the ring takes most of its shared memory).
-        grid: tuple[int, ...] = (max(1, min(q_levels * num_q_heads * num_seqs, num_sms(q.device))),)
+        grid: tuple[int, ...] = (max(1, min(n_work, num_sms(q.device))),)
     else:
         grid = (num_q_heads, num_seqs, q_levels)
     prefill_gluon_kernel[grid](
@@ -166,11 +167,13 @@ def launch(
         num_tokens,
         k.shape[0] if paged else 1,
         max_k,
-        decode_q,
-        other_launch,
+        # The kernel serves the sequences with more new tokens than this (0: every non-empty one).
+        decode_q if other_launch else 0,
         num_q_heads,
         num_seqs,
         q_levels,
+        n_work,
+        grid[0],
         kr.rows_per_block,
         kr.rows_per_head,
         kr.cols_per_head,

@@ -17,6 +17,12 @@ Masks are applied only to the tiles that need one: the causal diagonal and the s
 last tile; the tiles below the diagonal run unmasked. Query tiles are walked heaviest first
 (grid-stride; the slowest grid axis is dispatched last).
 
+PERSISTENT: one program per SM walks work tiles (``_work_tile``: heaviest level first, the
+query heads of a GQA group adjacent). Every counter that names a barrier phase (the ring's
+key tiles, the query tiles, the ping-pong's rounds, the tail cleans) carries from one work
+tile to the next, so nothing drains between them: the consumers release Q after their last
+QK^T and the loader issues the next tile's Q and K/V while their last PV and epilogue run.
+
 A key tile is TILE_N consecutive slots of one page (PAGED: the page size is a multiple of
 TILE_N; its row in the 2-D view of the cache is ``page * ROWS_PER_BLOCK + kv_head *
 ROWS_PER_HEAD + slot``, column ``kv_head * COLS_PER_HEAD``, as in prefill_tma.py) or of a
@@ -54,7 +60,6 @@ def _span(
     num_tokens,
     max_k,
     decode_q,
-    other_launch,
     PAGED: gl.constexpr,
 ):
     """(q_start, q_len, k_start, seq_len, served) of one sequence, clamped into the tensors."""
@@ -68,10 +73,7 @@ def _span(
         k_start = gl.minimum(gl.maximum(gl.load(cu_seqlens_k_ptr + seq), 0), max_k)
         seq_len = gl.minimum(gl.maximum(gl.load(cu_seqlens_k_ptr + seq + 1), k_start), max_k) - k_start
     # Sequences of the decode launch (or empty ones) get no query tile.
-    if other_launch != 0:
-        served = q_len > decode_q
-    else:
-        served = q_len >= 1
+    served = q_len > decode_q
     return q_start, q_len, k_start, seq_len, served
 
 
@@ -83,6 +85,13 @@ def _n_kv_tiles(q0, q_len, seq_len, BLOCK_M: gl.constexpr, TILE_N: gl.constexpr,
         kv_hi = gl.minimum(kv_hi, seq_len - q_len + gl.minimum(q0 + BLOCK_M, q_len))
     # At least one (fully masked) tile, so that the two sides never wait for different counts.
     return gl.maximum(gl.cdiv(kv_hi, TILE_N), 1)
+
+
+@gluon.jit
+def _program():
+    """gl.program_id(0), read where it is used: as a pure value the compiler computes it
+    once before the partitions split and ptxas spills it across their register moves."""
+    return gl.inline_asm_elementwise("mov.u32 $0, %ctaid.x;", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
 
 
 @gluon.jit
@@ -124,7 +133,6 @@ def _load_tiles(
     num_blocks,
     max_k,
     decode_q,
-    other_launch,
     rows_per_block,
     rows_per_head,
     cols_per_head,
@@ -143,7 +151,7 @@ def _load_tiles(
     BLOCK_M: gl.constexpr = 2 * HALF_M
     kv_head = head // GROUP
     q_start, q_len, k_start, seq_len, served = _span(
-        cu_seqlens_q_ptr, cu_seqlens_k_ptr, seq_lens_ptr, seq, num_tokens, max_k, decode_q, other_launch, PAGED
+        cu_seqlens_q_ptr, cu_seqlens_k_ptr, seq_lens_ptr, seq, num_tokens, max_k, decode_q, PAGED
     )
     n_q_tiles = gl.where(served, gl.cdiv(q_len, BLOCK_M), 0)
     bt_row = block_table_ptr + seq.to(gl.int64) * stride_bt_s
@@ -198,10 +206,11 @@ def _loader(
     num_blocks,
     max_k,
     decode_q,
-    other_launch,
     num_q_heads,
     num_seqs,
     q_levels,
+    n_work,
+    programs,
     rows_per_block,
     rows_per_head,
     cols_per_head,
@@ -220,13 +229,13 @@ def _loader(
         # as the ring has a free slot (and Q as soon as both consumers are done with it).
         it = gl.to_tensor(0)
         n_done = gl.to_tensor(0)
-        for w in range(gl.program_id(0), q_levels * num_q_heads * num_seqs, gl.num_programs(0)):
+        for w in range(_program(), n_work, programs):
             head, seq, level = _work_tile(w, num_q_heads, num_seqs)
             it, n_done = _load_tiles(
                 head, seq, level, q_levels, it, n_done, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem,
                 q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
                 block_table_ptr, seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
-                num_tokens, num_blocks, max_k, decode_q, other_launch,
+                num_tokens, num_blocks, max_k, decode_q,
                 rows_per_block, rows_per_head, cols_per_head, stride_bt_s,
                 HEAD_DIM, GROUP, TILE_N, BLOCK_SIZE, STAGES, PAGED, CAUSAL,
             )  # fmt: skip
@@ -236,7 +245,7 @@ def _loader(
             q_desc, k_desc, v_desc, q_smem, k_smem, v_smem,
             q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
             block_table_ptr, seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
-            num_tokens, num_blocks, max_k, decode_q, other_launch,
+            num_tokens, num_blocks, max_k, decode_q,
             rows_per_block, rows_per_head, cols_per_head, stride_bt_s,
             HEAD_DIM, GROUP, TILE_N, BLOCK_SIZE, STAGES, PAGED, CAUSAL,
         )  # fmt: skip
@@ -358,7 +367,6 @@ def _consume_tiles(
     num_tokens,
     max_k,
     decode_q,
-    other_launch,
     stride_o_t,
     stride_o_h,
     WG: gl.constexpr,  # 0 or 1: which 64-row half of the query tile
@@ -390,7 +398,7 @@ def _consume_tiles(
     col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
 
     q_start, q_len, _, seq_len, served = _span(
-        cu_seqlens_q_ptr, cu_seqlens_k_ptr, seq_lens_ptr, seq, num_tokens, max_k, decode_q, other_launch, PAGED
+        cu_seqlens_q_ptr, cu_seqlens_k_ptr, seq_lens_ptr, seq, num_tokens, max_k, decode_q, PAGED
     )
     ctx = seq_len - q_len
     n_q_tiles = gl.where(served, gl.cdiv(q_len, BLOCK_M), 0)
@@ -503,12 +511,13 @@ def _consumer(
     num_tokens,
     max_k,
     decode_q,
-    other_launch,
     stride_o_t,
     stride_o_h,
     num_q_heads,
     num_seqs,
     q_levels,
+    n_work,
+    programs,
     WG: gl.constexpr,  # 0 or 1: which 64-row half of the query tile
     HEAD_DIM: gl.constexpr,
     TILE_N: gl.constexpr,
@@ -524,13 +533,18 @@ def _consumer(
         n_done = gl.to_tensor(0)  # query tiles consumed so far
         turns = gl.to_tensor(0)  # wgmma issue rounds so far (ping-pong parity)
         tails = gl.to_tensor(0)  # tail tiles cleaned so far (v_clean parity)
-        for w in range(gl.program_id(0), q_levels * num_q_heads * num_seqs, gl.num_programs(0)):
+        # The epilogue's 64-bit row offsets from zero- rather than sign-extended factors (both
+        # are non-negative): a sign extension is computed once for the whole kernel, and kept
+        # across the partitions' register moves it spills; a zero one is a constant high word.
+        heads_64 = num_q_heads.to(gl.uint32).to(gl.int64)
+        stride_o_t_64 = stride_o_t.to(gl.uint32).to(gl.int64)
+        for w in range(_program(), n_work, programs):
             head, seq, level = _work_tile(w, num_q_heads, num_seqs)
             it, n_done, turns, tails = _consume_tiles(
-                head, seq, level, q_levels, num_q_heads, it, n_done, turns, tails,
+                head, seq, level, q_levels, heads_64, it, n_done, turns, tails,
                 q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
                 my_turn, their_turn, v_clean, v_seen, out_ptr, lse_ptr, seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
-                qk_scale, num_tokens, max_k, decode_q, other_launch, stride_o_t, stride_o_h,
+                qk_scale, num_tokens, max_k, decode_q, stride_o_t_64, stride_o_h,
                 WG, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, PINGPONG, RETURN_LSE,
                 True, not PINGPONG,
             )  # fmt: skip
@@ -542,13 +556,24 @@ def _consumer(
             gl.to_tensor(0), gl.to_tensor(0), gl.to_tensor(0), gl.to_tensor(0),
             q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
                 my_turn, their_turn, v_clean, v_seen, out_ptr, lse_ptr, seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
-                qk_scale, num_tokens, max_k, decode_q, other_launch, stride_o_t, stride_o_h,
+                qk_scale, num_tokens, max_k, decode_q, stride_o_t, stride_o_h,
                 WG, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, PINGPONG, RETURN_LSE,
             False, not PINGPONG,
         )  # fmt: skip
 
 
-@gluon.jit(do_not_specialize=["num_tokens", "num_blocks", "max_k", "decode_q", "other_launch", "num_seqs", "q_levels"])
+@gluon.jit(
+    do_not_specialize=[
+        "num_tokens",
+        "num_blocks",
+        "max_k",
+        "decode_q",
+        "num_seqs",
+        "q_levels",
+        "n_work",
+        "programs",
+    ]
+)
 def prefill_gluon_kernel(
     q_desc,  # [num_tokens, num_q_heads * HEAD_DIM] rows of q, block [64, HEAD_DIM]
     k_desc,  # the cache (or contiguous keys) as 2-D rows (module docstring), block [TILE_N, HEAD_DIM]
@@ -563,11 +588,12 @@ def prefill_gluon_kernel(
     num_tokens,
     num_blocks,  # pages in the cache (PAGED)
     max_k,  # PAGED: max_blocks * BLOCK_SIZE; varlen: rows of k
-    decode_q,  # sequences with 1..decode_q new tokens belong to the decode launch
-    other_launch,  # 1: a decode launch serves those; 0: this launch serves every sequence
+    decode_q,  # sequences with 0..decode_q new tokens are not this launch's (0: empty ones only)
     num_q_heads,
     num_seqs,
     q_levels,  # query tiles per sequence the launch plans for (max_seqlen_q / BLOCK_M, rounded up)
+    n_work,  # PERSISTENT: q_levels x num_seqs x num_q_heads work tiles
+    programs,  # PERSISTENT: the grid (given, not read: a value ptxas can reload)
     rows_per_block,
     rows_per_head,
     cols_per_head,
@@ -634,7 +660,7 @@ def prefill_gluon_kernel(
                 (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
                  turn.index(0), turn.index(1), v_clean, v_seen, out_ptr, lse_ptr,
                  seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, qk_scale,
-                 num_tokens, max_k, decode_q, other_launch, stride_o_t, stride_o_h, num_q_heads, num_seqs, q_levels,
+                 num_tokens, max_k, decode_q, stride_o_t, stride_o_h, num_q_heads, num_seqs, q_levels, n_work, programs,
                  0, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, PINGPONG, RETURN_LSE, PERSISTENT),
             ),
             (
@@ -642,14 +668,14 @@ def prefill_gluon_kernel(
                 (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
                  turn.index(1), turn.index(0), v_clean, v_seen, out_ptr, lse_ptr,
                  seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, qk_scale,
-                 num_tokens, max_k, decode_q, other_launch, stride_o_t, stride_o_h, num_q_heads, num_seqs, q_levels,
+                 num_tokens, max_k, decode_q, stride_o_t, stride_o_h, num_q_heads, num_seqs, q_levels, n_work, programs,
                  1, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, PINGPONG, RETURN_LSE, PERSISTENT),
             ),
             (
                 _loader,
                 (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
                  block_table_ptr, seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
-                 num_tokens, num_blocks, max_k, decode_q, other_launch, num_q_heads, num_seqs, q_levels,
+                 num_tokens, num_blocks, max_k, decode_q, num_q_heads, num_seqs, q_levels, n_work, programs,
                  rows_per_block, rows_per_head, cols_per_head, stride_bt_s,
                  HEAD_DIM, GROUP, TILE_N, BLOCK_SIZE, STAGES, PAGED, CAUSAL, PERSISTENT),
             ),
