@@ -120,7 +120,7 @@ def mla_decode_heuristic(p: MLAProblem) -> MLADecodeConfig:
         # diagonal) has no local loads or stores; the masked loop (the diagonal tile: one
         # iteration per program at one new token) has 8-19; ptxas's 350-730 B of spill
         # stores lie there and in the path for more new tokens than max_seqlen_q. The query
-        # stays in shared memory (72 KB) beside 3 latent stages of 36 KB: 184 KB, copies in
+        # stays in shared memory (72 KB) beside 3 latent stages of 36 KB: 180 KB, copies in
         # flight across iterations (cp.async.wait_group 2). 16-key tiles give 64x8x16 QK^T
         # instructions; 64-key tiles do not fit 3 stages, and at 2 every iteration waits for
         # all its copies (wait_group 0 only).
@@ -129,8 +129,8 @@ def mla_decode_heuristic(p: MLAProblem) -> MLADecodeConfig:
     else:
         # Fewer than 64 rows (16 heads, or 32 at one token), or an fp8 latent: mma.sync. 16
         # rows x 32-key tiles at 4 stages: 229 registers, no spills, three latent tiles in
-        # flight (cp.async.wait_group 4; two at 3 stages) in 130 KB; 16 x 64 at 3 stages
-        # spills 72 B, 4 warps 20-448 B. 32 rows x 16 keys at 3 stages: 248 registers, 75 KB,
+        # flight (cp.async.wait_group 4; two at 3 stages) in 127 KB; 16 x 64 at 3 stages
+        # spills 72 B, 4 warps 20-448 B. 32 rows x 16 keys at 3 stages: 248 registers, 73 KB,
         # no spills. An fp8 latent is converted in registers before either dot: at 64 rows
         # (HGMMA) the key loop itself loads and stores local memory (2.7-3 KB of spill
         # stores at 16- and 32-key tiles); at 32 rows x 16 keys its key loops have none (the
