@@ -223,6 +223,8 @@ def cmd_precompile(args: argparse.Namespace) -> int:
             max_num_batched_tokens=args.max_num_batched_tokens or args.max_model_len,
             cuda_graphs=not args.no_full_cuda_graphs,
             decode_query_len=args.decode_query_len,
+            block_size=args.block_size,
+            plain_attention=not (args.sliding_window or args.softcap or args.alibi or args.sinks),
         ),
         device=device,
     )
@@ -316,7 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--kv-dtype", default="auto", choices=["auto", *_KV_DTYPES, *_VLLM_KV], help="cache dtype; auto: --dtype"
     )
-    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument(
+        "--block-size",
+        type=int,
+        default=16,
+        help="the cache's page size: the server's (the vLLM plugin asks for 128 on Hopper where the Gluon "
+        "prefill serves the model; its log says so), vLLM's default 16 elsewhere",
+    )
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-model-len", type=int, required=True)
     p.add_argument("--max-num-batched-tokens", type=int, default=None, help="default: --max-model-len")
