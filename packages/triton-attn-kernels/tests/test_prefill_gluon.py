@@ -199,10 +199,11 @@ def test_launch_gives_the_loader_a_table_entry_to_read(monkeypatch):
     assert max_k == 0 and passed.numel() >= 1 and passed.shape[0] == 2
 
 
-@pytest.mark.parametrize(("sms", "programs"), [(132, 3 * 4 * 2), (5, 5)])
+@pytest.mark.parametrize(("sms", "programs"), [(132, 3 * 4 * 2), (5, 5), (2**31 - 24, None)])
 def test_persistent_launch_grid(monkeypatch, sms, programs):
     # Persistent: one program per SM at most, over the work tiles (query-tile levels x
-    # sequences x heads: 3 x 2 x 4 here); otherwise one per head, sequence and level.
+    # sequences x heads: 3 x 2 x 4 here); otherwise one per head, sequence and level, which
+    # is also what runs where the persistent walk's int32 index could overflow.
     from triton_attn_kernels._kernels import prefill_gluon
 
     seen: list[tuple] = []
@@ -223,6 +224,9 @@ def test_persistent_launch_grid(monkeypatch, sms, programs):
                       cu_seqlens_q=cu_q, cu_seqlens_k=None, num_seqs=2, max_seqlen_q=257, decode_q=4,
                       other_launch=other_launch, scale=0.125, causal=True, config=GLUON, persistent=persistent)  # fmt: skip
     (grid_p, args_p, kw_p), (grid, args, kw) = seen
+    if programs is None:
+        assert grid_p == (4, 2, 3) and kw_p["PERSISTENT"] is False
+        return
     assert grid_p == (programs,) and kw_p["PERSISTENT"] is True
     assert grid == (4, 2, 3) and kw["PERSISTENT"] is False
     # The kernel skips sequences of at most this many new tokens: the decode launch's where

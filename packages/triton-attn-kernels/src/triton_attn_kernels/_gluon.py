@@ -126,7 +126,8 @@ def launch(
     ``persistent``: one program per SM (at most one per work tile) walks the work tiles,
     its loader issuing the next tile's copies while the consumers finish the current one;
     otherwise one program per head, sequence and query tile (the default until the
-    persistent one is measured beside it)."""
+    persistent one is measured beside it, and what runs where the work tiles would
+    overflow the kernel's int32 index)."""
     from ._kernels.prefill_gluon import prefill_gluon_kernel
 
     num_tokens, num_q_heads, head_dim = q.shape
@@ -148,6 +149,9 @@ def launch(
         max_k, bt_stride = k.shape[0], 0
     q_levels = min(cdiv(max(max_seqlen_q, 1), BLOCK_M), check.MAX_SEQS)
     n_work = q_levels * num_seqs * num_q_heads
+    # The work-tile index is an int32 that steps past n_work by up to one grid's width.
+    if persistent and n_work + num_sms(q.device) >= 2**31:
+        persistent = False
     if persistent:
         # One resident program per SM at most (the ring takes most of its shared memory).
         grid: tuple[int, ...] = (max(1, min(n_work, num_sms(q.device))),)
