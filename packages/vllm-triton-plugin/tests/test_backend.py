@@ -38,20 +38,32 @@ SEQS = [(37, 1), (21, 5), (17, 17), (12, 0), (15, 1)]
 PADDING = 3  # CUDA-graph style padding tokens after the last sequence
 
 
-def vllm_config(num_q_heads, num_kv_heads, dtype, cache_dtype="auto", mode=CUDAGraphMode.NONE, max_num_seqs=8):
-    """The attributes of VllmConfig the builder reads, nothing else."""
+def vllm_config(
+    num_q_heads,
+    num_kv_heads,
+    dtype,
+    cache_dtype="auto",
+    mode=CUDAGraphMode.NONE,
+    max_num_seqs=8,
+    *,
+    head_size=HEAD,
+    max_model_len=256,
+    layers=None,
+):
+    """The attributes of VllmConfig the builder and the backend read, nothing else;
+    ``layers``: the forward context's attention layers by name."""
     model = SimpleNamespace(
         get_num_attention_heads=lambda parallel: num_q_heads,
         get_num_kv_heads=lambda parallel: num_kv_heads,
-        get_head_size=lambda: HEAD,
-        max_model_len=256,
+        get_head_size=lambda: head_size,
+        max_model_len=max_model_len,
         dtype=dtype,
     )
     return SimpleNamespace(
         model_config=model,
         parallel_config=SimpleNamespace(),
         cache_config=SimpleNamespace(cache_dtype=cache_dtype),
-        compilation_config=SimpleNamespace(cudagraph_mode=mode, static_forward_context={}),
+        compilation_config=SimpleNamespace(cudagraph_mode=mode, static_forward_context=layers or {}),
         scheduler_config=SimpleNamespace(max_num_seqs=max_num_seqs),
     )
 

@@ -6,10 +6,10 @@ whole-tile pages of plain models."""
 from __future__ import annotations
 
 import dataclasses
-from types import SimpleNamespace
 
 import pytest
 import torch
+from test_backend import vllm_config
 from vllm.config import CUDAGraphMode
 from vllm.v1.kv_cache_interface import FullAttentionSpec
 
@@ -19,20 +19,9 @@ from vllm_triton_plugin.backend import TritonAttentionBackend, TritonAttentionIm
 HEAD = 128
 
 
-def _config(*, cache_dtype="auto", layers=None, dtype=torch.bfloat16):
-    model = SimpleNamespace(
-        get_num_attention_heads=lambda parallel: 32,
-        get_num_kv_heads=lambda parallel: 8,
-        get_head_size=lambda: HEAD,
-        max_model_len=4096,
-        dtype=dtype,
-    )
-    return SimpleNamespace(
-        model_config=model,
-        parallel_config=SimpleNamespace(),
-        cache_config=SimpleNamespace(cache_dtype=cache_dtype),
-        compilation_config=SimpleNamespace(cudagraph_mode=CUDAGraphMode.PIECEWISE, static_forward_context=layers or {}),
-        scheduler_config=SimpleNamespace(max_num_seqs=8, max_num_batched_tokens=2048),
+def _config(*, cache_dtype="auto", layers=None):
+    return vllm_config(
+        32, 8, torch.bfloat16, cache_dtype, CUDAGraphMode.PIECEWISE, head_size=HEAD, max_model_len=4096, layers=layers
     )
 
 
