@@ -133,10 +133,13 @@ def test_verification_is_causal_within_the_new_tokens(q_len, splits, prefetch):
 @pytest.mark.parametrize("kv_dtype", FP8)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("as_tensor", [False, True])
-def test_fp8_latent_with_scale(kv_dtype, dtype, as_tensor):
+@pytest.mark.parametrize("block_h", [16, 4])
+def test_fp8_latent_with_scale(kv_dtype, dtype, as_tensor, block_h):
+    # 16 heads x 3 -> 4 tokens: 64 rows a program, where a bf16 query stays bf16; 4 heads:
+    # 16 rows, where it goes to fp16 pre-scaled.
     b = mla_batch([1, 3, 1], [33, 20, 70], dtype=dtype, kv_dtype=kv_dtype, k_scale=0.25)
     k_scale = torch.tensor([0.25], device=DEVICE) if as_tensor else 0.25
-    out, _ = run(b, k_scale=k_scale, config=cfg(3))
+    out, _ = run(b, k_scale=k_scale, config=cfg(3, block_h=block_h))
     ref = mla_decode_ref(*b.args(), scale=b.scale, k_scale=0.25)
     check(out, ref, dtype)
     # The scale is applied (to logits and values), not assumed.
@@ -271,10 +274,12 @@ def test_heuristic_is_pure_and_bounded():
     assert mla_decode_heuristic(problem(num_heads=16, max_seqlen_q=3)).block_h == 16
     assert mla_decode_heuristic(problem(num_seqs=512)).num_splits == 1
     assert mla_decode_heuristic(problem(max_seqlen_k=16)).num_splits == 1
-    # Fewer rows, an fp8 latent, fp32 or a wider latent: the mma.sync tiles.
-    fp8 = mla_decode_heuristic(problem(kv_dtype="float8_e4m3fn"))
+    # Fewer rows, fp32 or a wider latent: the mma.sync tiles.
+    fp8 = mla_decode_heuristic(problem(num_heads=32, kv_dtype="float8_e4m3fn"))
     assert (fp8.block_h, fp8.tile_n, fp8.num_stages) == (32, 16, 3)
     assert mla_decode_heuristic(problem(num_heads=16, kv_dtype="float8_e4m3fn")).num_stages == 3
+    # An fp8 latent at 64 rows takes the wgmma tiles too (with the query kept bf16).
+    assert mla_decode_heuristic(problem(kv_dtype="float8_e5m2")).block_h == 64
     assert mla_decode_heuristic(problem(dtype="float32", kv_dtype="float32")).block_h == 32
     assert mla_decode_heuristic(problem(kv_lora_rank=1024)).block_h == 32
     small = mla_decode_heuristic(problem(num_heads=16))

@@ -28,7 +28,13 @@ from triton_attn_kernels._kernels.mla import mla_decode_kernel
 from triton_attn_kernels._kernels.mla_cache import write_latent_kernel
 from triton_attn_kernels._kernels.prefill_tma import prefill_tma_kernel
 from triton_attn_kernels._tma import warp_specialize
-from triton_attn_kernels.tuning.mla import MLADecodeConfig, MLAProblem, mla_decode_heuristic, mla_decode_heuristic_v1
+from triton_attn_kernels.tuning.mla import (
+    WGMMA_ROWS,
+    MLADecodeConfig,
+    MLAProblem,
+    mla_decode_heuristic,
+    mla_decode_heuristic_v1,
+)
 
 TARGET = GPUTarget("cuda", 90, 32)
 
@@ -387,16 +393,18 @@ def mla(
     torch_names = {"bf16": "bfloat16", "fp16": "float16", "fp8e4nv": "float8_e4m3fn", "fp8e5": "float8_e5m2"}
     cfg = heuristic(MLAProblem(seqs, heads, 512, 64, query_len, 8192, torch_names[dtype], torch_names[kv], num_sms=132))
     block_h = min(cfg.block_h, triton.next_power_of_2(heads))
+    block_m = max(16, triton.next_power_of_2(query_len * block_h))
     cx = dict(
         KV_RANK=512,
         ROPE_DIM=64,
         BLOCK_H=block_h,
         BLOCK_Q=query_len,
-        BLOCK_M=max(16, triton.next_power_of_2(query_len * block_h)),
+        BLOCK_M=block_m,
         TILE_N=cfg.tile_n,
         BLOCK_SIZE=64,
         KV_SCALED=fp8,
-        FP8_VIA_F16=fp8 and dtype == "bf16",
+        # As the launcher: at 64 rows the query stays as loaded (see mla.py).
+        FP8_VIA_F16=fp8 and dtype == "bf16" and block_m < WGMMA_ROWS,
         RETURN_LSE=False,
         NUM_SPLITS=cfg.num_splits,
         DOT_F32=False,

@@ -20,7 +20,7 @@ from ._intmath import cdiv, next_pow2
 from ._kernels.mla import mla_decode_kernel
 from ._kernels.mla_cache import write_latent_kernel
 from ._workspace import merge_partials, partials
-from .tuning.mla import MLADecodeConfig, MLAProblem, mla_decode_heuristic, mla_workspace_numel
+from .tuning.mla import WGMMA_ROWS, MLADecodeConfig, MLAProblem, mla_decode_heuristic, mla_workspace_numel
 from .tuning.policy import MAX_DECODE_QUERY_LEN
 
 __all__ = ["MLADecodeConfig", "mla_decode", "mla_workspace_numel", "write_latent_cache"]
@@ -195,7 +195,14 @@ def mla_decode(
     block_h = min(config.block_h, next_pow2(num_heads))
     block_m = max(16, next_pow2(dq * block_h))
     dummy = cu_seqlens_q
-    fp8_via_f16 = fp8 and q_nope.dtype == torch.bfloat16
+    # fp8 -> fp16 is exact and cheaper than fp8 -> bf16, so an fp8 latent with a bf16 query
+    # normally runs its dots in fp16 with the query converted in the kernel. At 64 rows a
+    # program (wgmma on sm_90) that converted query would become a register operand: Triton
+    # 3.6 feeds wgmma's A from registers unless it comes straight from a load, and 64 x 512
+    # fp16 values are 128 registers a thread beside the accumulator's 128 (the key loop then
+    # spills, ~120 local loads/stores a tile). There the query stays bf16 in shared memory
+    # and the latent converts to bf16 (exact for e4m3 and e5m2), shared by the 64 rows.
+    fp8_via_f16 = fp8 and q_nope.dtype == torch.bfloat16 and block_m < WGMMA_ROWS
     # The interpreter computes garbage for bf16 dots: fp32 operands there.
     dot_f32 = q_nope.dtype == torch.float32 or (interpreting() and q_nope.dtype == torch.bfloat16 and not fp8_via_f16)
 

@@ -112,28 +112,30 @@ def mla_decode_heuristic(p: MLAProblem) -> MLADecodeConfig:
         block_h, tile_n, warps, stages = min(next_pow2(p.num_heads), 16), 16, 4, 1
     elif _wgmma_fits(p, rows_per_head):
         # 64 rows (64 heads, 32 heads x 2 verification tokens, 16 x 4, 4 x 16) per program,
-        # 8 warps. sm_90 compiles at kv_lora_rank 512 + rope 64 (Triton 3.6; docs/kernels.md,
-        # "MLA decode"; tools/sm90_report.py loops): both dots are HGMMA, no mma.sync. QK^T
-        # is 64x16x16 per warpgroup (the two warpgroups compute the same logits), P.V
-        # 64x256x16 with each warpgroup owning 256 of the 512 accumulator columns (128 fp32
-        # registers a thread). 255 registers; the unmasked key loop (every tile left of the
-        # diagonal) has no local loads or stores; the masked loop (the diagonal tile: one
-        # iteration per program at one new token) has 8-19; ptxas's 350-730 B of spill
-        # stores lie there and in the path for more new tokens than max_seqlen_q. The query
-        # stays in shared memory (72 KB) beside 3 latent stages of 36 KB: 180 KB, copies in
-        # flight across iterations (cp.async.wait_group 2). 16-key tiles give 64x8x16 QK^T
-        # instructions; 64-key tiles do not fit 3 stages, and at 2 every iteration waits for
-        # all its copies (wait_group 0 only).
+        # 8 warps, for a 16-bit or an fp8 latent. sm_90 compiles at kv_lora_rank 512 + rope
+        # 64 (Triton 3.6; docs/kernels.md, "MLA decode"; tools/sm90_report.py loops): both
+        # dots are HGMMA, no mma.sync. QK^T is 64x16x16 per warpgroup (the two warpgroups
+        # compute the same logits), P.V 64x256x16 with each warpgroup owning 256 of the 512
+        # accumulator columns (128 fp32 registers a thread). 255 registers. 16-bit latent:
+        # the unmasked key loop (every tile left of the diagonal) has no local loads or
+        # stores, the masked loop (the diagonal tile: one iteration per program at one new
+        # token) 8-19; ptxas's 350-730 B of spill stores lie there and in the path for more
+        # new tokens than max_seqlen_q. The query stays in shared memory (72 KB) beside 3
+        # latent stages of 36 KB: 180 KB, copies in flight across iterations
+        # (cp.async.wait_group 2). 16-key tiles give 64x8x16 QK^T instructions; 64-key tiles
+        # do not fit 3 stages, and at 2 every iteration waits for all its copies
+        # (wait_group 0 only). fp8 latent (e4m3 or e5m2, converted in the loop; the query
+        # as loaded, the launcher's fp8_via_f16 off at 64 rows): 144 KB, 1-2 local
+        # loads/stores a key-loop tile, 110-130 in the masked loop; a query converted to
+        # fp16 in registers becomes wgmma's register operand and the key loop has ~120.
         block_h = max(1, min(next_pow2(p.num_heads), WGMMA_ROWS // rows_per_head))
         tile_n, warps, stages = 32, 8, 3
     else:
-        # Fewer than 64 rows (16 heads, or 32 at one token), or an fp8 latent: mma.sync. 16
-        # rows x 32-key tiles at 4 stages: 229 registers, no spills, three latent tiles in
+        # Fewer than 64 rows (16 heads, or 32 at one token), or a 32-bit query: mma.sync.
+        # 16 rows x 32-key tiles at 4 stages: 229 registers, no spills, three latent tiles in
         # flight (cp.async.wait_group 4; two at 3 stages) in 127 KB; 16 x 64 at 3 stages
         # spills 72 B, 4 warps 20-448 B. 32 rows x 16 keys at 3 stages: 248 registers, 73 KB,
-        # no spills. An fp8 latent is converted in registers before either dot: at 64 rows
-        # (HGMMA) the key loop itself loads and stores local memory (2.7-3 KB of spill
-        # stores at 16- and 32-key tiles); at 32 rows x 16 keys its key loops have none (the
+        # no spills. An fp8 latent at 32 rows x 16 keys: key loops without local memory (the
         # 40 B ptxas counts lie in the path for more new tokens than max_seqlen_q); at 16
         # rows 4 stages pipeline no deeper than 3 (wait_group 2), so 3.
         fp8 = p.kv_dtype.startswith("float8")
@@ -155,12 +157,12 @@ def mla_decode_heuristic(p: MLAProblem) -> MLADecodeConfig:
 
 
 def _wgmma_fits(p: MLAProblem, rows_per_head: int) -> bool:
-    """Whether the 64-row wgmma configuration applies: 16-bit query and latent (fp32 operands
-    would not fit shared memory, an fp8 latent spills), at most 512 latent dims (the
+    """Whether the 64-row wgmma configuration applies: a 16-bit query (fp32 operands would not
+    fit shared memory) with a latent of its dtype or fp8, at most 512 latent dims (the
     accumulator is 512 / 2 fp32 registers a thread per warpgroup) and enough rows."""
     return (
         p.dtype in ("float16", "bfloat16")
-        and p.kv_dtype == p.dtype
+        and (p.kv_dtype == p.dtype or p.kv_dtype.startswith("float8"))
         and p.kv_lora_rank <= 512
         and p.rope_dim <= 64
         and next_pow2(p.num_heads) * rows_per_head >= WGMMA_ROWS
