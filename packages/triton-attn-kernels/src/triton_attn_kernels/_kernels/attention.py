@@ -81,20 +81,25 @@ def _attend_tiles(
     # Pages that hold whole key tiles (a compile-time fact): every key of a tile lies in one
     # page, so a tile needs one page number (a scalar) instead of one per key, and the keys'
     # offsets inside the page are loop invariant; the 64-bit address math per key, most of
-    # the decode loop's integer work at 16-token pages, becomes one product per tile.
+    # the decode loop's integer work, becomes one product per tile. Only for heads of at most
+    # 64 dims: the invariant offsets stay in registers (sm_90, Triton 3.6: 168 -> 255 at d128),
+    # and on an H200 at 128-token pages that made d128 decodes up to 1.5x slower (batch 64 x
+    # 8k: 801 us against 523 with per-key pages) while d64 gained 1.15x (32 x 8k: 155 against
+    # 178.5 us; docs/results/h200/plugin-pages-2026-12-02).
+    WHOLE_PAGES: tl.constexpr = PAGED and BLOCK_SIZE % TILE_N == 0 and q.shape[1] <= 64
     if PAGED and PREFETCH_PAGES:
         # Page numbers one tile ahead, carried in registers: the K/V addresses of a tile then
         # come from the previous iteration, not from a load of this one, and the compiler's
         # pipeliner keeps the K/V loads NUM_STAGES - 1 tiles ahead. Without it (sm_90 code,
         # Triton 3.6) every iteration waits for all its copies (cp.async.wait_group 0).
         stop = tl.minimum(kv_hi, t_hi * TILE_N)  # no key at or beyond it is in this range
-        if BLOCK_SIZE % TILE_N == 0:
+        if WHOLE_PAGES:
             first = t_lo * TILE_N
         else:
             first = t_lo * TILE_N + offs_n
         page_next = tl.load(bt_row + first // BLOCK_SIZE, mask=first < stop, other=0)
         page_next = tl.minimum(tl.maximum(page_next, 0), num_blocks - 1)
-    if PAGED and BLOCK_SIZE % TILE_N == 0:
+    if WHOLE_PAGES:
         k_in_page = offs_n * stride_k_t
         v_in_page = offs_n * stride_v_t
     for t in range(t_lo, t_hi):
@@ -104,7 +109,7 @@ def _attend_tiles(
         else:
             k_ok = offs_n < TILE_N
         if PAGED:
-            if BLOCK_SIZE % TILE_N == 0:
+            if WHOLE_PAGES:
                 k0 = t * TILE_N  # the tile's first key; its page holds the whole tile
                 if PREFETCH_PAGES:
                     page = page_next.to(tl.int64)
