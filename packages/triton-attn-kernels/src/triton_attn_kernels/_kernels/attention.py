@@ -20,6 +20,7 @@ context never extends past its block-table row (or past k), and output rows lie 
 import triton
 import triton.language as tl
 
+from .paging import pages_of
 from .softmax import merge_splits, online_softmax_step, softmax_finish
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -97,8 +98,7 @@ def _attend_tiles(
             first = t_lo * TILE_N
         else:
             first = t_lo * TILE_N + offs_n
-        page_next = tl.load(bt_row + first // BLOCK_SIZE, mask=first < stop, other=0)
-        page_next = tl.minimum(tl.maximum(page_next, 0), num_blocks - 1)
+        page_next = pages_of(bt_row, first, first < stop, num_blocks, BLOCK_SIZE)
     if WHOLE_PAGES:
         k_in_page = offs_n * stride_k_t
         v_in_page = offs_n * stride_v_t
@@ -113,11 +113,9 @@ def _attend_tiles(
                 k0 = t * TILE_N  # the tile's first key; its page holds the whole tile
                 if PREFETCH_PAGES:
                     page = page_next.to(tl.int64)
-                    page_next = tl.load(bt_row + (k0 + TILE_N) // BLOCK_SIZE, mask=k0 + TILE_N < stop, other=0)
-                    page_next = tl.minimum(tl.maximum(page_next, 0), num_blocks - 1)
+                    page_next = pages_of(bt_row, k0 + TILE_N, k0 + TILE_N < stop, num_blocks, BLOCK_SIZE)
                 else:
-                    page = tl.load(bt_row + k0 // BLOCK_SIZE, mask=k0 < kv_hi, other=0)
-                    page = tl.minimum(tl.maximum(page, 0), num_blocks - 1).to(tl.int64)
+                    page = pages_of(bt_row, k0, k0 < kv_hi, num_blocks, BLOCK_SIZE).to(tl.int64)
                 slot0 = k0 % BLOCK_SIZE
                 k_off = (page * stride_k_b + slot0 * stride_k_t) + k_in_page
                 v_off = (page * stride_v_b + slot0 * stride_v_t) + v_in_page
@@ -125,13 +123,9 @@ def _attend_tiles(
                 if PREFETCH_PAGES:
                     page = page_next.to(tl.int64)
                     ahead = k_pos + TILE_N
-                    page_next = tl.load(bt_row + ahead // BLOCK_SIZE, mask=ahead < stop, other=0)
-                    page_next = tl.minimum(tl.maximum(page_next, 0), num_blocks - 1)
+                    page_next = pages_of(bt_row, ahead, ahead < stop, num_blocks, BLOCK_SIZE)
                 else:
-                    page = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_ok, other=0)
-                    # A block id outside the cache reads some page of this cache, never memory
-                    # beyond it (two integer ops per key; debug mode reports the entry).
-                    page = tl.minimum(tl.maximum(page, 0), num_blocks - 1).to(tl.int64)
+                    page = pages_of(bt_row, k_pos, k_ok, num_blocks, BLOCK_SIZE).to(tl.int64)
                 slot = k_pos % BLOCK_SIZE
                 k_off = page * stride_k_b + slot * stride_k_t
                 v_off = page * stride_v_b + slot * stride_v_t

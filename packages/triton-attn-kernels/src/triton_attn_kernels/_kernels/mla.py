@@ -17,6 +17,7 @@ Addresses come from clamped indices only, as in ``attention_kernel``: page numbe
 import triton
 import triton.language as tl
 
+from .paging import pages_of
 from .softmax import online_softmax_step, softmax_finish
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -59,8 +60,7 @@ def _mla_tiles(
         # of later tiles early (without it, sm_90 code waits for every copy: wait_group 0).
         stop = tl.minimum(kv_hi, t_hi * TILE_N)
         first = t_lo * TILE_N + offs_n
-        page_next = tl.load(bt_row + first // BLOCK_SIZE, mask=first < stop, other=0)
-        page_next = tl.minimum(tl.maximum(page_next, 0), num_blocks - 1)
+        page_next = pages_of(bt_row, first, first < stop, num_blocks, BLOCK_SIZE)
     for t in range(t_lo, t_hi):
         k_pos = t * TILE_N + offs_n
         if MASKED:
@@ -70,11 +70,9 @@ def _mla_tiles(
         if PREFETCH_PAGES:
             page = page_next.to(tl.int64)
             ahead = k_pos + TILE_N
-            page_next = tl.load(bt_row + ahead // BLOCK_SIZE, mask=ahead < stop, other=0)
-            page_next = tl.minimum(tl.maximum(page_next, 0), num_blocks - 1)
+            page_next = pages_of(bt_row, ahead, ahead < stop, num_blocks, BLOCK_SIZE)
         else:
-            page = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_ok, other=0)
-            page = tl.minimum(tl.maximum(page, 0), num_blocks - 1).to(tl.int64)
+            page = pages_of(bt_row, k_pos, k_ok, num_blocks, BLOCK_SIZE).to(tl.int64)
         row = page * stride_kv_b + (k_pos % BLOCK_SIZE) * stride_kv_t
         # One load of the latent rows: the same registers feed q_nope . c and p . c.
         c = tl.load(kv_ptr + row[:, None] + dr[None, :] * stride_kv_d, mask=k_ok[:, None], other=0.0)
