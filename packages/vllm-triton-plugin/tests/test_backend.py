@@ -139,6 +139,7 @@ def layer(k_scale=1.0, v_scale=1.0):
 
 def run_case(
     *,
+    seqs=SEQS,
     num_q_heads=4,
     num_kv_heads=2,
     dtype=torch.float32,
@@ -156,7 +157,7 @@ def run_case(
     spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=num_kv_heads, head_size=HEAD, dtype=dtype)
     config = vllm_config(num_q_heads, num_kv_heads, dtype, cache_dtype, mode)
     builder = TritonAttentionMetadataBuilder(spec, ["layer.0"], config, DEVICE)
-    batch = make_batch(SEQS, num_q_heads, num_kv_heads, dtype, num_blocks, gen)
+    batch = make_batch(seqs, num_q_heads, num_kv_heads, dtype, num_blocks, gen)
     md = builder.build(0, batch.common)
 
     # Sinks arrive as a model parameter in the model dtype.
@@ -217,6 +218,41 @@ def run_case(
 @pytest.mark.parametrize(("num_q_heads", "num_kv_heads"), [(4, 2), (4, 1)])
 def test_mixed_batch(layout, num_q_heads, num_kv_heads):
     run_case(num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, layout=layout)
+
+
+# vLLM's decode-first order (reorder_batch_threshold): decodes, a request with no new token,
+# then a prefill chunk on a cached prefix, a fresh prefill and another empty request.
+DECODES_FIRST = [(37, 1), (15, 1), (12, 0), (21, 5), (17, 17), (9, 0)]
+
+
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+def test_decodes_first_batch_runs_its_prefill_launch_over_the_prefills_alone(layout, monkeypatch):
+    import vllm_triton_plugin.backend as backend
+
+    calls = []
+    real = backend.paged_attention
+
+    def spy(q, k, v, block_table, seq_lens, cu_seqlens_q, **kw):
+        calls.append((q.shape[0], block_table.shape[0], cu_seqlens_q.tolist(), kw["decode_query_len"]))
+        return real(q, k, v, block_table, seq_lens, cu_seqlens_q, **kw)
+
+    monkeypatch.setattr(backend, "paged_attention", spy)
+    _, md, _ = run_case(seqs=DECODES_FIRST, layout=layout, seed=9)
+    assert md.split is not None and (md.split.num_decodes, md.split.num_decode_tokens) == (3, 2)
+    # The decode rows (2 tokens of 3 requests), then the prefill rows alone (22 tokens of 3
+    # requests) with their own offsets; padding rows after them are nobody's.
+    assert calls == [(2, 3, [0, 1, 2, 2], 1), (22 + PADDING, 3, [0, 5, 22, 22], 0)]
+
+
+def test_other_orders_and_capture_run_one_call():
+    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=2, head_size=HEAD, dtype=torch.float32)
+    builder = TritonAttentionMetadataBuilder(spec, ["layer.0"], vllm_config(4, 2, torch.float32), DEVICE)
+    gen = torch.Generator().manual_seed(10)
+    for seqs in (SEQS, [(21, 5), (37, 1)], [(37, 1), (15, 1)], [(21, 5), (17, 17)]):
+        md = builder.build(0, make_batch(seqs, 4, 2, torch.float32, 24, gen).common)
+        assert md.split is None, seqs
+    captured = builder.build_for_cudagraph_capture(make_batch(DECODES_FIRST, 4, 2, torch.float32, 24, gen).common)
+    assert captured.split is None
 
 
 def test_mixed_batch_fp16():
@@ -481,13 +517,14 @@ def test_decode_query_len_follows_speculation():
 
 def test_builder_declarations_for_speculative_decoding():
     """What vLLM's proposers (0.26 - 0.32) read off a builder: CUDA graphs for any batch (the
-    verification shapes of 1 + k tokens included), no decode-first reordering, no metadata
-    reused across KV-cache groups, and draft decode steps that need no refresh in place."""
+    verification shapes of 1 + k tokens included), decode-first ordering with the 1 + k tokens
+    of a verification counted as decodes, no metadata reused across KV-cache groups, and draft
+    decode steps that need no refresh in place."""
     spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=2, head_size=HEAD, dtype=torch.float32)
     config = _spec_config(3)
     builder = TritonAttentionMetadataBuilder(spec, ["layer.0"], config, DEVICE)
     assert TritonAttentionMetadataBuilder.get_cudagraph_support(config, spec) == AttentionCGSupport.ALWAYS
-    assert builder.reorder_batch_threshold is None
+    assert builder.reorder_batch_threshold == 4
     assert builder.supports_update_block_table is False
     assert builder.supports_draft_decode_metadata_update is True
 

@@ -42,6 +42,7 @@ from triton_attn_kernels.tuning import ServingLimits, ServingPolicy, model_geome
 from . import _compat
 
 __all__ = [
+    "DecodesFirst",
     "TritonAttentionBackend",
     "TritonAttentionImpl",
     "TritonAttentionMetadata",
@@ -119,6 +120,37 @@ class TritonAttentionMetadata:
     # and the preallocated split-KV buffer it needs.
     config: AttentionConfig
     workspace: torch.Tensor | None
+    # A mixed batch in vLLM's decode-first order, outside CUDA-graph capture: ``forward`` runs
+    # the decode rows and the prefill rows as two calls, so the prefill launch has no program
+    # for a decode request (``None``: one call for the whole batch).
+    split: DecodesFirst | None = None
+
+
+@dataclass(frozen=True)
+class DecodesFirst:
+    """Requests ``[0, num_decodes)`` have at most ``decode_query_len`` new tokens (their
+    ``num_decode_tokens`` query rows come first), the others more (or none)."""
+
+    num_decodes: int
+    num_decode_tokens: int
+    prefill_query_start_loc: torch.Tensor  # query_start_loc[num_decodes:] - num_decode_tokens
+    prefill_max_query_len: int
+
+
+def _decodes_first(starts: torch.Tensor, query_start_loc: torch.Tensor, decode_query_len: int) -> DecodesFirst | None:
+    """The split of a batch whose requests of 1..decode_query_len new tokens all come before
+    its longer ones (requests with no new token may sit anywhere), from the host copy of
+    ``query_start_loc``; ``None`` for any other batch, or one without both kinds."""
+    q_lens = starts[1:] - starts[:-1]
+    prefill = q_lens > decode_query_len
+    if not bool(prefill.any()):
+        return None
+    first = int(prefill.to(torch.int8).argmax())
+    tail = q_lens[first:]
+    if first == 0 or bool(((tail >= 1) & (tail <= decode_query_len)).any()):
+        return None
+    n = int(starts[first])
+    return DecodesFirst(first, n, query_start_loc[first:] - n, int(tail.max()))
 
 
 # --------------------------------------------------------------------------------------
@@ -129,8 +161,10 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
     # padded requests (query length 0) on the device, so any batch can replay a graph
     # captured at its padded size.
     _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.ALWAYS
-    # The kernels take sequences in any order: no decode-first reordering needed.
-    reorder_batch_threshold: int | None = None
+    # The kernels take sequences in any order; vLLM's decode-first order (requests of at most
+    # this many new tokens first; set per builder to the decode query length) lets a mixed
+    # batch run its prefill launch over the prefill requests alone (``DecodesFirst``).
+    reorder_batch_threshold: int | None = 1
     # Metadata is cheap to build per KV-cache group, and the pinned config and workspace are
     # this builder's (its layers' head counts): never reused for another group's block table.
     supports_update_block_table: bool = False
@@ -186,6 +220,7 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         )
         need = self.policy.max_workspace_numel()
         self.workspace = torch.empty(need, dtype=torch.float32, device=device) if need else None
+        self.reorder_batch_threshold = self.policy.limits.decode_query_len
 
     def build_for_cudagraph_capture(self, common_attn_metadata: CommonAttentionMetadata) -> TritonAttentionMetadata:
         # Capture belongs to engine start: only a real batch's build reports the start.
@@ -216,11 +251,14 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         # decodes or verification runs is planned as one prefill launch. Not for a CUDA-graph
         # capture, whose launches replay for any later batch (decodes included).
         has_decodes = True
+        split = None
         starts = getattr(cm, "query_start_loc_cpu", None)
         if not self._capturing and starts is not None:
             q_lens = starts[1 : num_reqs + 1] - starts[:num_reqs]
             dq = self.policy.limits.decode_query_len
             has_decodes = bool(((q_lens >= 1) & (q_lens <= dq)).any())
+            if has_decodes:
+                split = _decodes_first(starts[: num_reqs + 1], cm.query_start_loc[: num_reqs + 1], dq)
         plan = self.policy.plan(num_reqs, cm.max_query_len, cm.max_seq_len, has_decodes=has_decodes)
         config, workspace = plan.config, self.workspace
         if plan.workspace_numel > (workspace.numel() if workspace is not None else 0):
@@ -239,6 +277,7 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
             decode_query_len=plan.decode_query_len,
             config=config,
             workspace=workspace,
+            split=split,
         )
 
 
@@ -506,14 +545,7 @@ class TritonAttentionImpl(AttentionImpl[TritonAttentionMetadata]):
             return output
         k_cache, v_cache = self._caches(kv_cache)
         fp8 = self.fp8_dtype is not None
-        paged_attention(
-            query,
-            k_cache,
-            v_cache,
-            md.block_table,
-            md.seq_lens,
-            md.query_start_loc,
-            max_seqlen_q=md.max_query_len,
+        common: dict[str, Any] = dict(
             max_seqlen_k=max(md.max_seq_len, md.max_query_len),
             scale=self.scale,
             causal=md.causal,
@@ -523,9 +555,26 @@ class TritonAttentionImpl(AttentionImpl[TritonAttentionMetadata]):
             sinks=self._sinks(),
             k_scale=layer._k_scale if fp8 else None,
             v_scale=layer._v_scale if fp8 else None,
-            decode_query_len=md.decode_query_len,
-            out=output,
-            config=md.config,
-            workspace=md.workspace,
         )
+        s = md.split
+        if s is None:
+            paged_attention(
+                query, k_cache, v_cache, md.block_table, md.seq_lens, md.query_start_loc,
+                max_seqlen_q=md.max_query_len, decode_query_len=md.decode_query_len,
+                out=output, config=md.config, workspace=md.workspace, **common,
+            )  # fmt: skip
+            return output
+        # Decodes first: the split-KV decode launch over their rows, then the prefill launch
+        # over the rest alone.
+        d, t = s.num_decodes, s.num_decode_tokens
+        paged_attention(
+            query[:t], k_cache, v_cache, md.block_table[:d], md.seq_lens[:d], md.query_start_loc[: d + 1],
+            max_seqlen_q=md.decode_query_len, decode_query_len=md.decode_query_len, out=output[:t],
+            config=AttentionConfig(decode=md.config.decode), workspace=md.workspace, **common,
+        )  # fmt: skip
+        paged_attention(
+            query[t:], k_cache, v_cache, md.block_table[d:], md.seq_lens[d:], s.prefill_query_start_loc,
+            max_seqlen_q=s.prefill_max_query_len, decode_query_len=0, out=output[t:],
+            config=AttentionConfig(prefill=md.config.prefill), **common,
+        )  # fmt: skip
         return output
