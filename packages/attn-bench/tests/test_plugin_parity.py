@@ -19,6 +19,7 @@ from vllm.v1.kv_cache_interface import FullAttentionSpec
 
 from attn_bench.problems import Problem
 from attn_bench.providers.ours import launch_plan, serving_limits
+from triton_attn_kernels.tuning import decodes_first
 from vllm_triton_plugin.backend import TritonAttentionMetadataBuilder
 
 DEVICE = torch.device("cpu")
@@ -94,3 +95,8 @@ def test_plugin_and_bench_choose_the_same_plan(p: Problem, graphs: bool | None) 
     assert (plan.config.decode is not None) == has_decodes
     if builder.workspace is not None:
         assert builder.workspace.numel() >= plan.workspace_numel
+    # A decode-first mixed batch runs as two calls in both (the decode rows, then the prefill
+    # rows alone), split at the same request.
+    split = decodes_first([q for q, _ in p.seqs()], plan.decode_query_len) if plan.decode_query_len else None
+    assert (md.split.num_decodes if md.split is not None else None) == split
+    assert (split is not None) == (p.op == "mixed")

@@ -12,6 +12,7 @@ from triton_attn_kernels.tuning import (
     PrefillConfig,
     ServingLimits,
     ServingPolicy,
+    decodes_first,
     gluon_prefill_config,
     model_geometry,
     policy,
@@ -115,3 +116,21 @@ def test_limits_reject_bad_block_sizes(bad):
 def test_limits_reject_non_bool_plain_attention():
     with pytest.raises(TypeError, match="plain_attention"):
         _limits(plain_attention=1)
+
+
+@pytest.mark.parametrize(
+    ("q_lens", "dq", "expect"),
+    [
+        ([1, 1, 0, 5, 17, 0], 1, 3),  # decodes, an empty request, prefills, an empty one
+        ([4, 4, 9], 4, 2),  # verification rows of 1 + 3 tokens count as decodes
+        ([1, 5, 1], 1, None),  # a decode after a prefill
+        ([5, 1], 1, None),
+        ([1, 1], 1, None),  # no prefill
+        ([5, 17], 1, None),  # no decode
+        ([0, 5], 1, None),  # nothing to split off
+        ([], 1, None),
+    ],
+)
+def test_decodes_first(q_lens, dq, expect):
+    assert decodes_first(q_lens, dq) == expect
+    assert decodes_first(torch.tensor(q_lens, dtype=torch.int32), dq) == expect

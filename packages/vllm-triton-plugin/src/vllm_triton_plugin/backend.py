@@ -37,7 +37,13 @@ from triton_attn_kernels import (
     varlen_attention,
     write_kv_cache,
 )
-from triton_attn_kernels.tuning import ServingLimits, ServingPolicy, model_geometry, preferred_block_size
+from triton_attn_kernels.tuning import (
+    ServingLimits,
+    ServingPolicy,
+    decodes_first,
+    model_geometry,
+    preferred_block_size,
+)
 
 from . import _compat
 
@@ -138,19 +144,14 @@ class DecodesFirst:
 
 
 def _decodes_first(starts: torch.Tensor, query_start_loc: torch.Tensor, decode_query_len: int) -> DecodesFirst | None:
-    """The split of a batch whose requests of 1..decode_query_len new tokens all come before
-    its longer ones (requests with no new token may sit anywhere), from the host copy of
-    ``query_start_loc``; ``None`` for any other batch, or one without both kinds."""
-    q_lens = starts[1:] - starts[:-1]
-    prefill = q_lens > decode_query_len
-    if not bool(prefill.any()):
-        return None
-    first = int(prefill.to(torch.int8).argmax())
-    tail = q_lens[first:]
-    if first == 0 or bool(((tail >= 1) & (tail <= decode_query_len)).any()):
+    """The split of a batch in decode-first order (``tuning.decodes_first``) from the host
+    copy of ``query_start_loc``; ``None`` for any other batch."""
+    q_lens = (starts[1:] - starts[:-1]).tolist()
+    first = decodes_first(q_lens, decode_query_len)
+    if first is None:
         return None
     n = int(starts[first])
-    return DecodesFirst(first, n, query_start_loc[first:] - n, int(tail.max()))
+    return DecodesFirst(first, n, query_start_loc[first:] - n, max(q_lens[first:]))
 
 
 # --------------------------------------------------------------------------------------

@@ -66,15 +66,18 @@ def _workspace(x: Inputs, plan) -> torch.Tensor:  # type: ignore[no-untyped-def]
     supports=supports(fp8=True, variants=("window", "softcap", "alibi", "sinks")),
 )
 def ours_paged(x: Inputs) -> Timed:
-    """triton_attn_kernels.paged_attention: one call for decodes, prefills and mixed batches (paged)."""
+    """triton_attn_kernels.paged_attention as the vLLM plugin calls it (paged): one call for decodes and prefills; a decode-first mixed batch as two (decode rows, then prefill rows alone)."""
     return _paged(x, prefill=None)
 
 
 def _paged(x: Inputs, *, prefill: Any) -> Timed:
-    """paged_attention under the plugin's plan; ``prefill`` replaces its prefill config."""
+    """paged_attention under the plugin's plan; ``prefill`` replaces its prefill config. A
+    mixed batch in decode-first order runs as the plugin runs it: the decode rows, then the
+    prefill rows alone (``tuning.decodes_first``)."""
     import dataclasses
 
-    from triton_attn_kernels import paged_attention
+    from triton_attn_kernels import AttentionConfig, paged_attention
+    from triton_attn_kernels.tuning import decodes_first
 
     p = x.problem
     plan = launch_plan(p, x.device, paged=True)
@@ -83,28 +86,39 @@ def _paged(x: Inputs, *, prefill: Any) -> Timed:
         config = dataclasses.replace(config, prefill=prefill)
     ws = _workspace(x, plan)
     out = x.new_out()
-    scales: dict[str, Any] = {"k_scale": x.k_scale, "v_scale": x.v_scale} if p.fp8 else {}
-    feats = x.features()
+    common: dict[str, Any] = {"max_seqlen_k": p.max_seqlen_k, **x.features()}
+    if p.fp8:
+        common.update(k_scale=x.k_scale, v_scale=x.v_scale)
+    dq = plan.decode_query_len
+    lens = [q for q, _ in p.seqs()]
+    d = decodes_first(lens, dq) if dq >= 1 else None
 
-    def fn() -> Any:
-        return paged_attention(
-            x.q,
-            x.k_cache,
-            x.v_cache,
-            x.block_table,
-            x.seq_lens,
-            x.cu_seqlens_q,
-            max_seqlen_q=p.max_seqlen_q,
-            max_seqlen_k=p.max_seqlen_k,
-            out=out,
-            config=config,
-            decode_query_len=plan.decode_query_len,
-            workspace=ws,
-            **scales,
-            **feats,
-        )
+    if d is None:
 
-    return Timed(fn)
+        def fn() -> Any:
+            return paged_attention(
+                x.q, x.k_cache, x.v_cache, x.block_table, x.seq_lens, x.cu_seqlens_q, max_seqlen_q=p.max_seqlen_q,
+                out=out, config=config, decode_query_len=dq, workspace=ws, **common,
+            )  # fmt: skip
+
+        return Timed(fn)
+
+    t = sum(lens[:d])
+    pre_cu = x.cu_seqlens_q[d:] - t  # what the plugin's builder computes once per batch
+    decode_cfg, prefill_cfg = AttentionConfig(decode=config.decode), AttentionConfig(prefill=config.prefill)
+
+    def split() -> Any:
+        paged_attention(
+            x.q[:t], x.k_cache, x.v_cache, x.block_table[:d], x.seq_lens[:d], x.cu_seqlens_q[: d + 1],
+            max_seqlen_q=dq, out=out[:t], config=decode_cfg, decode_query_len=dq, workspace=ws, **common,
+        )  # fmt: skip
+        paged_attention(
+            x.q[t:], x.k_cache, x.v_cache, x.block_table[d:], x.seq_lens[d:], pre_cu,
+            max_seqlen_q=max(lens[d:]), out=out[t:], config=prefill_cfg, decode_query_len=0, **common,
+        )  # fmt: skip
+        return out
+
+    return Timed(split)
 
 
 # The Hopper prefills' launch shapes, the ones that compile with no spill for sm_90 (nox -s

@@ -28,6 +28,7 @@ __all__ = [
     "ServingLimits",
     "ServingPolicy",
     "decode_workspace_numel",
+    "decodes_first",
     "model_geometry",
     "plan_launch",
     "preferred_block_size",
@@ -75,6 +76,22 @@ class LaunchPlan:
     config: AttentionConfig
     decode_query_len: int
     workspace_numel: int
+
+
+def decodes_first(q_lens: Any, decode_query_len: int) -> int | None:
+    """How many requests lead a batch whose requests of 1..decode_query_len new tokens all
+    come before its longer ones (requests of no new token may sit anywhere), given the host
+    list or tensor of every request's new-token count; ``None`` for any other batch or one
+    without both kinds. Such a batch can run as two calls, the decode launch over the leading
+    requests and the prefill launch over the others alone (a server in vLLM's decode-first
+    order does; attn-bench measures the same), so no prefill program exists for a decode."""
+    lens = [int(n) for n in q_lens]
+    first = next((i for i, n in enumerate(lens) if n > decode_query_len), None)
+    if first is None or not any(n >= 1 for n in lens[:first]):
+        return None
+    if any(1 <= n <= decode_query_len for n in lens[first:]):
+        return None
+    return first
 
 
 def _launches(decode_query_len: int, max_seqlen_q: int) -> tuple[bool, bool]:
