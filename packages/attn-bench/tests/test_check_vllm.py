@@ -139,3 +139,32 @@ def test_soak_divergence_is_a_near_tie_only_when_a_margin_is_small() -> None:
     assert tie is not None and tie["near_tie"]
     shorter = soak.divergence(a, soak.Answer([1, 2], [1.0, 1.0], 0), tie=0.2)
     assert shorter is not None and shorter["position"] == 2
+
+
+def test_soak_abandons_the_share_asked_for_in_both_ways_and_the_same_each_run() -> None:
+    plans = [soak.abandon_plan(i, 0.25, 48, seed=3) for i in range(4000)]
+    again = [soak.abandon_plan(i, 0.25, 48, seed=3) for i in range(4000)]
+    assert plans == again
+    chosen = [p for p in plans if p is not None]
+    assert 0.22 < len(chosen) / len(plans) < 0.28
+    early = [p for p in chosen if p.chunks == 0]
+    mid = [p for p in chosen if p.chunks]
+    assert 0.4 < len(early) / len(chosen) < 0.6
+    assert all(0.0 <= p.after_s <= 0.5 for p in early)
+    # mid-stream: at least one token read, and never the whole answer
+    assert min(p.chunks for p in mid) >= 1 and max(p.chunks for p in mid) <= 47
+    assert all(soak.abandon_plan(i, 0.0, 48, seed=3) is None for i in range(200))
+    with pytest.raises(ValueError, match="abandon-share"):
+        soak.resolve(_parse("soak", "--abandon-share", "1"))
+
+
+def test_soak_reads_the_engines_queue_from_prometheus_text() -> None:
+    text = """# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="m"} 3.0
+vllm:num_requests_running{engine="1",model_name="m"} 1.0
+vllm:num_requests_waiting{engine="0",model_name="m"} 0.0
+vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25
+vllm:num_requests_running_created{engine="0"} 1.7e9
+"""
+    assert soak.parse_queue(text) == {"running": 4.0, "waiting": 0.0, "kv_cache_usage": 0.25}

@@ -59,6 +59,7 @@ WORKLOADS = {
     "256x1024-256": Workload(256, 1024, 256),
     "64x8192-512": Workload(64, 8192, 512),
     "1x500-4096": Workload(1, 500, 4096),
+    "8x32768-1024": Workload(8, 32768, 1024),  # long context (max_model_len >= 33,792)
     "64x2048-512": Workload(64, 2048, 512),  # the MLA model's (deepseek-v2-lite)
     "tiny": Workload(4, 64, 16),  # a few seconds: checks the setup, not a benchmark
 }

@@ -1,9 +1,11 @@
 """``attn-bench soak``: serving soak of vllm-triton-plugin. vLLM's OpenAI server with our
 platform gets hundreds of concurrent /v1/completions requests of mixed lengths for a few
-minutes, then the same prompts again one at a time.
+minutes, a share of them abandoned by the client (before the first token or mid-stream),
+then the same prompts again one at a time.
 
 Checks: no HTTP error, no NaN/inf logprob, every answer has the requested token count,
-the server used our backend; then compares the greedy token ids of the concurrent answers
+the server used our backend, no request is left running or waiting once the load stops
+(abandoned requests are freed: vLLM's /metrics); then compares the greedy token ids of the concurrent answers
 with a sequential rerun (and repeats of one prompt within the concurrent phase). Batch
 composition changes the GEMMs' rounding, so two runs may split at a near-tie; each
 divergence is reported with the top-1/top-2 logprob margin at the first differing
@@ -254,6 +256,11 @@ class Stats:
     repeats_diverged_clearly: int = 0
     repeat_samples: list[dict] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    # Requests the client abandoned on purpose: before any answer, or after some streamed
+    # tokens; `finished_first`: the answer was complete before the client gave up.
+    abandoned_early: int = 0
+    abandoned_mid_stream: int = 0
+    finished_first: int = 0
 
     def error(self, msg: str) -> None:
         self.http_errors += 1
@@ -274,6 +281,57 @@ def request_body(model: str, prompt: Prompt, logprobs: int) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class Abandon:
+    """How the client gives up on one request: after ``after_s`` seconds without waiting for
+    an answer (``chunks == 0``: most often while its prompt is queued or in prefill), or
+    after reading ``chunks`` streamed tokens."""
+
+    after_s: float = 0.0
+    chunks: int = 0
+
+
+def abandon_plan(index: int, share: float, max_tokens: int, seed: int) -> Abandon | None:
+    """Whether the ``index``-th request of the run is abandoned, and how; the same for the
+    same seed. Half of the abandoned ones go before any answer, half mid-stream."""
+    rng = random.Random(seed * 1_000_003 + index)
+    if rng.random() >= share:
+        return None
+    if rng.random() < 0.5 or max_tokens < 2:
+        return Abandon(after_s=rng.uniform(0.0, 0.5))
+    return Abandon(chunks=rng.randint(1, max_tokens - 1))
+
+
+async def abandoned_request(session: object, url: str, body: dict, plan: Abandon, stats: Stats) -> None:
+    """Send ``body`` and give up as ``plan`` says; closing the connection is how an HTTP
+    client cancels, and vLLM then aborts the request."""
+    if plan.chunks == 0:
+        try:
+            async with asyncio.timeout(plan.after_s):
+                async with session.post(url, json=body) as r:  # type: ignore[attr-defined]
+                    text = await r.text()
+            if r.status != 200:
+                stats.error(f"HTTP {r.status}: {text}")
+            else:
+                stats.finished_first += 1
+        except TimeoutError:
+            stats.abandoned_early += 1
+        return
+    async with session.post(url, json=dict(body, stream=True)) as r:  # type: ignore[attr-defined]
+        if r.status != 200:
+            stats.error(f"HTTP {r.status}: {await r.text()}")
+            return
+        seen = 0
+        async for line in r.content:
+            if line.startswith(b"data: ") and not line.startswith(b"data: [DONE]"):
+                seen += 1
+                if seen >= plan.chunks:
+                    r.close()  # drop the connection mid-stream
+                    stats.abandoned_mid_stream += 1
+                    return
+        stats.finished_first += 1
+
+
 async def concurrent_phase(
     url: str,
     model: str,
@@ -283,6 +341,9 @@ async def concurrent_phase(
     logprobs: int,
     tie: float,
     stats: Stats,
+    *,
+    abandon_share: float = 0.0,
+    seed: int = 0,
 ) -> dict[int, Answer]:
     import aiohttp
 
@@ -296,11 +357,23 @@ async def concurrent_phase(
 
         async def worker() -> None:
             while time.monotonic() < end:
-                k = next(counter) % len(prompts)
+                index = next(counter)
+                k = index % len(prompts)
                 prompt = prompts[k]
                 stats.sent += 1
                 stats.in_flight += 1
                 stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
+                plan = abandon_plan(index, abandon_share, prompt.max_tokens, seed)
+                if plan is not None:
+                    try:
+                        body = request_body(model, prompt, logprobs)
+                        del body["logprobs"]  # nothing of the answer is checked
+                        await abandoned_request(session, url, body, plan, stats)
+                    except Exception as exc:  # a failure before the client gave up
+                        stats.error(f"abandoned request: {type(exc).__name__}: {exc}")
+                    finally:
+                        stats.in_flight -= 1
+                    continue
                 t0 = time.monotonic()
                 try:
                     async with session.post(url, json=request_body(model, prompt, logprobs)) as r:
@@ -334,6 +407,41 @@ async def concurrent_phase(
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return first
+
+
+def engine_queue(base_url: str) -> dict[str, float]:
+    """Requests vLLM's engine holds now (running, waiting) and its KV-cache use, from the
+    server's Prometheus /metrics."""
+    with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as r:
+        return parse_queue(r.read().decode())
+
+
+def parse_queue(text: str) -> dict[str, float]:
+    """The running / waiting request counts and KV-cache use of a Prometheus text page,
+    summed over engines (label sets)."""
+    names = {
+        "vllm:num_requests_running": "running",
+        "vllm:num_requests_waiting": "waiting",
+        "vllm:kv_cache_usage_perc": "kv_cache_usage",
+        "vllm:gpu_cache_usage_perc": "kv_cache_usage",  # older releases
+    }
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in names and not line.startswith("#"):
+            out[names[name]] = out.get(names[name], 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def wait_drained(base_url: str, timeout: float = 60.0) -> dict[str, float]:
+    """The engine's queue once nothing runs or waits (or as it is after ``timeout``): every
+    request of the load phase, abandoned ones included, is finished or aborted."""
+    deadline = time.monotonic() + timeout
+    while True:
+        q = engine_queue(base_url)
+        if q.get("running", 0) + q.get("waiting", 0) == 0 or time.monotonic() > deadline:
+            return q
+        time.sleep(1)
 
 
 def post(url: str, body: dict, timeout: float = 600) -> dict:
@@ -460,6 +568,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-prompt", type=int, default=None, help="longest prompt (default 3000; --tiny 200)")
     p.add_argument("--min-tokens", type=int, default=8, help="fewest generated tokens per request")
     p.add_argument("--max-tokens", type=int, default=None, help="most generated tokens (default 48; --tiny 8)")
+    p.add_argument(
+        "--abandon-share",
+        type=float,
+        default=0.125,
+        help="share of requests the client abandons, before any answer or mid-stream (default 0.125)",
+    )
     p.add_argument("--logprobs", type=int, default=2, help="top logprobs per position (>= 2 for margins)")
     p.add_argument("--rerun", type=int, default=128, help="prompts re-sent sequentially and compared")
     p.add_argument("--tie-margin", type=float, default=0.2, help="logprob margin below which a split is a tie")
@@ -503,6 +617,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError("--max-prompt + --max-tokens must fit in --max-model-len")
     if not 1 <= args.min_tokens <= args.max_tokens:
         raise ValueError("need 1 <= --min-tokens <= --max-tokens")
+    if not 0.0 <= args.abandon_share < 1.0:
+        raise ValueError("need 0 <= --abandon-share < 1")
     return args
 
 
@@ -542,6 +658,7 @@ def main(args: argparse.Namespace) -> int:
     stats = Stats()
     failures: list[str] = []
     rerun: dict = {}
+    drained: dict[str, float] = {}
     server = start_server(args, model, log)
     # `timeout` sends SIGTERM: leave through the finally below, which stops the server (it
     # runs in its own session, so it would outlive this process otherwise).
@@ -557,11 +674,25 @@ def main(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         first = asyncio.run(
             concurrent_phase(
-                url, str(model), prompts, args.concurrency, args.duration, args.logprobs, args.tie_margin, stats
+                url,
+                str(model),
+                prompts,
+                args.concurrency,
+                args.duration,
+                args.logprobs,
+                args.tie_margin,
+                stats,
+                abandon_share=args.abandon_share,
+                seed=args.seed,
             )
         )
         phases["concurrent_s"] = round(time.perf_counter() - t0, 1)
-        print(f"[soak] concurrent phase: {stats.completed} completed, {stats.http_errors} errors", flush=True)
+        print(
+            f"[soak] concurrent phase: {stats.completed} completed, {stats.http_errors} errors, "
+            f"{stats.abandoned_early + stats.abandoned_mid_stream} abandoned",
+            flush=True,
+        )
+        drained = wait_drained(f"http://127.0.0.1:{args.port}")
         t0 = time.perf_counter()
         rerun = sequential_phase(url, str(model), prompts, first, args.rerun, args.logprobs, args.tie_margin)
         phases["sequential_s"] = round(time.perf_counter() - t0, 1)
@@ -586,6 +717,12 @@ def main(args: argparse.Namespace) -> int:
         failures.append(f"{rerun['diverged_clearly']} prompts diverged at a clear margin (> {args.tie_margin})")
     if stats.repeats_diverged_clearly:
         failures.append(f"{stats.repeats_diverged_clearly} repeats under load diverged at a clear margin")
+    if not drained:
+        failures.append("the engine's queue was not read after the load phase")
+    elif drained.get("running", 0) + drained.get("waiting", 0):
+        failures.append(f"requests left in the engine after the load stopped: {drained}")
+    if args.abandon_share and not stats.abandoned_early + stats.abandoned_mid_stream:
+        failures.append("no request was abandoned")
     if not backend_used and not args.allow_other_backend:
         failures.append("server log does not show our backend ('Using the Triton attention backend')")
 
@@ -612,6 +749,13 @@ def main(args: argparse.Namespace) -> int:
         "http_errors": stats.http_errors,
         "error_samples": stats.error_samples,
         "wrong_length": stats.wrong_length,
+        "abandoned": dict(
+            share=args.abandon_share,
+            before_answer=stats.abandoned_early,
+            mid_stream=stats.abandoned_mid_stream,
+            finished_first=stats.finished_first,
+        ),
+        "engine_after_load": drained,
         "nonfinite_logprobs": stats.nonfinite,
         "generated_tokens": stats.tokens,
         "requests_per_s": round(stats.completed / conc, 2),
