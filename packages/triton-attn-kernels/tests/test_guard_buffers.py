@@ -568,6 +568,7 @@ def test_kv_write_random_slots(slots: list[int]) -> None:
             write_kv_cache(key, val, kc, vc, bad)
 
 
+@pytest.mark.skipif(PAD == 0, reason="ATTN_GUARD_PAD=0: no guard elements (memcheck watches the bounds)")
 def test_guards_catch_a_planted_write() -> None:
     """The detector itself: one element changed just past a guarded tensor is reported."""
     g = Guards()
