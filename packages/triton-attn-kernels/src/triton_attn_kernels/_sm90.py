@@ -322,6 +322,8 @@ ATTENTION: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "decode fp32": (decode, dict(dtype="fp32", TILE_N=32)),
     "prefill bf16 paged causal": (prefill, {}),
     "prefill every feature": (prefill, dict(feats=ALL_FEATURES)),
+    "prefill softcap": (prefill, dict(feats={**FEATURES, "USE_SOFTCAP": True})),
+    "prefill sliding window": (prefill, dict(feats={**FEATURES, "USE_WINDOW": True})),
     "prefill varlen, not causal": (prefill, dict(paged=False, causal=False)),
     "prefill fp8 e4m3 KV": (prefill, dict(kv="fp8e4nv")),
     # ptxas of Triton 3.6 crashed on this one: the fallback path gets compiled too.
