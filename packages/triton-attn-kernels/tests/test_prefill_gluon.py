@@ -236,6 +236,36 @@ def test_persistent_launch_grid(monkeypatch, sms, programs):
     assert args_p[14:19] == (4, 2, 3, 24, programs) and args[14:17] == (4, 2, 3)
 
 
+@pytest.mark.parametrize(
+    ("num_seqs", "other_launch", "persistent"),
+    [(1, 0, False), (3, 0, False), (4, 0, True), (64, 0, True), (4, 1, False), (64, 1, False)],
+)
+def test_launch_takes_the_policys_choice_unless_told(monkeypatch, num_seqs, other_launch, persistent):
+    # Left to the policy, a launch over 4 or more sequences with no decode launch beside it
+    # runs persistently; told, it does what it is told.
+    from triton_attn_kernels._kernels import prefill_gluon
+    from triton_attn_kernels.tuning import gluon_persistent
+
+    assert gluon_persistent(num_seqs, other_launch=bool(other_launch)) is persistent
+    seen: list[dict] = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: seen.append(kwargs)
+
+    monkeypatch.setattr(prefill_gluon, "prefill_gluon_kernel", Kernel())
+    q = torch.randn(num_seqs * 4, 4, 64, dtype=torch.float16)
+    k = torch.randn(num_seqs, 128, 2, 64, dtype=torch.float16)
+    table = torch.arange(num_seqs, dtype=torch.int32).reshape(num_seqs, 1)
+    lens = torch.full((num_seqs,), 4, dtype=torch.int32)
+    cu_q = torch.arange(0, 4 * num_seqs + 1, 4, dtype=torch.int32)
+    for told in (None, True, False):
+        _gluon.launch(q, k, k, torch.empty_like(q), None, _tma.row_views(q, k, k), block_table=table, seq_lens=lens,
+                      cu_seqlens_q=cu_q, cu_seqlens_k=None, num_seqs=num_seqs, max_seqlen_q=4, decode_q=1,
+                      other_launch=other_launch, scale=0.125, causal=True, config=GLUON, persistent=told)  # fmt: skip
+    assert [kw["PERSISTENT"] for kw in seen] == [persistent, True, False]
+
+
 def test_launcher_routes_qualifying_launches_to_it(monkeypatch):
     """With the rule made true (device and version), paged_attention and varlen_attention hand
     the prefill launch to ``_gluon.launch`` with the batch's index tensors and no other

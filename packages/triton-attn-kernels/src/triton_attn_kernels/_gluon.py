@@ -23,7 +23,7 @@ from . import _tma
 from . import _validation as check
 from ._device import interpreting, num_sms
 from ._intmath import cdiv
-from .tuning import PrefillConfig
+from .tuning import PrefillConfig, gluon_persistent
 
 # Triton releases whose Gluon API (warp_specialize, warpgroup_mma, tma, mbarrier) the kernel
 # is written and compile-checked against (3.9 renamed part of it: thread_barrier is gone).
@@ -118,16 +118,16 @@ def launch(
     causal: bool,
     config: PrefillConfig,
     pingpong: bool = True,
-    persistent: bool = False,
+    persistent: bool | None = None,
 ) -> None:
     """One launch of the Gluon prefill over the sequences with more than ``decode_q`` new
     tokens (all of them where ``other_launch`` is 0). ``rows`` from :func:`qualifies`;
     ``block_table`` and ``seq_lens`` for a paged cache, ``cu_seqlens_k`` for varlen K/V.
     ``persistent``: one program per SM (at most one per work tile) walks the work tiles,
     its loader issuing the next tile's copies while the consumers finish the current one;
-    otherwise one program per head, sequence and query tile (the default until the
-    persistent one is measured beside it, and what runs where the work tiles would
-    overflow the kernel's int32 index)."""
+    ``False``: one program per head, sequence and query tile (also what runs where the work
+    tiles would overflow the kernel's int32 index); ``None``: as
+    :func:`~triton_attn_kernels.tuning.gluon_persistent` decides for this launch."""
     from ._kernels.prefill_gluon import prefill_gluon_kernel
 
     num_tokens, num_q_heads, head_dim = q.shape
@@ -147,6 +147,8 @@ def launch(
         raise ValueError("cu_seqlens_k is required without a block_table")
     else:
         max_k, bt_stride = k.shape[0], 0
+    if persistent is None:
+        persistent = gluon_persistent(num_seqs, other_launch=bool(other_launch))
     q_levels = min(cdiv(max(max_seqlen_q, 1), BLOCK_M), check.MAX_SEQS)
     n_work = q_levels * num_seqs * num_q_heads
     # The work-tile index is an int32 that steps past n_work by up to one grid's width.

@@ -170,8 +170,8 @@ GLUON_PROVIDER: dict[str, Any] = dict(
 
 @provider("ours-gluon", **GLUON_PROVIDER)
 def ours_gluon(x: Inputs) -> Timed:
-    """paged_attention with the Gluon Hopper prefill (PrefillConfig(gluon=1)): TMA loader warp, two ping-ponging consumer warpgroups; pages a multiple of its 128-key tile."""
-    return _paged(x, prefill=_gluon_config(x.problem.head_dim))
+    """paged_attention with the Gluon Hopper prefill (PrefillConfig(gluon=1)) as a grid of query tiles: TMA loader warp, two ping-ponging consumer warpgroups; pages a multiple of its 128-key tile."""
+    return _gluon_launched(x, persistent=False)
 
 
 def _gluon_config(head_dim: int) -> Any:
@@ -185,6 +185,12 @@ def _gluon_config(head_dim: int) -> Any:
 @provider("ours-gluon-persistent", **GLUON_PROVIDER)
 def ours_gluon_persistent(x: Inputs) -> Timed:
     """ours-gluon with its persistent launch: one program per SM walks the work tiles (query tile, head, sequence), heaviest first, the loader issuing the next tile's copies while the consumers finish the current one."""
+    return _gluon_launched(x, persistent=True)
+
+
+def _gluon_launched(x: Inputs, *, persistent: bool) -> Timed:
+    """The Gluon prefill with one launch kind, whatever the policy (tuning.gluon_persistent,
+    which ours-paged follows) would pick for the problem."""
     import functools
 
     from triton_attn_kernels import _gluon
@@ -193,9 +199,9 @@ def ours_gluon_persistent(x: Inputs) -> Timed:
     launch = _gluon.launch
 
     def fn() -> Any:
-        # The launcher calls _gluon.launch with the default (non-persistent) launch; for
-        # the duration of this call it gets the persistent one.
-        _gluon.launch = functools.partial(launch, persistent=True)
+        # The launcher calls _gluon.launch leaving the launch kind to the policy; for the
+        # duration of this call it gets the one asked for.
+        _gluon.launch = functools.partial(launch, persistent=persistent)
         try:
             return inner.fn()
         finally:

@@ -17,6 +17,7 @@ from .configs import AttentionConfig, DecodeConfig, KVWriteConfig, PrefillConfig
 from .heuristics import (
     AttentionProblem,
     decode_heuristic,
+    gluon_persistent,
     gluon_prefill_config,
     kv_write_heuristic,
     prefill_heuristic,
@@ -50,6 +51,7 @@ __all__ = [
     "decode_heuristic",
     "decode_workspace_numel",
     "decodes_first",
+    "gluon_persistent",
     "gluon_prefill_config",
     "kv_write_heuristic",
     "model_geometry",

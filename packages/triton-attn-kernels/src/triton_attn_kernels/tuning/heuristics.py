@@ -156,6 +156,24 @@ def gluon_prefill_config(p: AttentionProblem, *, block_size: int | None = None) 
     return PrefillConfig(block_m=128, tile_n=tile_n, num_warps=4, num_stages=2 if tile_n == 128 else 3, gluon=1)
 
 
+# Sequences a Gluon prefill launch serves from which its persistent launch is the default.
+GLUON_PERSISTENT_MIN_SEQS = 4
+
+
+def gluon_persistent(num_seqs: int, *, other_launch: bool) -> bool:
+    """Whether a Gluon prefill launch over ``num_seqs`` sequences runs persistently (one
+    program per SM walking the work tiles) rather than as a grid of query tiles.
+
+    H200, 128-token pages, both launches in one run (docs/results/h200/split-2026-12-02):
+    the persistent one took 4 x 4k in 0.94x the grid's time, 16 x 1k in 0.89x, 4 x (a 2k
+    chunk on 8k) in 0.99x (the day before: 0.99x, 0.88x, 0.99x on 4 x (2k on 6k)); on one
+    sequence it was 1.01-1.03x the grid's (1 x 2k, 8k, 32k, a 2k chunk on 16k). Beside the decode launch
+    (``other_launch``: the decode rows share the call) it keeps the grid: the persistent walk
+    skips the decode sequences' work tiles one at a time, and was 2.4x slower on 32 x 16k
+    decodes plus a 2k chunk in one call. The plugin runs such batches as two calls."""
+    return num_seqs >= GLUON_PERSISTENT_MIN_SEQS and not other_launch
+
+
 def kv_write_heuristic(num_kv_heads: int, head_dim: int) -> KVWriteConfig:
     # One program moves num_kv_heads * head_dim elements of K and of V.
     return KVWriteConfig(num_warps=4 if num_kv_heads * head_dim <= 1024 else 8)
