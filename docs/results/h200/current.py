@@ -16,7 +16,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MORNING = HERE / "fa3-2026-12-02"  # sources a53c8fc: 16-token pages, FA3 beside
-PAGES = HERE / "plugin-pages-2026-12-02"  # sources 94f6595: 128-token pages, e2e
+SPLIT = HERE / "split-2026-12-02"  # sources 60a08c2: 128-token pages, mixed, decode, verify
+E2E = HERE / "e2e" / "e2e-2026-12-02.csv"  # sources 60a08c2
 OURS, FA3 = "#1f77b4", "#ff7f0e"
 
 
@@ -46,6 +47,17 @@ def _short(label: str) -> str:
     return " ".join([name, *extra])
 
 
+def _short_page(label: str) -> str:
+    return _short(label) + (" p128" if "page128" in label.split() else "")
+
+
+def _mixed(label: str) -> str:
+    # "mixed b64 ctx4096 +1x2048/2048 h32:8 d128 bf16 page128" -> "64 x 4k\n+ 2k on 2k"
+    words = label.split()
+    chunk, prefix = words[3][1:].split("x", 1)[1].split("/")
+    return f"{words[1][1:]} x {int(words[2][3:]) // 1024}k\n+ {int(chunk) // 1024}k on {int(prefix) // 1024}k"
+
+
 def _panel(ax, pts: list[tuple[str, float]], title: str, color: str = OURS) -> None:  # type: ignore[no-untyped-def]
     ax.bar(range(len(pts)), [v for _, v in pts], color=color)
     ax.axhline(1.0, color=FA3, ls="--", lw=1.2)
@@ -61,25 +73,36 @@ def plot(png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    prefill = times(PAGES / "prefill-page128.csv")
+    pages = times(SPLIT / "prefill-mixed-page128.csv")
     fa3_16 = times(MORNING / "prefill-p16.csv")
+    prefill = {k: v for k, v in pages.items() if k.startswith("prefill")}
+    mixed = {k: v for k, v in pages.items() if k.startswith("mixed")}
     gluon = ratios(prefill, "ours-paged", "vllm-fa3", _short)  # the plugin's prefill at its pages
     generic = ratios(fa3_16, "ours-paged", "vllm-fa3", _short)
-    decode = [p for p in ratios(times(MORNING / "decode.csv"), "ours-paged", "vllm-fa3", _short)]
-    verify = ratios(times(MORNING / "verify.csv"), "ours-paged", "vllm-fa3", _short)
-    with open(PAGES / "e2e.csv", newline="") as f:
-        e2e = {r["label"]: float(r["total_tok_s"]) for r in csv.DictReader(f)}
+    dv = times(SPLIT / "decode-verify.csv")
+    decode = ratios({k: v for k, v in dv.items() if k.startswith("decode")}, "ours-paged", "vllm-fa3", _short_page)
+    verify = ratios({k: v for k, v in dv.items() if k.startswith("prefill")}, "ours-paged", "vllm-fa3", _short_page)
+    mix = [(_mixed(k), t["vllm-fa3"] / t["ours-paged"]) for k, t in mixed.items() if "vllm-fa3" in t]
+    with open(E2E, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["status"] == "ok"]
+    tok = {(r["workload"], r["label"]): float(r["total_tok_s"]) for r in rows}
+    e2e = [
+        (w.replace("-", " in,\n") + " out", tok[(w, "ours")] / tok[(w, "FLASH_ATTN")])
+        for w in dict.fromkeys(r["workload"] for r in rows)
+        if (w, "ours") in tok and (w, "FLASH_ATTN") in tok
+    ]
 
-    fig, axes = plt.subplots(1, 5, figsize=(17, 4.2), gridspec_kw={"width_ratios": [1.4, 1, 2.2, 1.3, 0.5]})
-    _panel(axes[0], gluon, "prefill at 128-token pages (the plugin's\non Hopper: Gluon kernel), FA3 at the same")
+    fig, axes = plt.subplots(1, 6, figsize=(19, 4.2), gridspec_kw={"width_ratios": [1.6, 1, 2.2, 1.6, 0.5, 0.9]})
+    _panel(axes[0], gluon, "prefill at 128-token pages (the plugin's\non Hopper), FA3 at the same")
     _panel(axes[1], generic, "prefill, both at 16-token pages\n(our generic kernel)", color="#7fa7c9")
-    _panel(axes[2], decode, "decode (16-token pages)")
+    _panel(axes[2], decode, "decode")
     _panel(axes[3], verify, "speculative verification, 4 new tokens")
-    _panel(axes[4], [("64 x (8k in,\n512 out)", e2e["ours"] / e2e["FLASH_ATTN"])], "vLLM e2e, tok/s\nvs FLASH_ATTN")
+    _panel(axes[4], mix, "mixed: decodes\n+ a 2k chunk")
+    _panel(axes[5], e2e, "vLLM e2e, tok/s\nvs FLASH_ATTN")
     axes[0].set_ylabel("speed relative to FA3 (FA3 time / ours)")
     fig.suptitle(
         "One NVIDIA H200, vLLM 0.26's FlashAttention-3 in the same process; bf16, 32 q / 8 KV heads, d128 "
-        "(commits a53c8fc and 94f6595: docs/results/h200/*-2026-12-02)",
+        "(commits a53c8fc and 60a08c2: docs/results/h200/fa3-2026-12-02, split-2026-12-02, e2e)",
         fontsize=9,
     )
     fig.tight_layout()
