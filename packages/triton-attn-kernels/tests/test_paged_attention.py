@@ -220,3 +220,31 @@ def test_deterministic_and_batch_invariant_decode():
         config=cfg,
     )
     assert torch.equal(alone[0], out1[0])
+
+
+@pytest.mark.parametrize(
+    ("features", "block_m", "warps"),
+    [({}, 128, 4), (dict(softcap=5.0), 128, 8), (dict(sliding_window=9), 128, 8), (dict(softcap=5.0), 64, 4)],
+    ids=["plain", "softcap", "window", "softcap-64-rows"],
+)
+def test_prefill_warps_with_window_or_softcap(monkeypatch, features, block_m, warps):
+    """A 128-query-row prefill tile with a window or softcap runs at 8 warps, whatever the
+    configuration says (at 4 it spills on sm_90: tuning.prefill_warps), and still matches."""
+    from triton_attn_kernels import _fallback
+    from triton_attn_kernels.tuning import prefill_warps
+
+    assert prefill_warps(4, block_m, window="sliding_window" in features, softcap="softcap" in features) == warps
+    real, seen = _fallback.launch, []
+
+    def launch(fn, first, key, **kw):
+        seen.append((key()[0], first))
+        return real(fn, first, key, **kw)
+
+    monkeypatch.setattr(_fallback, "launch", launch)
+    b = paged_batch([20, 1], [20, 30], num_q_heads=8, num_kv_heads=2)
+    cfg = AttentionConfig(
+        prefill=PrefillConfig(block_m=block_m, tile_n=16, num_warps=4), decode=DecodeConfig(tile_n=16)
+    )
+    out, ref = run(b, config=cfg, **features)
+    assert_matches(out, ref, torch.float16)
+    assert [first for kind, first in seen if kind == "prefill"] == [(16, warps, cfg.prefill.num_stages)]

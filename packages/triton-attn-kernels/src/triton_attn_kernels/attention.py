@@ -20,7 +20,7 @@ from ._intmath import cdiv, next_pow2
 from ._kernels.attention import attention_kernel
 from ._kernels.prefill_tma import prefill_tma_kernel
 from ._workspace import merge_partials, partials
-from .tuning import AttentionConfig, AttentionProblem, PrefillConfig
+from .tuning import AttentionConfig, AttentionProblem, PrefillConfig, prefill_warps
 from .tuning.policy import MAX_DECODE_QUERY_LEN, decode_workspace_numel, plan_launch
 
 __all__ = ["MAX_DECODE_QUERY_LEN", "decode_workspace_numel", "paged_attention", "varlen_attention"]
@@ -353,11 +353,14 @@ def _launch(
             _launch_tma(q, k, v, out, lse, rows, block_table, seq_lens, cu_seqlens_q, num_seqs, max_seqlen_q, dq,
                         int(decode_runs), feats, pcfg, fp8_via_f16, interp_bf16)  # fmt: skip
         else:
+            warps = prefill_warps(
+                pcfg.num_warps, block_m, window=feats.window is not None, softcap=feats.softcap is not None
+            )
             _fallback.launch(
                 lambda tile_n, warps, stages: run(
                     block_m, block_q, tile_n, 1, False, q_programs, warps, stages, pcfg.prefetch_pages, out, out
                 ),
-                (pcfg.tile_n, pcfg.num_warps, pcfg.num_stages),
+                (pcfg.tile_n, warps, pcfg.num_stages),
                 lambda: ("prefill", block_m, pcfg.prefetch_pages, *specialisation()),
             )
     return (out, lse) if lse is not None else out

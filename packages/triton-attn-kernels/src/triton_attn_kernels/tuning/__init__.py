@@ -21,6 +21,7 @@ from .heuristics import (
     gluon_prefill_config,
     kv_write_heuristic,
     prefill_heuristic,
+    prefill_warps,
 )
 from .policy import (
     MAX_DECODE_QUERY_LEN,
@@ -58,6 +59,7 @@ __all__ = [
     "plan_launch",
     "preferred_block_size",
     "prefill_heuristic",
+    "prefill_warps",
     "reset",
     "resolve_decode_query_len",
     "select_decode_config",

@@ -156,6 +156,22 @@ def gluon_prefill_config(p: AttentionProblem, *, block_size: int | None = None) 
     return PrefillConfig(block_m=128, tile_n=tile_n, num_warps=4, num_stages=2 if tile_n == 128 else 3, gluon=1)
 
 
+def prefill_warps(num_warps: int, block_m: int, *, window: bool, softcap: bool) -> int:
+    """Warps of a generic prefill launch of ``block_m`` query rows that its configuration
+    gives ``num_warps``, where the layers may have a sliding window or a softcap.
+
+    Either feature keeps more of each score tile live: compiled for sm_90 (Triton 3.6,
+    ``nox -s sm90``), the 128-query tile at 4 warps (the H100 table's for d128) spills 868 B
+    per thread with softcap, 1,160 B with a window and 1,644 B with both, most of it inside
+    the loop, against 476 B without either (ALiBi 516, sinks 496); at 8 warps none of them
+    spills. On an H200 that tile ran at 0.31x (softcap) and 0.52x (window) FA3's speed
+    (docs/results/h200/split-2026-12-02). Narrower tiles keep the configuration's warps:
+    64-query tiles do not spill at 4."""
+    if block_m >= 128 and (window or softcap):
+        return max(num_warps, 8)
+    return num_warps
+
+
 # Sequences a Gluon prefill launch serves from which its persistent launch is the default.
 GLUON_PERSISTENT_MIN_SEQS = 4
 
