@@ -141,26 +141,56 @@ def test_rule_each_clause(monkeypatch, why):
         config = PrefillConfig(block_m=128, tile_n=128, num_stages=4, gluon=1)
     q, k, v = _tensors(why)
     plain = why != "features"
-    assert _gluon.qualifies(q, k, v, paged=True, config=config, features_plain=plain) is None
+    assert _gluon.qualifies(q, k, v, paged=True, config=config, features_served=plain) is None
     # The control: the same launch without the reason qualifies.
     monkeypatch.undo()
     _pretend_sm90(monkeypatch)
     q, k, v = _tensors("none")
-    assert _gluon.qualifies(q, k, v, paged=True, config=GLUON, features_plain=True) is not None
+    assert _gluon.qualifies(q, k, v, paged=True, config=GLUON, features_served=True) is not None
+
+
+@pytest.mark.parametrize(
+    ("causal", "window", "alibi", "sinks", "fp8", "served"),
+    [
+        (True, None, False, False, False, True),
+        (False, None, False, False, False, True),
+        (True, (1023, 0), False, False, False, True),  # softcap needs no flag: always served
+        (False, (1023, 1023), False, False, False, False),
+        (True, None, True, False, False, False),
+        (True, None, False, True, False, False),
+        (True, None, False, False, True, False),
+    ],
+)
+def test_rule_features(causal, window, alibi, sinks, fp8, served):
+    # Softcap and causal sliding windows run on the kernel; ALiBi, sinks, fp8 caches and
+    # two-sided windows go to the generic kernel.
+    got = _gluon.serves_features(causal=causal, window=window, alibi=alibi, sinks=sinks, fp8=fp8)
+    assert got is served
+
+
+def test_launch_refuses_a_window_without_the_causal_mask():
+    q = torch.randn(8, 4, 64, dtype=torch.float16)
+    k = torch.randn(3, 128, 2, 64, dtype=torch.float16)
+    with pytest.raises(ValueError, match="causal=True"):
+        _gluon.launch(q, k, k, torch.empty_like(q), None, _tma.row_views(q, k, k),
+                      block_table=torch.zeros((1, 1), dtype=torch.int32), seq_lens=torch.tensor([8], dtype=torch.int32),
+                      cu_seqlens_q=torch.tensor([0, 8], dtype=torch.int32), cu_seqlens_k=None, num_seqs=1,
+                      max_seqlen_q=8, decode_q=0, other_launch=0, scale=0.125, causal=False, config=GLUON,
+                      window_left=15)  # fmt: skip
 
 
 def test_rule_head_dim_256_at_32_key_tiles(monkeypatch):
     _pretend_sm90(monkeypatch)
     q, k, v = torch.randn(8, 4, 256).half(), torch.randn(3, 128, 2, 256).half(), torch.randn(3, 128, 2, 256).half()
     config = PrefillConfig(block_m=128, tile_n=32, num_stages=3, gluon=1)
-    assert _gluon.qualifies(q, k, v, paged=True, config=config, features_plain=True) is not None
+    assert _gluon.qualifies(q, k, v, paged=True, config=config, features_served=True) is not None
 
 
 def test_rule_varlen_views(monkeypatch):
     _pretend_sm90(monkeypatch)
     q = torch.randn(40, 8, 64, dtype=torch.float16)
     kv = torch.randn(50, 2, 2, 64, dtype=torch.float16)  # k and v views of one packed tensor
-    rows = _gluon.qualifies(q, kv[:, 0], kv[:, 1], paged=False, config=GLUON, features_plain=True)
+    rows = _gluon.qualifies(q, kv[:, 0], kv[:, 1], paged=False, config=GLUON, features_served=True)
     assert rows is not None
     kr, _ = rows
     assert (kr.rows, kr.row_stride, kr.rows_per_head, kr.cols_per_head) == (50, 2 * 2 * 64, 0, 64)
@@ -170,7 +200,7 @@ def test_rule_varlen_without_keys(monkeypatch):
     # No key rows: no TMA descriptor can be made (its shape must be positive).
     _pretend_sm90(monkeypatch)
     q, kv = torch.randn(8, 4, 64, dtype=torch.float16), torch.randn(0, 2, 64, dtype=torch.float16)
-    assert _gluon.qualifies(q, kv, kv, paged=False, config=GLUON, features_plain=True) is None
+    assert _gluon.qualifies(q, kv, kv, paged=False, config=GLUON, features_served=True) is None
 
 
 def test_launch_gives_the_loader_a_table_entry_to_read(monkeypatch):
@@ -195,7 +225,7 @@ def test_launch_gives_the_loader_a_table_entry_to_read(monkeypatch):
                   cu_seqlens_k=None, num_seqs=2, max_seqlen_q=4, decode_q=0, other_launch=0, scale=0.125,
                   causal=True, config=PrefillConfig(block_m=128, tile_n=64, num_warps=4, num_stages=2, gluon=1))  # fmt: skip
     (args,) = seen
-    passed, max_k = args[5], args[12]
+    passed, max_k = args[5], args[13]
     assert max_k == 0 and passed.numel() >= 1 and passed.shape[0] == 2
 
 
@@ -231,9 +261,9 @@ def test_persistent_launch_grid(monkeypatch, sms, programs):
     assert grid == (4, 2, 3) and kw["PERSISTENT"] is False
     # The kernel skips sequences of at most this many new tokens: the decode launch's where
     # there is one, else only empty ones.
-    assert (args_p[13], args[13]) == (4, 0)
+    assert (args_p[14], args[14]) == (4, 0)
     # num_q_heads, num_seqs, q_levels, work tiles, programs
-    assert args_p[14:19] == (4, 2, 3, 24, programs) and args[14:17] == (4, 2, 3)
+    assert args_p[16:21] == (4, 2, 3, 24, programs) and args[16:19] == (4, 2, 3)
 
 
 @pytest.mark.parametrize(
@@ -388,6 +418,32 @@ def test_paged_matches_reference(causal, dtype, head_dim, tile_n, stages, gqa, g
     ref, ref_lse = paged_attention_ref(*b.args(), causal=causal, return_lse=True)
     assert_matches(out, ref, dtype)
     torch.testing.assert_close(lse, ref_lse, atol=2e-3, rtol=1e-3)
+    assert len(gluon_launches) == 1
+
+
+@pytest.mark.gpu
+@needs_sm90
+@pytest.mark.usefixtures("persistent")
+@pytest.mark.parametrize(
+    ("window", "softcap"), [(1024, None), (100, None), (1, None), (None, 30.0), (None, 5.0), (200, 20.0)]
+)
+@pytest.mark.parametrize(("head_dim", "tile_n", "stages"), [(128, 128, 2), (128, 64, 3), (64, 128, 3), (256, 32, 3)])
+@pytest.mark.usefixtures("pingpong")
+def test_window_and_softcap_match_reference(window, softcap, head_dim, tile_n, stages, gluon_launches):
+    # Causal windows wider than, off and down to one key of the tiles (a query tile starts
+    # its key walk at its first row's left edge, tiles crossing any row's edge are masked),
+    # softcaps that bend most logits (5) or only the largest (30), and both; lengths off
+    # the tiles, a chunk on a long prefix, a decode, an empty sequence; NaN past contexts.
+    b = paged_batch([1000, 300, 1, 0, 129], [1000, 3000, 77, 50, 4000], num_q_heads=8, num_kv_heads=2,
+                    head_dim=head_dim, block_size=128, dtype=torch.bfloat16)  # fmt: skip
+    _nan_past_contexts(b, 128)
+    feats = dict(sliding_window=window, softcap=softcap)
+    out, lse = paged_attention(
+        *b.args(), **b.lens(), **feats, out=poisoned_like(b.q), return_lse=True, config=_config(tile_n, stages)
+    )
+    ref, ref_lse = paged_attention_ref(*b.args(), **feats, return_lse=True)
+    assert_matches(out, ref, torch.bfloat16)
+    torch.testing.assert_close(lse, ref_lse, atol=5e-3, rtol=2e-3)
     assert len(gluon_launches) == 1
 
 

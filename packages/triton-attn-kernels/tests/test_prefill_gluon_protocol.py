@@ -46,11 +46,14 @@ class Bug(Exception):
     """The protocol broke (message: how)."""
 
 
-def n_kv_tiles(q0, q_len, seq_len, BM, TN, causal):
+def kv_tiles(q0, q_len, seq_len, BM, TN, causal, win):
+    """[lo, hi) as ``_kv_tiles``: win is the window's left reach (causal only) or None."""
     hi = seq_len
     if causal:
         hi = min(hi, seq_len - q_len + min(q0 + BM, q_len))
-    return max(-(-hi // TN), 1)
+    hi = max(-(-hi // TN), 1)
+    lo = 0 if win is None else min(max(seq_len - q_len + q0 - win, 0) // TN, hi - 1)
+    return lo, hi
 
 
 def work_list(seqs, H, levels, P, pid, persistent, dq):
@@ -72,7 +75,7 @@ def work_list(seqs, H, levels, P, pid, persistent, dq):
     return out
 
 
-def program(seqs, H, work, S, TN, causal, pp, early_q, ack):
+def program(seqs, H, work, S, TN, causal, win, pp, early_q, ack):
     """One program's barriers, shared buffers and partitions. An op a partition yields:
     ("wait", bar, phase), ("copy", buffer, tile, bar, copies), ("read", buffer, tile, wg)
     when a wgmma is issued, ("done", buffer, tile, wg) when it is waited for, ("clean",
@@ -104,7 +107,7 @@ def program(seqs, H, work, S, TN, causal, pp, early_q, ack):
                 q_ready.arrive(tx=2)
                 yield ("copy", "Q", (head, seq, q0), q_ready, 2)
                 n_done += 1
-                for t in range(n_kv_tiles(q0, q_len, seq_len, 128, TN, causal)):
+                for t in range(*kv_tiles(q0, q_len, seq_len, 128, TN, causal, win)):
                     slot = it % S
                     yield ("wait", k_empty[slot], it // S - 1)
                     k_ready[slot].arrive(tx=1)
@@ -122,7 +125,7 @@ def program(seqs, H, work, S, TN, causal, pp, early_q, ack):
             nq = -(-q_len // 128)
             for t_q in tqs:
                 q0 = (nq - 1 - t_q) * 128
-                n_kv = n_kv_tiles(q0, q_len, seq_len, 128, TN, causal)
+                lo, n_kv = kv_tiles(q0, q_len, seq_len, 128, TN, causal, win)
                 yield ("wait", q_ready, n_done)
                 n_done += 1
                 qv = (head, seq, q0)
@@ -131,7 +134,7 @@ def program(seqs, H, work, S, TN, causal, pp, early_q, ack):
                 turns += 1
                 slot = it % S
                 yield ("wait", k_ready[slot], it // S)
-                kv = (head // 4, seq, 0, it)
+                kv = (head // 4, seq, lo, it)
                 yield ("read", f"K{slot}", kv, wg)
                 yield ("read", "Q", qv, wg)
                 if pp:
@@ -140,7 +143,7 @@ def program(seqs, H, work, S, TN, causal, pp, early_q, ack):
                 yield ("done", "Q", qv, wg)
                 k_empty[slot].arrive()
                 it += 1
-                for t in range(1, n_kv):
+                for t in range(lo + 1, n_kv):
                     slot, prev = it % S, (it - 1) % S
                     if pp:
                         yield ("wait", me, turns)
@@ -191,10 +194,10 @@ def program(seqs, H, work, S, TN, causal, pp, early_q, ack):
     return B, mem, reads, {"loader": loader(), "wg0": consumer(0), "wg1": consumer(1)}
 
 
-def run(seqs, H, work, S, TN, causal, pp, early_q, ack, rng):
+def run(seqs, H, work, S, TN, causal, win, pp, early_q, ack, rng):
     """Interleave the partitions and the copies in flight at random until all are done;
     raises Bug where the protocol breaks."""
-    _, mem, reads, agents = program(seqs, H, work, S, TN, causal, pp, early_q, ack)
+    _, mem, reads, agents = program(seqs, H, work, S, TN, causal, win, pp, early_q, ack)
     blocked = {}  # agent -> pending op
     inflight = []  # (buffer, value, bar)
 
@@ -281,13 +284,15 @@ def batch(rng):
 
 def check(persistent, pp, early_q, ack, trials, seed=0, causal_opts=(True, False)):
     """None, or how the first of ``trials`` random batches (mixed lengths, decodes, empty
-    sequences, 1-8 heads, 1-7 persistent programs, ring and tile shapes) broke."""
+    sequences, 1-8 heads, 1-7 persistent programs, ring and tile shapes, windows) broke."""
     rng = random.Random(seed)
     for trial in range(trials):
         seqs = batch(rng)
         H = rng.choice([1, 4, 8])
         S, TN = rng.choice([(2, 128), (3, 64), (3, 128), (3, 32), (2, 64)])
         causal = rng.choice(causal_opts)
+        # A sliding window (causal launches only): narrower than, about and wider than a tile.
+        win = rng.choice([None, None, 0, 40, 200]) if causal else None
         dq = rng.choice([0, 3])
         levels = max(1, rng.choice([-(-max(q for q, _ in seqs) // 128) if any(q for q, _ in seqs) else 1, 1, 2]))
         if persistent:
@@ -299,10 +304,11 @@ def check(persistent, pp, early_q, ack, trials, seed=0, causal_opts=(True, False
         for pid in pids:
             work = work_list(seqs, H, levels, P, pid, persistent, dq)
             try:
-                run(seqs, H, work, S, TN, causal, pp, early_q, ack, rng)
+                run(seqs, H, work, S, TN, causal, win, pp, early_q, ack, rng)
             except Bug as e:
                 return (
-                    f"trial {trial}: {e} (seqs {seqs}, H {H}, S {S}, TN {TN}, causal {causal}, levels {levels}, P {P})"
+                    f"trial {trial}: {e} (seqs {seqs}, H {H}, S {S}, TN {TN}, causal {causal}, win {win}, levels {levels}, "
+                    f"P {P})"
                 )
     return None
 

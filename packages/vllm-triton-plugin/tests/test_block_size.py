@@ -1,7 +1,7 @@
 """The page size the backend asks vLLM for, and the serving limits its builder passes on:
 128-token pages where the Gluon Hopper prefill serves the model (sm_90 with Triton 3.6.0, here
 stood in for), vLLM's default everywhere else; the builder runs the Gluon prefill exactly at
-whole-tile pages of plain models."""
+whole-tile pages of models without ALiBi or sinks."""
 
 from __future__ import annotations
 
@@ -63,9 +63,14 @@ def test_prefers_128_token_pages_for_plain_models_on_hopper(hopper, monkeypatch)
     assert _preferred(monkeypatch, _config(layers=layers)) == 128
 
 
-@pytest.mark.parametrize(
-    "features", [{"sliding_window": 1024}, {"logits_soft_cap": 30.0}, {"alibi_slopes": [0.5] * 32}]
-)
+@pytest.mark.parametrize("features", [{"sliding_window": 1024}, {"logits_soft_cap": 30.0}])
+def test_prefers_128_token_pages_with_windows_and_softcaps(hopper, monkeypatch, features):
+    # The Hopper prefill serves both: such a model still gets its whole-tile pages.
+    layers = {"model.layers.0.attn": _Layer(), "model.layers.1.attn": _Layer(**features)}
+    assert _preferred(monkeypatch, _config(layers=layers)) == 128
+
+
+@pytest.mark.parametrize("features", [{"alibi_slopes": [0.5] * 32}, {"sinks": torch.zeros(32)}])
 def test_keeps_the_default_when_a_layer_is_not_plain(hopper, monkeypatch, features):
     layers = {"model.layers.0.attn": _Layer(), "model.layers.1.attn": _Layer(**features)}
     assert _preferred(monkeypatch, _config(layers=layers)) == 16
@@ -91,12 +96,14 @@ def test_builder_runs_the_gluon_prefill_at_whole_tile_pages(hopper):
     assert _builder(128, plain).policy.limits.plain_attention
     assert not _builder(16, plain).policy.prefill.gluon
     windowed = {"l0": _Layer(), "l1": _Layer(sliding_window=512)}
-    assert not _builder(128, windowed).policy.prefill.gluon
-    # Only the builder's own layers count: a windowed layer of another group does not.
+    assert _builder(128, windowed).policy.prefill.gluon == 1
+    with_alibi = {"l0": _Layer(), "l1": _Layer(alibi_slopes=[0.5] * 32)}
+    assert not _builder(128, with_alibi).policy.prefill.gluon
+    # Only the builder's own layers count: an ALiBi layer of another group does not.
     builder = TritonAttentionMetadataBuilder(
         FullAttentionSpec(block_size=128, num_kv_heads=8, head_size=HEAD, dtype=torch.bfloat16),
         ["l0"],
-        _config(layers=windowed),
+        _config(layers=with_alibi),
         torch.device("cpu"),
     )
     assert builder.policy.prefill.gluon == 1

@@ -6,7 +6,7 @@ block_m 128, 4 warps and tile_n 32, 64 or 128), Triton 3.6.0 (the only version w
 the kernel is verified against; elsewhere it is off), a GPU of compute capability 9.0 (never
 Triton's interpreter, which cannot run Gluon), fp16/bf16 Q, K and V of one dtype (no fp8
 cache), one head size for Q, K and V of 64 or 128 (tile_n 64 or 128) or 256 (tile_n 32), no
-window, softcap, ALiBi or sinks, a paged cache whose page size tile_n divides or contiguous varlen K/V, Q with heads and dims
+ALiBi or sinks, a sliding window only on a causal launch (softcap either way), a paged cache whose page size tile_n divides or contiguous varlen K/V, Q with heads and dims
 contiguous, 16-byte aligned rows and bases, and the shared-memory ring within the SM's
 227 KB. Anything else runs what the config would run without ``gluon`` (the TMA prefill
 where ``tma=1`` qualifies, else the generic kernel).
@@ -35,6 +35,7 @@ BLOCK_M = 128  # two consumer warpgroups x 64 query rows
 LOADER_REGS = 24  # setmaxnreg budgets: 24 + 2 x 240 per thread of the three warpgroups
 CONSUMER_REGS = 240
 SMEM_LIMIT = 227 * 1024  # sm_90's shared memory per block
+LOG2E = 1.4426950408889634
 
 
 @functools.cache
@@ -62,15 +63,16 @@ def qualifies(
     *,
     paged: bool,
     config: PrefillConfig,
-    features_plain: bool,
+    features_served: bool,
 ) -> tuple[_tma.CacheRows, _tma.CacheRows] | None:
     """The 2-D row views of k and v when this launch can run the Gluon prefill, else None.
     k and v: a paged cache [num_blocks, block_size, kv_heads, dim] or, not paged, contiguous
-    [total_k, kv_heads, dim] (seen as one page of total_k slots)."""
+    [total_k, kv_heads, dim] (seen as one page of total_k slots). ``features_served``: the
+    launch's features are ones the kernel has (:func:`serves_features`)."""
     if not config.gluon or interpreting() or not available() or not _sm90(q.device):
         return None
     head_dim = q.shape[2]
-    if not features_plain or q.dtype not in (torch.float16, torch.bfloat16):
+    if not features_served or q.dtype not in (torch.float16, torch.bfloat16):
         return None
     if (
         k.dtype != q.dtype
@@ -87,6 +89,12 @@ def qualifies(
         return None
     # Varlen K/V [total_k, heads, dim] is read as one page of total_k slots.
     return _tma.row_views(q, k, v) if paged else _tma.row_views(q, k.unsqueeze(0), v.unsqueeze(0))
+
+
+def serves_features(*, causal: bool, window: tuple[int, int] | None, alibi: bool, sinks: bool, fp8: bool) -> bool:
+    """Whether the kernel has a launch's features: softcap and causal sliding windows yes;
+    ALiBi, sinks, fp8 caches and windows without the causal mask no."""
+    return not (alibi or sinks or fp8) and (window is None or causal)
 
 
 def _descriptor(t: torch.Tensor, rows: int, cols: int, row_stride: int, block: list[int]) -> Any:
@@ -117,6 +125,8 @@ def launch(
     scale: float,
     causal: bool,
     config: PrefillConfig,
+    window_left: int | None = None,
+    softcap: float | None = None,
     pingpong: bool = True,
     persistent: bool | None = None,
 ) -> None:
@@ -127,8 +137,13 @@ def launch(
     its loader issuing the next tile's copies while the consumers finish the current one;
     ``False``: one program per head, sequence and query tile (also what runs where the work
     tiles would overflow the kernel's int32 index); ``None``: as
-    :func:`~triton_attn_kernels.tuning.gluon_persistent` decides for this launch."""
+    :func:`~triton_attn_kernels.tuning.gluon_persistent` decides for this launch.
+    ``window_left`` (causal launches only): keys visible left of each query's position;
+    ``softcap``: the logit cap."""
     from ._kernels.prefill_gluon import prefill_gluon_kernel
+
+    if window_left is not None and not causal:
+        raise ValueError("the Gluon prefill's sliding window needs causal=True")
 
     num_tokens, num_q_heads, head_dim = q.shape
     paged = block_table is not None
@@ -169,12 +184,16 @@ def launch(
         seq_lens if paged else dummy,
         cu_seqlens_q,
         dummy if paged else cu_seqlens_k,
-        scale,
+        # The capped logits are softcap * tanh(scale * s / softcap): the kernel takes tanh of
+        # s * cap_in and scales that into log2 units.
+        scale * LOG2E if softcap is None else softcap * LOG2E,
+        1.0 if softcap is None else scale / softcap,
         num_tokens,
         k.shape[0] if paged else 1,
         max_k,
         # The kernel serves the sequences with more new tokens than this (0: every non-empty one).
         decode_q if other_launch else 0,
+        0 if window_left is None else min(window_left, 2**30),
         num_q_heads,
         num_seqs,
         q_levels,
@@ -193,6 +212,8 @@ def launch(
         STAGES=config.num_stages,
         PAGED=paged,
         CAUSAL=causal,
+        WINDOW=window_left is not None,
+        SOFTCAP=softcap is not None,
         PINGPONG=pingpong,
         RETURN_LSE=lse is not None,
         LOADER_REGS=LOADER_REGS,

@@ -176,6 +176,8 @@ def prefill_gluon(
     pingpong=True,
     lse=False,
     persistent=False,
+    window=False,
+    softcap=False,
 ):
     """The Gluon Hopper prefill (``_kernels/prefill_gluon.py``) as ``_gluon.launch``
     specialises it: 64-row Q halves, tile_n-key K/V tiles, 4 warps plus the partitions'."""
@@ -197,6 +199,8 @@ def prefill_gluon(
         STAGES=stages,
         PAGED=paged,
         CAUSAL=causal,
+        WINDOW=window,
+        SOFTCAP=softcap,
         PINGPONG=pingpong,
         RETURN_LSE=lse,
         LOADER_REGS=_gluon.LOADER_REGS,
@@ -255,6 +259,11 @@ GLUON: dict[str, Callable[[], Any]] = {
     "prefill Gluon bf16 d256 causal, 32-key tiles, 3 stages": lambda: prefill_gluon_checked(
         hd=256, tile_n=32, stages=3
     ),
+    "prefill Gluon bf16 d128 sliding window": lambda: prefill_gluon_checked(window=True),
+    "prefill Gluon bf16 d128 softcap": lambda: prefill_gluon_checked(softcap=True),
+    "prefill Gluon bf16 d256 window and softcap, 32-key tiles, 3 stages": lambda: prefill_gluon_checked(
+        hd=256, tile_n=32, stages=3, window=True, softcap=True
+    ),
     # Persistent (one program per SM walking work tiles): the same shapes.
     "prefill Gluon persistent bf16 d128 causal, 128-key tiles, 2 stages": lambda: prefill_gluon_checked(
         persistent=True
@@ -275,6 +284,9 @@ GLUON: dict[str, Callable[[], Any]] = {
     ),
     "prefill Gluon persistent bf16 d256 causal, 32-key tiles, 3 stages": lambda: prefill_gluon_checked(
         hd=256, tile_n=32, stages=3, persistent=True
+    ),
+    "prefill Gluon persistent bf16 d128 window and softcap": lambda: prefill_gluon_checked(
+        window=True, softcap=True, persistent=True
     ),
 }
 

@@ -343,12 +343,15 @@ def _launch(
         rows = None
         if pcfg.tma and paged:
             rows = _tma.qualifies(q, k, v, tile_n=pcfg.tile_n, features_plain=plain)
-        g_rows = _gluon.qualifies(q, k, v, paged=paged, config=pcfg, features_plain=plain and feats.k_scale is None)
+        served = _gluon.serves_features(causal=feats.causal, window=feats.window, alibi=feats.alibi is not None,
+                                        sinks=feats.sinks is not None, fp8=feats.k_scale is not None)  # fmt: skip
+        g_rows = _gluon.qualifies(q, k, v, paged=paged, config=pcfg, features_served=served)
         if g_rows is not None:
             _gluon.launch(q, k, v, out, lse, g_rows, block_table=block_table if paged else None, seq_lens=seq_lens,
                           cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, num_seqs=num_seqs,
                           max_seqlen_q=max_seqlen_q, decode_q=dq, other_launch=int(decode_runs), scale=feats.scale,
-                          causal=feats.causal, config=pcfg)  # fmt: skip
+                          causal=feats.causal, config=pcfg, softcap=feats.softcap,
+                          window_left=None if feats.window is None else feats.window[0])  # fmt: skip
         elif rows is not None and block_table is not None and seq_lens is not None:
             _launch_tma(q, k, v, out, lse, rows, block_table, seq_lens, cu_seqlens_q, num_seqs, max_seqlen_q, dq,
                         int(decode_runs), feats, pcfg, fp8_via_f16, interp_bf16)  # fmt: skip

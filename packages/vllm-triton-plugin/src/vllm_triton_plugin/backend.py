@@ -90,8 +90,9 @@ def _report_start_variants() -> None:
 
 
 def _plain_attention(vllm_config: Any, layer_names: list[str] | None = None) -> bool:
-    """Whether none of the named layers (all where ``None``) that this backend serves has a
-    sliding window, softcap, ALiBi or sinks: the layers the Hopper prefill can serve."""
+    """Whether none of the named layers (all where ``None``) that this backend serves has
+    ALiBi or sinks: the layers the Hopper prefill can serve (softcaps and sliding windows
+    included)."""
     from vllm.config import get_layers_from_vllm_config
 
     layers = get_layers_from_vllm_config(vllm_config, torch.nn.Module, layer_names)
@@ -453,8 +454,9 @@ class TritonAttentionImpl(AttentionImpl[TritonAttentionMetadata]):
 
     @property
     def plain(self) -> bool:
-        """No sliding window, softcap, ALiBi or sinks (what the Hopper prefill serves)."""
-        return self.sliding_window is None and self.softcap is None and self.alibi_slopes is None and self.sinks is None
+        """No ALiBi or sinks: the Hopper prefill serves this layer (a sliding window or softcap
+        included; a window on a non-causal batch goes to the generic kernel per launch)."""
+        return self.alibi_slopes is None and self.sinks is None
 
     def process_weights_after_loading(self, act_dtype: torch.dtype) -> None:
         # The kernels read sinks as contiguous fp32; convert the loaded parameter once here

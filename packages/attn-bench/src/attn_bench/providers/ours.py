@@ -17,8 +17,8 @@ def serving_limits(p: Any, *, cuda_graphs: bool | None = None) -> Any:
     speculative verification) is a full-CUDA-graph decode step with decode_query_len = q_len;
     anything longer is a piecewise (no full graph) prefill or mixed step. vLLM's default
     batch limits (256 sequences, 8192 batched tokens), the problem's context as
-    max_model_len, its page size, plain attention unless a variant (window, softcap, ALiBi,
-    sinks) is set. ``cuda_graphs`` overrides the graph mode (True: vLLM's full graphs for
+    max_model_len, its page size, plain attention (what the Hopper prefill serves) unless
+    the variant is ALiBi or sinks. ``cuda_graphs`` overrides the graph mode (True: vLLM's full graphs for
     every batch; False: none)."""
     from triton_attn_kernels.tuning import MAX_DECODE_QUERY_LEN, ServingLimits
 
@@ -30,7 +30,7 @@ def serving_limits(p: Any, *, cuda_graphs: bool | None = None) -> Any:
         cuda_graphs=decode_like if cuda_graphs is None else cuda_graphs,
         decode_query_len=p.max_seqlen_q if decode_like else 1,
         block_size=p.block_size,
-        plain_attention=not p.variant,
+        plain_attention=p.variant not in ("alibi", "sinks"),
     )
 
 

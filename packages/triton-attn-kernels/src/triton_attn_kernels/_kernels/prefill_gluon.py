@@ -12,6 +12,12 @@ A program owns BLOCK_M = 2 x 64 query tokens of one query head and runs three pa
   wgmmas (an mbarrier per warpgroup passes the turn), so one warpgroup's softmax overlaps
   the other's matmuls.
 
+WINDOW (causal only): a query at position p sees keys in [p - win_left, p]; a query tile
+reads the key tiles from the one holding its first row's left edge, and tiles crossing any
+row's left edge are masked. SOFTCAP: the logits are ``softcap * tanh(scale * s / softcap)``;
+the host passes ``cap_in = scale / softcap`` and ``qk_scale = softcap * log2(e)``, so the
+consumers compute ``tanh(s * cap_in)`` (one MUFU op) and fold qk_scale in as without a cap.
+
 Registers are rebalanced with setmaxnreg (the loader keeps few, the consumers get the rest).
 Masks are applied only to the tiles that need one: the causal diagonal and the sequence's
 last tile; the tiles below the diagonal run unmasked. Query tiles are walked heaviest first
@@ -45,7 +51,6 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-LOG2E = gl.constexpr(1.4426950408889634)
 LN2 = gl.constexpr(0.6931471805599453)
 HALF_M = gl.constexpr(64)  # query rows per consumer warpgroup (wgmma: 4 warps x 16 rows)
 CLEAN_ROWS = gl.constexpr(32)  # V rows zeroed per shared-memory round trip (bounds registers)
@@ -78,13 +83,29 @@ def _span(
 
 
 @gluon.jit
-def _n_kv_tiles(q0, q_len, seq_len, BLOCK_M: gl.constexpr, TILE_N: gl.constexpr, CAUSAL: gl.constexpr):
-    """Key tiles a query tile starting at row q0 reads (both halves read the same tiles)."""
+def _kv_tiles(
+    q0,
+    q_len,
+    seq_len,
+    win_left,
+    BLOCK_M: gl.constexpr,
+    TILE_N: gl.constexpr,
+    CAUSAL: gl.constexpr,
+    WINDOW: gl.constexpr,
+):
+    """[t_lo, t_hi): the key tiles a query tile starting at row q0 reads (both halves read the
+    same tiles)."""
     kv_hi = seq_len
     if CAUSAL:
         kv_hi = gl.minimum(kv_hi, seq_len - q_len + gl.minimum(q0 + BLOCK_M, q_len))
     # At least one (fully masked) tile, so that the two sides never wait for different counts.
-    return gl.maximum(gl.cdiv(kv_hi, TILE_N), 1)
+    t_hi = gl.maximum(gl.cdiv(kv_hi, TILE_N), 1)
+    t_lo = t_hi * 0
+    if WINDOW:
+        # The tile's first row sees nothing left of first_key; later rows see less.
+        first_key = gl.maximum(seq_len - q_len + q0 - win_left, 0)
+        t_lo = gl.minimum(first_key // TILE_N, t_hi - 1)
+    return t_lo, t_hi
 
 
 @gluon.jit
@@ -133,6 +154,7 @@ def _load_tiles(
     num_blocks,
     max_k,
     decode_q,
+    win_left,
     rows_per_block,
     rows_per_head,
     cols_per_head,
@@ -144,6 +166,7 @@ def _load_tiles(
     STAGES: gl.constexpr,
     PAGED: gl.constexpr,
     CAUSAL: gl.constexpr,
+    WINDOW: gl.constexpr,
 ):
     """Issue the copies of query tiles t_first, t_first + t_step, ... (counted from the last)
     of one head and sequence; ``it`` and ``n_done`` (key tiles and query tiles issued so far)
@@ -165,7 +188,8 @@ def _load_tiles(
         tma.async_copy_global_to_shared(q_desc, [q_start + q0, head * HEAD_DIM], q_ready, q_smem.index(0))
         tma.async_copy_global_to_shared(q_desc, [q_start + q0 + HALF_M, head * HEAD_DIM], q_ready, q_smem.index(1))
         n_done += 1
-        for t in range(0, _n_kv_tiles(q0, q_len, seq_len, BLOCK_M, TILE_N, CAUSAL)):
+        t_lo, t_hi = _kv_tiles(q0, q_len, seq_len, win_left, BLOCK_M, TILE_N, CAUSAL, WINDOW)
+        for t in range(t_lo, t_hi):
             slot = it % STAGES
             free = ((it // STAGES) & 1) ^ 1  # a fresh barrier passes this parity at once
             pos = t * TILE_N
@@ -206,6 +230,7 @@ def _loader(
     num_blocks,
     max_k,
     decode_q,
+    win_left,
     num_q_heads,
     num_seqs,
     q_levels,
@@ -222,6 +247,7 @@ def _loader(
     STAGES: gl.constexpr,
     PAGED: gl.constexpr,
     CAUSAL: gl.constexpr,
+    WINDOW: gl.constexpr,
     PERSISTENT: gl.constexpr,
 ):
     if PERSISTENT:
@@ -235,9 +261,9 @@ def _loader(
                 head, seq, level, q_levels, it, n_done, q_desc, k_desc, v_desc, q_smem, k_smem, v_smem,
                 q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
                 block_table_ptr, seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
-                num_tokens, num_blocks, max_k, decode_q,
+                num_tokens, num_blocks, max_k, decode_q, win_left,
                 rows_per_block, rows_per_head, cols_per_head, stride_bt_s,
-                HEAD_DIM, GROUP, TILE_N, BLOCK_SIZE, STAGES, PAGED, CAUSAL,
+                HEAD_DIM, GROUP, TILE_N, BLOCK_SIZE, STAGES, PAGED, CAUSAL, WINDOW,
             )  # fmt: skip
     else:
         _load_tiles(
@@ -245,9 +271,9 @@ def _loader(
             q_desc, k_desc, v_desc, q_smem, k_smem, v_smem,
             q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
             block_table_ptr, seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
-            num_tokens, num_blocks, max_k, decode_q,
+            num_tokens, num_blocks, max_k, decode_q, win_left,
             rows_per_block, rows_per_head, cols_per_head, stride_bt_s,
-            HEAD_DIM, GROUP, TILE_N, BLOCK_SIZE, STAGES, PAGED, CAUSAL,
+            HEAD_DIM, GROUP, TILE_N, BLOCK_SIZE, STAGES, PAGED, CAUSAL, WINDOW,
         )  # fmt: skip
 
 
@@ -315,15 +341,47 @@ def _clean_tail(
 
 
 @gluon.jit
-def _softmax(s, m_i, l_i, t, mask_from, seq_len, q_pos, qk_scale, cols_s, TILE_N: gl.constexpr, CAUSAL: gl.constexpr):
+def _tanh(x):
+    # One MUFU op (max relative error 2^-10.99): below what bf16 P and V round away.
+    return gl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [x], dtype=gl.float32, is_pure=True, pack=1)
+
+
+@gluon.jit
+def _softmax(
+    s,
+    m_i,
+    l_i,
+    t,
+    mask_from,
+    unmask_from,
+    seq_len,
+    q_pos,
+    qk_scale,
+    cap_in,
+    win_left,
+    cols_s,
+    TILE_N: gl.constexpr,
+    CAUSAL: gl.constexpr,
+    WINDOW: gl.constexpr,
+    SOFTCAP: gl.constexpr,
+):
     """One online-softmax step on the raw scores s of tile t: (m, l, p, alpha), base 2.
-    Only tiles that end past ``mask_from`` (the diagonal or the context's end) are masked."""
-    if (t + 1) * TILE_N > mask_from:
+    Only tiles that end past ``mask_from`` (the diagonal or the context's end) or, with
+    WINDOW, start before ``unmask_from`` (the last row's left edge) are masked."""
+    if SOFTCAP:
+        s = _tanh(s * cap_in)
+    needs_mask = (t + 1) * TILE_N > mask_from
+    if WINDOW:
+        needs_mask = needs_mask | (t * TILE_N < unmask_from)
+    if needs_mask:
         # Per row, the columns of this tile it may see are those below ``limit``.
         limit = gl.full_like(q_pos, seq_len)
         if CAUSAL:
             limit = gl.minimum(limit, q_pos + 1)
-        keep = gl.expand_dims(cols_s, 0) < gl.expand_dims(limit - t * TILE_N, 1)
+        col = gl.expand_dims(cols_s, 0)
+        keep = col < gl.expand_dims(limit - t * TILE_N, 1)
+        if WINDOW:
+            keep = keep & (col >= gl.expand_dims(q_pos - win_left - t * TILE_N, 1))
         s = gl.where(keep, s, gl.full_like(s, float("-inf")))
     m_new = gl.maximum(m_i, gl.max(s, axis=1))
     # A row with nothing visible yet keeps m = -inf: subtract 0 instead (no NaN).
@@ -364,6 +422,8 @@ def _consume_tiles(
     cu_seqlens_q_ptr,
     cu_seqlens_k_ptr,
     qk_scale,
+    cap_in,
+    win_left,
     num_tokens,
     max_k,
     decode_q,
@@ -375,6 +435,8 @@ def _consume_tiles(
     STAGES: gl.constexpr,
     PAGED: gl.constexpr,
     CAUSAL: gl.constexpr,
+    WINDOW: gl.constexpr,
+    SOFTCAP: gl.constexpr,
     PINGPONG: gl.constexpr,
     RETURN_LSE: gl.constexpr,
     EARLY_Q: gl.constexpr,  # release Q after the last QK^T rather than after the last PV
@@ -412,7 +474,9 @@ def _consume_tiles(
         # The first key a row of this half cannot see is past every row's diagonal from
         # here on: tiles wholly below ``diag`` need no causal mask.
         diag = ctx + q0 + 1
-        n_kv = _n_kv_tiles(q0 - WG * HALF_M, q_len, seq_len, BLOCK_M, TILE_N, CAUSAL)
+        t_lo, n_kv = _kv_tiles(q0 - WG * HALF_M, q_len, seq_len, win_left, BLOCK_M, TILE_N, CAUSAL, WINDOW)
+        # Keys from here on are inside every row's window (WINDOW: the last row's left edge).
+        unmask_from = ctx + q0 + HALF_M - 1 - win_left
         mbarrier.wait(q_ready, n_done & 1)
         n_done += 1
 
@@ -424,19 +488,22 @@ def _consume_tiles(
         if CAUSAL:
             mask_from = gl.minimum(diag, seq_len)
 
-        # Round 0: S of tile 0 only.
+        # Round 0: S of tile t_lo only.
         turns = _take_turn(my_turn, turns, PINGPONG)
         mbarrier.wait(k_ready.index(it % STAGES), (it // STAGES) & 1)
         s_tok = warpgroup_mma(q_mine, k_smem.index(it % STAGES).permute((1, 0)), zero_s, use_acc=False, is_async=True)
         _pass_turn(their_turn, PINGPONG)
         s = warpgroup_mma_wait(num_outstanding=0, deps=[s_tok])
         mbarrier.arrive(k_empty.index(it % STAGES))
-        m_i, l_i, p, alpha = _softmax(s, m_i, l_i, 0, mask_from, seq_len, q_pos, qk_scale, cols_s, TILE_N, CAUSAL)
+        m_i, l_i, p, alpha = _softmax(
+            s, m_i, l_i, t_lo, mask_from, unmask_from, seq_len, q_pos, qk_scale, cap_in, win_left, cols_s,
+            TILE_N, CAUSAL, WINDOW, SOFTCAP,
+        )  # fmt: skip
         p = gl.convert_layout(p.to(dtype), p_layout)
         it += 1
         # Round t: S of tile t, then PV of tile t - 1; the softmax of tile t runs while the
         # PV is in flight.
-        for t in range(1, n_kv):
+        for t in range(t_lo + 1, n_kv):
             slot = it % STAGES
             prev = (it - 1) % STAGES
             turns = _take_turn(my_turn, turns, PINGPONG)
@@ -449,7 +516,10 @@ def _consume_tiles(
             s = warpgroup_mma_wait(num_outstanding=1, deps=[s_tok])
             # Both consumers arrive: a slot is free once the second one has.
             mbarrier.arrive(k_empty.index(slot))
-            m_i, l_i, p_f, alpha = _softmax(s, m_i, l_i, t, mask_from, seq_len, q_pos, qk_scale, cols_s, TILE_N, CAUSAL)
+            m_i, l_i, p_f, alpha = _softmax(
+                s, m_i, l_i, t, mask_from, unmask_from, seq_len, q_pos, qk_scale, cap_in, win_left, cols_s,
+                TILE_N, CAUSAL, WINDOW, SOFTCAP,
+            )  # fmt: skip
             acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc_tok])
             mbarrier.arrive(v_empty.index(prev))
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
@@ -508,6 +578,8 @@ def _consumer(
     cu_seqlens_q_ptr,
     cu_seqlens_k_ptr,
     qk_scale,
+    cap_in,
+    win_left,
     num_tokens,
     max_k,
     decode_q,
@@ -524,6 +596,8 @@ def _consumer(
     STAGES: gl.constexpr,
     PAGED: gl.constexpr,
     CAUSAL: gl.constexpr,
+    WINDOW: gl.constexpr,
+    SOFTCAP: gl.constexpr,
     PINGPONG: gl.constexpr,
     RETURN_LSE: gl.constexpr,
     PERSISTENT: gl.constexpr,
@@ -544,8 +618,8 @@ def _consumer(
                 head, seq, level, q_levels, heads_64, it, n_done, turns, tails,
                 q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
                 my_turn, their_turn, v_clean, v_seen, out_ptr, lse_ptr, seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
-                qk_scale, num_tokens, max_k, decode_q, stride_o_t_64, stride_o_h,
-                WG, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, PINGPONG, RETURN_LSE,
+                qk_scale, cap_in, win_left, num_tokens, max_k, decode_q, stride_o_t_64, stride_o_h,
+                WG, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, WINDOW, SOFTCAP, PINGPONG, RETURN_LSE,
                 True, not PINGPONG,
             )  # fmt: skip
     else:
@@ -556,8 +630,8 @@ def _consumer(
             gl.to_tensor(0), gl.to_tensor(0), gl.to_tensor(0), gl.to_tensor(0),
             q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
                 my_turn, their_turn, v_clean, v_seen, out_ptr, lse_ptr, seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
-                qk_scale, num_tokens, max_k, decode_q, stride_o_t, stride_o_h,
-                WG, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, PINGPONG, RETURN_LSE,
+                qk_scale, cap_in, win_left, num_tokens, max_k, decode_q, stride_o_t, stride_o_h,
+                WG, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, WINDOW, SOFTCAP, PINGPONG, RETURN_LSE,
             False, not PINGPONG,
         )  # fmt: skip
 
@@ -568,6 +642,7 @@ def _consumer(
         "num_blocks",
         "max_k",
         "decode_q",
+        "win_left",
         "num_seqs",
         "q_levels",
         "n_work",
@@ -584,11 +659,13 @@ def prefill_gluon_kernel(
     seq_lens_ptr,  # [num_seqs] int32, PAGED only
     cu_seqlens_q_ptr,  # [num_seqs + 1] int32
     cu_seqlens_k_ptr,  # [num_seqs + 1] int32, varlen only
-    scale,  # softmax scale (natural units)
+    qk_scale,  # multiplies the (capped) logits into log2 units: scale * log2(e), SOFTCAP softcap * log2(e)
+    cap_in,  # SOFTCAP: scale / softcap
     num_tokens,
     num_blocks,  # pages in the cache (PAGED)
     max_k,  # PAGED: max_blocks * BLOCK_SIZE; varlen: rows of k
     decode_q,  # sequences with 0..decode_q new tokens are not this launch's (0: empty ones only)
+    win_left,  # WINDOW: keys visible left of the query's position
     num_q_heads,
     num_seqs,
     q_levels,  # query tiles per sequence the launch plans for (max_seqlen_q / BLOCK_M, rounded up)
@@ -607,6 +684,8 @@ def prefill_gluon_kernel(
     STAGES: gl.constexpr,  # K/V slots in the shared-memory ring
     PAGED: gl.constexpr,
     CAUSAL: gl.constexpr,
+    WINDOW: gl.constexpr,  # causal launches only
+    SOFTCAP: gl.constexpr,
     PINGPONG: gl.constexpr,
     RETURN_LSE: gl.constexpr,
     LOADER_REGS: gl.constexpr,
@@ -652,32 +731,31 @@ def prefill_gluon_kernel(
     mbarrier.arrive(turn.index(0))
     fence_async_shared()
 
-    qk_scale = scale * LOG2E
     gl.warp_specialize(
         [
             (
                 _consumer,
                 (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
                  turn.index(0), turn.index(1), v_clean, v_seen, out_ptr, lse_ptr,
-                 seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, qk_scale,
+                 seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, qk_scale, cap_in, win_left,
                  num_tokens, max_k, decode_q, stride_o_t, stride_o_h, num_q_heads, num_seqs, q_levels, n_work, programs,
-                 0, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, PINGPONG, RETURN_LSE, PERSISTENT),
+                 0, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, WINDOW, SOFTCAP, PINGPONG, RETURN_LSE, PERSISTENT),
             ),
             (
                 _consumer,
                 (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
                  turn.index(1), turn.index(0), v_clean, v_seen, out_ptr, lse_ptr,
-                 seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, qk_scale,
+                 seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, qk_scale, cap_in, win_left,
                  num_tokens, max_k, decode_q, stride_o_t, stride_o_h, num_q_heads, num_seqs, q_levels, n_work, programs,
-                 1, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, PINGPONG, RETURN_LSE, PERSISTENT),
+                 1, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, WINDOW, SOFTCAP, PINGPONG, RETURN_LSE, PERSISTENT),
             ),
             (
                 _loader,
                 (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
                  block_table_ptr, seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
-                 num_tokens, num_blocks, max_k, decode_q, num_q_heads, num_seqs, q_levels, n_work, programs,
+                 num_tokens, num_blocks, max_k, decode_q, win_left, num_q_heads, num_seqs, q_levels, n_work, programs,
                  rows_per_block, rows_per_head, cols_per_head, stride_bt_s,
-                 HEAD_DIM, GROUP, TILE_N, BLOCK_SIZE, STAGES, PAGED, CAUSAL, PERSISTENT),
+                 HEAD_DIM, GROUP, TILE_N, BLOCK_SIZE, STAGES, PAGED, CAUSAL, WINDOW, PERSISTENT),
             ),
         ],
         [4, 1],

@@ -224,7 +224,7 @@ def cmd_precompile(args: argparse.Namespace) -> int:
             cuda_graphs=not args.no_full_cuda_graphs,
             decode_query_len=args.decode_query_len,
             block_size=args.block_size,
-            plain_attention=not (args.sliding_window or args.softcap or args.alibi or args.sinks),
+            plain_attention=not (args.alibi or args.sinks),
         ),
         device=device,
     )

@@ -140,8 +140,8 @@ class ServingLimits:
     num_speculative_tokens with speculative decoding.
     block_size: tokens per page of the paged cache, ``None`` where unknown (no choice then
     depends on it).
-    plain_attention: no layer has a sliding window, softcap, ALiBi or sinks (the Hopper
-    prefill serves only plain attention).
+    plain_attention: no layer has ALiBi or sinks, the features the Hopper prefill lacks
+    (softcaps and the sliding windows of causal layers it serves).
     """
 
     max_num_seqs: int
@@ -217,7 +217,7 @@ def _hopper_prefill(geometry: AttentionProblem, limits: ServingLimits, device: A
 def preferred_block_size(geometry: AttentionProblem, *, plain_attention: bool, device: Any) -> int | None:
     """Tokens per cache page at which ``geometry``'s prefill runs fastest on ``device``: the
     Gluon Hopper prefill's key tile where that kernel serves the model (sm_90, Triton 3.6.0,
-    fp16/bf16 cache, head size 64/128/256, ``plain_attention``), else ``None`` (the generic
+    fp16/bf16 cache, head size 64/128/256, ``plain_attention``: no ALiBi or sinks), else ``None`` (the generic
     kernels read any page size alike: keep the server's default). Pages this large cost
     prefix-cache hits on each request's last partial page (docs/plugin.md)."""
     if not plain_attention or geometry.head_dim not in _MEASURED_HOPPER_HEAD_DIMS or not _runs_gluon(device):
