@@ -95,7 +95,11 @@ def test_tma_provider_says_why_it_skips():
     assert "fp8" in gluon.unsupported(Problem(**fresh, block_size=128, kv_dtype="float8_e4m3fn"))
     assert "128-key tile" in gluon.unsupported(Problem(**fresh, block_size=64))
     assert gluon.unsupported(Problem(**fresh, block_size=128)) is None
-    assert gluon.unsupported(Problem(**fresh, block_size=32, head_dim=256)) is None
+    # Head size 256: the policy's 64-key tile (pages of 32 keys hold half of one).
+    assert "64-key tile" in gluon.unsupported(Problem(**fresh, block_size=32, head_dim=256))
+    assert gluon.unsupported(Problem(**fresh, block_size=64, head_dim=256)) is None
+    assert gluon.unsupported(Problem(**fresh, block_size=128, variant="window=64")) is None
+    assert "alibi" in gluon.unsupported(Problem(**fresh, block_size=128, variant="alibi"))
     persistent = get("ours-gluon-persistent")
     for p in [Problem(**fresh, block_size=b, head_dim=d, kv_dtype=kv) for b in (16, 32, 64, 128) for d in (128, 256)
               for kv in ("bfloat16", "float8_e4m3fn")]:  # fmt: skip

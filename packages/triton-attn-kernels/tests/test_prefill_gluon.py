@@ -179,11 +179,13 @@ def test_launch_refuses_a_window_without_the_causal_mask():
                       window_left=15)  # fmt: skip
 
 
-def test_rule_head_dim_256_at_32_key_tiles(monkeypatch):
+@pytest.mark.parametrize(("tile_n", "stages", "fits"), [(32, 3, True), (64, 2, True), (64, 3, False)])
+def test_rule_head_dim_256_at_32_and_64_key_tiles(monkeypatch, tile_n, stages, fits):
+    # 64-key tiles at head size 256 fit two ring stages, not three (227 KB of shared memory).
     _pretend_sm90(monkeypatch)
     q, k, v = torch.randn(8, 4, 256).half(), torch.randn(3, 128, 2, 256).half(), torch.randn(3, 128, 2, 256).half()
-    config = PrefillConfig(block_m=128, tile_n=32, num_stages=3, gluon=1)
-    assert _gluon.qualifies(q, k, v, paged=True, config=config, features_served=True) is not None
+    config = PrefillConfig(block_m=128, tile_n=tile_n, num_stages=stages, gluon=1)
+    assert (_gluon.qualifies(q, k, v, paged=True, config=config, features_served=True) is not None) is fits
 
 
 def test_rule_varlen_views(monkeypatch):
@@ -397,7 +399,9 @@ def persistent(request, monkeypatch, gluon_launches):
 @pytest.mark.usefixtures("persistent")
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize(("head_dim", "tile_n", "stages"), [(128, 128, 2), (128, 64, 3), (64, 128, 3), (256, 32, 3)])
+@pytest.mark.parametrize(
+    ("head_dim", "tile_n", "stages"), [(128, 128, 2), (128, 64, 3), (64, 128, 3), (256, 32, 3), (256, 64, 2)]
+)
 @pytest.mark.parametrize("gqa", [(32, 8), (8, 8)], ids=["gqa4", "mha"])
 @pytest.mark.usefixtures("pingpong")
 def test_paged_matches_reference(causal, dtype, head_dim, tile_n, stages, gqa, gluon_launches):
@@ -427,7 +431,9 @@ def test_paged_matches_reference(causal, dtype, head_dim, tile_n, stages, gqa, g
 @pytest.mark.parametrize(
     ("window", "softcap"), [(1024, None), (100, None), (1, None), (None, 30.0), (None, 5.0), (200, 20.0)]
 )
-@pytest.mark.parametrize(("head_dim", "tile_n", "stages"), [(128, 128, 2), (128, 64, 3), (64, 128, 3), (256, 32, 3)])
+@pytest.mark.parametrize(
+    ("head_dim", "tile_n", "stages"), [(128, 128, 2), (128, 64, 3), (64, 128, 3), (256, 32, 3), (256, 64, 2)]
+)
 @pytest.mark.usefixtures("pingpong")
 def test_window_and_softcap_match_reference(window, softcap, head_dim, tile_n, stages, gluon_launches):
     # Causal windows wider than, off and down to one key of the tiles (a query tile starts
@@ -503,7 +509,9 @@ def _nan_past_contexts(b, block_size: int) -> None:
 @pytest.mark.gpu
 @needs_sm90
 @pytest.mark.usefixtures("persistent")
-@pytest.mark.parametrize(("head_dim", "tile_n", "stages"), [(128, 128, 2), (128, 64, 3), (64, 128, 3), (256, 32, 3)])
+@pytest.mark.parametrize(
+    ("head_dim", "tile_n", "stages"), [(128, 128, 2), (128, 64, 3), (64, 128, 3), (256, 32, 3), (256, 64, 2)]
+)
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
 @pytest.mark.usefixtures("pingpong")
 def test_nan_tails_of_every_length_stay_out(head_dim, tile_n, stages, layout, gluon_launches):
@@ -524,7 +532,7 @@ def test_nan_tails_of_every_length_stay_out(head_dim, tile_n, stages, layout, gl
 @needs_sm90
 @pytest.mark.usefixtures("persistent")
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize(("head_dim", "tile_n", "stages"), [(128, 128, 2), (128, 64, 3), (256, 32, 3)])
+@pytest.mark.parametrize(("head_dim", "tile_n", "stages"), [(128, 128, 2), (128, 64, 3), (256, 32, 3), (256, 64, 2)])
 @pytest.mark.usefixtures("pingpong")
 def test_query_tiles_walked_in_turn_share_the_ring(causal, head_dim, tile_n, stages, gluon_launches):
     # max_seqlen_q understated to 130: two programs per head and sequence walk 5, 3 and 1
@@ -561,7 +569,9 @@ def test_bench_geometry_8k(causal, gluon_launches):
 @needs_sm90
 @pytest.mark.parametrize("programs", [1, 7, None], ids=["1-program", "7-programs", "sms"])
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize(("head_dim", "tile_n", "stages"), [(128, 128, 2), (128, 64, 3), (64, 128, 3), (256, 32, 3)])
+@pytest.mark.parametrize(
+    ("head_dim", "tile_n", "stages"), [(128, 128, 2), (128, 64, 3), (64, 128, 3), (256, 32, 3), (256, 64, 2)]
+)
 @pytest.mark.usefixtures("pingpong")
 def test_persistent_walks_many_work_tiles(monkeypatch, programs, causal, head_dim, tile_n, stages, gluon_launches):
     # Work tiles outnumber the programs many times over (1 or 7 programs, or one per SM over

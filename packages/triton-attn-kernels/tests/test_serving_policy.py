@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 
+from triton_attn_kernels import _gluon
 from triton_attn_kernels.tuning import (
     PrefillConfig,
     ServingLimits,
@@ -46,10 +47,11 @@ def sm90(monkeypatch):
     return torch.device("cuda")
 
 
-@pytest.mark.parametrize(("head_dim", "tile_n"), [(64, 128), (128, 128), (256, 32)])
-def test_gluon_config_at_the_head_sizes_it_serves(head_dim, tile_n):
+@pytest.mark.parametrize(("head_dim", "tile_n", "stages"), [(64, 128, 2), (128, 128, 2), (256, 64, 2)])
+def test_gluon_config_at_the_head_sizes_it_serves(head_dim, tile_n, stages):
     config = gluon_prefill_config(_geometry(head_dim=head_dim), block_size=128)
-    assert config is not None and config.gluon == 1 and config.tile_n == tile_n
+    assert config is not None and config.gluon == 1 and (config.tile_n, config.num_stages) == (tile_n, stages)
+    assert _gluon.smem_bytes(head_dim, tile_n, stages) <= _gluon.SMEM_LIMIT
     assert (config.block_m, config.num_warps, config.tma) == (128, 4, 0)
 
 

@@ -5,7 +5,7 @@ The rule (documented in docs/kernels.md): ``PrefillConfig(gluon=1)`` (which requ
 block_m 128, 4 warps and tile_n 32, 64 or 128), Triton 3.6.0 (the only version whose Gluon API
 the kernel is verified against; elsewhere it is off), a GPU of compute capability 9.0 (never
 Triton's interpreter, which cannot run Gluon), fp16/bf16 Q, K and V of one dtype (no fp8
-cache), one head size for Q, K and V of 64 or 128 (tile_n 64 or 128) or 256 (tile_n 32), no
+cache), one head size for Q, K and V of 64 or 128 (tile_n 64 or 128) or 256 (tile_n 32 or 64), no
 ALiBi or sinks, a sliding window only on a causal launch (softcap either way), a paged cache whose page size tile_n divides or contiguous varlen K/V, Q with heads and dims
 contiguous, 16-byte aligned rows and bases, and the shared-memory ring within the SM's
 227 KB. Anything else runs what the config would run without ``gluon`` (the TMA prefill
@@ -28,9 +28,11 @@ from .tuning import PrefillConfig, gluon_persistent
 # Triton releases whose Gluon API (warp_specialize, warpgroup_mma, tma, mbarrier) the kernel
 # is written and compile-checked against (3.9 renamed part of it: thread_barrier is gone).
 VERIFIED_TRITON = ("3.6.0",)
-# Key-tile widths per head size: at 256 the consumers' registers (acc 64 x 256 fp32 = 128 per
-# thread) leave room for 32-key scores only (64 keys spill on sm_90 with the ping-pong).
-TILES = {64: (64, 128), 128: (64, 128), 256: (32,)}
+# Key-tile widths per head size. At 256 the consumers' accumulator (64 x 256 fp32) takes 128
+# registers per thread: 64-key scores are the widest beside it; compiled with Triton 3.6 for
+# sm_90 (nox -s sm90) neither 32- nor 64-key tiles spill, and 64-key tiles fit 2 ring stages
+# (Q 64 KB + 2 x 64 KB of K/V) in shared memory.
+TILES = {64: (64, 128), 128: (64, 128), 256: (32, 64)}
 BLOCK_M = 128  # two consumer warpgroups x 64 query rows
 LOADER_REGS = 24  # setmaxnreg budgets: 24 + 2 x 240 per thread of the three warpgroups
 CONSUMER_REGS = 240

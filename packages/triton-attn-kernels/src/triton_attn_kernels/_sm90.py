@@ -259,6 +259,9 @@ GLUON: dict[str, Callable[[], Any]] = {
     "prefill Gluon bf16 d256 causal, 32-key tiles, 3 stages": lambda: prefill_gluon_checked(
         hd=256, tile_n=32, stages=3
     ),
+    "prefill Gluon bf16 d256 causal, 64-key tiles, 2 stages": lambda: prefill_gluon_checked(
+        hd=256, tile_n=64, stages=2
+    ),
     "prefill Gluon bf16 d128 sliding window": lambda: prefill_gluon_checked(window=True),
     "prefill Gluon bf16 d128 softcap": lambda: prefill_gluon_checked(softcap=True),
     "prefill Gluon bf16 d256 window and softcap, 32-key tiles, 3 stages": lambda: prefill_gluon_checked(

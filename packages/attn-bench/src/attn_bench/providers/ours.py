@@ -121,20 +121,34 @@ def _paged(x: Inputs, *, prefill: Any) -> Timed:
     return Timed(split)
 
 
-# The Hopper prefills' launch shapes, the ones that compile with no spill for sm_90 (nox -s
-# sm90): TMA + Triton's warp specialisation, 128 tokens x 64-key tiles, 4 warps, 2 stages; the
-# Gluon ping-pong, 128 tokens x 128-key tiles (32 at head_dim 256, where wider tiles spill).
+# The TMA prefill's launch shape, one that compiles with no spill for sm_90 (nox -s sm90): TMA
+# + Triton's warp specialisation, 128 tokens x 64-key tiles, 4 warps, 2 stages. The Gluon
+# prefill's is the serving policy's (tuning.gluon_prefill_config).
 TMA_TILE_N = 64
 
 
+def _gluon_config(head_dim: int, block_size: int | None = None) -> Any:
+    """The policy's Gluon prefill configuration at this head size (bf16, no fp8 cache)."""
+    from triton_attn_kernels.tuning import AttentionProblem, gluon_prefill_config
+
+    geometry = AttentionProblem(
+        num_seqs=1, num_q_heads=1, num_kv_heads=1, head_dim=head_dim, max_seqlen_q=1, max_seqlen_k=1,
+        dtype="bfloat16", kv_dtype="bfloat16", num_sms=1, interpreter=False,
+    )  # fmt: skip
+    return gluon_prefill_config(geometry, block_size=block_size)
+
+
 def _gluon_tile_n(head_dim: int) -> int:
-    return 32 if head_dim > 128 else 128
+    config = _gluon_config(head_dim)
+    return config.tile_n if config is not None else 0
 
 
-def _hopper_supported(tile_n: Any, *, fp8: bool) -> Any:
+def _hopper_supported(tile_n: Any, *, fp8: bool, variants: tuple[str, ...] = ()) -> Any:
     def check(p: Any) -> str | None:
-        if p.variant:
+        if p.variant and p.variant.split("=")[0] not in variants:
             return f"variant {p.variant.split('=')[0]} runs on the generic kernel"
+        if not tile_n(p.head_dim):
+            return f"head_dim {p.head_dim} runs on the generic kernel"
         if p.fp8 and not fp8:
             return "an fp8 cache runs on the generic kernel"
         n = tile_n(p.head_dim)
@@ -164,7 +178,7 @@ GLUON_PROVIDER: dict[str, Any] = dict(
     ops=("prefill", "mixed"),
     requires=("triton_attn_kernels",),
     cuda_only=True,
-    supports=_hopper_supported(_gluon_tile_n, fp8=False),
+    supports=_hopper_supported(_gluon_tile_n, fp8=False, variants=("window", "softcap")),
 )
 
 
@@ -172,14 +186,6 @@ GLUON_PROVIDER: dict[str, Any] = dict(
 def ours_gluon(x: Inputs) -> Timed:
     """paged_attention with the Gluon Hopper prefill (PrefillConfig(gluon=1)) as a grid of query tiles: TMA loader warp, two ping-ponging consumer warpgroups; pages a multiple of its 128-key tile."""
     return _gluon_launched(x, persistent=False)
-
-
-def _gluon_config(head_dim: int) -> Any:
-    from triton_attn_kernels import PrefillConfig
-
-    tile_n = _gluon_tile_n(head_dim)
-    stages = 2 if tile_n == 128 else 3
-    return PrefillConfig(block_m=128, tile_n=tile_n, num_warps=4, num_stages=stages, gluon=1)
 
 
 @provider("ours-gluon-persistent", **GLUON_PROVIDER)

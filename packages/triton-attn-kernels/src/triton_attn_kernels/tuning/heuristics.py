@@ -138,22 +138,25 @@ def gluon_prefill_config(p: AttentionProblem, *, block_size: int | None = None) 
     serve it: dtypes other than fp16/bf16, an fp8 cache, a V head size of its own, head sizes
     other than 64, 128 and 256, pages its key tile does not divide, Triton's interpreter.
     Whether the GPU runs it (sm_90, a verified Triton) and the layers' features (it has no
-    window, softcap, ALiBi or sinks) are the caller's facts."""
-    from .._gluon import TILES
+    ALiBi or sinks) are the caller's facts."""
+    from .._gluon import SMEM_LIMIT, TILES, smem_bytes
 
     if p.interpreter or p.dtype not in ("float16", "bfloat16") or p.kv_dtype != p.dtype or p.head_dim_v is not None:
         return None
     tiles = TILES.get(p.head_dim)
     if not tiles:
         return None
-    # The widest tile: the one measured (H200, 1 x 8k to 1 x 32k at 128-token pages: 0.92-0.96x
-    # FA3 at the same pages, docs/results/h200/fa3-2026-12-02); narrower ones are the tuner's.
+    # The widest tile: the one measured at head sizes 64 and 128 (H200, 1 x 8k to 1 x 32k at
+    # 128-token pages: 0.92-0.96x FA3 at the same pages, docs/results/h200/fa3-2026-12-02);
+    # narrower ones are the tuner's. At 256 the 64-key tile is not yet measured (the 32-key
+    # one ran 0.74-0.75x FA3, docs/results/h200/gluon-features-2026-12-02).
     tile_n = max(tiles)
     if block_size is not None and block_size % tile_n:
         return None
-    # 128-key tiles: Q and two K/V slots fill 160 KB of shared memory; 32-key tiles at head
-    # size 256 have room for a third slot.
-    return PrefillConfig(block_m=128, tile_n=tile_n, num_warps=4, num_stages=2 if tile_n == 128 else 3, gluon=1)
+    # 128-key tiles: Q and two K/V slots fill 160 KB of shared memory; narrower tiles take a
+    # third slot where it fits (not at head size 256 with 64-key tiles).
+    stages = 2 if tile_n == 128 or smem_bytes(p.head_dim, tile_n, 3) > SMEM_LIMIT else 3
+    return PrefillConfig(block_m=128, tile_n=tile_n, num_warps=4, num_stages=stages, gluon=1)
 
 
 def prefill_warps(num_warps: int, block_m: int, *, window: bool, softcap: bool) -> int:
