@@ -10,6 +10,7 @@ EXPECTED = {
     "ours-tma",
     "ours-gluon",
     "ours-gluon-persistent",
+    "ours-gluon-thread-arrives",
     "ours-varlen",
     "ours-kv-write",
     "torch-sdpa",
@@ -130,3 +131,6 @@ def test_gluon_persistent_provider_launches_persistent(monkeypatch):
     assert configs[0].gluon == 1 and configs[0].tile_n == 128
     _gluon.launch(config=None)
     assert seen[-1] == {"config": None}
+    # The per-thread releases: the policy's launch kind, only that option set.
+    ours.ours_gluon_thread_arrives(x).fn()
+    assert seen[-1] == {"config": configs[-1], "thread_arrives": True}

@@ -378,10 +378,15 @@ def _config(tile_n: int, stages: int) -> AttentionConfig:
     return AttentionConfig(prefill=PrefillConfig(block_m=128, tile_n=tile_n, num_warps=4, num_stages=stages, gluon=1))
 
 
-@pytest.fixture(params=[True, False], ids=["pingpong", "no-pingpong"])
+@pytest.fixture(
+    params=[(True, False), (False, False), (True, True)], ids=["pingpong", "no-pingpong", "pingpong-thread-arrives"]
+)
 def pingpong(request, monkeypatch, gluon_launches):
+    """With and without the ping-pong; with it, also the consumers' per-thread releases
+    (``thread_arrives``: every thread arrives, the barriers count 128 per consumer)."""
     real = _gluon.launch
-    monkeypatch.setattr(_gluon, "launch", functools.partial(real, pingpong=request.param))
+    pp, thread_arrives = request.param
+    monkeypatch.setattr(_gluon, "launch", functools.partial(real, pingpong=pp, thread_arrives=thread_arrives))
     return gluon_launches
 
 

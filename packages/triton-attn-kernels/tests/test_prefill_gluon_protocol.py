@@ -12,7 +12,9 @@ model fails when a wait passes on another phase or finds the barrier already pas
 parity wait would miss a phase: wrong data or a hang), when nothing can move (a deadlock),
 when a copy lands in a buffer a consumer's wgmma is still reading, or when a read finds
 another tile than the one the consumer counts on. A change to the kernel's protocol must
-be made here too."""
+be made here too. THREAD_ARRIVES (every consumer thread arrives, on barriers counting 128 per
+consumer) is the same protocol with arrivals and counts scaled alike: the model's one arrival
+per consumer stands for both."""
 
 from __future__ import annotations
 

@@ -131,6 +131,7 @@ def launch(
     softcap: float | None = None,
     pingpong: bool = True,
     persistent: bool | None = None,
+    thread_arrives: bool = False,
 ) -> None:
     """One launch of the Gluon prefill over the sequences with more than ``decode_q`` new
     tokens (all of them where ``other_launch`` is 0). ``rows`` from :func:`qualifies`;
@@ -141,7 +142,9 @@ def launch(
     tiles would overflow the kernel's int32 index); ``None``: as
     :func:`~triton_attn_kernels.tuning.gluon_persistent` decides for this launch.
     ``window_left`` (causal launches only): keys visible left of each query's position;
-    ``softcap``: the logit cap."""
+    ``softcap``: the logit cap. ``thread_arrives``: the consumers release slots, Q and the
+    ping-pong's turn with every thread's own mbarrier arrival instead of thread 0's after a
+    warpgroup bar.sync (compiled for sm_90, not yet measured or GPU-tested: off by default)."""
     from ._kernels.prefill_gluon import prefill_gluon_kernel
 
     if window_left is not None and not causal:
@@ -221,5 +224,6 @@ def launch(
         LOADER_REGS=LOADER_REGS,
         CONSUMER_REGS=CONSUMER_REGS,
         PERSISTENT=persistent,
+        THREAD_ARRIVES=thread_arrives,
         num_warps=4,
     )

@@ -178,6 +178,7 @@ def prefill_gluon(
     persistent=False,
     window=False,
     softcap=False,
+    thread_arrives=False,
 ):
     """The Gluon Hopper prefill (``_kernels/prefill_gluon.py``) as ``_gluon.launch``
     specialises it: 64-row Q halves, tile_n-key K/V tiles, 4 warps plus the partitions'."""
@@ -206,6 +207,7 @@ def prefill_gluon(
         LOADER_REGS=_gluon.LOADER_REGS,
         CONSUMER_REGS=_gluon.CONSUMER_REGS,
         PERSISTENT=persistent,
+        THREAD_ARRIVES=thread_arrives,
     )
     ptrs = {"q_desc": desc(_gluon.BLOCK_M // 2), "k_desc": desc(tile_n), "v_desc": desc(tile_n), "out_ptr": f"*{dtype}"}
     if lse:
@@ -262,6 +264,7 @@ GLUON: dict[str, Callable[[], Any]] = {
     "prefill Gluon bf16 d256 causal, 64-key tiles, 2 stages": lambda: prefill_gluon_checked(
         hd=256, tile_n=64, stages=2
     ),
+    "prefill Gluon bf16 d128 causal, per-thread releases": lambda: prefill_gluon_checked(thread_arrives=True),
     "prefill Gluon bf16 d128 sliding window": lambda: prefill_gluon_checked(window=True),
     "prefill Gluon bf16 d128 softcap": lambda: prefill_gluon_checked(softcap=True),
     "prefill Gluon bf16 d256 window and softcap, 32-key tiles, 3 stages": lambda: prefill_gluon_checked(
@@ -290,6 +293,9 @@ GLUON: dict[str, Callable[[], Any]] = {
     ),
     "prefill Gluon persistent bf16 d128 window and softcap": lambda: prefill_gluon_checked(
         window=True, softcap=True, persistent=True
+    ),
+    "prefill Gluon persistent bf16 d128 causal, per-thread releases": lambda: prefill_gluon_checked(
+        thread_arrives=True, persistent=True
     ),
 }
 

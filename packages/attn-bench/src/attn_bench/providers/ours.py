@@ -194,24 +194,30 @@ def ours_gluon_persistent(x: Inputs) -> Timed:
     return _gluon_launched(x, persistent=True)
 
 
-def _gluon_launched(x: Inputs, *, persistent: bool) -> Timed:
-    """The Gluon prefill with one launch kind, whatever the policy (tuning.gluon_persistent,
-    which ours-paged follows) would pick for the problem."""
+@provider("ours-gluon-thread-arrives", **GLUON_PROVIDER)
+def ours_gluon_thread_arrives(x: Inputs) -> Timed:
+    """The Gluon prefill as ours-paged launches it (grid or persistent by the policy), its consumers releasing slots, Q and turns with per-thread mbarrier arrivals instead of thread 0's after a warpgroup bar.sync (_gluon.launch(thread_arrives=True))."""
+    return _gluon_launched(x, thread_arrives=True)
+
+
+def _gluon_launched(x: Inputs, **launch: Any) -> Timed:
+    """The Gluon prefill with these ``_gluon.launch`` options (e.g. one launch kind, whatever
+    the policy, tuning.gluon_persistent, which ours-paged follows, would pick)."""
     import functools
 
     from triton_attn_kernels import _gluon
 
     inner = _paged(x, prefill=_gluon_config(x.problem.head_dim))
-    launch = _gluon.launch
+    real = _gluon.launch
 
     def fn() -> Any:
         # The launcher calls _gluon.launch leaving the launch kind to the policy; for the
         # duration of this call it gets the one asked for.
-        _gluon.launch = functools.partial(launch, persistent=persistent)
+        _gluon.launch = functools.partial(real, **launch)
         try:
             return inner.fn()
         finally:
-            _gluon.launch = launch
+            _gluon.launch = real
 
     return Timed(fn, inner.read)
 

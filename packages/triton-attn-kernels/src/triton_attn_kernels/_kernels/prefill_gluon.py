@@ -18,6 +18,11 @@ row's left edge are masked. SOFTCAP: the logits are ``softcap * tanh(scale * s /
 the host passes ``cap_in = scale / softcap`` and ``qk_scale = softcap * log2(e)``, so the
 consumers compute ``tanh(s * cap_in)`` (one MUFU op) and fold qk_scale in as without a cap.
 
+THREAD_ARRIVES (off by default, not yet measured): the consumers release K/V slots, Q and
+the other's turn with per-thread arrivals (``_release``) instead of Gluon's mbarrier.arrive,
+which has thread 0 arrive after a warpgroup bar.sync; compiled for sm_90 the steady loop then
+holds 2 bar.sync per round instead of 4 (FlashAttention-3's holds 2).
+
 Registers are rebalanced with setmaxnreg (the loader keeps few, the consumers get the rest).
 Masks are applied only to the tiles that need one: the causal diagonal and the sequence's
 last tile; the tiles below the diagonal run unmasked. Query tiles are walked heaviest first
@@ -43,6 +48,7 @@ shared memory before either consumer's PV reads it.
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared,
     mbarrier,
@@ -53,6 +59,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 LN2 = gl.constexpr(0.6931471805599453)
 HALF_M = gl.constexpr(64)  # query rows per consumer warpgroup (wgmma: 4 warps x 16 rows)
+WG_THREADS = gl.constexpr(128)
 CLEAN_ROWS = gl.constexpr(32)  # V rows zeroed per shared-memory round trip (bounds registers)
 
 
@@ -293,6 +300,20 @@ def _zero_tail_rows(v_tile, valid, TILE_N: gl.constexpr, HEAD_DIM: gl.constexpr)
 
 
 @gluon.jit
+def _release(bar, THREAD_ARRIVES: gl.constexpr):
+    """One consumer warpgroup's arrival on ``bar`` (a slot, Q, or the other's turn). Thread 0
+    arrives after a warpgroup bar.sync (which Gluon puts before every mbarrier.arrive), or,
+    with THREAD_ARRIVES, each of the 128 threads arrives on its own, unsynchronised (the
+    barrier counts WG_THREADS per consumer): what it releases was read by wgmma, whose wait
+    every thread has passed."""
+    if THREAD_ARRIVES:
+        # With no cp.async in flight the arrive-on happens at once; .noinc: it counts.
+        async_copy.mbarrier_arrive(bar, increment_count=False)
+    else:
+        mbarrier.arrive(bar)
+
+
+@gluon.jit
 def _take_turn(my_turn, turns, PINGPONG: gl.constexpr):
     """Wait until the other consumer has issued its wgmmas of the previous round."""
     if PINGPONG:
@@ -301,9 +322,9 @@ def _take_turn(my_turn, turns, PINGPONG: gl.constexpr):
 
 
 @gluon.jit
-def _pass_turn(their_turn, PINGPONG: gl.constexpr):
+def _pass_turn(their_turn, PINGPONG: gl.constexpr, THREAD_ARRIVES: gl.constexpr):
     if PINGPONG:
-        mbarrier.arrive(their_turn)
+        _release(their_turn, THREAD_ARRIVES)
 
 
 @gluon.jit
@@ -441,6 +462,7 @@ def _consume_tiles(
     RETURN_LSE: gl.constexpr,
     EARLY_Q: gl.constexpr,  # release Q after the last QK^T rather than after the last PV
     ACK: gl.constexpr,  # _clean_tail's confirmation
+    THREAD_ARRIVES: gl.constexpr,  # _release's
 ):
     """Query tiles t_first, t_first + t_step, ... (counted from the last) of one head and
     sequence; the counters (key tiles and query tiles consumed, ping-pong rounds, tail
@@ -492,9 +514,9 @@ def _consume_tiles(
         turns = _take_turn(my_turn, turns, PINGPONG)
         mbarrier.wait(k_ready.index(it % STAGES), (it // STAGES) & 1)
         s_tok = warpgroup_mma(q_mine, k_smem.index(it % STAGES).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-        _pass_turn(their_turn, PINGPONG)
+        _pass_turn(their_turn, PINGPONG, THREAD_ARRIVES)
         s = warpgroup_mma_wait(num_outstanding=0, deps=[s_tok])
-        mbarrier.arrive(k_empty.index(it % STAGES))
+        _release(k_empty.index(it % STAGES), THREAD_ARRIVES)
         m_i, l_i, p, alpha = _softmax(
             s, m_i, l_i, t_lo, mask_from, unmask_from, seq_len, q_pos, qk_scale, cap_in, win_left, cols_s,
             TILE_N, CAUSAL, WINDOW, SOFTCAP,
@@ -512,35 +534,35 @@ def _consume_tiles(
             # Tile t - 1 is not the sequence's last (tile n_kv - 1 may be): no tail to clean.
             mbarrier.wait(v_ready.index(prev), ((it - 1) // STAGES) & 1)
             acc_tok = warpgroup_mma(p, v_smem.index(prev), acc, is_async=True)
-            _pass_turn(their_turn, PINGPONG)
+            _pass_turn(their_turn, PINGPONG, THREAD_ARRIVES)
             s = warpgroup_mma_wait(num_outstanding=1, deps=[s_tok])
             # Both consumers arrive: a slot is free once the second one has.
-            mbarrier.arrive(k_empty.index(slot))
+            _release(k_empty.index(slot), THREAD_ARRIVES)
             m_i, l_i, p_f, alpha = _softmax(
                 s, m_i, l_i, t, mask_from, unmask_from, seq_len, q_pos, qk_scale, cap_in, win_left, cols_s,
                 TILE_N, CAUSAL, WINDOW, SOFTCAP,
             )  # fmt: skip
             acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc_tok])
-            mbarrier.arrive(v_empty.index(prev))
+            _release(v_empty.index(prev), THREAD_ARRIVES)
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
             p = gl.convert_layout(p_f.to(dtype), p_layout)
             it += 1
         if EARLY_Q:
             # Every QK^T of this query tile has completed: the loader may bring the next Q
             # in while the last PV and the epilogue run.
-            mbarrier.arrive(q_empty)
+            _release(q_empty, THREAD_ARRIVES)
         # Last round: PV of the last tile.
         prev = (it - 1) % STAGES
         turns = _take_turn(my_turn, turns, PINGPONG)
         mbarrier.wait(v_ready.index(prev), ((it - 1) // STAGES) & 1)
         tails = _clean_tail(v_smem.index(prev), v_clean, v_seen, tails, n_kv - 1, seq_len, WG, TILE_N, HEAD_DIM, ACK)
         acc_tok = warpgroup_mma(p, v_smem.index(prev), acc, is_async=True)
-        _pass_turn(their_turn, PINGPONG)
+        _pass_turn(their_turn, PINGPONG, THREAD_ARRIVES)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc_tok])
-        mbarrier.arrive(v_empty.index(prev))
+        _release(v_empty.index(prev), THREAD_ARRIVES)
         if not EARLY_Q:
             # Both halves are done with this query tile: Q may be replaced.
-            mbarrier.arrive(q_empty)
+            _release(q_empty, THREAD_ARRIVES)
 
         l_safe = gl.where(l_i == 0.0, gl.full_like(l_i, 1.0), l_i)
         out = acc / gl.expand_dims(gl.convert_layout(l_safe, row_o), 1)
@@ -601,6 +623,7 @@ def _consumer(
     PINGPONG: gl.constexpr,
     RETURN_LSE: gl.constexpr,
     PERSISTENT: gl.constexpr,
+    THREAD_ARRIVES: gl.constexpr,
 ):
     if PERSISTENT:
         it = gl.to_tensor(0)  # key tiles consumed so far (the loader's numbering)
@@ -620,7 +643,7 @@ def _consumer(
                 my_turn, their_turn, v_clean, v_seen, out_ptr, lse_ptr, seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
                 qk_scale, cap_in, win_left, num_tokens, max_k, decode_q, stride_o_t_64, stride_o_h,
                 WG, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, WINDOW, SOFTCAP, PINGPONG, RETURN_LSE,
-                True, not PINGPONG,
+                True, not PINGPONG, THREAD_ARRIVES,
             )  # fmt: skip
     else:
         _consume_tiles(
@@ -632,7 +655,7 @@ def _consumer(
                 my_turn, their_turn, v_clean, v_seen, out_ptr, lse_ptr, seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
                 qk_scale, cap_in, win_left, num_tokens, max_k, decode_q, stride_o_t, stride_o_h,
                 WG, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, WINDOW, SOFTCAP, PINGPONG, RETURN_LSE,
-            False, not PINGPONG,
+            False, not PINGPONG, THREAD_ARRIVES,
         )  # fmt: skip
 
 
@@ -691,6 +714,7 @@ def prefill_gluon_kernel(
     LOADER_REGS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr,
     PERSISTENT: gl.constexpr,  # grid (programs,): each walks work tiles (_work_tile), w += programs
+    THREAD_ARRIVES: gl.constexpr = False,  # _release: every consumer thread arrives, no bar.sync
 ):
     """Grid (num_q_heads, num_seqs, query-tile programs), or with PERSISTENT (programs,) over
     q_levels x num_seqs x num_q_heads work tiles, a work tile being query tiles level,
@@ -710,8 +734,10 @@ def prefill_gluon_kernel(
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
     k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
     v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
+    # Arrivals per consumer on what it releases (_release): thread 0's, or all its threads'.
+    ARRIVALS: gl.constexpr = WG_THREADS if THREAD_ARRIVES else 1
     mbarrier.init(q_ready, count=1)
-    mbarrier.init(q_empty, count=2)
+    mbarrier.init(q_empty, count=2 * ARRIVALS)
     mbarrier.init(v_clean, count=1)
     if not PINGPONG:
         # _clean_tail's confirmation; with the ping-pong the first consumer's next clean is in
@@ -721,14 +747,14 @@ def prefill_gluon_kernel(
     else:
         v_seen = v_clean  # never waited on nor arrived at
     for i in gl.static_range(2):
-        mbarrier.init(turn.index(i), count=1)
+        mbarrier.init(turn.index(i), count=ARRIVALS)
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
-        mbarrier.init(k_empty.index(i), count=2)
-        mbarrier.init(v_empty.index(i), count=2)
+        mbarrier.init(k_empty.index(i), count=2 * ARRIVALS)
+        mbarrier.init(v_empty.index(i), count=2 * ARRIVALS)
     # The first consumer issues first.
-    mbarrier.arrive(turn.index(0))
+    mbarrier.arrive(turn.index(0), count=ARRIVALS)
     fence_async_shared()
 
     gl.warp_specialize(
@@ -739,7 +765,8 @@ def prefill_gluon_kernel(
                  turn.index(0), turn.index(1), v_clean, v_seen, out_ptr, lse_ptr,
                  seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, qk_scale, cap_in, win_left,
                  num_tokens, max_k, decode_q, stride_o_t, stride_o_h, num_q_heads, num_seqs, q_levels, n_work, programs,
-                 0, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, WINDOW, SOFTCAP, PINGPONG, RETURN_LSE, PERSISTENT),
+                 0, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, WINDOW, SOFTCAP, PINGPONG, RETURN_LSE, PERSISTENT,
+                 THREAD_ARRIVES),
             ),
             (
                 _consumer,
@@ -747,7 +774,8 @@ def prefill_gluon_kernel(
                  turn.index(1), turn.index(0), v_clean, v_seen, out_ptr, lse_ptr,
                  seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, qk_scale, cap_in, win_left,
                  num_tokens, max_k, decode_q, stride_o_t, stride_o_h, num_q_heads, num_seqs, q_levels, n_work, programs,
-                 1, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, WINDOW, SOFTCAP, PINGPONG, RETURN_LSE, PERSISTENT),
+                 1, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, WINDOW, SOFTCAP, PINGPONG, RETURN_LSE, PERSISTENT,
+                 THREAD_ARRIVES),
             ),
             (
                 _loader,
