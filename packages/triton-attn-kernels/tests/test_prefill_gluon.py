@@ -150,21 +150,20 @@ def test_rule_each_clause(monkeypatch, why):
 
 
 @pytest.mark.parametrize(
-    ("causal", "window", "alibi", "sinks", "fp8", "served"),
+    ("causal", "window", "alibi", "sinks", "served"),
     [
-        (True, None, False, False, False, True),
-        (False, None, False, False, False, True),
-        (True, (1023, 0), False, False, False, True),  # softcap needs no flag: always served
-        (False, (1023, 1023), False, False, False, False),
-        (True, None, True, False, False, False),
-        (True, None, False, True, False, False),
-        (True, None, False, False, True, False),
+        (True, None, False, False, True),
+        (False, None, False, False, True),
+        (True, (1023, 0), False, False, True),  # softcap needs no flag: always served
+        (False, (1023, 1023), False, False, False),
+        (True, None, True, False, False),
+        (True, None, False, True, False),
     ],
 )
-def test_rule_features(causal, window, alibi, sinks, fp8, served):
-    # Softcap and causal sliding windows run on the kernel; ALiBi, sinks, fp8 caches and
-    # two-sided windows go to the generic kernel.
-    got = _gluon.serves_features(causal=causal, window=window, alibi=alibi, sinks=sinks, fp8=fp8)
+def test_rule_features(causal, window, alibi, sinks, served):
+    # Softcap and causal sliding windows run on the kernel; ALiBi, sinks and two-sided
+    # windows go to the generic kernel (fp8 caches reach it staged: test_fp8_stage.py).
+    got = _gluon.serves_features(causal=causal, window=window, alibi=alibi, sinks=sinks)
     assert got is served
 
 
@@ -456,6 +455,29 @@ def test_window_and_softcap_match_reference(window, softcap, head_dim, tile_n, s
     assert_matches(out, ref, torch.bfloat16)
     torch.testing.assert_close(lse, ref_lse, atol=5e-3, rtol=2e-3)
     assert len(gluon_launches) == 1
+
+
+@pytest.mark.gpu
+@needs_sm90
+@pytest.mark.usefixtures("persistent")
+@pytest.mark.parametrize("kv_dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=["e4m3", "e5m2"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("block_size", [16, 128])
+@pytest.mark.parametrize(("head_dim", "tile_n", "stages"), [(128, 128, 2), (64, 128, 3), (256, 64, 2)])
+def test_fp8_cache_matches_reference(kv_dtype, dtype, block_size, head_dim, tile_n, stages, gluon_launches):
+    # An fp8 cache reaches the kernel staged (_fp8_stage): dequantised into q's dtype in
+    # pages of the tile, from 16- and 128-token pages; scales off powers of two; decodes and
+    # an empty sequence beside (the decode launch's, not staged); NaN past the contexts.
+    b = paged_batch([1000, 1, 300, 0, 129], [1000, 2000, 2348, 50, 4000], num_q_heads=16, num_kv_heads=4,
+                    head_dim=head_dim, block_size=block_size, dtype=dtype, kv_dtype=kv_dtype)  # fmt: skip
+    _nan_past_contexts(b, block_size)
+    scales = dict(k_scale=0.7, v_scale=1.4)
+    out, lse = paged_attention(*b.args(), **b.lens(), **scales, out=poisoned_like(b.q), return_lse=True,
+                               config=_config(tile_n, stages))  # fmt: skip
+    ref, ref_lse = paged_attention_ref(*b.args(), **scales, return_lse=True)
+    assert_matches(out, ref, dtype)
+    torch.testing.assert_close(lse, ref_lse, atol=5e-3, rtol=2e-3)
+    assert len(gluon_launches) == 1 and gluon_launches[0]["block_table"].shape[0] == 5
 
 
 @pytest.mark.gpu

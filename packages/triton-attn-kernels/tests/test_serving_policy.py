@@ -60,14 +60,22 @@ def test_gluon_config_at_the_head_sizes_it_serves(head_dim, tile_n, stages):
     [
         (_geometry(), 16),  # pages smaller than the tile
         (_geometry(), 192),  # not a multiple of it
-        (_geometry(kv_dtype=torch.float8_e4m3fn), 128),
         (_geometry(dtype=torch.float32), 128),
+        (_geometry(kv_dtype=torch.float16), 128),  # a 16-bit cache of another dtype than q's
         (_geometry(head_dim=96), 128),
         (_geometry(head_dim=128, head_dim_v=64), 128),
     ],
 )
 def test_no_gluon_config_where_the_kernel_does_not_serve(geometry, block_size):
     assert gluon_prefill_config(geometry, block_size=block_size) is None
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+@pytest.mark.parametrize("block_size", [16, 128, 192, None])
+def test_gluon_config_for_fp8_caches_at_any_page_size(kv_dtype, block_size):
+    # The prefill reads an fp8 cache's staged copy (in pages of its tile), not the cache.
+    config = gluon_prefill_config(_geometry(kv_dtype=kv_dtype), block_size=block_size)
+    assert config == gluon_prefill_config(_geometry(), block_size=128)
 
 
 def test_policy_runs_gluon_at_whole_tile_pages_of_plain_models(sm90):

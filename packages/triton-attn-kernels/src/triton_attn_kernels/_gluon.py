@@ -58,6 +58,22 @@ def smem_bytes(head_dim: int, tile_n: int, stages: int, elem: int = 2) -> int:
     return (BLOCK_M * head_dim + 2 * stages * tile_n * head_dim) * elem
 
 
+def serves_launch(q: torch.Tensor, *, v_head_dim: int, config: PrefillConfig, features_served: bool) -> bool:
+    """What :func:`qualifies` checks without the cache: the config, the GPU and Triton, q's
+    dtype, head size and layout, the tile and its shared memory. ``features_served``: the
+    launch's features are ones the kernel has (:func:`serves_features`)."""
+    if not config.gluon or interpreting() or not available() or not _sm90(q.device):
+        return False
+    head_dim = q.shape[2]
+    if not features_served or q.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if config.tile_n not in TILES.get(head_dim, ()) or v_head_dim != head_dim:
+        return False
+    if smem_bytes(head_dim, config.tile_n, config.num_stages) > SMEM_LIMIT:
+        return False
+    return q.stride(2) == 1 and q.stride(1) == head_dim
+
+
 def qualifies(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -69,21 +85,11 @@ def qualifies(
 ) -> tuple[_tma.CacheRows, _tma.CacheRows] | None:
     """The 2-D row views of k and v when this launch can run the Gluon prefill, else None.
     k and v: a paged cache [num_blocks, block_size, kv_heads, dim] or, not paged, contiguous
-    [total_k, kv_heads, dim] (seen as one page of total_k slots). ``features_served``: the
-    launch's features are ones the kernel has (:func:`serves_features`)."""
-    if not config.gluon or interpreting() or not available() or not _sm90(q.device):
+    [total_k, kv_heads, dim] (seen as one page of total_k slots). ``features_served``: as
+    for :func:`serves_launch`."""
+    if not serves_launch(q, v_head_dim=v.shape[-1], config=config, features_served=features_served):
         return None
-    head_dim = q.shape[2]
-    if not features_served or q.dtype not in (torch.float16, torch.bfloat16):
-        return None
-    if (
-        k.dtype != q.dtype
-        or v.dtype != q.dtype
-        or config.tile_n not in TILES.get(head_dim, ())
-        or v.shape[-1] != head_dim
-    ):
-        return None
-    if smem_bytes(head_dim, config.tile_n, config.num_stages) > SMEM_LIMIT:
+    if k.dtype != q.dtype or v.dtype != q.dtype:
         return None
     if paged and k.shape[1] % config.tile_n:
         return None
@@ -93,10 +99,11 @@ def qualifies(
     return _tma.row_views(q, k, v) if paged else _tma.row_views(q, k.unsqueeze(0), v.unsqueeze(0))
 
 
-def serves_features(*, causal: bool, window: tuple[int, int] | None, alibi: bool, sinks: bool, fp8: bool) -> bool:
+def serves_features(*, causal: bool, window: tuple[int, int] | None, alibi: bool, sinks: bool) -> bool:
     """Whether the kernel has a launch's features: softcap and causal sliding windows yes;
-    ALiBi, sinks, fp8 caches and windows without the causal mask no."""
-    return not (alibi or sinks or fp8) and (window is None or causal)
+    ALiBi, sinks and windows without the causal mask no. (fp8 caches reach it staged:
+    ``_fp8_stage.py``.)"""
+    return not (alibi or sinks) and (window is None or causal)
 
 
 def _descriptor(t: torch.Tensor, rows: int, cols: int, row_stride: int, block: list[int]) -> Any:

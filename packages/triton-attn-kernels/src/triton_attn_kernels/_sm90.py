@@ -24,6 +24,7 @@ from triton.runtime.errors import PTXASError
 from triton_attn_kernels._fallback import alternatives
 from triton_attn_kernels._kernels.attention import attention_kernel, merge_kernel, merge_states_kernel
 from triton_attn_kernels._kernels.kv_cache import write_kv_kernel
+from triton_attn_kernels._kernels.kv_stage import stage_kv_kernel
 from triton_attn_kernels._kernels.mla import mla_decode_kernel
 from triton_attn_kernels._kernels.mla_cache import write_latent_kernel
 from triton_attn_kernels._kernels.prefill_tma import prefill_tma_kernel
@@ -323,6 +324,14 @@ def kv_write(cache: str):
     return compile_one(write_kv_kernel, cx, {**ptrs, "slot_ptr": "*i64"})
 
 
+def kv_stage(cache: str, dtype: str = "bf16", block_size: int = 16):
+    """The fp8 cache's staging copy for the Gluon prefill: 128-key pages, head size 128."""
+    cx = dict(NUM_KV_HEADS=8, HEAD_DIM=128, BLOCK_D=128, BLOCK_SIZE=block_size, PAGE=128)
+    ptrs = {"k_cache_ptr": f"*{cache}", "v_cache_ptr": f"*{cache}", "k_out_ptr": f"*{dtype}", "v_out_ptr": f"*{dtype}"}
+    ptrs |= {"block_table_ptr": "*i32", "seq_lens_ptr": "*i32", "cu_seqlens_q_ptr": "*i32"}
+    return compile_one(stage_kv_kernel, cx, ptrs, warps=8)
+
+
 def merge(splits: int = 16):
     cx = dict(HEAD_DIM=128, BLOCK_D=128, NUM_SPLITS=splits, SPLITS_POW2=splits, DECODE_Q=1, RETURN_LSE=False)
     return compile_one(merge_kernel, cx, {"cu_seqlens_q_ptr": "*i32", "out_ptr": "*bf16"})
@@ -493,6 +502,8 @@ OTHERS: dict[str, Callable[[], Any]] = {
     "kv write bf16": lambda: kv_write("bf16"),
     "kv write fp8 e4m3": lambda: kv_write("fp8e4nv"),
     "kv write fp8 e5m2": lambda: kv_write("fp8e5"),
+    "fp8 e4m3 cache staged as bf16 for the Gluon prefill, 16-token pages": lambda: kv_stage("fp8e4nv"),
+    "fp8 e5m2 cache staged as fp16, 128-token pages": lambda: kv_stage("fp8e5", "fp16", 128),
     "mla decode bf16, 16 heads": lambda: mla(16),
     "mla decode bf16, 128 heads": lambda: mla(128),
     "mla decode fp8 e4m3 latent, 16 heads": lambda: mla(16, kv="fp8e4nv"),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _fallback, _gluon, _tma, debug
+from . import _fallback, _fp8_stage, _gluon, _tma, debug
 from . import _validation as check
 from ._device import interpreting
 from ._intmath import cdiv, next_pow2
@@ -344,10 +344,22 @@ def _launch(
         if pcfg.tma and paged:
             rows = _tma.qualifies(q, k, v, tile_n=pcfg.tile_n, features_plain=plain)
         served = _gluon.serves_features(causal=feats.causal, window=feats.window, alibi=feats.alibi is not None,
-                                        sinks=feats.sinks is not None, fp8=feats.k_scale is not None)  # fmt: skip
-        g_rows = _gluon.qualifies(q, k, v, paged=paged, config=pcfg, features_served=served)
+                                        sinks=feats.sinks is not None)  # fmt: skip
+        gk, gv, g_table = k, v, block_table
+        if feats.k_scale is not None and feats.v_scale is not None and block_table is not None and seq_lens is not None:
+            # An fp8 cache: the Gluon prefill reads a dequantised copy of the pages (_fp8_stage).
+            staged = None
+            if _gluon.serves_launch(q, v_head_dim=head_dim_v, config=pcfg, features_served=served):
+                nbytes = _fp8_stage.staging_bytes(num_seqs, max_seqlen_k, k, page=pcfg.tile_n, elem=q.element_size())
+                if nbytes <= _fp8_stage.MAX_STAGING_BYTES:
+                    staged = _fp8_stage.stage(k, v, block_table, seq_lens, cu_seqlens_q, feats.k_scale, feats.v_scale,
+                                              num_seqs=num_seqs, max_seqlen_k=max_seqlen_k, page=pcfg.tile_n,
+                                              dtype=q.dtype, skip_q=dq if decode_runs else 0)  # fmt: skip
+            if staged is not None:
+                gk, gv, g_table = staged
+        g_rows = _gluon.qualifies(q, gk, gv, paged=paged, config=pcfg, features_served=served)
         if g_rows is not None:
-            _gluon.launch(q, k, v, out, lse, g_rows, block_table=block_table if paged else None, seq_lens=seq_lens,
+            _gluon.launch(q, gk, gv, out, lse, g_rows, block_table=g_table if paged else None, seq_lens=seq_lens,
                           cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, num_seqs=num_seqs,
                           max_seqlen_q=max_seqlen_q, decode_q=dq, other_launch=int(decode_runs), scale=feats.scale,
                           causal=feats.causal, config=pcfg, softcap=feats.softcap,

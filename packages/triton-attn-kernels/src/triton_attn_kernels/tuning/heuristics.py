@@ -135,13 +135,18 @@ def prefill_heuristic(p: AttentionProblem) -> PrefillConfig:
 def gluon_prefill_config(p: AttentionProblem, *, block_size: int | None = None) -> PrefillConfig | None:
     """The Gluon Hopper prefill's configuration for ``p``'s geometry at pages of
     ``block_size`` tokens (``None``: contiguous K/V), or ``None`` where that kernel does not
-    serve it: dtypes other than fp16/bf16, an fp8 cache, a V head size of its own, head sizes
-    other than 64, 128 and 256, pages its key tile does not divide, Triton's interpreter.
-    Whether the GPU runs it (sm_90, a verified Triton) and the layers' features (it has no
-    ALiBi or sinks) are the caller's facts."""
+    serve it: dtypes other than fp16/bf16, a cache in another 16-bit dtype, a V head size of
+    its own, head sizes other than 64, 128 and 256, pages its key tile does not divide,
+    Triton's interpreter. An fp8 cache is served at any page size: the prefill reads a
+    dequantised copy in pages of its own tile (``_fp8_stage.py``). Whether the GPU runs it
+    (sm_90, a verified Triton) and the layers' features (it has no ALiBi or sinks) are the
+    caller's facts."""
     from .._gluon import SMEM_LIMIT, TILES, smem_bytes
 
-    if p.interpreter or p.dtype not in ("float16", "bfloat16") or p.kv_dtype != p.dtype or p.head_dim_v is not None:
+    fp8 = p.kv_dtype in ("float8_e4m3fn", "float8_e5m2")
+    if p.interpreter or p.dtype not in ("float16", "bfloat16") or p.head_dim_v is not None:
+        return None
+    if p.kv_dtype != p.dtype and not fp8:
         return None
     tiles = TILES.get(p.head_dim)
     if not tiles:
@@ -151,7 +156,7 @@ def gluon_prefill_config(p: AttentionProblem, *, block_size: int | None = None) 
     # narrower ones are the tuner's. At 256 the 64-key tile is not yet measured (the 32-key
     # one ran 0.74-0.75x FA3, docs/results/h200/gluon-features-2026-12-02).
     tile_n = max(tiles)
-    if block_size is not None and block_size % tile_n:
+    if block_size is not None and block_size % tile_n and not fp8:
         return None
     # 128-key tiles: Q and two K/V slots fill 160 KB of shared memory; narrower tiles take a
     # third slot where it fits (not at head size 256 with 64-key tiles).
