@@ -163,3 +163,17 @@ def test_a_copy_past_the_limit_runs_the_generic_kernel(gluon_by_reference, monke
                           config=AttentionConfig(prefill=GLUON))  # fmt: skip
     assert_matches(out, paged_attention_ref(*b.args(), k_scale=1.0, v_scale=1.0), torch.float16)
     assert not gluon_by_reference
+
+
+def test_no_copy_while_a_cuda_graph_records(gluon_by_reference, monkeypatch):
+    # A recorded copy would be sized for the capture's contexts, not a replay's: the generic
+    # kernel, which reads the cache itself, runs instead.
+    import triton_attn_kernels.attention as attention
+
+    monkeypatch.setattr(attention, "_capturing", lambda device: True)
+    b = paged_batch([40], [100], num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=16, dtype=torch.float16,
+                    kv_dtype=torch.float8_e4m3fn)  # fmt: skip
+    out = paged_attention(*b.args(), **b.lens(), k_scale=1.0, v_scale=1.0, out=poisoned_like(b.q),
+                          config=AttentionConfig(prefill=GLUON))  # fmt: skip
+    assert_matches(out, paged_attention_ref(*b.args(), k_scale=1.0, v_scale=1.0), torch.float16)
+    assert not gluon_by_reference

@@ -349,7 +349,11 @@ def _launch(
         if feats.k_scale is not None and feats.v_scale is not None and block_table is not None and seq_lens is not None:
             # An fp8 cache: the Gluon prefill reads a dequantised copy of the pages (_fp8_stage).
             staged = None
-            if _gluon.serves_launch(q, v_head_dim=head_dim_v, config=pcfg, features_served=served):
+            # Not while a CUDA graph records: the copy is sized for this call's max_seqlen_k,
+            # and a replay may bring longer contexts (the generic kernel reads the cache itself).
+            if not _capturing(q.device) and _gluon.serves_launch(
+                q, v_head_dim=head_dim_v, config=pcfg, features_served=served
+            ):
                 nbytes = _fp8_stage.staging_bytes(num_seqs, max_seqlen_k, k, page=pcfg.tile_n, elem=q.element_size())
                 if nbytes <= _fp8_stage.MAX_STAGING_BYTES:
                     staged = _fp8_stage.stage(k, v, block_table, seq_lens, cu_seqlens_q, feats.k_scale, feats.v_scale,
@@ -379,6 +383,11 @@ def _launch(
                 lambda: ("prefill", block_m, pcfg.prefetch_pages, *specialisation()),
             )
     return (out, lse) if lse is not None else out
+
+
+def _capturing(device: torch.device) -> bool:
+    """Whether a CUDA graph is recording on the current stream of ``device``."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def _launch_tma(
