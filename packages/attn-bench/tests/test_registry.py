@@ -24,6 +24,7 @@ EXPECTED = {
     "flashinfer",
     "ours-mla",
     "ours-mla-v1",
+    "ours-mla-gluon",
     "ours-mla-prefill",
     "ours-mla-prefill-paged",
     "vllm-triton-mla",

@@ -220,6 +220,48 @@ def prefill_gluon(
     return triton.compile(src, target=TARGET, options={"num_warps": 4})
 
 
+def mla_gluon(dtype="bf16", splits=1, lse=False, block_size=64):
+    """The Gluon Hopper MLA decode (``_kernels/mla_gluon.py``) as ``_mla_gluon.launch``
+    specialises it: 64 query rows, 64-key latent tiles of 576 columns, 2 stages."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from triton_attn_kernels import _gluon, _mla_gluon
+    from triton_attn_kernels._kernels.mla_gluon import mla_gluon_kernel as fn
+
+    def desc(rows: int, cols: int) -> str:
+        layout = gl.NVMMASharedLayout.get_default_for([rows, cols], {"bf16": gl.bfloat16, "fp16": gl.float16}[dtype])
+        return f"tensordesc<{dtype}[{rows}, {cols}],{layout!r}>"
+
+    cx = dict(
+        KV_RANK=_mla_gluon.KV_RANK,
+        TILE_N=_mla_gluon.TILE_N,
+        BLOCK_SIZE=block_size,
+        STAGES=_mla_gluon.STAGES,
+        DECODE_Q=1,
+        NUM_SPLITS=splits,
+        RETURN_LSE=lse,
+        LOADER_REGS=_gluon.LOADER_REGS,
+        CONSUMER_REGS=_gluon.CONSUMER_REGS,
+    )
+    ptrs = {
+        "q_desc": desc(_mla_gluon.ROWS, 256),
+        "qpe_desc": desc(_mla_gluon.ROWS, _mla_gluon.ROPE_DIM),
+        "c_desc": desc(_mla_gluon.TILE_N, 256),
+        "kpe_desc": desc(_mla_gluon.TILE_N, _mla_gluon.ROPE_DIM),
+        "out_ptr": f"*{dtype}",
+        "lse_ptr": "*fp32",
+        "part_out_ptr": "*fp32",
+        "part_lse_ptr": "*fp32",
+    }
+    sig = signature(fn, cx, {**{n: "*i32" for n in fn.arg_names if n.endswith("_ptr")}, **ptrs})
+    sig["qk_scale"] = "fp32"
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if sig[n].startswith("*")}
+    constexprs = {(fn.arg_names.index(k),): v for k, v in cx.items()}
+    src = GluonASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=TARGET, options={"num_warps": 4})
+
+
 def gluon_facts(kernel) -> dict[str, Any]:
     """What the Gluon prefill's PTX must show: wgmma, TMA copies, mbarrier waits, register
     budgets moved by setmaxnreg, and three warpgroups (two consumers and the loader's)."""
@@ -298,6 +340,9 @@ GLUON: dict[str, Callable[[], Any]] = {
     "prefill Gluon persistent bf16 d128 causal, per-thread releases": lambda: prefill_gluon_checked(
         thread_arrives=True, persistent=True
     ),
+    "mla decode Gluon bf16, one split": lambda: mla_gluon(),
+    "mla decode Gluon bf16, 8 splits": lambda: mla_gluon(splits=8),
+    "mla decode Gluon fp16 with lse, 128-token pages": lambda: mla_gluon(dtype="fp16", lse=True, block_size=128),
 }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from . import _fallback, debug
+from . import _fallback, _mla_gluon, debug
 from . import _validation as check
 from ._device import interpreting
 from ._intmath import cdiv, next_pow2
@@ -192,6 +192,14 @@ def mla_decode(
     if num_seqs == 0 or num_tokens == 0:
         return (out, lse) if lse is not None else out  # type: ignore[return-value]
     part_lse, part_out = partials(ws, need, rank, q_nope.device, out)
+    if _mla_gluon.qualifies(q_nope, q_pe, kv_cache, out, config):
+        _mla_gluon.launch(q_nope, q_pe, kv_cache, out, lse if splits == 1 else None, part_out, part_lse, block_table,
+                          seq_lens, cu_seqlens_q, num_seqs=num_seqs, max_seqlen_q=dq, scale=scale_value,
+                          num_splits=splits)  # fmt: skip
+        if splits > 1:
+            merge_partials(part_lse, part_out, cu_seqlens_q, out, lse, num_seqs=num_seqs, decode_q=dq, splits=splits,
+                           num_warps=4 if next_pow2(splits) * rank <= 4096 else 8)  # fmt: skip
+        return (out, lse) if lse is not None else out
     block_h = min(config.block_h, next_pow2(num_heads))
     block_m = max(16, next_pow2(dq * block_h))
     dummy = cu_seqlens_q

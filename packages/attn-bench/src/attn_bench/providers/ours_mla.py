@@ -34,6 +34,31 @@ def ours_mla_v1(x: Inputs) -> Timed:
     return _mla_decode(x, mla_decode_heuristic_v1)
 
 
+def _gluon_serves(p: Any) -> str | None:
+    if p.fp8:
+        return "no fp8 latent cache on the Gluon MLA decode"
+    if p.v_head_dim != 512:
+        return f"the Gluon MLA decode serves kv_lora_rank 512, not {p.v_head_dim}"
+    return None
+
+
+@provider(
+    "ours-mla-gluon", ops=("mla_decode",), requires=("triton_attn_kernels",), cuda_only=True, supports=_gluon_serves
+)
+def ours_mla_gluon(x: Inputs) -> Timed:
+    """mla_decode on the Gluon Hopper kernel (MLADecodeConfig(gluon=1), mla_gluon_config's
+    splits; sm_90 with Triton 3.6.0, kv_lora_rank 512 + rope 64): the QK^T once per 64 rows,
+    the 512 output columns over two warpgroups."""
+    from triton_attn_kernels import _gluon
+    from triton_attn_kernels.tuning.mla import mla_gluon_config
+
+    if not (_gluon.available() and torch.cuda.get_device_capability(x.device) == (9, 0)):
+        from ..registry import Skip
+
+        raise Skip("the Gluon MLA decode runs on sm_90 with Triton 3.6.0")
+    return _mla_decode(x, mla_gluon_config)
+
+
 def _mla_decode(x: Inputs, heuristic: Any) -> Timed:
     from triton_attn_kernels import mla_decode, mla_workspace_numel
     from triton_attn_kernels.tuning.mla import MLAProblem

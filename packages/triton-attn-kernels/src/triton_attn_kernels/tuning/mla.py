@@ -14,6 +14,7 @@ __all__ = [
     "MLAProblem",
     "mla_decode_heuristic",
     "mla_decode_heuristic_v1",
+    "mla_gluon_config",
     "mla_workspace_numel",
 ]
 
@@ -33,6 +34,11 @@ class MLADecodeConfig:
     num_splits: programs sharing one sequence's keys; partials merged afterwards.
     prefetch_pages: 1 loads the page numbers one tile ahead, so that the latent loads can be
     pipelined (see ``_kernels/mla.py``).
+    gluon: 1 runs the Gluon Hopper kernel (``_kernels/mla_gluon.py``: a TMA loader warp, the
+    QK^T once per 64 query rows, the output columns split over two warpgroups) where
+    ``_mla_gluon.qualifies``; its tile is fixed (64 rows, 64 keys, 2 stages: tile_n 64 and
+    num_stages 2 here, block_h and num_warps unused), num_splits is this config's.
+    Elsewhere the config runs as if gluon were 0. Not yet run on a GPU: off by default.
     """
 
     block_h: int = 16
@@ -41,6 +47,7 @@ class MLADecodeConfig:
     num_warps: int = 4
     num_stages: int = 2
     prefetch_pages: int = 1
+    gluon: int = 0
 
     def __post_init__(self) -> None:
         _pow2("block_h", self.block_h, 1, 128)
@@ -50,6 +57,12 @@ class MLADecodeConfig:
         _pow2("num_warps", self.num_warps, 1, 16)
         _stages(self.num_stages)
         _flag("prefetch_pages", self.prefetch_pages)
+        _flag("gluon", self.gluon)
+        if self.gluon and (self.tile_n, self.num_stages) != (64, 2):
+            raise ValueError(
+                f"gluon=1 needs tile_n=64 and num_stages=2 (the kernel's fixed tile), got tile_n={self.tile_n}, "
+                f"num_stages={self.num_stages}"
+            )
 
 
 @dataclass(frozen=True)
@@ -154,6 +167,16 @@ def mla_decode_heuristic(p: MLAProblem) -> MLADecodeConfig:
         # the splits are counted in waves of num_sms programs.
         num_splits = _fill_waves(programs, p.num_sms, min(most, MAX_MLA_SPLITS))
     return MLADecodeConfig(block_h=block_h, tile_n=tile_n, num_splits=num_splits, num_warps=warps, num_stages=stages)
+
+
+def mla_gluon_config(p: MLAProblem) -> MLADecodeConfig:
+    """The Gluon Hopper MLA decode's configuration for ``p`` (``gluon=1``; whether it runs
+    is ``_mla_gluon.qualifies``'s): its fixed tile, and splits that fill the SMs in waves of
+    one program each (224 KB of shared memory a program), never shorter than two tiles."""
+    programs = max(p.num_seqs * cdiv(max(p.max_seqlen_q, 1) * p.num_heads, WGMMA_ROWS), 1)
+    most = max(min(cdiv(p.max_seqlen_k, 2 * 64), MAX_MLA_SPLITS), 1)
+    splits = _fill_waves(programs, p.num_sms, most)
+    return MLADecodeConfig(tile_n=64, num_splits=splits, num_stages=2, gluon=1)
 
 
 def _wgmma_fits(p: MLAProblem, rows_per_head: int) -> bool:
