@@ -421,13 +421,11 @@ def test_deepseek_geometry(heads, kv_dtype, q_len):
     check(out, mla_decode_ref(*b.args(), scale=b.scale, **kw), torch.bfloat16)
 
 
-@pytest.mark.gpu
-def test_cuda_graph_replay_follows_new_lengths():
+def graph_replay_follows_new_lengths(config: MLADecodeConfig, heads: int) -> None:
     """Captured once with a pinned config and workspace, replayed after the lengths and the
     tokens change: the launch reads nothing on the host."""
-    b = mla_batch([1] * 8, [100] * 8, heads=16, rank=512, rope=64, block_size=64, dtype=torch.bfloat16)
-    config = MLADecodeConfig(block_h=16, tile_n=32, num_splits=8, num_warps=8, num_stages=3)
-    ws = torch.empty(mla_workspace_numel(8, 16, 512, 8), device=DEVICE)
+    b = mla_batch([1] * 8, [100] * 8, heads=heads, rank=512, rope=64, block_size=64, dtype=torch.bfloat16)
+    ws = torch.empty(mla_workspace_numel(8, heads, 512, config.num_splits), device=DEVICE)
     out = torch.empty_like(b.q_nope)
     kw = dict(max_seqlen_q=1, max_seqlen_k=b.block_table.shape[1] * 64, scale=b.scale, config=config)
     mla_decode(*b.args(), **kw, out=out, workspace=ws)  # compile outside the capture
@@ -439,3 +437,10 @@ def test_cuda_graph_replay_follows_new_lengths():
     graph.replay()
     torch.cuda.synchronize()
     check(out, mla_decode_ref(*b.args(), scale=b.scale), torch.bfloat16)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replay_follows_new_lengths():
+    graph_replay_follows_new_lengths(
+        MLADecodeConfig(block_h=16, tile_n=32, num_splits=8, num_warps=8, num_stages=3), 16
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from batches import DEVICE
-from test_mla import check, mla_batch, run
+from test_mla import check, graph_replay_follows_new_lengths, mla_batch, run
 
 from triton_attn_kernels import MLADecodeConfig, _gluon, _mla_gluon
 from triton_attn_kernels.reference_mla import mla_decode_ref
@@ -185,18 +185,5 @@ def test_matches_reference(heads, q_len, splits, dtype, block_size, gluon_launch
 @pytest.mark.gpu
 @needs_sm90
 def test_cuda_graph_replay_follows_new_lengths(gluon_launches):
-    from triton_attn_kernels import mla_decode, mla_workspace_numel
-
-    b = mla_batch([1] * 8, [100] * 8, heads=128, rank=512, rope=64, block_size=64, dtype=torch.bfloat16)
-    ws = torch.empty(mla_workspace_numel(8, 128, 512, 4), device=DEVICE)
-    out = torch.empty_like(b.q_nope)
-    kw = dict(max_seqlen_q=1, max_seqlen_k=b.block_table.shape[1] * 64, scale=b.scale, config=gluon_cfg(4))
-    mla_decode(*b.args(), **kw, out=out, workspace=ws)  # compile outside the capture
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        mla_decode(*b.args(), **kw, out=out, workspace=ws)
-    b.seq_lens.copy_(torch.tensor([1, 7, 64, 65, 99, 100, 30, 2], dtype=torch.int32, device=DEVICE))
-    b.q_nope.normal_()
-    graph.replay()
-    torch.cuda.synchronize()
-    check(out, mla_decode_ref(*b.args(), scale=b.scale), torch.bfloat16)
+    graph_replay_follows_new_lengths(gluon_cfg(4), 128)
+    assert gluon_launches

@@ -38,6 +38,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
+from .softmax_gluon import online_step
+
 ROWS = gl.constexpr(64)  # query rows per program (one wgmma M per warpgroup)
 HALF = gl.constexpr(256)  # output columns per consumer warpgroup (wgmma's widest N)
 CLEAN_ROWS = gl.constexpr(16)  # latent rows zeroed per shared-memory round trip
@@ -195,12 +197,7 @@ def _softmax_tile(s, m_i, l_i, t, mask_from, seq_len, ctx, r0, num_heads, qk_sca
         limit = gl.minimum(ctx + (r0 + rows_s) // num_heads + 1, seq_len)
         keep = gl.expand_dims(cols_s, 0) < gl.expand_dims(limit - t * TILE_N, 1)
         s = gl.where(keep, s, gl.full_like(s, float("-inf")))
-    m_new = gl.maximum(m_i, gl.max(s, axis=1))
-    m_use = gl.where(m_new == float("-inf"), gl.zeros_like(m_new), m_new)  # no -inf - -inf
-    alpha = gl.exp2((m_i - m_use) * qk_scale)
-    p = gl.exp2(s * qk_scale - gl.expand_dims(m_use * qk_scale, 1))
-    l_i = l_i * alpha + gl.sum(p, axis=1)
-    return m_new, l_i, p, alpha
+    return online_step(s, m_i, l_i, qk_scale)
 
 
 @gluon.jit

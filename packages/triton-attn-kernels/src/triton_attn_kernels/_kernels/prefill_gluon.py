@@ -57,6 +57,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
+from .softmax_gluon import online_step
+
 LN2 = gl.constexpr(0.6931471805599453)
 HALF_M = gl.constexpr(64)  # query rows per consumer warpgroup (wgmma: 4 warps x 16 rows)
 WG_THREADS = gl.constexpr(128)
@@ -404,13 +406,7 @@ def _softmax(
         if WINDOW:
             keep = keep & (col >= gl.expand_dims(q_pos - win_left - t * TILE_N, 1))
         s = gl.where(keep, s, gl.full_like(s, float("-inf")))
-    m_new = gl.maximum(m_i, gl.max(s, axis=1))
-    # A row with nothing visible yet keeps m = -inf: subtract 0 instead (no NaN).
-    m_use = gl.where(m_new == float("-inf"), gl.zeros_like(m_new), m_new)
-    alpha = gl.exp2((m_i - m_use) * qk_scale)
-    p = gl.exp2(s * qk_scale - gl.expand_dims(m_use * qk_scale, 1))
-    l_i = l_i * alpha + gl.sum(p, axis=1)
-    return m_new, l_i, p, alpha
+    return online_step(s, m_i, l_i, qk_scale)
 
 
 @gluon.jit
