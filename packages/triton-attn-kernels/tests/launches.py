@@ -22,7 +22,8 @@ class _Counted:
             kind = self._name
             if "IS_DECODE" in kwargs:
                 kind = "decode" if kwargs["IS_DECODE"] else "prefill"
-            self._log.append((kind, tuple(grid), kwargs.get("BLOCK_Q"), kwargs.get("NUM_SPLITS")))
+            named = {**dict(zip(self._kernel.arg_names, args, strict=False)), **kwargs}
+            self._log.append((kind, tuple(grid), named.get("BLOCK_Q"), named.get("num_splits")))
             return launch(*args, **kwargs)
 
         return run
@@ -30,7 +31,7 @@ class _Counted:
 
 @contextlib.contextmanager
 def counting(monkeypatch: pytest.MonkeyPatch) -> Iterator[list]:
-    """Yields a list that fills with (kind, grid, BLOCK_Q, NUM_SPLITS) per launch; kind is
+    """Yields a list that fills with (kind, grid, BLOCK_Q, num_splits) per launch; kind is
     "decode", "prefill" or "merge"."""
     log: list = []
     monkeypatch.setattr(

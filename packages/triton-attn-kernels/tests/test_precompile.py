@@ -77,18 +77,18 @@ def test_precompile_launches_every_planned_variant(launches: list[tuple[str, dic
 
     assert len([v for v in report.variants if v.kind in ("decode", "prefill")]) == len(planned) + 1
     attn = [a for k, a in launches if k == "attention"]
-    decode = {(a["TILE_N"], a["NUM_SPLITS"], a["PREFETCH_PAGES"]) for a in attn if a["IS_DECODE"]}
+    decode = {(a["TILE_N"], a["num_splits"], a["PREFETCH_PAGES"]) for a in attn if a["IS_DECODE"]}
     assert decode == {(c.tile_n, c.num_splits, bool(c.prefetch_pages)) for c in planned}
     prefills = {(a["BLOCK_M"], a["TILE_N"]) for a in attn if not a["IS_DECODE"]}
     assert prefills == {(prefill.block_m, prefill.tile_n)}
     assert all(a["USE_WINDOW"] and a["BLOCK_SIZE"] == 16 and a["max_blocks"] == 16 for a in attn)
     # Each configuration in every integer class a server's launches can give it.
     for c in planned:
-        mine = [a for a in attn if a["IS_DECODE"] and a["NUM_SPLITS"] == c.num_splits]
+        mine = [a for a in attn if a["IS_DECODE"] and a["num_splits"] == c.num_splits]
         classes = {(_int_class(a["num_tokens"]), _int_class(a["num_kv_rows"])) for a in mine}
         tokens = {"x16", "other"} | ({"one"} if c == policy.decode(1, lim.max_model_len) else set())
         assert classes == {(t, b) for t in tokens for b in ("x16", "other")}, c
-    merged = {a["NUM_SPLITS"] for k, a in launches if k == "merge"}
+    merged = {a["num_splits"] for k, a in launches if k == "merge"}
     assert merged == {c.num_splits for c in planned if c.num_splits > 1}
     assert any(k == "write_kv" for k, _ in launches)
     # 2 block-count classes x (decode 3 + 2 + 2 token classes, prefill 2, write 1)

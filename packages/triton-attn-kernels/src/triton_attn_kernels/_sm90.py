@@ -126,13 +126,13 @@ def attention(hd=128, group=4, paged=True, causal=True, feats=FEATURES, dtype="b
 
 def decode(**kw):
     group = kw.get("group", 4)
-    launch = dict(BLOCK_M=max(16, triton.next_power_of_2(group)), BLOCK_Q=1, TILE_N=128, NUM_SPLITS=16, IS_DECODE=True)
+    launch = dict(BLOCK_M=max(16, triton.next_power_of_2(group)), BLOCK_Q=1, TILE_N=128, SPLIT_KV=True, IS_DECODE=True)
     return attention(**{**launch, **kw})
 
 
 def prefill(**kw):
     group = kw.get("group", 4)
-    launch = dict(BLOCK_M=128, BLOCK_Q=128 // group, TILE_N=64, NUM_SPLITS=1, IS_DECODE=False, stages=3)
+    launch = dict(BLOCK_M=128, BLOCK_Q=128 // group, TILE_N=64, SPLIT_KV=False, IS_DECODE=False, stages=3)
     if "BLOCK_M" in kw:
         launch["BLOCK_Q"] = kw["BLOCK_M"] // group
     return attention(**{**launch, **kw})
@@ -377,9 +377,12 @@ def kv_stage(cache: str, dtype: str = "bf16", block_size: int = 16):
     return compile_one(stage_kv_kernel, cx, ptrs, warps=8)
 
 
-def merge(splits: int = 16):
-    cx = dict(HEAD_DIM=128, BLOCK_D=128, NUM_SPLITS=splits, SPLITS_POW2=splits, DECODE_Q=1, RETURN_LSE=False)
-    return compile_one(merge_kernel, cx, {"cu_seqlens_q_ptr": "*i32", "out_ptr": "*bf16"})
+def merge(head_dim: int = 128, decode_q: int = 1, lse: bool = False, warps: int = 4):
+    """The split-KV merge as ``merge_partials`` launches it: any split count, MERGE_CHUNK at a time."""
+    from triton_attn_kernels._workspace import MERGE_CHUNK
+
+    cx = dict(HEAD_DIM=head_dim, BLOCK_D=head_dim, SPLITS_CHUNK=MERGE_CHUNK, DECODE_Q=decode_q, RETURN_LSE=lse)
+    return compile_one(merge_kernel, cx, {"cu_seqlens_q_ptr": "*i32", "out_ptr": "*bf16"}, warps=warps)
 
 
 # Attention variants take tile overrides (TILE_N, warps, stages) so that a ptxas crash can be
@@ -388,7 +391,7 @@ DECODE_TILES = (128, 4, 2)
 PREFILL_TILES = (64, 4, 3)
 ATTENTION: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "decode bf16 split-KV": (decode, {}),
-    "decode bf16 one split": (decode, dict(NUM_SPLITS=1)),
+    "decode bf16 one split": (decode, dict(SPLIT_KV=False)),
     "decode every feature": (decode, dict(feats=ALL_FEATURES)),
     "decode fp8 e4m3 KV": (decode, dict(kv="fp8e4nv")),
     "decode fp8 e5m2 KV, fp16": (decode, dict(dtype="fp16", kv="fp8e5")),
@@ -406,7 +409,7 @@ ATTENTION: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
         prefill,
         dict(hd=64, group=8, dtype="fp16", feats={**FEATURES, "USE_SINKS": True}),
     ),
-    "decode 256 splits (the top of the tuner's space)": (decode, dict(NUM_SPLITS=256, stages=1)),
+    "decode split-KV, one stage (the many-split configs' in the H100 table)": (decode, dict(stages=1)),
     "decode, page numbers prefetched": (decode, dict(PREFETCH_PAGES=True)),
     "decode fp8 e4m3 KV, page numbers prefetched": (decode, dict(kv="fp8e4nv", PREFETCH_PAGES=True)),
     "prefill, page numbers prefetched": (prefill, dict(PREFETCH_PAGES=True)),
@@ -522,9 +525,8 @@ def latent_write(cache: str):
     return compile_one(write_latent_kernel, cx, ptrs)
 
 
-def mla_merge(splits: int = 32):
-    cx = dict(HEAD_DIM=512, BLOCK_D=512, NUM_SPLITS=splits, SPLITS_POW2=splits, DECODE_Q=1, RETURN_LSE=True)
-    return compile_one(merge_kernel, cx, {"cu_seqlens_q_ptr": "*i32", "out_ptr": "*bf16"}, warps=8)
+def mla_merge():
+    return merge(head_dim=512, lse=True, warps=8)
 
 
 OTHERS: dict[str, Callable[[], Any]] = {
@@ -537,13 +539,8 @@ OTHERS: dict[str, Callable[[], Any]] = {
         dtype="fp16", hd=64, group=8, tile_n=64, block_size=64
     ),
     "merge": merge,
-    "merge of 8 verification tokens with lse": lambda: compile_one(
-        merge_kernel,
-        dict(HEAD_DIM=128, BLOCK_D=128, NUM_SPLITS=16, SPLITS_POW2=16, DECODE_Q=8, RETURN_LSE=True),
-        {"cu_seqlens_q_ptr": "*i32", "out_ptr": "*bf16"},
-    ),
+    "merge of 8 verification tokens with lse": lambda: merge(decode_q=8, lse=True),
     "merge_attention_states": merge_states,
-    "merge of 256 splits": lambda: merge(256),
     "kv write bf16": lambda: kv_write("bf16"),
     "kv write fp8 e4m3": lambda: kv_write("fp8e4nv"),
     "kv write fp8 e5m2": lambda: kv_write("fp8e5"),
@@ -563,7 +560,7 @@ OTHERS: dict[str, Callable[[], Any]] = {
     "mla v1 decode bf16, 16 heads": lambda: mla(16, heuristic=mla_decode_heuristic_v1),
     "mla v1 decode bf16, 128 heads": lambda: mla(128, heuristic=mla_decode_heuristic_v1),
     "mla v1 verify 2 tokens, 128 heads": lambda: mla(128, query_len=2, heuristic=mla_decode_heuristic_v1),
-    "mla merge of 32 splits, 512 dims": mla_merge,
+    "mla merge, 512 dims": mla_merge,
     "mla latent write bf16": lambda: latent_write("bf16"),
     "mla latent write fp8 e4m3": lambda: latent_write("fp8e4nv"),
     **(GLUON if _gluon_verified() else {}),

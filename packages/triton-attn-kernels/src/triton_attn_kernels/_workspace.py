@@ -24,6 +24,10 @@ def partials(
     return ws[:n_lse], ws[n_lse:need]
 
 
+# Partials the merge folds in per step: one compiled merge serves every split count.
+MERGE_CHUNK = 16
+
+
 def merge_partials(
     part_lse: torch.Tensor,
     part_out: torch.Tensor,
@@ -34,11 +38,15 @@ def merge_partials(
     num_seqs: int,
     decode_q: int,
     splits: int,
-    num_warps: int = 4,
+    num_warps: int | None = None,
 ) -> None:
     """``out`` (and ``lse``) of the decode tokens, one row per token and head, from their
-    ``splits`` partials (``merge_kernel``); the row width is ``out``'s head size."""
+    ``splits`` partials (``merge_kernel``); the row width is ``out``'s head size.
+    ``num_warps``: ``None`` sizes them for the [MERGE_CHUNK, head size] fp32 tile a step holds."""
     num_heads, head_dim = out.shape[1], out.shape[2]
+    block_d = next_pow2(head_dim)
+    if num_warps is None:
+        num_warps = 4 if MERGE_CHUNK * block_d <= 4096 else 8
     merge_kernel[(num_heads, num_seqs, decode_q)](
         part_out,
         part_lse,
@@ -46,11 +54,11 @@ def merge_partials(
         out,
         lse if lse is not None else cu_seqlens_q,  # never read without RETURN_LSE
         out.shape[0],
+        splits,
         *out.stride(),
         HEAD_DIM=head_dim,
-        BLOCK_D=next_pow2(head_dim),
-        NUM_SPLITS=splits,
-        SPLITS_POW2=next_pow2(splits),
+        BLOCK_D=block_d,
+        SPLITS_CHUNK=MERGE_CHUNK,
         DECODE_Q=decode_q,
         RETURN_LSE=lse is not None,
         num_warps=num_warps,

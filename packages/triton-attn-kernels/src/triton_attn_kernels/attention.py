@@ -268,7 +268,7 @@ def _launch(
         part_out: torch.Tensor,
         part_lse: torch.Tensor,
     ) -> None:
-        attention_kernel[(num_kv_heads * splits, num_seqs, grid2)](
+        attention_kernel[(num_kv_heads, num_seqs, splits if decode else grid2)](
             q,
             k,
             v,
@@ -293,6 +293,7 @@ def _launch(
             block_table.shape[1] if paged and block_table is not None else 0,
             dq,
             int(decode_runs and prefill_runs),
+            splits,
             *q.stride(),
             *kstr,
             *vstr,
@@ -301,7 +302,7 @@ def _launch(
             BLOCK_M=block_m,
             BLOCK_Q=block_q,
             TILE_N=tile_n,
-            NUM_SPLITS=splits,
+            SPLIT_KV=splits > 1,
             IS_DECODE=decode,
             # Contiguous K/V has no page numbers: one variant whatever the config says.
             PREFETCH_PAGES=bool(prefetch) and paged,

@@ -197,8 +197,7 @@ def mla_decode(
                           seq_lens, cu_seqlens_q, num_seqs=num_seqs, max_seqlen_q=dq, scale=scale_value,
                           num_splits=splits)  # fmt: skip
         if splits > 1:
-            merge_partials(part_lse, part_out, cu_seqlens_q, out, lse, num_seqs=num_seqs, decode_q=dq, splits=splits,
-                           num_warps=4 if next_pow2(splits) * rank <= 4096 else 8)  # fmt: skip
+            merge_partials(part_lse, part_out, cu_seqlens_q, out, lse, num_seqs=num_seqs, decode_q=dq, splits=splits)
         return (out, lse) if lse is not None else out
     block_h = min(config.block_h, next_pow2(num_heads))
     block_m = max(16, next_pow2(dq * block_h))
@@ -273,11 +272,7 @@ def mla_decode(
         ),
     )
     if splits > 1:
-        # [splits, kv_lora_rank] fp32 partials per program: more warps for wider tiles.
-        warps = 4 if next_pow2(splits) * rank <= 4096 else 8
-        merge_partials(
-            part_lse, part_out, cu_seqlens_q, out, lse, num_seqs=num_seqs, decode_q=dq, splits=splits, num_warps=warps
-        )
+        merge_partials(part_lse, part_out, cu_seqlens_q, out, lse, num_seqs=num_seqs, decode_q=dq, splits=splits)
     return (out, lse) if lse is not None else out
 
 

@@ -5,7 +5,7 @@ One program computes BLOCK_M query rows against one range of keys. A row is a
 GROUP query heads that share one KV head, so every K/V tile is read once for all of
 them (GQA packing). The decode launch serves sequences with 1..decode_q new tokens
 (single-token decode, and speculative-decoding verification) in one tile per sequence,
-its key range split over NUM_SPLITS programs (split-KV) and merged by ``merge_kernel``;
+its key range split over num_splits programs (split-KV) and merged by ``merge_kernel``;
 the prefill launch serves longer ones, BLOCK_Q tokens per tile. Paged and contiguous
 (varlen) K/V, causal masking, windows, softcap, ALiBi, sinks and scaled fp8 KV are
 ``tl.constexpr`` flags, so a launch compiles only what it uses. V may have another head size
@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from .paging import pages_of
-from .softmax import merge_splits, online_softmax_step, softmax_finish
+from .softmax import merge_finish, merge_splits, merge_step, online_softmax_step, softmax_finish
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -229,7 +229,7 @@ def _attend_query_tile(
     KV_SCALED: tl.constexpr,
     FP8_VIA_F16: tl.constexpr,
     RETURN_LSE: tl.constexpr,
-    N_SPLITS: tl.constexpr,  # programs sharing this tile's keys
+    n_splits,  # programs sharing this tile's keys
     TO_PARTS: tl.constexpr,  # write split partials for merge_kernel instead of the output
     DOT_F32: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -263,7 +263,7 @@ def _attend_query_tile(
     tile_lo = kv_lo // TILE_N
     # A negative count (a context shorter than its query run) leaves every tile range empty.
     n_tiles = tl.cdiv(kv_hi, TILE_N) - tile_lo
-    per_split = tl.cdiv(n_tiles, N_SPLITS)
+    per_split = tl.cdiv(n_tiles, n_splits)
     t_begin = tile_lo + split * per_split
     t_end = tl.minimum(t_begin + per_split, tile_lo + n_tiles)
 
@@ -376,7 +376,7 @@ def _attend_query_tile(
     if TO_PARTS:
         # Split-KV partials, merged by merge_kernel: BLOCK_Q token slots per sequence. A
         # split that saw no key stores lse == -inf, and merge_kernel reads no row for it.
-        part = ((seq.to(tl.int64) * BLOCK_Q + q_idx) * num_q_heads + row_head) * N_SPLITS + split
+        part = ((seq.to(tl.int64) * BLOCK_Q + q_idx) * num_q_heads + row_head) * n_splits + split
         tl.store(part_lse_ptr + part, lse, mask=row_ok)
         tl.store(
             part_out_ptr + part[:, None] * HEAD_DIM_V + dv[None, :],
@@ -397,15 +397,15 @@ def _attend_query_tile(
 # would on the value 1 and on multiples of 16; they only bound indices, so nothing gains):
 # every batch shares one compiled variant per config, which halves the variants an engine
 # start compiles.
-@triton.jit(do_not_specialize=["num_tokens", "num_kv_rows", "max_blocks", "decode_q", "other_launch"])
+@triton.jit(do_not_specialize=["num_tokens", "num_kv_rows", "max_blocks", "decode_q", "other_launch", "num_splits"])
 def attention_kernel(
     q_ptr,  # [num_tokens, num_q_heads, HEAD_DIM]
     k_ptr,  # PAGED: [num_blocks, BLOCK_SIZE, num_kv_heads, HEAD_DIM]; else [total_k, num_kv_heads, HEAD_DIM]
     v_ptr,  # k's shape, but HEAD_DIM_V for HEAD_DIM
     out_ptr,  # [num_tokens, num_q_heads, HEAD_DIM_V]
     lse_ptr,  # [num_tokens, num_q_heads] fp32, RETURN_LSE only
-    part_out_ptr,  # [num_seqs, BLOCK_Q, num_q_heads, NUM_SPLITS, HEAD_DIM_V] fp32, NUM_SPLITS > 1 only
-    part_lse_ptr,  # [num_seqs, BLOCK_Q, num_q_heads, NUM_SPLITS] fp32, NUM_SPLITS > 1 only
+    part_out_ptr,  # [num_seqs, BLOCK_Q, num_q_heads, num_splits, HEAD_DIM_V] fp32, SPLIT_KV only
+    part_lse_ptr,  # [num_seqs, BLOCK_Q, num_q_heads, num_splits] fp32, SPLIT_KV only
     block_table_ptr,  # [num_seqs, max_blocks] int32, PAGED only
     seq_lens_ptr,  # [num_seqs] int32, PAGED only
     cu_seqlens_q_ptr,  # [num_seqs + 1] int32
@@ -423,6 +423,7 @@ def attention_kernel(
     max_blocks,  # PAGED: columns of the block table
     decode_q,  # sequences with 1..decode_q new tokens belong to the decode launch (0: none)
     other_launch,  # 1: the other launch of this batch runs too; 0: this launch serves all
+    num_splits,  # decode: programs per KV head and sequence sharing its keys (1 for the prefill launch)
     stride_q_t,
     stride_q_h,
     stride_q_d,
@@ -457,18 +458,19 @@ def attention_kernel(
     KV_SCALED: tl.constexpr,
     FP8_VIA_F16: tl.constexpr,  # fp8 KV with a bf16 query: dots in fp16 (see _attend_query_tile)
     RETURN_LSE: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
+    SPLIT_KV: tl.constexpr,  # num_splits > 1: partials for merge_kernel instead of the output
     IS_DECODE: tl.constexpr,  # the split-KV decode launch; else the prefill launch
     DOT_F32: tl.constexpr,  # upcast dot operands to fp32 (fp32 inputs, or the interpreter's bf16)
     DOT_PRECISION: tl.constexpr,
 ):
-    """Grid: decode (num_kv_heads * NUM_SPLITS, num_seqs, 1); prefill (num_kv_heads,
+    """Grid: decode (num_kv_heads, num_seqs, num_splits); prefill (num_kv_heads,
     num_seqs, query-tile programs), the query tiles of a sequence walked grid-stride, so a
     max_seqlen_q smaller than the truth still computes every row."""
-    kvh_split = tl.program_id(0)
+    # The split count is a plain argument (one compiled variant serves every count) and has
+    # a grid axis of its own, so no program divides by it.
+    kv_head = tl.program_id(0)
     seq = tl.program_id(1)
-    kv_head = kvh_split // NUM_SPLITS
-    split = kvh_split % NUM_SPLITS
+    split = tl.program_id(2) if IS_DECODE else 0
 
     # Index contents are never trusted with an address (or a loop bound): a sequence's rows
     # lie inside q and out, and its context is bounded by what the block table (or k)
@@ -485,7 +487,7 @@ def attention_kernel(
     k_head = k_ptr + kv_head.to(tl.int64) * stride_k_h
     v_head = v_ptr + kv_head.to(tl.int64) * stride_v_h
     bt_row = block_table_ptr + seq.to(tl.int64) * stride_bt_s
-    num_q_heads = (tl.num_programs(0) // NUM_SPLITS) * GROUP
+    num_q_heads = tl.num_programs(0) * GROUP
 
     # The decode and prefill launches of a mixed batch each skip the other's sequences, so
     # the host never reads the batch composition.
@@ -501,7 +503,7 @@ def attention_kernel(
                 stride_v_b, stride_v_t, stride_v_d, stride_o_t, stride_o_h, stride_o_d, HEAD_DIM,
                 BLOCK_D, HEAD_DIM_V, BLOCK_DV, GROUP, BLOCK_M, BLOCK_Q, TILE_N, BLOCK_SIZE, PAGED, PREFETCH_PAGES,
                 CAUSAL, USE_WINDOW, USE_SOFTCAP, USE_ALIBI, USE_SINKS, KV_SCALED, FP8_VIA_F16,
-                RETURN_LSE, NUM_SPLITS, NUM_SPLITS > 1, DOT_F32, DOT_PRECISION,
+                RETURN_LSE, num_splits, SPLIT_KV, DOT_F32, DOT_PRECISION,
             )  # fmt: skip
         elif other_launch == 0:
             # More new tokens than max_seqlen_q announced and no prefill launch: still every
@@ -542,25 +544,26 @@ def attention_kernel(
             )  # fmt: skip
 
 
-@triton.jit(do_not_specialize=["num_tokens"])
+@triton.jit(do_not_specialize=["num_tokens", "num_splits"])
 def merge_kernel(
-    part_out_ptr,  # [num_seqs, DECODE_Q, num_q_heads, NUM_SPLITS, HEAD_DIM] fp32
-    part_lse_ptr,  # [num_seqs, DECODE_Q, num_q_heads, NUM_SPLITS] fp32
+    part_out_ptr,  # [num_seqs, DECODE_Q, num_q_heads, num_splits, HEAD_DIM] fp32
+    part_lse_ptr,  # [num_seqs, DECODE_Q, num_q_heads, num_splits] fp32
     cu_seqlens_q_ptr,  # [num_seqs + 1] int32
     out_ptr,  # [num_tokens, num_q_heads, HEAD_DIM]; HEAD_DIM is the output's (V's) head size
     lse_ptr,  # [num_tokens, num_q_heads] fp32, RETURN_LSE only
     num_tokens,
+    num_splits,
     stride_o_t,
     stride_o_h,
     stride_o_d,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
-    SPLITS_POW2: tl.constexpr,
+    SPLITS_CHUNK: tl.constexpr,  # partials folded in per step (a power of two)
     DECODE_Q: tl.constexpr,
     RETURN_LSE: tl.constexpr,
 ):
-    """Grid (num_q_heads, num_seqs, DECODE_Q): one output row per decode token and head."""
+    """Grid (num_q_heads, num_seqs, DECODE_Q): one output row per decode token and head,
+    from its num_splits partials, SPLITS_CHUNK at a time (one variant for any count)."""
     head = tl.program_id(0)
     seq = tl.program_id(1)
     tok = tl.program_id(2)
@@ -569,17 +572,22 @@ def merge_kernel(
     row = q_start.to(tl.int64) + tok
     if (q_len > DECODE_Q) | (tok >= q_len):
         return
-    sp = tl.arange(0, SPLITS_POW2)
     d = tl.arange(0, BLOCK_D)
-    base = ((seq.to(tl.int64) * DECODE_Q + tok) * tl.num_programs(0) + head) * NUM_SPLITS
-    lse = tl.load(part_lse_ptr + base + sp, mask=sp < NUM_SPLITS, other=float("-inf"))
-    # Splits with lse == -inf saw no key and wrote no output row (their weight is 0 anyway).
-    part = tl.load(
-        part_out_ptr + (base + sp)[:, None] * HEAD_DIM + d[None, :],
-        mask=(lse > float("-inf"))[:, None] & (d < HEAD_DIM)[None, :],
-        other=0.0,
-    )
-    out, total_lse = merge_splits(lse, part)
+    base = ((seq.to(tl.int64) * DECODE_Q + tok) * tl.num_programs(0) + head) * num_splits
+    m = tl.full([], float("-inf"), tl.float32)
+    total = tl.zeros([], tl.float32)
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    for s0 in range(0, num_splits, SPLITS_CHUNK):
+        sp = s0 + tl.arange(0, SPLITS_CHUNK)
+        lse = tl.load(part_lse_ptr + base + sp, mask=sp < num_splits, other=float("-inf"))
+        # Splits with lse == -inf saw no key and wrote no output row (their weight is 0 anyway).
+        part = tl.load(
+            part_out_ptr + (base + sp)[:, None] * HEAD_DIM + d[None, :],
+            mask=(lse > float("-inf"))[:, None] & (d < HEAD_DIM)[None, :],
+            other=0.0,
+        )
+        m, total, acc = merge_step(m, total, acc, lse, part)
+    out, total_lse = merge_finish(m, total, acc)
     tl.store(
         out_ptr + row * stride_o_t + head * stride_o_h + d * stride_o_d,
         out.to(out_ptr.dtype.element_ty),

@@ -41,16 +41,40 @@ def softmax_finish(m_i, l_i, acc):
 
 
 @triton.jit
+def merge_step(
+    m,  # [] running maximum of the partials' lse seen so far (log2 units), -inf if none
+    total,  # [] running sum of their weights, relative to m
+    acc,  # [BLOCK_D] running weighted sum of their outputs, relative to m
+    lse,  # [CHUNK] this chunk's per-split log-sum-exp in log2 units, -inf for empty splits
+    out,  # [CHUNK, BLOCK_D] this chunk's per-split normalised outputs (0 where empty)
+):
+    """Fold a chunk of partial results of disjoint key ranges into the running merge state."""
+    m_new = tl.maximum(m, tl.max(lse, 0))
+    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m - m_ref)  # 0 while nothing was seen (m == -inf)
+    w = tl.exp2(lse - m_ref)
+    total = total * alpha + tl.sum(w, 0)
+    acc = acc * alpha + tl.sum(out * w[:, None], 0)
+    return m_new, total, acc
+
+
+@triton.jit
+def merge_finish(m, total, acc):
+    """The merged output row and its lse (log2 units; -inf when no range saw a key)."""
+    empty = total == 0.0
+    m_ref = tl.where(m == float("-inf"), 0.0, m)
+    out = acc / tl.where(empty, 1.0, total)
+    return out, tl.where(empty, float("-inf"), m_ref + tl.log2(tl.where(empty, 1.0, total)))
+
+
+@triton.jit
 def merge_splits(
-    lse,  # [NUM_SPLITS] per-split log-sum-exp in log2 units, -inf for empty splits
-    out,  # [NUM_SPLITS, BLOCK_D] per-split normalised output
+    lse,  # [S] per-split log-sum-exp in log2 units, -inf for empty splits
+    out,  # [S, BLOCK_D] per-split normalised output
 ):
     """Combine normalised partial results of disjoint key ranges into one output row;
     returns (out, lse) with lse in log2 units (-inf when no range saw a key)."""
-    m = tl.max(lse, 0)
-    m_ref = tl.where(m == float("-inf"), 0.0, m)
-    w = tl.exp2(lse - m_ref)
-    total = tl.sum(w, 0)
-    empty = total == 0.0
-    out = tl.sum(out * w[:, None], 0) / tl.where(empty, 1.0, total)
-    return out, tl.where(empty, float("-inf"), m_ref + tl.log2(tl.where(empty, 1.0, total)))
+    m, total, acc = merge_step(
+        tl.full([], float("-inf"), tl.float32), tl.zeros([], tl.float32), tl.sum(tl.zeros_like(out), 0), lse, out
+    )
+    return merge_finish(m, total, acc)

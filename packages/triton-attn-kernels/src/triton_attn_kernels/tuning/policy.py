@@ -243,7 +243,9 @@ class ServingPolicy:
       (table, else heuristic), so a recorded launch stays valid for any context; without,
       the heuristic for the batch's longest context (a table entry for a new shape could
       compile a new variant in the middle of serving). Split counts are rounded up to a
-      power of two, which bounds the variants (at most 9 up to 256 splits).
+      power of two (the counts the decode was measured at); they are plain kernel
+      arguments, so configs that differ only in them share one compiled variant (two with
+      the single-split one), and so does the merge for every count.
     - prefill: one configuration per model, for the chunked-prefill budget, for the same
       reason: the Gluon Hopper prefill where it serves the model at ``limits.block_size``
       (see :func:`preferred_block_size`), else the heuristic.
