@@ -155,14 +155,18 @@ def test_fp8_prefill_reaches_the_gluon_launch_staged(gluon_by_reference, kv_dtyp
     assert launch["other_launch"] == 1
 
 
-def test_a_copy_past_the_limit_runs_the_generic_kernel(gluon_by_reference, monkeypatch):
-    monkeypatch.setattr(_fp8_stage, "MAX_STAGING_BYTES", 1000)
+def _runs_the_generic_kernel(gluon_by_reference) -> None:
     b = paged_batch([40], [100], num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=16, dtype=torch.float16,
                     kv_dtype=torch.float8_e4m3fn)  # fmt: skip
     out = paged_attention(*b.args(), **b.lens(), k_scale=1.0, v_scale=1.0, out=poisoned_like(b.q),
                           config=AttentionConfig(prefill=GLUON))  # fmt: skip
     assert_matches(out, paged_attention_ref(*b.args(), k_scale=1.0, v_scale=1.0), torch.float16)
     assert not gluon_by_reference
+
+
+def test_a_copy_past_the_limit_runs_the_generic_kernel(gluon_by_reference, monkeypatch):
+    monkeypatch.setattr(_fp8_stage, "MAX_STAGING_BYTES", 1000)
+    _runs_the_generic_kernel(gluon_by_reference)
 
 
 def test_no_copy_while_a_cuda_graph_records(gluon_by_reference, monkeypatch):
@@ -171,9 +175,4 @@ def test_no_copy_while_a_cuda_graph_records(gluon_by_reference, monkeypatch):
     import triton_attn_kernels.attention as attention
 
     monkeypatch.setattr(attention, "_capturing", lambda device: True)
-    b = paged_batch([40], [100], num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=16, dtype=torch.float16,
-                    kv_dtype=torch.float8_e4m3fn)  # fmt: skip
-    out = paged_attention(*b.args(), **b.lens(), k_scale=1.0, v_scale=1.0, out=poisoned_like(b.q),
-                          config=AttentionConfig(prefill=GLUON))  # fmt: skip
-    assert_matches(out, paged_attention_ref(*b.args(), k_scale=1.0, v_scale=1.0), torch.float16)
-    assert not gluon_by_reference
+    _runs_the_generic_kernel(gluon_by_reference)
