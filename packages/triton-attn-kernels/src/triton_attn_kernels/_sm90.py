@@ -486,7 +486,7 @@ def mla(
         # As the launcher: at 64 rows the query stays as loaded (see mla.py).
         FP8_VIA_F16=fp8 and dtype == "bf16" and block_m < WGMMA_ROWS,
         RETURN_LSE=False,
-        NUM_SPLITS=cfg.num_splits,
+        SPLIT_KV=cfg.num_splits > 1,
         DOT_F32=False,
         DOT_PRECISION="tf32",
         PREFETCH_PAGES=bool(cfg.prefetch_pages),

@@ -214,7 +214,7 @@ def mla_decode(
     dot_f32 = q_nope.dtype == torch.float32 or (interpreting() and q_nope.dtype == torch.bfloat16 and not fp8_via_f16)
 
     def run(tile_n: int, warps: int, stages: int) -> None:
-        mla_decode_kernel[(cdiv(num_heads, block_h) * splits, num_seqs)](
+        mla_decode_kernel[(cdiv(num_heads, block_h), num_seqs, splits)](
             q_nope,
             q_pe,
             kv_cache,
@@ -231,6 +231,7 @@ def mla_decode(
             num_heads,
             kv_cache.shape[0],
             block_table.shape[1],
+            splits,
             *q_nope.stride(),
             *q_pe.stride(),
             *kv_cache.stride(),
@@ -246,7 +247,7 @@ def mla_decode(
             KV_SCALED=fp8,
             FP8_VIA_F16=fp8_via_f16,
             RETURN_LSE=lse is not None,
-            NUM_SPLITS=splits,
+            SPLIT_KV=splits > 1,
             DOT_F32=dot_f32,
             DOT_PRECISION="ieee" if q_nope.dtype == torch.float32 else "tf32",
             PREFETCH_PAGES=bool(config.prefetch_pages),

@@ -6,7 +6,7 @@ logits are ``scale * (q_nope . c + q_pe . k_pe)`` and the output is ``softmax . 
 one KV head whose value is the first KV_RANK dims of its key. One program holds BLOCK_H
 query heads times the BLOCK_Q new tokens of one sequence (speculative verification), so each
 latent tile is loaded once and serves both dots of every row. The keys are split over
-NUM_SPLITS programs and the partials merged by ``attention.merge_kernel`` (whose layout the
+num_splits programs and the partials merged by ``attention.merge_kernel`` (whose layout the
 partials follow).
 
 Addresses come from clamped indices only, as in ``attention_kernel``: page numbers lie in
@@ -136,7 +136,7 @@ def _mla_query_tile(
     KV_SCALED: tl.constexpr,
     FP8_VIA_F16: tl.constexpr,
     RETURN_LSE: tl.constexpr,
-    N_SPLITS: tl.constexpr,
+    n_splits,
     TO_PARTS: tl.constexpr,
     DOT_F32: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -160,7 +160,7 @@ def _mla_query_tile(
     kv_hi = tl.minimum(seq_len, ctx + q_last + 1)
     # A negative count (a context shorter than its query run) leaves every range empty.
     n_tiles = tl.cdiv(kv_hi, TILE_N)
-    per_split = tl.cdiv(n_tiles, N_SPLITS)
+    per_split = tl.cdiv(n_tiles, n_splits)
     t_begin = split * per_split
     t_end = tl.minimum(t_begin + per_split, n_tiles)
     # Tiles left of the first row's diagonal are visible to every row: no mask code there.
@@ -210,9 +210,9 @@ def _mla_query_tile(
     if KV_SCALED:
         out = out * kv_scale
     if TO_PARTS:
-        # merge_kernel's layout: [num_seqs, BLOCK_Q, num_heads, N_SPLITS, KV_RANK]; a split
+        # merge_kernel's layout: [num_seqs, BLOCK_Q, num_heads, n_splits, KV_RANK]; a split
         # that saw no key stores lse == -inf and no row.
-        part = ((seq.to(tl.int64) * BLOCK_Q + q_idx) * num_heads + row_head) * N_SPLITS + split
+        part = ((seq.to(tl.int64) * BLOCK_Q + q_idx) * num_heads + row_head) * n_splits + split
         tl.store(part_lse_ptr + part, lse, mask=row_ok)
         tl.store(
             part_out_ptr + part[:, None] * KV_RANK + dr[None, :],
@@ -231,15 +231,15 @@ def _mla_query_tile(
 
 # Per-call sizes only bound indices: not specialised (Triton would on the value 1 and on
 # multiples of 16), so every batch shares one compiled variant per configuration.
-@triton.jit(do_not_specialize=["num_tokens", "num_blocks", "max_blocks"])
+@triton.jit(do_not_specialize=["num_tokens", "num_blocks", "max_blocks", "num_splits"])
 def mla_decode_kernel(
     q_nope_ptr,  # [num_tokens, num_heads, KV_RANK]
     q_pe_ptr,  # [num_tokens, num_heads, ROPE_DIM]
     kv_ptr,  # [num_blocks, BLOCK_SIZE, KV_RANK + ROPE_DIM]
     out_ptr,  # [num_tokens, num_heads, KV_RANK]
     lse_ptr,  # [num_tokens, num_heads] fp32, RETURN_LSE only
-    part_out_ptr,  # [num_seqs, BLOCK_Q, num_heads, NUM_SPLITS, KV_RANK] fp32, NUM_SPLITS > 1 only
-    part_lse_ptr,  # [num_seqs, BLOCK_Q, num_heads, NUM_SPLITS] fp32, NUM_SPLITS > 1 only
+    part_out_ptr,  # [num_seqs, BLOCK_Q, num_heads, num_splits, KV_RANK] fp32, SPLIT_KV only
+    part_lse_ptr,  # [num_seqs, BLOCK_Q, num_heads, num_splits] fp32, SPLIT_KV only
     block_table_ptr,  # [num_seqs, max_blocks] int32
     seq_lens_ptr,  # [num_seqs] int32
     cu_seqlens_q_ptr,  # [num_seqs + 1] int32
@@ -249,6 +249,7 @@ def mla_decode_kernel(
     num_heads,
     num_blocks,
     max_blocks,  # columns of the block table
+    num_splits,  # programs sharing a sequence's keys (a plain argument: one variant for every count)
     stride_qn_t,
     stride_qn_h,
     stride_qn_d,
@@ -272,15 +273,15 @@ def mla_decode_kernel(
     KV_SCALED: tl.constexpr,
     FP8_VIA_F16: tl.constexpr,  # fp8 cache with a bf16 query: dots in fp16
     RETURN_LSE: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
+    SPLIT_KV: tl.constexpr,  # num_splits > 1: partials for merge_kernel instead of the output
     DOT_F32: tl.constexpr,  # fp32 dot operands (fp32 queries, or the interpreter's bf16)
     DOT_PRECISION: tl.constexpr,
     PREFETCH_PAGES: tl.constexpr,  # page numbers loaded one tile ahead (see _mla_tiles)
 ):
-    """Grid (cdiv(num_heads, BLOCK_H) * NUM_SPLITS, num_seqs)."""
-    head_tile = tl.program_id(0) // NUM_SPLITS
-    split = tl.program_id(0) % NUM_SPLITS
+    """Grid (cdiv(num_heads, BLOCK_H), num_seqs, num_splits)."""
+    head_tile = tl.program_id(0)
     seq = tl.program_id(1)
+    split = tl.program_id(2)
     q_start = tl.minimum(tl.maximum(tl.load(cu_seqlens_q_ptr + seq), 0), num_tokens)
     q_len = tl.minimum(tl.maximum(tl.load(cu_seqlens_q_ptr + seq + 1), q_start), num_tokens) - q_start
     seq_len = tl.minimum(tl.maximum(tl.load(seq_lens_ptr + seq), 0), max_blocks * BLOCK_SIZE)
@@ -294,7 +295,7 @@ def mla_decode_kernel(
             stride_qn_t, stride_qn_h, stride_qn_d, stride_qp_t, stride_qp_h, stride_qp_d,
             stride_kv_b, stride_kv_t, stride_kv_d, stride_o_t, stride_o_h, stride_o_d,
             KV_RANK, ROPE_DIM, BLOCK_H, BLOCK_Q, BLOCK_M, TILE_N, BLOCK_SIZE, KV_SCALED, FP8_VIA_F16,
-            RETURN_LSE, NUM_SPLITS, NUM_SPLITS > 1, DOT_F32, DOT_PRECISION, PREFETCH_PAGES,
+            RETURN_LSE, num_splits, SPLIT_KV, DOT_F32, DOT_PRECISION, PREFETCH_PAGES,
         )  # fmt: skip
     elif split == 0:
         # More new tokens than max_seqlen_q announced: still every row, tile after tile, in
