@@ -39,7 +39,7 @@ def test_llama_prefill_and_mixed(dtype, kv):
         kv_dtype=None if kv == "same" else kv,
         **LLAMA,
     )
-    check(b, dtype)
+    check(b, dtype, **({} if kv == "same" else dict(k_scale=0.7, v_scale=1.3)))
 
 
 @pytest.mark.parametrize("kv", ["same", torch.float8_e4m3fn])
@@ -58,8 +58,9 @@ def test_prefetched_page_numbers_on_tensor_cores(kv, stages):
         decode=DecodeConfig(tile_n=64, num_splits=4, num_stages=stages, prefetch_pages=1),
         prefill=PrefillConfig(block_m=128, tile_n=64, num_warps=8, num_stages=stages, prefetch_pages=1),
     )
+    scales = {} if kv == "same" else dict(k_scale=0.7, v_scale=1.3)
     for feats in ({}, dict(sliding_window=700)):
-        check(b, torch.bfloat16, config=cfg, **feats)
+        check(b, torch.bfloat16, config=cfg, **feats, **scales)
 
 
 @pytest.mark.parametrize("head_dim", [64, 80, 256])
