@@ -202,6 +202,35 @@ def test_same_sm_count_fallback_prefers_the_closest_name(tmp_path: Path) -> None
     assert find_table("decode", "NVIDIA H200 NVL", (9, 0), [tmp_path]) is None
 
 
+def test_own_table_layered_over_the_same_sm_count_sibling(tmp_path: Path) -> None:
+    # The H200's own table covers head size 128 only: those keys come from it, a head size
+    # it was not tuned for from the H100 SXM table (9.0, 132 SMs) beneath, not the heuristic.
+    (tmp_path / "decode").mkdir()
+    sibling = json.loads((DATA / "decode" / "NVIDIA_H100_80GB_HBM3.json").read_text())
+    sibling["device"]["num_sms"] = 132
+    for e in sibling["entries"]:
+        e["config"]["num_splits"] = 3
+    other = json.loads(json.dumps(sibling["entries"][0]))
+    other["key"]["head_dim"] = 64
+    sibling["entries"].append(other)
+    (tmp_path / "decode" / "NVIDIA_H100_80GB_HBM3.json").write_text(json.dumps(sibling))
+    own = json.loads(json.dumps(sibling))
+    own["device"]["name"] = "NVIDIA H200"
+    own["entries"] = [json.loads(json.dumps(e)) for e in sibling["entries"] if e["key"]["head_dim"] == 128]
+    for e in own["entries"]:
+        e["config"]["num_splits"] = 5
+    (tmp_path / "decode" / "NVIDIA_H200.json").write_text(json.dumps(own))
+    table = find_table("decode", "NVIDIA H200", (9, 0), [tmp_path], num_sms=132)
+    assert table is not None and table.device_name == "NVIDIA H200"
+    assert "NVIDIA_H200.json over" in table.origin and "NVIDIA_H100_80GB_HBM3.json" in table.origin
+    by_dim = {k[0]: e.config.num_splits for k, e in table.entries.items()}
+    assert by_dim[128] == 5 and by_dim[64] == 3
+    # A GPU of another SM count keeps its own table alone.
+    alone = find_table("decode", "NVIDIA H200", (9, 0), [tmp_path], num_sms=114)
+    assert alone is not None and {e.config.num_splits for e in alone.entries.values()} == {5}
+    assert {k[0] for k in alone.entries} == {128}
+
+
 def test_user_directory_takes_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     user = tmp_path / "mine"
     (user / "decode").mkdir(parents=True)

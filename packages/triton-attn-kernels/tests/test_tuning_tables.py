@@ -121,6 +121,7 @@ def test_stored_attention_config_matches_reference(kernel: str, key: dict, confi
     sl = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
     cfg = AttentionConfig(decode=config) if kernel == "decode" else AttentionConfig(prefill=config)
     out = torch.full_like(q, float("nan"))
+    scales = dict(k_scale=0.7, v_scale=1.3) if kv_dtype.itemsize == 1 else {}
     paged_attention(
         q,
         k_cache,
@@ -132,8 +133,9 @@ def test_stored_attention_config_matches_reference(kernel: str, key: dict, confi
         max_seqlen_k=max(seq_lens),
         out=out,
         config=cfg,
+        **scales,
     )
-    ref = paged_attention_ref(q, k_cache, v_cache, block_table, sl, cu)
+    ref = paged_attention_ref(q, k_cache, v_cache, block_table, sl, cu, **scales)
     torch.testing.assert_close(out.float(), ref, **tolerance(dtype).kwargs())
 
 

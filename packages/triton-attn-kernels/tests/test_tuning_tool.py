@@ -45,6 +45,22 @@ def test_merge_creates_adds_and_replaces(tmp_path: Path) -> None:
     assert sorted(os.listdir(path.parent)) == [path.name]  # no temporary or lock files left
 
 
+def test_each_command_that_wrote_to_a_table_is_recorded(tmp_path: Path) -> None:
+    path = store.table_path(tmp_path, "kv_write", H100)
+
+    def base(command: str) -> dict:
+        doc = _base()
+        doc["tuning"] = {"command": command}
+        return doc
+
+    store.merge_entries(path, base("tune --budget 30"), [_entry(1)])
+    store.merge_entries(path, base("tune --budget 30"), [_entry(16)])  # resumed: the same command
+    doc = store.merge_entries(path, base("tune --budget 60 --block-size 128"), [_entry(64)])
+    assert doc["tuning"]["command"] == "tune --budget 30"
+    assert doc["tuning"]["commands"] == ["tune --budget 30", "tune --budget 60 --block-size 128"]
+    assert read_table(path).entries
+
+
 def test_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = store.table_path(tmp_path, "kv_write", H100)
     store.merge_entries(path, _base(), [_entry(1)])

@@ -141,7 +141,15 @@ def merge_entries(
             merged[spec.key_from_dict(e["key"])] = e
         doc["entries"] = sorted(merged.values(), key=lambda e: _sort_key(kernel, e))
         doc["created"] = now_utc()
-        doc["tuning"]["duration_s"] = round(float(doc["tuning"].get("duration_s", 0.0)) + duration_s, 3)
+        tuning = doc["tuning"]
+        tuning["duration_s"] = round(float(tuning.get("duration_s", 0.0)) + duration_s, 3)
+        # A table filled by several runs (resumed after a budget ran out, other geometries,
+        # another page size) names each command that wrote to it, in order.
+        command = (base.get("tuning") or {}).get("command")
+        if command:
+            commands = tuning.setdefault("commands", [tuning["command"]] if tuning.get("command") else [])
+            if command not in commands:
+                commands.append(command)
         if base.get("versions"):
             doc["versions"] = base["versions"]
         # Runs over several geometries declare different spaces (head_dim 256 uses smaller

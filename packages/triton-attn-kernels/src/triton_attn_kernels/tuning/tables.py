@@ -322,28 +322,24 @@ def find_table(
     *,
     num_sms: int | None = None,
 ) -> Table | None:
-    """The table tuned on this device (the user's entries over the shipped ones), else one
-    tuned on a GPU of the same architecture (compute capability) and the same SM count, the
-    closest-named if several (an H200 and an H100 SXM: 9.0 and 132 SMs each), else None: a
-    GPU that differs in either (an H100 PCIe has 114 SMs) gets the heuristics, which derive
-    splits from its own SM count. Without ``capability`` and ``num_sms`` only the device's
-    own table is used."""
+    """The table tuned on this device (the user's entries over the shipped ones), layered
+    over the one tuned on a GPU of the same architecture (compute capability) and the same SM
+    count, the closest-named if several (an H200 and an H100 SXM: 9.0 and 132 SMs each): the
+    device's own entries first, the sibling's for the keys (a head size, an fp8 cache) its
+    own tuning has not covered. A GPU that differs in either (an H100 PCIe has 114 SMs) gets
+    no sibling, and with no table of its own the heuristics, which derive splits from its
+    own SM count. Without ``capability`` and ``num_sms`` only the device's own table is used."""
     roots = list(roots)
     file_name = device_file_name(device_name)
-    layers = []
-    for root in roots:
+    own: Table | None = None
+    for root in reversed(roots):
         res = root.joinpath(kernel, file_name)
         if _is_file(res):
             table = _load(res, kernel)
             if table is not None:
-                layers.append(table)
-    if layers:
-        table = layers[-1]
-        for upper in reversed(layers[:-1]):
-            table = upper.over(table)
-        return table
+                own = table if own is None else table.over(own)
     if capability is None or num_sms is None:
-        return None
+        return own
     best: tuple[int, int, Table] | None = None
     for rank, root in enumerate(roots):
         for res in _listing(root.joinpath(kernel)):
@@ -355,4 +351,7 @@ def find_table(
             score = (_shared_prefix(device_name, table.device_name), -rank)
             if best is None or score > best[:2]:
                 best = (*score, table)
-    return best[2] if best else None
+    sibling = best[2] if best else None
+    if own is None or sibling is None:
+        return own or sibling
+    return own.over(sibling)
