@@ -136,6 +136,22 @@ def test_ours_mla_v1_runs_the_previous_heuristic(monkeypatch):
     torch.testing.assert_close(got, want, atol=0.06, rtol=0.03)
 
 
+def test_ours_mla_triton_runs_the_triton_kernels_config(monkeypatch):
+    """The Triton kernel's comparison for ours-mla: mla_triton_config's configuration, checked
+    against the reference."""
+    from triton_attn_kernels.tuning import mla as tuning
+
+    seen = []
+    triton_config = tuning.mla_triton_config
+    monkeypatch.setattr(tuning, "mla_triton_config", lambda p: seen.append(triton_config(p)) or seen[-1])
+    x = make_inputs(_tiny(q_len=2), "cpu", seed=6)
+    timed = get("ours-mla-triton").make(x)
+    got = timed.read(timed.fn()).float()
+    assert len(seen) == 1 and seen[0].gluon == 0 and not torch.isnan(got).any()
+    want = mla_decode_ref(x.q_nope, x.q_pe, x.latent_cache, x.block_table, x.seq_lens, x.cu_seqlens_q, scale=x.scale)
+    torch.testing.assert_close(got, want, atol=0.06, rtol=0.03)
+
+
 def test_the_check_rejects_a_wrong_mla_decode():
     x = make_inputs(_tiny(q_len=2), "cpu", seed=5)
     right = mla_decode_ref(

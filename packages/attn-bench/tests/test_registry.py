@@ -25,6 +25,7 @@ EXPECTED = {
     "ours-mla",
     "ours-mla-v1",
     "ours-mla-gluon",
+    "ours-mla-triton",
     "ours-mla-prefill",
     "ours-mla-prefill-paged",
     "vllm-triton-mla",

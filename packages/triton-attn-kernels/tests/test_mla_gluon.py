@@ -8,6 +8,8 @@ Triton 3.6.0); its sm_90 code is compiled by ``nox -s sm90`` (``_sm90.GLUON``)."
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from batches import DEVICE
@@ -28,15 +30,33 @@ def test_config_rejects_what_the_kernel_does_not_run(kw):
         MLADecodeConfig(**{"tile_n": 64, "num_stages": 2, **kw}, gluon=1)
 
 
-def test_config_flag_is_a_switch_and_off_by_default():
+def test_config_flag_is_a_switch_and_the_default_where_it_serves():
     assert MLADecodeConfig().gluon == 0
     with pytest.raises(ValueError, match="gluon must be 0 or 1"):
         MLADecodeConfig(tile_n=64, num_stages=2, gluon=2)
-    from triton_attn_kernels.tuning.mla import MLAProblem
+    from triton_attn_kernels.tuning.mla import MLAProblem, mla_gluon_config, mla_triton_config
 
     for heads in (16, 128):
         p = MLAProblem(64, heads, 512, 64, 1, 8192, "bfloat16", "bfloat16", num_sms=132)
-        assert mla_decode_heuristic(p).gluon == 0
+        assert mla_decode_heuristic(p) == mla_triton_config(p) and mla_decode_heuristic(p).gluon == 0
+        served = replace(p, gluon=True)
+        assert mla_decode_heuristic(served) == mla_gluon_config(served) and mla_decode_heuristic(served).gluon == 1
+        # The interpreter keeps the Triton kernel's tiny tiles whatever the flag says.
+        assert mla_decode_heuristic(replace(served, interpreter=True)).gluon == 0
+
+
+def test_problem_from_tensors_says_where_it_serves(monkeypatch):
+    from triton_attn_kernels.tuning.mla import MLAProblem
+
+    def problem(why: str) -> MLAProblem:
+        q_nope, q_pe, kv, _ = _tensors(why)
+        return MLAProblem.from_tensors(q_nope, q_pe, kv, num_seqs=4, max_seqlen_q=1, max_seqlen_k=100)
+
+    assert not problem("none").gluon  # the interpreter or a CPU here
+    _pretend_sm90(monkeypatch)
+    assert problem("none").gluon
+    for why in ("fp32", "fp8 cache", "rank 256", "rope 32", "page not a multiple of 64"):
+        assert not problem(why).gluon, why
 
 
 def _pretend_sm90(monkeypatch):

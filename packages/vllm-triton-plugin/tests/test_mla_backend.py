@@ -313,3 +313,71 @@ def test_backend_names_what_the_device_lacks() -> None:
     assert "fp8 KV cache needs compute capability 8.9" in (reason("fp8", DeviceCapability(8, 0)) or "")
     assert "differs from the model dtype" in (reason("float16", DeviceCapability(9, 0)) or "")
     assert TritonMLABackend.supports_head_size(576) and not TritonMLABackend.supports_head_size(192)
+
+
+# --- the page size and the Gluon Hopper decode ------------------------------------------------
+
+
+@pytest.fixture
+def hopper(monkeypatch):
+    """A GPU that runs the Gluon MLA decode (CUDA present, sm_90 with a verified Triton),
+    stood in for on this CPU."""
+    import vllm_triton_plugin.mla_backend as mla_backend
+    from triton_attn_kernels import _device, _gluon, _mla_gluon
+
+    real = mla_backend.mla_preferred_block_size
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    # The GPU's page-size question asked of this CPU's tensors.
+    monkeypatch.setattr(mla_backend, "mla_preferred_block_size", lambda **kw: real(**{**kw, "device": "cpu"}))
+    monkeypatch.setattr(_device, "interpreting", lambda: False)
+    monkeypatch.setattr(_mla_gluon, "interpreting", lambda: False)
+    monkeypatch.setattr(_gluon, "available", lambda: True)
+    monkeypatch.setattr(_gluon, "_sm90", lambda device: True)
+
+
+def _preferred(monkeypatch, *, cache_dtype="auto", rank=512, rope=64):
+    from vllm_triton_plugin.mla_backend import TritonMLABackend
+
+    config = SimpleNamespace(
+        model_config=SimpleNamespace(
+            dtype=torch.bfloat16, hf_text_config=SimpleNamespace(kv_lora_rank=rank, qk_rope_head_dim=rope)
+        ),
+        cache_config=SimpleNamespace(cache_dtype=cache_dtype),
+    )
+    import vllm_triton_plugin.mla_backend as mla_backend
+
+    monkeypatch.setattr(mla_backend, "get_current_vllm_config", lambda: config)
+    return TritonMLABackend.get_preferred_block_size(16)
+
+
+def test_prefers_64_token_pages_where_the_gluon_decode_serves(hopper, monkeypatch):
+    assert _preferred(monkeypatch) == 64
+    # An fp8 latent cache, another latent width: the Triton kernel, vLLM's default pages.
+    assert _preferred(monkeypatch, cache_dtype="fp8") == 16
+    assert _preferred(monkeypatch, rank=256) == 16
+    assert _preferred(monkeypatch, rope=32) == 16
+
+
+def test_keeps_the_default_pages_without_a_hopper_gpu(monkeypatch):
+    assert _preferred(monkeypatch) == 16
+
+
+def test_builder_plans_the_gluon_decode_at_64_token_pages(hopper):
+    for block, want in ((64, 1), (16, 0)):
+        builder = object.__new__(TritonMLAMetadataBuilder)
+        builder.reorder_batch_threshold = 1
+        builder.mla_dims = SimpleNamespace(kv_lora_rank=512, qk_rope_head_dim=64)
+        builder.model_config = SimpleNamespace(dtype=torch.bfloat16, max_model_len=8192)
+        builder.num_heads = 16
+        builder.device = torch.device("cpu")
+        builder.page_size = block
+        mode = SimpleNamespace(has_full_cudagraphs=lambda: True)
+        builder._init_plan(
+            SimpleNamespace(
+                cache_config=SimpleNamespace(cache_dtype="auto"),
+                compilation_config=SimpleNamespace(cudagraph_mode=mode),
+                scheduler_config=SimpleNamespace(max_num_seqs=4),
+            )
+        )
+        assert builder._config(4, 1, 100).gluon == want, block

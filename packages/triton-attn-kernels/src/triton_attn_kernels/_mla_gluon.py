@@ -14,8 +14,8 @@ Unlike the Triton kernel, it takes ``max_seqlen_q`` as a bound: rows of new toke
 are not computed and keep what ``out`` held (the grid has a program per 64 rows of
 ``max_seqlen_q`` tokens; debug mode reports an understated value as for every launcher).
 
-Not yet run on a GPU: off unless a config asks for it (attn-bench provider
-``ours-mla-gluon``).
+The default heuristic (``tuning.mla.mla_decode_heuristic``) picks it wherever
+:func:`serves` holds; attn-bench's ``ours-mla-triton`` times the Triton kernel beside it.
 """
 
 from __future__ import annotations
@@ -36,18 +36,24 @@ TILE_N = 64
 STAGES = 2
 
 
-def qualifies(q_nope: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor, out: torch.Tensor,
-              config: MLADecodeConfig) -> bool:  # fmt: skip
-    """Whether this launch can run the Gluon MLA decode (the module docstring's rule)."""
-    if not config.gluon or interpreting() or not _gluon.available() or not _gluon._sm90(q_nope.device):
+def serves(q_nope: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor) -> bool:
+    """What :func:`qualifies` checks from dtypes and shapes alone (the heuristic's
+    ``MLAProblem.gluon``): GPU, Triton, dtypes, latent widths and the page size."""
+    if interpreting() or not _gluon.available() or not _gluon._sm90(q_nope.device):
         return False
     if q_nope.dtype not in (torch.float16, torch.bfloat16) or kv_cache.dtype != q_nope.dtype:
         return False
-    if q_nope.shape[2] != KV_RANK or q_pe.shape[2] != ROPE_DIM:
+    return q_nope.shape[2] == KV_RANK and q_pe.shape[2] == ROPE_DIM and kv_cache.shape[1] % TILE_N == 0
+
+
+def qualifies(q_nope: torch.Tensor, q_pe: torch.Tensor, kv_cache: torch.Tensor, out: torch.Tensor,
+              config: MLADecodeConfig) -> bool:  # fmt: skip
+    """Whether this launch can run the Gluon MLA decode (the module docstring's rule)."""
+    if not config.gluon or not serves(q_nope, q_pe, kv_cache):
         return False
     _, block_size, width = kv_cache.shape
     sb, st, sd = kv_cache.stride()
-    if block_size % TILE_N or sd != 1 or sb != block_size * st or st < width:
+    if sd != 1 or sb != block_size * st or st < width:
         return False
     if kv_cache.data_ptr() % 16 or (st * kv_cache.element_size()) % 16:
         return False

@@ -47,10 +47,10 @@ from triton_attn_kernels import (
     varlen_attention,
     write_latent_cache,
 )
-from triton_attn_kernels.tuning.mla import MLAProblem, mla_decode_heuristic
+from triton_attn_kernels.tuning.mla import MLAProblem, mla_decode_heuristic, mla_preferred_block_size
 
 from . import _compat
-from .backend import FP8_CACHE_DTYPES, SUPPORTED_DTYPES, TritonAttentionBackend
+from .backend import FP8_CACHE_DTYPES, SUPPORTED_DTYPES, TritonAttentionBackend, logger
 
 __all__ = [
     "TritonMLABackend",
@@ -151,10 +151,12 @@ class TritonMLAMetadataBuilder(MLACommonMetadataBuilder[TritonMLAMetadata]):
         return self._heuristic(num_decodes, max_query_len, max_seq_len)
 
     def _heuristic(self, num_seqs: int, max_query_len: int, max_seq_len: int) -> MLADecodeConfig:
-        # Zero-row stand-ins: the problem reads only shapes, dtypes and the device.
+        # Zero-row stand-ins: the problem reads only shapes (the page size among them), dtypes
+        # and the device.
         q = torch.empty((0, self.num_heads, self.kv_lora_rank), dtype=self._dtype, device=self.device)
         q_pe = torch.empty((0, self.num_heads, self.rope_dim), dtype=self._dtype, device=self.device)
-        cache = torch.empty((0, 1, self.kv_lora_rank + self.rope_dim), dtype=self._kv_dtype, device=self.device)
+        width = self.kv_lora_rank + self.rope_dim
+        cache = torch.empty((0, self.page_size, width), dtype=self._kv_dtype, device=self.device)
         problem = MLAProblem.from_tensors(
             q, q_pe, cache, num_seqs=num_seqs, max_seqlen_q=max_query_len, max_seqlen_k=max(max_seq_len, 1)
         )
@@ -270,6 +272,34 @@ class TritonMLABackend(MLACommonBackend):
     def get_supported_kernel_block_sizes(kv_cache_spec: Any = None) -> list[int | MultipleOf]:
         # Pages are looked up per key, so any page size works.
         return [MultipleOf(1)]
+
+    @classmethod
+    def get_preferred_block_size(cls, default_block_size: int) -> int:
+        """64-token pages where the Gluon Hopper MLA decode serves the model (its key tile;
+        FlashMLA's page size too), else vLLM's default. Asked only without ``--block-size``."""
+        config = get_current_vllm_config()
+        model = config.model_config
+        if model is None or not torch.cuda.is_available():
+            return default_block_size
+        text = getattr(model, "hf_text_config", None)
+        rank, rope = getattr(text, "kv_lora_rank", None), getattr(text, "qk_rope_head_dim", None)
+        if not isinstance(rank, int) or not isinstance(rope, int):
+            return default_block_size
+        size = mla_preferred_block_size(
+            dtype=model.dtype,
+            kv_dtype=FP8_CACHE_DTYPES.get(config.cache_config.cache_dtype, model.dtype),
+            kv_lora_rank=rank,
+            rope_dim=rope,
+            device=torch.device("cuda", torch.cuda.current_device()),
+        )
+        if size is None or size == default_block_size:
+            return default_block_size
+        logger.info(
+            "Triton MLA: KV-cache pages of %d tokens (the Hopper MLA decode's key tile) instead of %d.",
+            size,
+            default_block_size,
+        )
+        return size
 
     @classmethod
     def get_supported_head_sizes(cls) -> list[int]:

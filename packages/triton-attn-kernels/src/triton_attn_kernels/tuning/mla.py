@@ -15,6 +15,8 @@ __all__ = [
     "mla_decode_heuristic",
     "mla_decode_heuristic_v1",
     "mla_gluon_config",
+    "mla_preferred_block_size",
+    "mla_triton_config",
     "mla_workspace_numel",
 ]
 
@@ -38,7 +40,8 @@ class MLADecodeConfig:
     QK^T once per 64 query rows, the output columns split over two warpgroups) where
     ``_mla_gluon.qualifies``; its tile is fixed (64 rows, 64 keys, 2 stages: tile_n 64 and
     num_stages 2 here, block_h and num_warps unused), num_splits is this config's.
-    Elsewhere the config runs as if gluon were 0. Not yet run on a GPU: off by default.
+    Elsewhere the config runs as if gluon were 0. The heuristic's choice wherever the
+    problem says the Gluon kernel serves (:attr:`MLAProblem.gluon`).
     """
 
     block_h: int = 16
@@ -79,11 +82,16 @@ class MLAProblem:
     kv_dtype: str
     num_sms: int
     interpreter: bool = False
+    # The Gluon Hopper kernel serves this launch (``_mla_gluon.serves``: sm_90, the Triton it
+    # is verified with, a 16-bit latent of the query's dtype, rank 512 + rope 64, pages that
+    # its 64-key tile divides); the launch still checks strides and alignment.
+    gluon: bool = False
 
     @classmethod
     def from_tensors(
         cls, q_nope: Any, q_pe: Any, kv_cache: Any, *, num_seqs: int, max_seqlen_q: int, max_seqlen_k: int
     ) -> MLAProblem:
+        from .. import _mla_gluon
         from .._device import interpreting, num_sms
 
         return cls(
@@ -97,6 +105,7 @@ class MLAProblem:
             kv_dtype=str(kv_cache.dtype).removeprefix("torch."),
             num_sms=num_sms(q_nope.device),
             interpreter=interpreting(),
+            gluon=_mla_gluon.serves(q_nope, q_pe, kv_cache),
         )
 
 
@@ -116,8 +125,17 @@ WGMMA_ROWS = 64
 
 
 def mla_decode_heuristic(p: MLAProblem) -> MLADecodeConfig:
-    """The default configuration; :func:`mla_decode_heuristic_v1` is the previous one, kept
-    as the comparison baseline (attn-bench's ``ours-mla-v1``)."""
+    """The default configuration: the Gluon Hopper kernel's (:func:`mla_gluon_config`) where
+    it serves (``p.gluon``; on the H200 1.2-1.3x the Triton kernel's speed at 16 heads,
+    1.3-1.9x at 128, docs/results/h200/mla-2026-12-03), else :func:`mla_triton_config`'s."""
+    if p.gluon and not p.interpreter:
+        return mla_gluon_config(p)
+    return mla_triton_config(p)
+
+
+def mla_triton_config(p: MLAProblem) -> MLADecodeConfig:
+    """The Triton kernel's configuration (``_kernels/mla.py``); :func:`mla_decode_heuristic_v1`
+    is its previous version, kept as a comparison baseline (attn-bench's ``ours-mla-v1``)."""
     rows_per_head = next_pow2(max(p.max_seqlen_q, 1))
     if p.interpreter:
         # Tiny tiles so that CPU test shapes cross tile and page boundaries, and head tiles
@@ -177,6 +195,20 @@ def mla_gluon_config(p: MLAProblem) -> MLADecodeConfig:
     most = max(min(cdiv(p.max_seqlen_k, 2 * 64), MAX_MLA_SPLITS), 1)
     splits = _fill_waves(programs, p.num_sms, most)
     return MLADecodeConfig(tile_n=64, num_splits=splits, num_stages=2, gluon=1)
+
+
+def mla_preferred_block_size(*, dtype: Any, kv_dtype: Any, kv_lora_rank: int, rope_dim: int, device: Any) -> int | None:
+    """The latent cache's page size the decode prefers, for a server that chooses it: 64 (the
+    Gluon kernel's key tile) where that kernel serves such a cache on ``device``, else None
+    (any page size; the Triton kernel looks pages up per key)."""
+    import torch
+
+    from .. import _mla_gluon
+
+    q_nope = torch.empty((0, 1, kv_lora_rank), dtype=dtype, device=device)
+    q_pe = torch.empty((0, 1, rope_dim), dtype=dtype, device=device)
+    cache = torch.empty((0, 64, kv_lora_rank + rope_dim), dtype=kv_dtype, device=device)
+    return 64 if _mla_gluon.serves(q_nope, q_pe, cache) else None
 
 
 def _wgmma_fits(p: MLAProblem, rows_per_head: int) -> bool:
