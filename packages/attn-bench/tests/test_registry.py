@@ -26,7 +26,6 @@ EXPECTED = {
     "ours-mla-v1",
     "ours-mla-gluon",
     "ours-mla-triton",
-    "ours-mla-gluon-alternating",
     "ours-mla-prefill",
     "ours-mla-prefill-paged",
     "vllm-triton-mla",

@@ -20,9 +20,8 @@ from triton_attn_kernels.reference_mla import mla_decode_ref
 from triton_attn_kernels.tuning.mla import mla_decode_heuristic
 
 
-def gluon_cfg(splits: int = 1, form: int = 1) -> MLADecodeConfig:
-    """form 1: QK^T in the first consumer warpgroup; 2: alternating between both."""
-    return MLADecodeConfig(tile_n=64, num_stages=2, num_splits=splits, gluon=form)
+def gluon_cfg(splits: int = 1) -> MLADecodeConfig:
+    return MLADecodeConfig(tile_n=64, num_stages=2, num_splits=splits, gluon=1)
 
 
 @pytest.mark.parametrize("kw", [dict(tile_n=32), dict(num_stages=3)])
@@ -33,9 +32,8 @@ def test_config_rejects_what_the_kernel_does_not_run(kw):
 
 def test_config_flag_is_a_switch_and_the_default_where_it_serves():
     assert MLADecodeConfig().gluon == 0
-    assert MLADecodeConfig(tile_n=64, num_stages=2, gluon=2).gluon == 2  # the alternating form
-    with pytest.raises(ValueError, match="gluon must be 0, 1 or 2"):
-        MLADecodeConfig(tile_n=64, num_stages=2, gluon=3)
+    with pytest.raises(ValueError, match="gluon must be 0 or 1"):
+        MLADecodeConfig(tile_n=64, num_stages=2, gluon=2)
     from triton_attn_kernels.tuning.mla import MLAProblem, mla_gluon_config, mla_triton_config
 
     for heads in (16, 128):
@@ -118,8 +116,8 @@ def test_rule_each_clause(monkeypatch, why):
     assert _mla_gluon.qualifies(*_tensors("none"), gluon_cfg())
 
 
-@pytest.mark.parametrize("splits,form", [(1, 1), (4, 1), (4, 2)])
-def test_mla_decode_routes_qualifying_launches_to_it(monkeypatch, splits, form):
+@pytest.mark.parametrize("splits", [1, 4])
+def test_mla_decode_routes_qualifying_launches_to_it(monkeypatch, splits):
     """With the rule made true, mla_decode hands the launch to ``_mla_gluon.launch`` (not
     run here) with the config's splits, and merges the partials it would write."""
     from triton_attn_kernels import mla as mla_module
@@ -130,10 +128,9 @@ def test_mla_decode_routes_qualifying_launches_to_it(monkeypatch, splits, form):
     monkeypatch.setattr(_mla_gluon, "launch", lambda *a, **kw: seen.append(kw))
     monkeypatch.setattr(mla_module, "merge_partials", lambda *a, **kw: merged.append(kw))
     b = mla_batch([1, 1, 2], [70, 200, 64], heads=16, rank=512, rope=64, block_size=64, dtype=torch.bfloat16)
-    out, res = run(b, config=gluon_cfg(splits, form))
+    out, res = run(b, config=gluon_cfg(splits))
     assert res is out
     assert len(seen) == 1 and seen[0]["num_splits"] == splits and seen[0]["max_seqlen_q"] == 2
-    assert seen[0]["alternating"] == (form == 2)
     assert len(merged) == (splits > 1)
 
 
@@ -190,25 +187,23 @@ def _nan_past_contexts(b) -> None:
 @pytest.mark.parametrize("splits", [1, 3, 8])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("block_size", [64, 128])
-@pytest.mark.parametrize("form", [1, 2])
-def test_matches_reference(heads, q_len, splits, dtype, block_size, form, gluon_launches):
+def test_matches_reference(heads, q_len, splits, dtype, block_size, gluon_launches):
     # Contexts of the query run only, 63, 64, 65 and long ones; more splits than tiles for
     # the short ones; NaN past every context; padding query rows past the batch.
     b = mla_batch([q_len] * 6, [q_len, 63, 64, 65, 1000, 4099], heads=heads, rank=512, rope=64,
                   block_size=block_size, dtype=dtype, q_padding=3)  # fmt: skip
     _nan_past_contexts(b)
-    out, (_, lse) = run(b, config=gluon_cfg(splits, form), return_lse=True)
+    out, (_, lse) = run(b, config=gluon_cfg(splits), return_lse=True)
     ref, ref_lse = mla_decode_ref(*b.args(), scale=b.scale, return_lse=True)
     rows = 6 * q_len
     check(out, ref, dtype, rows=rows)
     torch.testing.assert_close(lse[:rows], ref_lse[:rows], atol=2e-3, rtol=1e-3)
     assert torch.isnan(out[rows:]).all(), "padding rows were written"
-    assert len(gluon_launches) == 1 and gluon_launches[0]["alternating"] == (form == 2)
+    assert len(gluon_launches) == 1
 
 
 @pytest.mark.gpu
 @needs_sm90
-@pytest.mark.parametrize("form", [1, 2])
-def test_cuda_graph_replay_follows_new_lengths(form, gluon_launches):
-    graph_replay_follows_new_lengths(gluon_cfg(4, form), 128)
+def test_cuda_graph_replay_follows_new_lengths(gluon_launches):
+    graph_replay_follows_new_lengths(gluon_cfg(4), 128)
     assert gluon_launches

@@ -85,7 +85,6 @@ def launch(
     max_seqlen_q: int,
     scale: float,
     num_splits: int,
-    alternating: bool = False,
 ) -> None:
     """One launch over every sequence; with ``num_splits > 1`` it writes the partials
     (``merge_kernel``'s layout, ``decode_q = max_seqlen_q``) and the caller merges."""
@@ -128,7 +127,6 @@ def launch(
         DECODE_Q=dq,
         NUM_SPLITS=num_splits,
         RETURN_LSE=lse is not None,
-        ALTERNATING=alternating,
         LOADER_REGS=_gluon.LOADER_REGS,
         CONSUMER_REGS=_gluon.CONSUMER_REGS,
         num_warps=4,

@@ -220,7 +220,7 @@ def prefill_gluon(
     return triton.compile(src, target=TARGET, options={"num_warps": 4})
 
 
-def mla_gluon(dtype="bf16", splits=1, lse=False, block_size=64, alternating=False):
+def mla_gluon(dtype="bf16", splits=1, lse=False, block_size=64):
     """The Gluon Hopper MLA decode (``_kernels/mla_gluon.py``) as ``_mla_gluon.launch``
     specialises it: 64 query rows, 64-key latent tiles of 576 columns, 2 stages."""
     from triton.experimental.gluon import language as gl
@@ -241,7 +241,6 @@ def mla_gluon(dtype="bf16", splits=1, lse=False, block_size=64, alternating=Fals
         DECODE_Q=1,
         NUM_SPLITS=splits,
         RETURN_LSE=lse,
-        ALTERNATING=alternating,
         LOADER_REGS=_gluon.LOADER_REGS,
         CONSUMER_REGS=_gluon.CONSUMER_REGS,
     )
@@ -344,11 +343,6 @@ GLUON: dict[str, Callable[[], Any]] = {
     "mla decode Gluon bf16, one split": lambda: mla_gluon(),
     "mla decode Gluon bf16, 8 splits": lambda: mla_gluon(splits=8),
     "mla decode Gluon fp16 with lse, 128-token pages": lambda: mla_gluon(dtype="fp16", lse=True, block_size=128),
-    "mla decode Gluon alternating bf16, one split": lambda: mla_gluon(alternating=True),
-    "mla decode Gluon alternating bf16, 8 splits": lambda: mla_gluon(splits=8, alternating=True),
-    "mla decode Gluon alternating fp16 with lse, 128-token pages": lambda: mla_gluon(
-        dtype="fp16", lse=True, block_size=128, alternating=True
-    ),
 }
 
 

@@ -107,29 +107,6 @@ def _mla_decode(x: Inputs, heuristic: Any) -> Timed:
     return Timed(fn)
 
 
-@provider(
-    "ours-mla-gluon-alternating",
-    ops=("mla_decode",),
-    requires=("triton_attn_kernels",),
-    cuda_only=True,
-    supports=_gluon_serves,
-)
-def ours_mla_gluon_alternating(x: Inputs) -> Timed:
-    """The Gluon Hopper MLA decode's alternating form (MLADecodeConfig(gluon=2)): each
-    consumer warpgroup computes the QK^T and softmax of every other tile, so both do equal
-    tensor-core work; measured beside ours-mla-gluon before either is the default."""
-    from dataclasses import replace
-
-    from triton_attn_kernels import _gluon
-    from triton_attn_kernels.tuning.mla import mla_gluon_config
-
-    if not (_gluon.available() and torch.cuda.get_device_capability(x.device) == (9, 0)):
-        from ..registry import Skip
-
-        raise Skip("the Gluon MLA decode runs on sm_90 with Triton 3.6.0")
-    return _mla_decode(x, lambda p: replace(mla_gluon_config(p), gluon=2))
-
-
 @functools.cache
 def _dv_probe(device_type: str) -> str | None:
     """None where varlen_attention and paged_attention take a V head size other than Q/K's

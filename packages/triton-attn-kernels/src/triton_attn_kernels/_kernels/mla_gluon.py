@@ -44,8 +44,6 @@ ROWS = gl.constexpr(64)  # query rows per program (one wgmma M per warpgroup)
 HALF = gl.constexpr(256)  # output columns per consumer warpgroup (wgmma's widest N)
 CLEAN_ROWS = gl.constexpr(16)  # latent rows zeroed per shared-memory round trip
 LN2 = gl.constexpr(0.6931471805599453)
-FIRST = gl.constexpr(0)  # the consumers of the ALTERNATING form
-SECOND = gl.constexpr(1)
 
 
 @gluon.jit
@@ -371,165 +369,6 @@ def _second(
                 RETURN_LSE, False)  # fmt: skip
 
 
-@gluon.jit
-def _qk_issue(q_lo, q_hi, q_pe, c_lo, c_hi, k_pe, slot, zero_s):
-    """S = Q K^T of the tile in ``slot`` over the 576 columns, issued (three chained wgmmas)."""
-    s_tok = warpgroup_mma(q_lo, c_lo.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-    s_tok = warpgroup_mma(q_hi, c_hi.index(slot).permute((1, 0)), s_tok, is_async=True)
-    return warpgroup_mma(q_pe, k_pe.index(slot).permute((1, 0)), s_tok, is_async=True)
-
-
-@gluon.jit
-def _publish_and_pv(p, alpha, m_i, acc, c_half, p_smem, a_smem, m_smem, kv_empty, p_ready, p_empty, j, n, t_begin,
-                    seq_len, o_layout: gl.constexpr, TILE_N: gl.constexpr, STAGES: gl.constexpr):  # fmt: skip
-    """Publication j (P, its rescale factor and the row maxima after it), once both consumers
-    have read publication j - 1; then this consumer's PV of tile j on its half."""
-    slot = j % STAGES
-    mbarrier.wait(p_empty, (j & 1) ^ 1)
-    p_smem.store(p.to(p_smem.dtype))
-    a_smem.store(alpha)
-    m_smem.store(m_i)
-    fence_async_shared()
-    gl.thread_barrier()
-    mbarrier.arrive(p_ready)
-    if j == n - 1:
-        tail = seq_len - (t_begin + j) * TILE_N
-        if tail < TILE_N:
-            _zero_tail(c_half.index(slot), tail, TILE_N)
-    acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
-    acc_tok = warpgroup_mma(p_smem, c_half.index(slot), acc, is_async=True)
-    acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc_tok])
-    mbarrier.arrive(p_empty)
-    mbarrier.arrive(kv_empty.index(slot))
-    return acc
-
-
-@gluon.jit
-def _alternating(
-    W: gl.constexpr,
-    q_lo,
-    q_hi,
-    q_pe,
-    c_lo,
-    c_hi,
-    k_pe,
-    c_half,
-    p_smem,
-    a_smem,
-    m_smem,
-    l_mine,
-    l_other,
-    q_ready,
-    kv_ready,
-    kv_empty,
-    p_ready,
-    p_empty,
-    done,
-    out_ptr,
-    lse_ptr,
-    part_out_ptr,
-    part_lse_ptr,
-    seq_lens_ptr,
-    cu_seqlens_q_ptr,
-    qk_scale,
-    num_tokens,
-    num_heads,
-    max_k,
-    stride_o_t,
-    stride_o_h,
-    KV_RANK: gl.constexpr,
-    TILE_N: gl.constexpr,
-    STAGES: gl.constexpr,
-    DECODE_Q: gl.constexpr,
-    NUM_SPLITS: gl.constexpr,
-    RETURN_LSE: gl.constexpr,
-):
-    """Consumer W of the ALTERNATING form: QK^T and the softmax of the split's tiles W, W + 2,
-    ... (the other consumer's are the rest), the PV of every tile on output columns
-    [256 W, 256 W + 256) of ``c_half``. Each publication (P, its rescale factor and the row
-    maxima after it) is read by both; each consumer keeps its own share of the row sums,
-    rescaled by every tile's factor, and the two shares are added at the end. The QK^T of a
-    consumer's next tile is issued before the PV of the other's tile, so its tensor-core
-    work overlaps the other's softmax."""
-    rb = gl.program_id(0)
-    seq = gl.program_id(1)
-    split = gl.program_id(2)
-    q_start, r0, n_rows, ctx, seq_len, t_begin, t_end, mask_from = _rows(
-        cu_seqlens_q_ptr, seq_lens_ptr, seq, rb, split, num_tokens, num_heads, max_k, TILE_N, NUM_SPLITS
-    )
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, TILE_N, 16]
-    )
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HALF, 16])
-    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-    rows_s = gl.arange(0, ROWS, layout=row_s)
-    cols_s = gl.arange(0, TILE_N, layout=gl.SliceLayout(0, s_layout))
-    m_i = gl.full([ROWS], float("-inf"), gl.float32, layout=row_s)
-    l_i = gl.zeros([ROWS], gl.float32, layout=row_s)
-    acc = gl.zeros([ROWS, HALF], gl.float32, layout=o_layout)
-    n = t_end - t_begin
-    if n > 0:
-        zero_s = gl.zeros([ROWS, TILE_N], gl.float32, layout=s_layout)
-        mbarrier.wait(q_ready, 0)
-        if W == 0:
-            # Tile 0 is this consumer's, with nothing before it.
-            mbarrier.wait(kv_ready.index(0), 0)
-            s_tok = _qk_issue(q_lo, q_hi, q_pe, c_lo, c_hi, k_pe, 0, zero_s)
-            s = warpgroup_mma_wait(num_outstanding=0, deps=[s_tok])
-            m_i, l_i, p, alpha = _softmax_tile(s, m_i, l_i, t_begin, mask_from, seq_len, ctx, r0, num_heads, qk_scale,
-                                               rows_s, cols_s, TILE_N)  # fmt: skip
-            acc = _publish_and_pv(p, alpha, m_i, acc, c_half, p_smem, a_smem, m_smem, kv_empty, p_ready, p_empty, 0,
-                                  n, t_begin, seq_len, o_layout, TILE_N, STAGES)  # fmt: skip
-        for j in range(2 - W, n, 2):
-            # This consumer's tile j, after the other's tile j - 1 (never the split's last:
-            # full, nothing to clean), whose PV runs while this tile's softmax does.
-            slot = j % STAGES
-            prev = (j - 1) % STAGES
-            mbarrier.wait(kv_ready.index(slot), (j // STAGES) & 1)
-            s_tok = _qk_issue(q_lo, q_hi, q_pe, c_lo, c_hi, k_pe, slot, zero_s)
-            mbarrier.wait(kv_ready.index(prev), ((j - 1) // STAGES) & 1)
-            mbarrier.wait(p_ready, (j - 1) & 1)
-            m_i = m_smem.load(row_s)
-            l_i = l_i * a_smem.load(row_s)
-            acc = acc * gl.expand_dims(a_smem.load(row_o), 1)
-            acc_tok = warpgroup_mma(p_smem, c_half.index(prev), acc, is_async=True)
-            s = warpgroup_mma_wait(num_outstanding=1, deps=[s_tok])
-            m_i, l_i, p, alpha = _softmax_tile(s, m_i, l_i, t_begin + j, mask_from, seq_len, ctx, r0, num_heads,
-                                               qk_scale, rows_s, cols_s, TILE_N)  # fmt: skip
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc_tok])
-            mbarrier.arrive(p_empty)
-            mbarrier.arrive(kv_empty.index(prev))
-            acc = _publish_and_pv(p, alpha, m_i, acc, c_half, p_smem, a_smem, m_smem, kv_empty, p_ready, p_empty, j,
-                                  n, t_begin, seq_len, o_layout, TILE_N, STAGES)  # fmt: skip
-        if (n - 1) % 2 != W:
-            # The other's tile is the split's last: its PV on this half, tail cleaned (the
-            # other's QK^T of it completed before it published).
-            last = n - 1
-            slot = last % STAGES
-            mbarrier.wait(kv_ready.index(slot), (last // STAGES) & 1)
-            mbarrier.wait(p_ready, last & 1)
-            m_i = m_smem.load(row_s)
-            l_i = l_i * a_smem.load(row_s)
-            acc = acc * gl.expand_dims(a_smem.load(row_o), 1)
-            tail = seq_len - (t_begin + last) * TILE_N
-            if tail < TILE_N:
-                _zero_tail(c_half.index(slot), tail, TILE_N)
-            acc_tok = warpgroup_mma(p_smem, c_half.index(slot), acc, is_async=True)
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc_tok])
-            mbarrier.arrive(p_empty)
-            mbarrier.arrive(kv_empty.index(slot))
-    # The row sums: this consumer's share plus the other's.
-    l_mine.store(l_i)
-    gl.thread_barrier()
-    mbarrier.arrive(done)
-    mbarrier.wait(done, 0)
-    l_i = l_i + l_other.load(row_s)
-    _store_rows(acc, l_i, m_i, W * HALF, q_start, r0, n_rows, seq, split, qk_scale, out_ptr, lse_ptr, part_out_ptr,
-                part_lse_ptr, num_heads, stride_o_t, stride_o_h, o_layout, KV_RANK, DECODE_Q, NUM_SPLITS,
-                RETURN_LSE, W == 0)  # fmt: skip
-
-
 @gluon.jit(do_not_specialize=["num_tokens", "num_blocks", "max_k"])
 def mla_gluon_kernel(
     q_desc,  # q as [num_tokens * num_heads, 576] rows, block [64, 256]
@@ -558,7 +397,6 @@ def mla_gluon_kernel(
     DECODE_Q: gl.constexpr,  # max_seqlen_q (the partials' layout)
     NUM_SPLITS: gl.constexpr,
     RETURN_LSE: gl.constexpr,
-    ALTERNATING: gl.constexpr,  # 1: _alternating's two symmetric consumers; 0: _first / _second
     LOADER_REGS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr,
 ):
@@ -577,7 +415,6 @@ def mla_gluon_kernel(
     a_smem = gl.allocate_shared_memory(gl.float32, [ROWS], flat)
     l_smem = gl.allocate_shared_memory(gl.float32, [ROWS], flat)
     m_smem = gl.allocate_shared_memory(gl.float32, [ROWS], flat)
-    l2_smem = gl.allocate_shared_memory(gl.float32, [ROWS], flat)
     bar_layout: gl.constexpr = mbarrier.MBarrierLayout()
     q_ready = gl.allocate_shared_memory(gl.int64, [1], bar_layout)
     p_ready = gl.allocate_shared_memory(gl.int64, [1], bar_layout)
@@ -587,70 +424,37 @@ def mla_gluon_kernel(
     kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
     mbarrier.init(q_ready, count=1)
     mbarrier.init(p_ready, count=1)
-    if ALTERNATING:
-        # Both consumers read every publication and publish the row-sum shares.
-        mbarrier.init(p_empty, count=2)
-        mbarrier.init(done, count=2)
-    else:
-        mbarrier.init(p_empty, count=1)
-        mbarrier.init(done, count=1)
+    mbarrier.init(p_empty, count=1)
+    mbarrier.init(done, count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(kv_ready.index(i), count=1)
         mbarrier.init(kv_empty.index(i), count=2)
     fence_async_shared()
 
-    if ALTERNATING:
-        gl.warp_specialize(
-            [
-                (
-                    _alternating,
-                    (FIRST, q_lo, q_hi, q_pe, c_lo, c_hi, k_pe, c_lo, p_smem, a_smem, m_smem, l_smem, l2_smem, q_ready,
-                     kv_ready, kv_empty, p_ready, p_empty, done, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
-                     seq_lens_ptr, cu_seqlens_q_ptr, qk_scale, num_tokens, num_heads, max_k, stride_o_t, stride_o_h,
-                     KV_RANK, TILE_N, STAGES, DECODE_Q, NUM_SPLITS, RETURN_LSE),
-                ),
-                (
-                    _alternating,
-                    (SECOND, q_lo, q_hi, q_pe, c_lo, c_hi, k_pe, c_hi, p_smem, a_smem, m_smem, l2_smem, l_smem, q_ready,
-                     kv_ready, kv_empty, p_ready, p_empty, done, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr,
-                     seq_lens_ptr, cu_seqlens_q_ptr, qk_scale, num_tokens, num_heads, max_k, stride_o_t, stride_o_h,
-                     KV_RANK, TILE_N, STAGES, DECODE_Q, NUM_SPLITS, RETURN_LSE),
-                ),
-                (
-                    _loader,
-                    (q_desc, qpe_desc, c_desc, kpe_desc, q_lo, q_hi, q_pe, c_lo, c_hi, k_pe, q_ready, kv_ready,
-                     kv_empty, block_table_ptr, seq_lens_ptr, cu_seqlens_q_ptr, num_tokens, num_heads, num_blocks,
-                     max_k, stride_bt_s, TILE_N, BLOCK_SIZE, STAGES, NUM_SPLITS),
-                ),
-            ],
-            [4, 1],
-            [CONSUMER_REGS, LOADER_REGS],
-        )  # fmt: skip
-    else:
-        gl.warp_specialize(
-            [
-                (
-                    _first,
-                    (q_lo, q_hi, q_pe, c_lo, c_hi, k_pe, p_smem, a_smem, l_smem,
-        m_smem, q_ready, kv_ready, kv_empty,
-                     p_ready, p_empty, done, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, seq_lens_ptr, cu_seqlens_q_ptr,
-                     qk_scale, num_tokens, num_heads, max_k, stride_o_t, stride_o_h,
-                     KV_RANK, TILE_N, STAGES, DECODE_Q, NUM_SPLITS, RETURN_LSE),
-                ),
-                (
-                    _second,
-                    (c_hi, p_smem, a_smem, l_smem,
-        m_smem, kv_ready, kv_empty, p_ready, p_empty, done, out_ptr, lse_ptr,
-                     part_out_ptr, part_lse_ptr, seq_lens_ptr, cu_seqlens_q_ptr, qk_scale, num_tokens, num_heads, max_k,
-                     stride_o_t, stride_o_h, KV_RANK, TILE_N, STAGES, DECODE_Q, NUM_SPLITS, RETURN_LSE),
-                ),
-                (
-                    _loader,
-                    (q_desc, qpe_desc, c_desc, kpe_desc, q_lo, q_hi, q_pe, c_lo, c_hi, k_pe, q_ready, kv_ready, kv_empty,
-                     block_table_ptr, seq_lens_ptr, cu_seqlens_q_ptr, num_tokens, num_heads, num_blocks, max_k,
-                     stride_bt_s, TILE_N, BLOCK_SIZE, STAGES, NUM_SPLITS),
-                ),
-            ],
-            [4, 1],
-            [CONSUMER_REGS, LOADER_REGS],
-        )  # fmt: skip
+    gl.warp_specialize(
+        [
+            (
+                _first,
+                (q_lo, q_hi, q_pe, c_lo, c_hi, k_pe, p_smem, a_smem, l_smem,
+    m_smem, q_ready, kv_ready, kv_empty,
+                 p_ready, p_empty, done, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, seq_lens_ptr, cu_seqlens_q_ptr,
+                 qk_scale, num_tokens, num_heads, max_k, stride_o_t, stride_o_h,
+                 KV_RANK, TILE_N, STAGES, DECODE_Q, NUM_SPLITS, RETURN_LSE),
+            ),
+            (
+                _second,
+                (c_hi, p_smem, a_smem, l_smem,
+    m_smem, kv_ready, kv_empty, p_ready, p_empty, done, out_ptr, lse_ptr,
+                 part_out_ptr, part_lse_ptr, seq_lens_ptr, cu_seqlens_q_ptr, qk_scale, num_tokens, num_heads, max_k,
+                 stride_o_t, stride_o_h, KV_RANK, TILE_N, STAGES, DECODE_Q, NUM_SPLITS, RETURN_LSE),
+            ),
+            (
+                _loader,
+                (q_desc, qpe_desc, c_desc, kpe_desc, q_lo, q_hi, q_pe, c_lo, c_hi, k_pe, q_ready, kv_ready, kv_empty,
+                 block_table_ptr, seq_lens_ptr, cu_seqlens_q_ptr, num_tokens, num_heads, num_blocks, max_k,
+                 stride_bt_s, TILE_N, BLOCK_SIZE, STAGES, NUM_SPLITS),
+            ),
+        ],
+        [4, 1],
+        [CONSUMER_REGS, LOADER_REGS],
+    )  # fmt: skip

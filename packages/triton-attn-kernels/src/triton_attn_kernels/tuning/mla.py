@@ -39,9 +39,7 @@ class MLADecodeConfig:
     gluon: 1 runs the Gluon Hopper kernel (``_kernels/mla_gluon.py``: a TMA loader warp, the
     QK^T once per 64 query rows, the output columns split over two warpgroups) where
     ``_mla_gluon.qualifies``; its tile is fixed (64 rows, 64 keys, 2 stages: tile_n 64 and
-    num_stages 2 here, block_h and num_warps unused), num_splits is this config's; 2 runs
-    its alternating form (each warpgroup computes the QK^T and softmax of every other tile,
-    so both do equal tensor-core work; the first form leaves the second warpgroup half idle).
+    num_stages 2 here, block_h and num_warps unused), num_splits is this config's.
     Elsewhere the config runs as if gluon were 0. The heuristic's choice wherever the
     problem says the Gluon kernel serves (:attr:`MLAProblem.gluon`).
     """
@@ -62,8 +60,7 @@ class MLADecodeConfig:
         _pow2("num_warps", self.num_warps, 1, 16)
         _stages(self.num_stages)
         _flag("prefetch_pages", self.prefetch_pages)
-        if _int("gluon", self.gluon) not in (0, 1, 2):
-            raise ValueError(f"gluon must be 0, 1 or 2, got {self.gluon!r}")
+        _flag("gluon", self.gluon)
         if self.gluon and (self.tile_n, self.num_stages) != (64, 2):
             raise ValueError(
                 f"gluon=1 needs tile_n=64 and num_stages=2 (the kernel's fixed tile), got tile_n={self.tile_n}, "
