@@ -239,7 +239,7 @@ def mla_gluon(dtype="bf16", splits=1, lse=False, block_size=64):
         BLOCK_SIZE=block_size,
         STAGES=_mla_gluon.STAGES,
         DECODE_Q=1,
-        NUM_SPLITS=splits,
+        SPLIT_KV=splits > 1,
         RETURN_LSE=lse,
         LOADER_REGS=_gluon.LOADER_REGS,
         CONSUMER_REGS=_gluon.CONSUMER_REGS,

@@ -48,7 +48,7 @@ LN2 = gl.constexpr(0.6931471805599453)
 
 @gluon.jit
 def _rows(cu_seqlens_q_ptr, seq_lens_ptr, seq, rb, split, num_tokens, num_heads, max_k, TILE_N: gl.constexpr,
-          NUM_SPLITS: gl.constexpr):  # fmt: skip
+          num_splits):  # fmt: skip
     """The program's share of the work, as every partition computes it: its first flat query
     row, how many of its 64 rows are the sequence's, the first and last new-token index
     they hold, the context length, its key tiles [t_begin, t_end) and where masking starts."""
@@ -62,7 +62,7 @@ def _rows(cu_seqlens_q_ptr, seq_lens_ptr, seq, rb, split, num_tokens, num_heads,
     ctx = seq_len - q_len
     kv_hi = gl.minimum(seq_len, ctx + last_tok + 1)
     n_tiles = gl.where(n_rows > 0, gl.cdiv(gl.maximum(kv_hi, 0), TILE_N), 0)
-    per_split = gl.cdiv(n_tiles, NUM_SPLITS)
+    per_split = gl.cdiv(n_tiles, num_splits)
     t_begin = split * per_split
     t_end = gl.minimum(t_begin + per_split, n_tiles)
     # Keys from here on are past some row's diagonal or the context: those tiles are masked.
@@ -96,13 +96,13 @@ def _loader(
     TILE_N: gl.constexpr,
     BLOCK_SIZE: gl.constexpr,
     STAGES: gl.constexpr,
-    NUM_SPLITS: gl.constexpr,
+    num_splits,
 ):
     rb = gl.program_id(0)
     seq = gl.program_id(1)
     split = gl.program_id(2)
     q_start, r0, _, _, _, t_begin, t_end, _ = _rows(
-        cu_seqlens_q_ptr, seq_lens_ptr, seq, rb, split, num_tokens, num_heads, max_k, TILE_N, NUM_SPLITS
+        cu_seqlens_q_ptr, seq_lens_ptr, seq, rb, split, num_tokens, num_heads, max_k, TILE_N, num_splits
     )
     if t_end > t_begin:
         row_q = q_start * num_heads + r0
@@ -141,7 +141,8 @@ def _zero_tail(c_tile, valid, TILE_N: gl.constexpr):
 @gluon.jit
 def _store_rows(acc, l_i, m_i, col0, q_start, r0, n_rows, seq, split, qk_scale, out_ptr, lse_ptr, part_out_ptr,
                 part_lse_ptr, num_heads, stride_o_t, stride_o_h, o_layout: gl.constexpr, KV_RANK: gl.constexpr,
-                DECODE_Q: gl.constexpr, NUM_SPLITS: gl.constexpr, RETURN_LSE: gl.constexpr, WRITE_LSE: gl.constexpr):  # fmt: skip
+                DECODE_Q: gl.constexpr, num_splits, SPLIT_KV: gl.constexpr, RETURN_LSE: gl.constexpr,
+                WRITE_LSE: gl.constexpr):  # fmt: skip
     """One consumer's 256 output columns from ``col0`` (and, WRITE_LSE, the rows' lse)."""
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
@@ -157,10 +158,10 @@ def _store_rows(acc, l_i, m_i, col0, q_start, r0, n_rows, seq, split, qk_scale, 
     # max_seqlen_q leaves them as they were (the partials have no room for them).
     ok = (r < n_rows) & (tok_idx < DECODE_Q)
     lse_o = gl.convert_layout(lse2, row_o)
-    if NUM_SPLITS > 1:
-        # merge_kernel's layout: [num_seqs, DECODE_Q, num_heads, NUM_SPLITS, KV_RANK], lse in
+    if SPLIT_KV:
+        # merge_kernel's layout: [num_seqs, DECODE_Q, num_heads, num_splits, KV_RANK], lse in
         # log2 units; a split that saw no key stores lse -inf and no row.
-        part = ((seq.to(gl.int64) * DECODE_Q + tok_idx) * num_heads + head) * NUM_SPLITS + split
+        part = ((seq.to(gl.int64) * DECODE_Q + tok_idx) * num_heads + head) * num_splits + split
         seen = ok & (lse_o > float("-inf"))
         ptrs = part_out_ptr + gl.expand_dims(part * KV_RANK, 1) + gl.expand_dims(d, 0)
         gl.store(ptrs, out, mask=gl.expand_dims(seen, 1))
@@ -234,7 +235,8 @@ def _first(
     TILE_N: gl.constexpr,
     STAGES: gl.constexpr,
     DECODE_Q: gl.constexpr,
-    NUM_SPLITS: gl.constexpr,
+    num_splits,
+    SPLIT_KV: gl.constexpr,
     RETURN_LSE: gl.constexpr,
 ):
     """The first consumer: QK^T, softmax, P for both, and output columns [0, 256)."""
@@ -242,7 +244,7 @@ def _first(
     seq = gl.program_id(1)
     split = gl.program_id(2)
     q_start, r0, n_rows, ctx, seq_len, t_begin, t_end, mask_from = _rows(
-        cu_seqlens_q_ptr, seq_lens_ptr, seq, rb, split, num_tokens, num_heads, max_k, TILE_N, NUM_SPLITS
+        cu_seqlens_q_ptr, seq_lens_ptr, seq, rb, split, num_tokens, num_heads, max_k, TILE_N, num_splits
     )
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, TILE_N, 16]
@@ -301,7 +303,7 @@ def _first(
     mbarrier.arrive(done)
     # Every split writes its rows (one split: the output; an empty split: lse -inf only).
     _store_rows(acc, l_i, m_i, 0, q_start, r0, n_rows, seq, split, qk_scale, out_ptr, lse_ptr, part_out_ptr,
-                part_lse_ptr, num_heads, stride_o_t, stride_o_h, o_layout, KV_RANK, DECODE_Q, NUM_SPLITS,
+                part_lse_ptr, num_heads, stride_o_t, stride_o_h, o_layout, KV_RANK, DECODE_Q, num_splits, SPLIT_KV,
                 RETURN_LSE, True)  # fmt: skip
 
 
@@ -333,7 +335,8 @@ def _second(
     TILE_N: gl.constexpr,
     STAGES: gl.constexpr,
     DECODE_Q: gl.constexpr,
-    NUM_SPLITS: gl.constexpr,
+    num_splits,
+    SPLIT_KV: gl.constexpr,
     RETURN_LSE: gl.constexpr,
 ):
     """The second consumer: output columns [256, 512) from the first's P."""
@@ -341,7 +344,7 @@ def _second(
     seq = gl.program_id(1)
     split = gl.program_id(2)
     q_start, r0, n_rows, _, seq_len, t_begin, t_end, _ = _rows(
-        cu_seqlens_q_ptr, seq_lens_ptr, seq, rb, split, num_tokens, num_heads, max_k, TILE_N, NUM_SPLITS
+        cu_seqlens_q_ptr, seq_lens_ptr, seq, rb, split, num_tokens, num_heads, max_k, TILE_N, num_splits
     )
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HALF, 16])
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
@@ -365,11 +368,11 @@ def _second(
     l_i = l_smem.load(row_o)
     m_i = m_smem.load(row_o)
     _store_rows(acc, l_i, m_i, HALF, q_start, r0, n_rows, seq, split, qk_scale, out_ptr, lse_ptr, part_out_ptr,
-                part_lse_ptr, num_heads, stride_o_t, stride_o_h, o_layout, KV_RANK, DECODE_Q, NUM_SPLITS,
+                part_lse_ptr, num_heads, stride_o_t, stride_o_h, o_layout, KV_RANK, DECODE_Q, num_splits, SPLIT_KV,
                 RETURN_LSE, False)  # fmt: skip
 
 
-@gluon.jit(do_not_specialize=["num_tokens", "num_blocks", "max_k"])
+@gluon.jit(do_not_specialize=["num_tokens", "num_blocks", "max_k", "num_splits"])
 def mla_gluon_kernel(
     q_desc,  # q as [num_tokens * num_heads, 576] rows, block [64, 256]
     qpe_desc,  # the same rows, block [64, 64] (the rope columns)
@@ -377,7 +380,7 @@ def mla_gluon_kernel(
     kpe_desc,  # the same rows, block [TILE_N, 64]
     out_ptr,  # [num_tokens, num_heads, KV_RANK]
     lse_ptr,  # [num_tokens, num_heads] fp32, RETURN_LSE with one split only
-    part_out_ptr,  # merge_kernel's partials, NUM_SPLITS > 1
+    part_out_ptr,  # merge_kernel's partials, SPLIT_KV
     part_lse_ptr,
     block_table_ptr,  # [num_seqs, max_blocks] int32
     seq_lens_ptr,  # [num_seqs] int32
@@ -390,17 +393,18 @@ def mla_gluon_kernel(
     stride_o_t,
     stride_o_h,
     stride_bt_s,
+    num_splits,  # key splits (the grid's third axis); a plain argument: one variant for every count
     KV_RANK: gl.constexpr,  # 512
     TILE_N: gl.constexpr,  # keys per tile (divides BLOCK_SIZE)
     BLOCK_SIZE: gl.constexpr,
     STAGES: gl.constexpr,
     DECODE_Q: gl.constexpr,  # max_seqlen_q (the partials' layout)
-    NUM_SPLITS: gl.constexpr,
+    SPLIT_KV: gl.constexpr,  # num_splits > 1: partials for merge_kernel, else the output
     RETURN_LSE: gl.constexpr,
     LOADER_REGS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr,
 ):
-    """Grid (cdiv(max_seqlen_q * num_heads, 64), num_seqs, NUM_SPLITS); 4 warps (the first
+    """Grid (cdiv(max_seqlen_q * num_heads, 64), num_seqs, num_splits); 4 warps (the first
     consumer; the second's 4 and the loader's 1 are added by warp_specialize)."""
     dtype: gl.constexpr = q_desc.dtype
     q_lo = gl.allocate_shared_memory(dtype, [ROWS, HALF], q_desc.layout)
@@ -439,20 +443,20 @@ def mla_gluon_kernel(
     m_smem, q_ready, kv_ready, kv_empty,
                  p_ready, p_empty, done, out_ptr, lse_ptr, part_out_ptr, part_lse_ptr, seq_lens_ptr, cu_seqlens_q_ptr,
                  qk_scale, num_tokens, num_heads, max_k, stride_o_t, stride_o_h,
-                 KV_RANK, TILE_N, STAGES, DECODE_Q, NUM_SPLITS, RETURN_LSE),
+                 KV_RANK, TILE_N, STAGES, DECODE_Q, num_splits, SPLIT_KV, RETURN_LSE),
             ),
             (
                 _second,
                 (c_hi, p_smem, a_smem, l_smem,
     m_smem, kv_ready, kv_empty, p_ready, p_empty, done, out_ptr, lse_ptr,
                  part_out_ptr, part_lse_ptr, seq_lens_ptr, cu_seqlens_q_ptr, qk_scale, num_tokens, num_heads, max_k,
-                 stride_o_t, stride_o_h, KV_RANK, TILE_N, STAGES, DECODE_Q, NUM_SPLITS, RETURN_LSE),
+                 stride_o_t, stride_o_h, KV_RANK, TILE_N, STAGES, DECODE_Q, num_splits, SPLIT_KV, RETURN_LSE),
             ),
             (
                 _loader,
                 (q_desc, qpe_desc, c_desc, kpe_desc, q_lo, q_hi, q_pe, c_lo, c_hi, k_pe, q_ready, kv_ready, kv_empty,
                  block_table_ptr, seq_lens_ptr, cu_seqlens_q_ptr, num_tokens, num_heads, num_blocks, max_k,
-                 stride_bt_s, TILE_N, BLOCK_SIZE, STAGES, NUM_SPLITS),
+                 stride_bt_s, TILE_N, BLOCK_SIZE, STAGES, num_splits),
             ),
         ],
         [4, 1],
