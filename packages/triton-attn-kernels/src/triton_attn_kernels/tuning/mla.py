@@ -126,8 +126,8 @@ WGMMA_ROWS = 64
 
 def mla_decode_heuristic(p: MLAProblem) -> MLADecodeConfig:
     """The default configuration: the Gluon Hopper kernel's (:func:`mla_gluon_config`) where
-    it serves (``p.gluon``; on the H200 1.2-1.3x the Triton kernel's speed at 16 heads,
-    1.3-1.9x at 128, docs/results/h200/mla-2026-12-03), else :func:`mla_triton_config`'s."""
+    it serves (``p.gluon``; on the H200 1.16-1.29x the Triton kernel's speed at 16 heads,
+    1.33-1.95x at 128, docs/results/h200/mla-2026-12-03), else :func:`mla_triton_config`'s."""
     if p.gluon and not p.interpreter:
         return mla_gluon_config(p)
     return mla_triton_config(p)
