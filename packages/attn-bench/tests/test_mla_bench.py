@@ -120,32 +120,25 @@ def test_ours_mla_matches_the_reference_on_every_sequence(q_len, kv_dtype):
     assert check(x, got).ok
 
 
-def test_ours_mla_v1_runs_the_previous_heuristic(monkeypatch):
-    """The comparison baseline: mla_decode with mla_decode_heuristic_v1's configuration,
-    checked against the reference like ours-mla."""
+@pytest.mark.parametrize(
+    "provider,function,seed",
+    [
+        # The Triton kernel's earlier heuristic, a comparison baseline.
+        ("ours-mla-v1", "mla_decode_heuristic_v1", 4),
+        # The Triton kernel where the Gluon one would serve: the comparison for ours-mla.
+        ("ours-mla-triton", "mla_triton_config", 6),
+    ],
+)
+def test_comparison_providers_run_their_configuration(monkeypatch, provider, function, seed):
+    """mla_decode with that function's configuration (once, at setup), checked against the
+    reference like ours-mla."""
     from triton_attn_kernels.tuning import mla as tuning
 
     seen = []
-    v1 = tuning.mla_decode_heuristic_v1
-    monkeypatch.setattr(tuning, "mla_decode_heuristic_v1", lambda p: seen.append(v1(p)) or seen[-1])
-    x = make_inputs(_tiny(q_len=2), "cpu", seed=4)
-    timed = get("ours-mla-v1").make(x)
-    got = timed.read(timed.fn()).float()
-    assert len(seen) == 1 and not torch.isnan(got).any()
-    want = mla_decode_ref(x.q_nope, x.q_pe, x.latent_cache, x.block_table, x.seq_lens, x.cu_seqlens_q, scale=x.scale)
-    torch.testing.assert_close(got, want, atol=0.06, rtol=0.03)
-
-
-def test_ours_mla_triton_runs_the_triton_kernels_config(monkeypatch):
-    """The Triton kernel's comparison for ours-mla: mla_triton_config's configuration, checked
-    against the reference."""
-    from triton_attn_kernels.tuning import mla as tuning
-
-    seen = []
-    triton_config = tuning.mla_triton_config
-    monkeypatch.setattr(tuning, "mla_triton_config", lambda p: seen.append(triton_config(p)) or seen[-1])
-    x = make_inputs(_tiny(q_len=2), "cpu", seed=6)
-    timed = get("ours-mla-triton").make(x)
+    real = getattr(tuning, function)
+    monkeypatch.setattr(tuning, function, lambda p: seen.append(real(p)) or seen[-1])
+    x = make_inputs(_tiny(q_len=2), "cpu", seed=seed)
+    timed = get(provider).make(x)
     got = timed.read(timed.fn()).float()
     assert len(seen) == 1 and seen[0].gluon == 0 and not torch.isnan(got).any()
     want = mla_decode_ref(x.q_nope, x.q_pe, x.latent_cache, x.block_table, x.seq_lens, x.cu_seqlens_q, scale=x.scale)
