@@ -123,6 +123,11 @@ def test_e2e_with_a_fake_vllm(tmp_path, monkeypatch):
     results = [json.loads(p.read_text()) for p in out.glob("result-*.json")]
     assert len(results) == 3 and all(r["weights"]["o_proj"] == 32 == r["weights"]["down_proj"] for r in results)
     assert rows["bad"]["status"] == "error" and "BROKEN" in rows["bad"]["detail"]
+    # The worker was asked for its compiled variants around the batch (none here: the
+    # stand-in launches no kernel); a failed run has no count.
+    assert {rows[k]["compiled_in_batch"] for k in ("FLASH_ATTN", "TRITON_ATTN", "ours")} == {"0"}
+    assert rows["bad"]["compiled_in_batch"] == "-1"
+    assert "| compiled |" in (out / "e2e.md").read_text()
     assert float(rows["FLASH_ATTN"]["total_tok_s"]) > 0
     assert "TRITON_ATTN" in (out / "e2e.md").read_text()
     assert len(json.loads((out / "runs.json").read_text())["runs"]) == 4
@@ -287,3 +292,23 @@ def test_cli_defaults_follow_the_model(monkeypatch):
     assert seen[1].backends == ["ours", "FLASH_ATTN", "TRITON_ATTN", "FLEX_ATTENTION"]
     assert cli.main(["e2e", "--model", "deepseek-v2-lite", "--backends", "ours", "--workload", "tiny"]) == 0
     assert (seen[2].backends, seen[2].workloads) == (["ours"], ["tiny"])
+
+
+def test_compiled_variants_are_counted_in_the_engines_worker(monkeypatch):
+    import triton_attn_kernels.compiled as compiled
+
+    monkeypatch.setattr(compiled, "compiled_variants", lambda: {"attention": 2, "mla_gluon": 3})
+    assert e2e.compiled_in_process() == 5
+
+    class Engine:
+        def __init__(self, answer):
+            self.answer = answer
+
+        def apply_model(self, fn):
+            if isinstance(self.answer, Exception):
+                raise self.answer
+            return self.answer
+
+    assert e2e._worker_variants(Engine([5, 2])) == 7  # one count per worker
+    assert e2e._worker_variants(Engine([5, -1])) == -1  # a worker without our kernels
+    assert e2e._worker_variants(Engine(RuntimeError("no insecure serialization"))) == -1

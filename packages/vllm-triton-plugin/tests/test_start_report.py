@@ -70,3 +70,25 @@ def test_reported_once_after_the_last_capture(lines: list[str]) -> None:
     builders[1].build(0, _batch())
     builders[0].build(0, _batch())
     assert len(lines) == 2
+
+
+def test_the_mla_backend_reports_too(lines: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MLA builder's builds follow the same rule (vLLM's own MLA builder underneath is
+    stood in for: its __init__ needs a whole engine; test_mla_engine.py runs that)."""
+    from types import SimpleNamespace
+
+    from vllm_triton_plugin import mla_backend
+
+    parent = mla_backend.TritonMLAMetadataBuilder.__mro__[1]
+    monkeypatch.setattr(parent, "build", lambda self, *a, **kw: SimpleNamespace())
+    monkeypatch.setattr(mla_backend.TritonMLAMetadataBuilder, "_plan", lambda self, cm, md: None)
+    builder = object.__new__(mla_backend.TritonMLAMetadataBuilder)
+    builder.reorder_batch_threshold = 1
+    builder.build_for_cudagraph_capture(_batch())
+    assert lines == []
+    builder.build(0, _batch())
+    builder.build(0, _batch())
+    assert len(lines) == 1 and lines[0].startswith("Triton attention: 8 kernel variants compiled or loaded")
+    builder.build_for_cudagraph_capture(_batch())
+    builder.build(0, _batch())
+    assert len(lines) == 2

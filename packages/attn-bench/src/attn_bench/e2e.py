@@ -120,6 +120,10 @@ class E2ERow:
     init_cold_s: float = float("nan")  # LLM(...) with empty caches
     first_batch_cold_s: float = float("nan")
     variants: int = -1  # kernel variants the plugin reported at start (this run's); -1: none reported
+    # Our kernels' variants compiled (or loaded from Triton's cache) while the measured batch
+    # ran, in the engine's worker: a compile there is seconds inside the timed call. -1:
+    # not counted (the worker could not be asked).
+    compiled_in_batch: int = -1
     reference: str = ""
     agree_first16: float = float("nan")  # share of requests whose first 16 tokens equal the reference's
     agree_prefix: float = float("nan")  # mean share of each output before the first divergence
@@ -200,6 +204,26 @@ def _parse_backend(spec: str) -> tuple[str, str]:
 
 
 # ---------------------------------------------------------------------- worker (subprocess)
+def compiled_in_process(model: Any = None) -> int:
+    """Our kernels' variants compiled or loaded in this process (``model``: what vLLM's
+    ``apply_model`` passes, unused); -1 without triton_attn_kernels."""
+    try:
+        from triton_attn_kernels.compiled import compiled_variants
+    except ImportError:
+        return -1
+    return sum(compiled_variants().values())
+
+
+def _worker_variants(llm: Any) -> int:
+    """compiled_in_process in the engine's worker (its own process under vLLM's default
+    multiprocessing); -1 if it cannot be asked."""
+    try:
+        counts = llm.apply_model(compiled_in_process)
+    except Exception:
+        return -1
+    return sum(counts) if counts and all(c >= 0 for c in counts) else -1
+
+
 def _worker(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     import torch
@@ -256,13 +280,16 @@ def _worker(spec_path: str) -> None:
             warm, SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, detokenize=False), use_tqdm=False
         )
         batch = [{"prompt_token_ids": p} for p in prompts(w, tokens=ordinary)]
+        before = _worker_variants(llm)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         t = time.perf_counter()
         outs = llm.generate(batch, sp, use_tqdm=False)
         el = time.perf_counter() - t
+        after = _worker_variants(llm)
         tokens = [list(o.outputs[0].token_ids) for o in outs]
-        results.append({"workload": name, "elapsed_s": el, "tokens": tokens})
+        during = after - before if before >= 0 and after >= 0 else -1
+        results.append({"workload": name, "elapsed_s": el, "tokens": tokens, "compiled_in_batch": during})
         print(f"[e2e] {spec['label']} {name}: {el:.1f}s", file=sys.stderr, flush=True)
     Path(spec["result"]).write_text(
         json.dumps(
@@ -312,10 +339,13 @@ def _write(rows: list[E2ERow], out: Path) -> None:
         "load_format=dummy (weights redrawn sharper unless --weights dummy), greedy, ignore_eos;",
         "throughput = tokens / wall time of one generate() call. Greedy agreement with the",
         "reference: requests whose first 16 tokens agree / mean share before the first divergence /",
-        "requests identical to the end.",
+        "requests identical to the end. Compiled: our kernels' variants compiled or loaded while",
+        "the batch ran (in the engine's worker; each is a Triton compile or cache load inside the",
+        "timed call), - where not counted.",
         "",
-        "| workload | backend | total tok/s | output tok/s | ms/step | vs first | greedy agreement (16 / prefix / exact) | status |",
-        "|---|---|---|---|---|---|---|---|",
+        "| workload | backend | total tok/s | output tok/s | ms/step | vs first | greedy agreement (16 / prefix / exact) "
+        "| compiled | status |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     first: dict[str, float] = {}
     for r in rows:
@@ -323,7 +353,7 @@ def _write(rows: list[E2ERow], out: Path) -> None:
             first[r.workload] = r.total_tok_s
     for r in rows:
         if r.status != "ok":
-            lines.append(f"| {r.workload} | {r.label} | | | | | | {r.status}: {r.detail[:120]} |")
+            lines.append(f"| {r.workload} | {r.label} | | | | | | | {r.status}: {r.detail[:120]} |")
             continue
         rel = r.total_tok_s / first[r.workload]
         agree = (
@@ -333,7 +363,7 @@ def _write(rows: list[E2ERow], out: Path) -> None:
         )
         lines.append(
             f"| {r.workload} | {r.label} | {r.total_tok_s:,.0f} | {r.output_tok_s:,.1f} | {r.ms_per_step:.2f} "
-            f"| {rel:.2f} | {agree} | ok |"
+            f"| {rel:.2f} | {agree} | {r.compiled_in_batch if r.compiled_in_batch >= 0 else '-'} | ok |"
         )
     lines += _start_table(rows)
     if rows:
@@ -429,6 +459,7 @@ def _collect(out: Path, reference: str | None) -> list[E2ERow]:
                 ms_per_step=1e3 * el / w.output_len,
                 init_s=res["init_s"],
                 first_batch_s=res.get("first_batch_s", float("nan")),
+                compiled_in_batch=r.get("compiled_in_batch", -1),
                 device=res.get("device", ""),
                 vllm=res.get("vllm", ""),
                 torch=res.get("torch", ""),

@@ -89,6 +89,13 @@ def _report_start_variants() -> None:
     )
 
 
+def _capture_began() -> None:
+    """A CUDA-graph capture belongs to engine start: only a real batch's build after it
+    reports the start (both backends' builders call this)."""
+    global _start_reported
+    _start_reported = False
+
+
 def _plain_attention(vllm_config: Any, layer_names: list[str] | None = None) -> bool:
     """Whether none of the named layers (all where ``None``) that this backend serves has
     ALiBi or sinks: the layers the Hopper prefill can serve (softcaps and sliding windows
@@ -225,9 +232,7 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         self.reorder_batch_threshold = self.policy.limits.decode_query_len
 
     def build_for_cudagraph_capture(self, common_attn_metadata: CommonAttentionMetadata) -> TritonAttentionMetadata:
-        # Capture belongs to engine start: only a real batch's build reports the start.
-        global _start_reported
-        _start_reported = False
+        _capture_began()
         self._capturing = True
         try:
             return super().build_for_cudagraph_capture(common_attn_metadata)

@@ -50,7 +50,14 @@ from triton_attn_kernels import (
 from triton_attn_kernels.tuning.mla import MLAProblem, mla_decode_heuristic, mla_preferred_block_size
 
 from . import _compat
-from .backend import FP8_CACHE_DTYPES, SUPPORTED_DTYPES, TritonAttentionBackend, logger
+from .backend import (
+    FP8_CACHE_DTYPES,
+    SUPPORTED_DTYPES,
+    TritonAttentionBackend,
+    _capture_began,
+    _report_start_variants,
+    logger,
+)
 
 __all__ = [
     "TritonMLABackend",
@@ -162,7 +169,19 @@ class TritonMLAMetadataBuilder(MLACommonMetadataBuilder[TritonMLAMetadata]):
         )
         return mla_decode_heuristic(problem)
 
+    _capturing: bool = False
+
+    def build_for_cudagraph_capture(self, common_attn_metadata: Any) -> TritonMLAMetadata:
+        _capture_began()
+        self._capturing = True
+        try:
+            return super().build_for_cudagraph_capture(common_attn_metadata)
+        finally:
+            self._capturing = False
+
     def build(self, common_prefix_len: int, common_attn_metadata: Any, fast_build: bool = False) -> TritonMLAMetadata:
+        if not self._capturing:
+            _report_start_variants()  # the first real batch: what engine start compiled
         md = super().build(common_prefix_len, common_attn_metadata, fast_build)
         md.plan = self._plan(common_attn_metadata, md)
         return md
