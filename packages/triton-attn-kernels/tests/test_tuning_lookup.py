@@ -333,3 +333,21 @@ def test_nothing_happens_at_import() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ok"
+
+
+def test_shipped_h200_decode_entries_serve_their_page_size_and_the_h100_ones_the_rest() -> None:
+    """The shipped H200 decode table holds Llama-3.1-8B's bf16 grid tuned at 128-token pages;
+    at vLLM's default 16-token pages the H100 SXM entries beneath it (tuned there) serve."""
+    from triton_attn_kernels.tuning.tables import read_table, shipped_root
+
+    root = shipped_root()
+    assert root is not None
+    own = read_table(root.joinpath("decode", "NVIDIA_H200.json"))
+    h100 = read_table(root.joinpath("decode", "NVIDIA_H100_80GB_HBM3.json"))
+    sel = selector(roots=[root], device=DeviceInfo("NVIDIA H200", (9, 0), 132))
+    for block_size, table in ((128, own), (16, h100)):
+        p = problem(64, 1, 8192, block_size=block_size)
+        want = table.entries[(128, 4, "bfloat16", "bfloat16", 8, 64, 8192, block_size)].config
+        assert sel.decode(p) == want, block_size
+    assert own.entries[(128, 4, "bfloat16", "bfloat16", 8, 64, 8192, 128)].config != want  # they differ
+    assert sel.stats()["decode"]["exact"] == 2

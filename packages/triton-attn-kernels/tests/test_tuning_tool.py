@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -145,14 +146,17 @@ def test_run_decode_shape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert summary["written"] == 1, lines
     table = read_table(Path(summary["path"]))
     ((key, entry),) = table.entries.items()
-    assert key == (32, 2, "bfloat16", "bfloat16", 2, 2, 37)
+    assert key == (32, 2, "bfloat16", "bfloat16", 2, 2, 37, 16)  # the run's page size last
     assert isinstance(entry.config, DecodeConfig)
-    # The written table serves that key.
+    # The written table serves that key, at that page size (and at no page size 3 octaves off).
     sel = ConfigSelector(roots=[tmp_path], device=DeviceInfo("CPU test", None), under_interpreter=True)
     from triton_attn_kernels.tuning import AttentionProblem
 
-    p = AttentionProblem(2, 4, 2, 32, 1, 37, "bfloat16", "bfloat16", 4, interpreter=True)
+    p = AttentionProblem(2, 4, 2, 32, 1, 37, "bfloat16", "bfloat16", 4, interpreter=True, block_size=16)
     assert sel.decode(p) == entry.config
+    assert sel.stats()["decode"]["exact"] == 1
+    sel.decode(replace(p, block_size=128))
+    assert sel.stats()["decode"]["heuristic"] == 1
 
 
 def test_reference_check_rejects_wrong_output(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -355,3 +359,27 @@ def test_run_refuses_a_geometry_with_v_of_its_own_head_size(tmp_path: Path, monk
     with pytest.raises(ValueError, match="no V head size"):
         run(opts)
     assert Geometry(4, 2, 64, 64) == Geometry(4, 2, 64) and Geometry(4, 2, 64, 64).head_dim_v is None
+
+
+def test_a_table_from_before_the_page_size_key_is_read_and_resumed(tmp_path: Path) -> None:
+    """Decode tables written before block_size joined the key: every entry reads as tuned at
+    the page size the table's tuning section records (16 where it records none), and a tuner
+    run that resumes the file writes it back in the current format."""
+    legacy = json.loads((EXAMPLES / "decode" / "NVIDIA_H100_80GB_HBM3.json").read_text())
+    legacy["key_fields"].remove("block_size")
+    for e in legacy["entries"]:
+        del e["key"]["block_size"]
+    legacy["tuning"]["block_size"] = 128
+    path = store.table_path(tmp_path, "decode", H100)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(legacy))
+    assert {key[-1] for key in read_table(path).entries} == {128}
+    del legacy["tuning"]["block_size"]
+    path.write_text(json.dumps(legacy))
+    n = len(legacy["entries"])
+    assert {key[-1] for key in read_table(path).entries} == {16} and len(read_table(path).entries) == n
+    base = store.new_doc("decode", H100, (9, 0), versions={"triton": "x", "torch": "y"}, config_space={"tile_n": [64]})
+    doc = store.merge_entries(path, base, [])
+    assert doc["key_fields"][-1] == "block_size"
+    assert all(e["key"]["block_size"] == 16 for e in doc["entries"]) and len(doc["entries"]) == n
+    assert json.loads(path.read_text())["key_fields"] == doc["key_fields"]

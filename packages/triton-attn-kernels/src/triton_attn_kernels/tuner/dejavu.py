@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..tuning.keys import KERNELS
+from ..tuning.keys import ADDED_KEY_FIELDS, KERNELS
 from .store import new_doc
 
 __all__ = ["convert", "parse_config", "parse_key"]
@@ -58,6 +58,8 @@ KEY_ALIASES = {
     "BATCH": "num_seqs",
     "batch_size": "num_seqs",
     "num_tokens": "num_tokens",
+    "BLOCK_SIZE": "block_size",
+    "block_size": "block_size",
     "dtype": "dtype",
     "kv_dtype": "kv_dtype",
 }
@@ -181,6 +183,11 @@ def convert(
             fields.setdefault("dtype", dtypes[0])
             fields.setdefault("kv_dtype", dtypes[1] if len(dtypes) > 1 else dtypes[0])
         fields.update(constants or {})
+        added = ADDED_KEY_FIELDS.get(kernel)
+        if added is not None:
+            # A key field our tables gained later (the decode's page size): a cache that does
+            # not give it was tuned, as our own older tables were, at the default.
+            fields.setdefault(added[0], added[2])
         try:
             if "group" not in fields and {"num_q_heads", "num_kv_heads"} <= set(fields):
                 fields["group"] = int(fields["num_q_heads"]) // int(fields["num_kv_heads"])

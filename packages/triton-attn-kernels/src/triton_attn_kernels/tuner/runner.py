@@ -102,7 +102,9 @@ def run(opts: RunOptions) -> dict[str, Any]:
                 key = kv_write_key(geom.num_kv_heads, geom.head_dim, shape.num_tokens, opts.dtype, kv_dtype)
                 heuristic: Any = kv_write_heuristic(geom.num_kv_heads, geom.head_dim)
             else:
-                key, heuristic = _attention_key(opts.kernel, geom, shape, opts.dtype, kv_dtype, num_sms, interp)
+                key, heuristic = _attention_key(
+                    opts.kernel, geom, shape, opts.dtype, kv_dtype, num_sms, interp, opts.block_size
+                )
             if key in done or any(key == t[2] for t in todo):
                 skipped += 1
             else:
@@ -185,7 +187,14 @@ def run(opts: RunOptions) -> dict[str, Any]:
 
 
 def _attention_key(
-    kernel: str, geom: Any, shape: Shape, dtype: torch.dtype, kv_dtype: torch.dtype, num_sms: int, interp: bool
+    kernel: str,
+    geom: Any,
+    shape: Shape,
+    dtype: torch.dtype,
+    kv_dtype: torch.dtype,
+    num_sms: int,
+    interp: bool,
+    block_size: int,
 ) -> tuple[tuple, Any]:
     problem = AttentionProblem(
         num_seqs=shape.num_seqs,
@@ -199,6 +208,7 @@ def _attention_key(
         num_sms=num_sms,
         interpreter=interp,
         head_dim_v=geom.head_dim_v,
+        block_size=block_size,
     )
     if kernel == "decode":
         return decode_key(problem), decode_heuristic(problem)

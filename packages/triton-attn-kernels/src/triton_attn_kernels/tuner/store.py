@@ -17,7 +17,7 @@ from typing import Any
 
 from ..tuning.keys import KERNELS
 from ..tuning.schema import SCHEMA_VERSION
-from ..tuning.tables import TableError, device_file_name, parse_table
+from ..tuning.tables import TableError, device_file_name, parse_table, upgrade_doc
 
 __all__ = ["load_doc", "locked", "merge_entries", "new_doc", "table_path", "write_atomic"]
 
@@ -58,8 +58,8 @@ def new_doc(
 
 
 def load_doc(path: Path) -> dict[str, Any] | None:
-    """The file's document if it exists and is a valid table; None if it does not exist.
-    Raises TableError if it exists but is not a valid table."""
+    """The file's document (in the current format) if it exists and is a valid table; None if
+    it does not exist. Raises TableError if it exists but is not a valid table."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -71,7 +71,8 @@ def load_doc(path: Path) -> dict[str, Any] | None:
     except json.JSONDecodeError as e:
         raise TableError(f"{path}: not JSON: {e}") from None
     parse_table(doc, str(path))
-    return doc
+    # A table from before its key's newest field: its keys gain it (tables.upgrade_doc).
+    return upgrade_doc(doc)
 
 
 @contextlib.contextmanager

@@ -54,6 +54,9 @@ class AttentionProblem(HeadSizes):
     interpreter: bool = False
     # V's head size where it differs from head_dim (MLA prefill: 192-wide q/k, 128-wide v).
     head_dim_v: int | None = None
+    # Tokens per page of a paged cache (None: contiguous keys, or not known). The decode's
+    # best tiles depend on it (a 128-key tile spans eight 16-token pages or one 128-token one).
+    block_size: int | None = None
 
     @property
     def group(self) -> int:
@@ -78,6 +81,7 @@ class AttentionProblem(HeadSizes):
         from .._device import interpreting, num_sms
 
         heads_dim = 2 if k.dim() == 4 and kv_layout == "NHD" else 1
+        block_size = None if k.dim() != 4 else k.shape[1 if kv_layout == "NHD" else 2]
         return cls(
             num_seqs=num_seqs,
             num_q_heads=q.shape[1],
@@ -90,6 +94,7 @@ class AttentionProblem(HeadSizes):
             num_sms=num_sms(q.device),
             interpreter=interpreting(),
             head_dim_v=None if v is None else v.shape[-1],
+            block_size=block_size,
         )
 
 

@@ -15,6 +15,7 @@ from .configs import OPTIONAL_FIELDS, DecodeConfig, KVWriteConfig, PrefillConfig
 from .heuristics import AttentionProblem
 
 __all__ = [
+    "ADDED_KEY_FIELDS",
     "DECODE",
     "KERNELS",
     "KV_WRITE",
@@ -60,9 +61,16 @@ DECODE = KernelSpec(
     "decode",
     DecodeConfig,
     ("head_dim", "group", "dtype", "kv_dtype"),
-    # num_kv_heads * num_seqs programs before splitting: both decide num_splits.
-    ("num_kv_heads", "num_seqs", "max_seqlen_k"),
+    # num_kv_heads * num_seqs programs before splitting: both decide num_splits. block_size:
+    # the cache's page size, the last field added (tables written before it were all tuned at
+    # the page size their tuning.block_size records; the reader fills it in from there).
+    ("num_kv_heads", "num_seqs", "max_seqlen_k", "block_size"),
 )
+# Key fields a kernel's tables once lacked -> where the reader takes the value from:
+# (field, the table's tuning.<name>, the value where even that is missing).
+ADDED_KEY_FIELDS: dict[str, tuple[str, str, int]] = {"decode": ("block_size", "block_size", 16)}
+# A decode problem without a known page size (contiguous keys) is looked up as 16-token pages.
+DEFAULT_BLOCK_SIZE = 16
 PREFILL = KernelSpec(
     "prefill",
     PrefillConfig,
@@ -79,7 +87,8 @@ def dtype_name(dtype: Any) -> str:
 
 
 def decode_key(p: AttentionProblem) -> tuple:
-    return (p.head_dim, p.group, p.dtype, p.kv_dtype, p.num_kv_heads, p.num_seqs, p.max_seqlen_k)
+    block_size = p.block_size if p.block_size else DEFAULT_BLOCK_SIZE
+    return (p.head_dim, p.group, p.dtype, p.kv_dtype, p.num_kv_heads, p.num_seqs, p.max_seqlen_k, block_size)
 
 
 def prefill_key(p: AttentionProblem) -> tuple:

@@ -292,7 +292,11 @@ class ServingPolicy:
 
     def _problem(self, num_seqs: int, max_seqlen_q: int, max_seqlen_k: int) -> AttentionProblem:
         return dataclasses.replace(
-            self.geometry, num_seqs=num_seqs, max_seqlen_q=max_seqlen_q, max_seqlen_k=max(max_seqlen_k, 1)
+            self.geometry,
+            num_seqs=num_seqs,
+            max_seqlen_q=max_seqlen_q,
+            max_seqlen_k=max(max_seqlen_k, 1),
+            block_size=self.limits.block_size,
         )
 
     def decode(self, num_seqs: int, max_seqlen_k: int) -> DecodeConfig:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .keys import KERNELS, Config, KernelSpec, config_from_dict, log2_point
+from .keys import ADDED_KEY_FIELDS, KERNELS, Config, KernelSpec, config_from_dict, log2_point
 from .schema import DTYPES, KV_DTYPES, SCHEMA_VERSION
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "search_roots",
     "shipped_root",
     "tuned_sms",
+    "upgrade_doc",
 ]
 
 
@@ -180,7 +181,37 @@ def parse_table(doc: Any, origin: str = "<memory>", kernel: str | None = None) -
         raise TableError(f"{type(e).__name__}: {e}") from None
 
 
+def upgrade_doc(doc: Any) -> Any:
+    """A table written before its kernel's key gained a field (``keys.ADDED_KEY_FIELDS``:
+    the decode's page size) as the current format: the field in ``key_fields`` and in every
+    entry's key, valued as the table's ``tuning`` section records it (every entry of such a
+    table was tuned at that value), else the default. Anything else is returned as it is
+    (a copy where it changed; the caller's document is left alone)."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("kernel"), str):
+        return doc
+    added = ADDED_KEY_FIELDS.get(doc["kernel"])
+    spec = KERNELS.get(doc["kernel"])
+    if added is None or spec is None:
+        return doc
+    name, tuning_name, default = added
+    if doc.get("key_fields") != [f for f in spec.key_fields if f != name]:
+        return doc
+    tuning = doc.get("tuning")
+    value = tuning.get(tuning_name) if isinstance(tuning, dict) else None
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        value = default
+    entries = doc.get("entries")
+    new = {**doc, "key_fields": list(spec.key_fields)}
+    if isinstance(entries, list):
+        new["entries"] = [
+            {**e, "key": {**e["key"], name: value}} if isinstance(e, dict) and isinstance(e.get("key"), dict) else e
+            for e in entries
+        ]
+    return new
+
+
 def _parse(doc: Any, origin: str, kernel: str | None) -> Table:
+    doc = upgrade_doc(doc)
     _require(isinstance(doc, dict), "a table must be a JSON object")
     version = doc.get("schema_version")
     _require(version == SCHEMA_VERSION, f"schema_version {version!r} is not {SCHEMA_VERSION}")
