@@ -351,3 +351,9 @@ def test_shipped_h200_decode_entries_serve_their_page_size_and_the_h100_ones_the
         assert sel.decode(p) == want, block_size
     assert own.entries[(128, 4, "bfloat16", "bfloat16", 8, 64, 8192, 128)].config != want  # they differ
     assert sel.stats()["decode"]["exact"] == 2
+    # A page size between the two takes the nearer one's entry; an fp8 cache at 128-token
+    # pages the fp8 entry tuned at 16 (page size counts in the distance, never bars an entry).
+    h200_64x8k = own.entries[(128, 4, "bfloat16", "bfloat16", 8, 64, 8192, 128)].config
+    assert sel.decode(problem(64, 1, 8192, block_size=64)) == h200_64x8k
+    fp8 = problem(1, 1, 1024, kv_dtype="float8_e4m3fn", block_size=128)
+    assert sel.decode(fp8) == own.entries[(128, 4, "bfloat16", "float8_e4m3fn", 8, 1, 1024, 16)].config

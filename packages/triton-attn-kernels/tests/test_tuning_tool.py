@@ -148,15 +148,16 @@ def test_run_decode_shape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     ((key, entry),) = table.entries.items()
     assert key == (32, 2, "bfloat16", "bfloat16", 2, 2, 37, 16)  # the run's page size last
     assert isinstance(entry.config, DecodeConfig)
-    # The written table serves that key, at that page size (and at no page size 3 octaves off).
+    # The written table serves that key at that page size exactly, and another page size as
+    # the nearest entry (a page size's distance is counted, never a bar).
     sel = ConfigSelector(roots=[tmp_path], device=DeviceInfo("CPU test", None), under_interpreter=True)
     from triton_attn_kernels.tuning import AttentionProblem
 
     p = AttentionProblem(2, 4, 2, 32, 1, 37, "bfloat16", "bfloat16", 4, interpreter=True, block_size=16)
     assert sel.decode(p) == entry.config
     assert sel.stats()["decode"]["exact"] == 1
-    sel.decode(replace(p, block_size=128))
-    assert sel.stats()["decode"]["heuristic"] == 1
+    assert sel.decode(replace(p, block_size=128)) == entry.config
+    assert sel.stats()["decode"]["nearest"] == 1
 
 
 def test_reference_check_rejects_wrong_output(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -38,6 +38,9 @@ class KernelSpec:
     config_cls: type
     categorical: tuple[str, ...]
     numeric: tuple[str, ...]
+    # Numeric fields a nearest key may differ in by any distance (still counted in the sum):
+    # an entry at another page size beats the heuristic when none at the problem's is near.
+    unbounded: tuple[str, ...] = ()
 
     @property
     def key_fields(self) -> tuple[str, ...]:
@@ -65,6 +68,7 @@ DECODE = KernelSpec(
     # the cache's page size, the last field added (tables written before it were all tuned at
     # the page size their tuning.block_size records; the reader fills it in from there).
     ("num_kv_heads", "num_seqs", "max_seqlen_k", "block_size"),
+    unbounded=("block_size",),
 )
 # Key fields a kernel's tables once lacked -> where the reader takes the value from:
 # (field, the table's tuning.<name>, the value where even that is missing).

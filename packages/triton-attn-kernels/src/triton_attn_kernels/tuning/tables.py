@@ -94,7 +94,8 @@ class Table:
     def lookup(self, key: tuple, max_octaves: float) -> tuple[Entry, str] | None:
         """The entry for ``key`` (``"exact"``), else the stored key with the same categorical
         fields at the smallest summed log2 distance whose every numeric field lies within
-        ``max_octaves`` (``"nearest"``), else None. Distances are measured from the key's
+        ``max_octaves`` (the spec's ``unbounded`` fields, the decode's page size, at any
+        distance) (``"nearest"``), else None. Distances are measured from the key's
         numeric fields rounded to 1/8 octave (so one search serves a range of sizes); ties go
         to the smaller key."""
         hit = self.entries.get(key)
@@ -121,9 +122,11 @@ class Table:
         if not candidates:
             return None
         best: tuple[float, tuple] | None = None
+        numeric = self.spec.numeric
+        bounded = [i for i, name in enumerate(numeric) if name not in self.spec.unbounded]
         for p, k in candidates:
             gaps = [abs(a - b) for a, b in zip(point, p, strict=True)]
-            if max(gaps) > max_octaves:
+            if any(gaps[i] > max_octaves for i in bounded):
                 continue
             if best is None or sum(gaps) < best[0]:
                 best = (sum(gaps), k)
