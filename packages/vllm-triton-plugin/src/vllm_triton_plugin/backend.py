@@ -48,6 +48,7 @@ from triton_attn_kernels.tuning import (
 from . import _compat
 
 __all__ = [
+    "CaptureAware",
     "DecodesFirst",
     "TritonAttentionBackend",
     "TritonAttentionImpl",
@@ -89,11 +90,26 @@ def _report_start_variants() -> None:
     )
 
 
-def _capture_began() -> None:
-    """A CUDA-graph capture belongs to engine start: only a real batch's build after it
-    reports the start (both backends' builders call this)."""
-    global _start_reported
-    _start_reported = False
+class CaptureAware:
+    """A metadata builder that knows when vLLM is capturing a CUDA graph (``_capturing``) and
+    writes the start report at the first build outside capture after the last capture (the
+    first real batch). Both backends' builders put it first among their bases."""
+
+    _capturing: bool = False
+
+    def build_for_cudagraph_capture(self, common_attn_metadata: Any) -> Any:
+        # Capture belongs to engine start: only a real batch's build after it reports.
+        global _start_reported
+        _start_reported = False
+        self._capturing = True
+        try:
+            return super().build_for_cudagraph_capture(common_attn_metadata)  # type: ignore[misc]
+        finally:
+            self._capturing = False
+
+    def _report_if_real(self) -> None:
+        if not self._capturing:
+            _report_start_variants()
 
 
 def _plain_attention(vllm_config: Any, layer_names: list[str] | None = None) -> bool:
@@ -165,7 +181,7 @@ def _decodes_first(starts: torch.Tensor, query_start_loc: torch.Tensor, decode_q
 # --------------------------------------------------------------------------------------
 # MetadataBuilder
 # --------------------------------------------------------------------------------------
-class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMetadata]):
+class TritonAttentionMetadataBuilder(CaptureAware, AttentionMetadataBuilder[TritonAttentionMetadata]):
     # Decode and prefill both read per-sequence lengths from device tensors and skip
     # padded requests (query length 0) on the device, so any batch can replay a graph
     # captured at its padded size.
@@ -183,7 +199,6 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
     # the host values are bounds the kernels do not need exact (a context longer than
     # ``max_seq_len`` is read in full), so there is nothing to refresh.
     supports_draft_decode_metadata_update: bool = True
-    _capturing: bool = False
 
     def __init__(
         self,
@@ -231,14 +246,6 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         self.workspace = torch.empty(need, dtype=torch.float32, device=device) if need else None
         self.reorder_batch_threshold = self.policy.limits.decode_query_len
 
-    def build_for_cudagraph_capture(self, common_attn_metadata: CommonAttentionMetadata) -> TritonAttentionMetadata:
-        _capture_began()
-        self._capturing = True
-        try:
-            return super().build_for_cudagraph_capture(common_attn_metadata)
-        finally:
-            self._capturing = False
-
     def update_draft_decode_metadata(self, metadata: TritonAttentionMetadata) -> None:
         """Nothing to recompute between draft steps (see ``supports_draft_decode_metadata_update``)."""
 
@@ -248,8 +255,7 @@ class TritonAttentionMetadataBuilder(AttentionMetadataBuilder[TritonAttentionMet
         common_attn_metadata: CommonAttentionMetadata,
         fast_build: bool = False,
     ) -> TritonAttentionMetadata:
-        if not self._capturing:
-            _report_start_variants()
+        self._report_if_real()
         cm = common_attn_metadata
         if not isinstance(cm.causal, bool):
             raise NotImplementedError("per-request causal masks are not supported by the Triton attention backend")

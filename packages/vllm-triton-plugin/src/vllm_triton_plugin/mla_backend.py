@@ -53,9 +53,8 @@ from . import _compat
 from .backend import (
     FP8_CACHE_DTYPES,
     SUPPORTED_DTYPES,
+    CaptureAware,
     TritonAttentionBackend,
-    _capture_began,
-    _report_start_variants,
     logger,
 )
 
@@ -105,7 +104,7 @@ class TritonMLAMetadata(MLACommonMetadata):
 # --------------------------------------------------------------------------------------
 # MetadataBuilder
 # --------------------------------------------------------------------------------------
-class TritonMLAMetadataBuilder(MLACommonMetadataBuilder[TritonMLAMetadata]):
+class TritonMLAMetadataBuilder(CaptureAware, MLACommonMetadataBuilder[TritonMLAMetadata]):
     # Decode batches replay from full CUDA graphs (mla_decode reads lengths on the device,
     # its configuration is pinned per batch size and its workspace preallocated); prefill
     # plans its context chunks on the host, so mixed batches run piecewise.
@@ -169,19 +168,8 @@ class TritonMLAMetadataBuilder(MLACommonMetadataBuilder[TritonMLAMetadata]):
         )
         return mla_decode_heuristic(problem)
 
-    _capturing: bool = False
-
-    def build_for_cudagraph_capture(self, common_attn_metadata: Any) -> TritonMLAMetadata:
-        _capture_began()
-        self._capturing = True
-        try:
-            return super().build_for_cudagraph_capture(common_attn_metadata)
-        finally:
-            self._capturing = False
-
     def build(self, common_prefix_len: int, common_attn_metadata: Any, fast_build: bool = False) -> TritonMLAMetadata:
-        if not self._capturing:
-            _report_start_variants()  # the first real batch: what engine start compiled
+        self._report_if_real()
         md = super().build(common_prefix_len, common_attn_metadata, fast_build)
         md.plan = self._plan(common_attn_metadata, md)
         return md
