@@ -294,11 +294,11 @@ def test_cli_defaults_follow_the_model(monkeypatch):
     assert (seen[2].backends, seen[2].workloads) == (["ours"], ["tiny"])
 
 
-def test_compiled_variants_are_counted_in_the_engines_worker(monkeypatch):
+def test_compiled_variants_are_listed_from_the_engines_worker(monkeypatch):
     import triton_attn_kernels.compiled as compiled
 
-    monkeypatch.setattr(compiled, "compiled_variants", lambda: {"attention": 2, "mla_gluon": 3})
-    assert e2e.compiled_in_process() == 5
+    monkeypatch.setattr(compiled, "compiled_keys", lambda: {"attention": ["a1", "a2"], "mla_gluon": ["g1"]})
+    assert e2e.compiled_in_process() == ["attention: a1", "attention: a2", "mla_gluon: g1"]
 
     class Engine:
         def __init__(self, answer):
@@ -309,6 +309,14 @@ def test_compiled_variants_are_counted_in_the_engines_worker(monkeypatch):
                 raise self.answer
             return self.answer
 
-    assert e2e._worker_variants(Engine([5, 2])) == 7  # one count per worker
-    assert e2e._worker_variants(Engine([5, -1])) == -1  # a worker without our kernels
-    assert e2e._worker_variants(Engine(RuntimeError("no insecure serialization"))) == -1
+    assert e2e._worker_variants(Engine([["x: 1"], ["x: 1", "y: 2"]])) == [
+        "worker 0 x: 1",
+        "worker 1 x: 1",
+        "worker 1 y: 2",
+    ]
+    assert e2e._worker_variants(Engine([["x: 1"], None])) is None  # a worker without our kernels
+    assert e2e._worker_variants(Engine(RuntimeError("no insecure serialization"))) is None
+    before = e2e._worker_variants(Engine([["x: 1"]]))
+    after = e2e._worker_variants(Engine([["x: 1", "x: 2"]]))
+    assert e2e._new_variants(before, after) == ["worker 0 x: 2"]
+    assert e2e._new_variants(None, after) is None

@@ -75,7 +75,7 @@ def _impl(proj: _Proj, kv_cache_dtype: str, *, v_head_dim: int = V_DIM) -> Trito
         )
 
 
-def _builder(dtype: torch.dtype, cache: str, *, cuda_graphs: bool) -> TritonMLAMetadataBuilder:
+def _builder(dtype: torch.dtype, cache: str, *, cuda_graphs: bool, chunk_keys: int = 6) -> TritonMLAMetadataBuilder:
     """Our part of the metadata builder on the attributes vLLM's MLA builder sets (its own
     __init__ needs a whole engine; test_mla_engine.py runs that)."""
     builder = object.__new__(TritonMLAMetadataBuilder)
@@ -85,7 +85,7 @@ def _builder(dtype: torch.dtype, cache: str, *, cuda_graphs: bool) -> TritonMLAM
     builder.num_heads = HEADS
     builder.device = torch.device("cpu")
     builder.page_size = BLOCK
-    builder.chunked_prefill_workspace_size = 6  # keys per context chunk: several chunks
+    builder.chunked_prefill_workspace_size = chunk_keys  # keys per context chunk: several chunks
     mode = SimpleNamespace(has_full_cudagraphs=lambda: cuda_graphs)
     builder._init_plan(
         SimpleNamespace(
@@ -98,7 +98,14 @@ def _builder(dtype: torch.dtype, cache: str, *, cuda_graphs: bool) -> TritonMLAM
 
 
 def _batch(
-    decodes: list[tuple[int, int]], prefills: list[tuple[int, int]], dtype, cache: str, seed: int, *, cuda_graphs=False
+    decodes: list[tuple[int, int]],
+    prefills: list[tuple[int, int]],
+    dtype,
+    cache: str,
+    seed: int,
+    *,
+    cuda_graphs=False,
+    chunk_keys: int = 6,
 ):
     """(context_len, query_len) per request, decodes first (vLLM's MLA order). Returns the
     latents of every token, the cache with the contexts written (unused slots NaN), the
@@ -161,7 +168,7 @@ def _batch(
         seq_lens_cpu_upper_bound=seq_t.clone(),
         block_table_tensor=table,
     )
-    md.plan = _builder(dtype, cache, cuda_graphs=cuda_graphs)._plan(common, md)
+    md.plan = _builder(dtype, cache, cuda_graphs=cuda_graphs, chunk_keys=chunk_keys)._plan(common, md)
     return reqs, latents, kv_cache, md, table, seq_t, k_scale
 
 
@@ -271,6 +278,123 @@ def test_prefill_calls_launch_no_decode_work(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(mla_backend, "varlen_attention", spy)
     _check("prefill", "float32", "auto", cuda_graphs=False)
     assert len(calls) >= 2 and all(c.get("decode_query_len") == 0 for c in calls)
+
+
+def _record_launches(monkeypatch: pytest.MonkeyPatch) -> set[tuple]:
+    """Replace the impl's launchers with recorders of what Triton compiles a variant for:
+    the launch form and the integer class of every size the launch passes (the decode's
+    configuration with its split count as a class)."""
+    import dataclasses
+
+    from vllm_triton_plugin import mla_backend as mb
+
+    seen: set[tuple] = set()
+    cls = mb._int_class
+
+    def decode(q_nope, q_pe, cache, table, seq_lens, cu, *, config, out, workspace, max_seqlen_q, **kw):
+        key = dataclasses.replace(config, num_splits=1), cls(config.num_splits), cls(q_nope.shape[0])
+        seen.add(("decode", *key, max_seqlen_q, workspace is not None, q_nope.stride()[2], q_pe.stride()[2]))
+        return out
+
+    def varlen(q, k, v, cu_q, cu_k, *, causal, return_lse, out=None, **kw):
+        seen.add(
+            ("varlen", causal, return_lse, out is None, cls(q.shape[0]), cls(k.shape[0]), q.stride(), k.stride(),
+             v.stride(), kw["decode_query_len"])
+        )  # fmt: skip
+        o = out if out is not None else torch.zeros(q.shape[0], q.shape[1], v.shape[-1], dtype=q.dtype)
+        return (o, torch.zeros(q.shape[0], q.shape[1])) if return_lse else o
+
+    def merge(a, la, b, lb, *, out=None):
+        seen.add(("merge", out is None, cls(a.shape[0])))
+        return (a if out is None else out), la
+
+    monkeypatch.setattr(mb, "mla_decode", decode)
+    monkeypatch.setattr(mb, "varlen_attention", varlen)
+    monkeypatch.setattr(mb, "merge_attention_states", merge)
+    return seen
+
+
+def _warm_layer(monkeypatch: pytest.MonkeyPatch, builder, cache: str = "auto"):
+    """The builder, the layer vLLM would hand it and the capture's block table."""
+    import vllm.config
+
+    impl = _impl(_Proj(torch.randn(RANK, HEADS * (NOPE + V_DIM)) * RANK**-0.5), cache)
+    kv = torch.zeros(17, BLOCK, RANK + ROPE, dtype=torch.float16)
+    layer = SimpleNamespace(impl=impl, kv_cache=kv, _k_scale=torch.ones(1))
+    builder.vllm_config, builder.layer_names = SimpleNamespace(), ["layers.0.attn"]
+    monkeypatch.setattr(vllm.config, "get_layers_from_vllm_config", lambda *a, **k: {"layers.0.attn": layer})
+    return layer, SimpleNamespace(block_table_tensor=torch.zeros(8, 16, dtype=torch.int32))
+
+
+def test_warm_up_launches_every_variant_a_batch_can(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under full CUDA graphs the warm-up before the first capture launches every form of
+    launch, with every integer class, that any batch of 1..max_num_seqs decodes (1..4 new
+    tokens each) and of prefills on cached prefixes (chunked, merged) launches later, so
+    that no kernel compiles in a real batch."""
+    from vllm_triton_plugin import mla_backend as mb
+
+    seen = _record_launches(monkeypatch)
+    builder = _builder(torch.float16, "auto", cuda_graphs=True)
+    layer, cm = _warm_layer(monkeypatch, builder)
+    mb.warm_up(builder, cm)
+    warmed = set(seen)
+    assert any(k[0] == "decode" for k in warmed) and any(k[0] == "merge" and k[1] for k in warmed)
+    seen.clear()
+    g = np.random.default_rng(5)
+    for n in range(1, builder.max_num_seqs + 1):
+        for t in range(n, 4 * n + 1):
+            q_lens = np.full(n, t // n)
+            q_lens[: t % n] += 1
+            decodes = [(int(c), int(q)) for c, q in zip(g.integers(0, 9, n), q_lens, strict=True)]
+            _, _, kv_cache, md, *_ = _batch(decodes, [], torch.float16, "auto", seed=t, cuda_graphs=True)
+            # As the layer hands them over: q_nope a transposed bmm output, q_pe a slice.
+            q_nope = torch.zeros(HEADS, t, RANK, dtype=torch.float16).transpose(0, 1)
+            q_pe = torch.zeros(t, HEADS, NOPE + ROPE, dtype=torch.float16)[..., NOPE:]
+            layer.impl.forward_mqa((q_nope, q_pe), kv_cache, md, layer)
+    for trial in range(60):
+        num = int(g.integers(1, 4))
+        prefills = [(int(g.integers(0, 40)), int(g.integers(2, 20))) for _ in range(num)]
+        # Chunk budgets that give chunks of every class of key count (1, 16, other).
+        chunk_keys = (6, 16, 32)[trial % 3]
+        _, _, kv_cache, md, *_ = _batch(
+            [], prefills, torch.float16, "auto", seed=trial, cuda_graphs=True, chunk_keys=chunk_keys
+        )
+        t = md.num_actual_tokens
+        layer.impl.forward_mha(
+            torch.zeros(t, HEADS, QK, dtype=torch.float16), torch.zeros(t, RANK, dtype=torch.float16),
+            torch.zeros(t, 1, ROPE, dtype=torch.float16), kv_cache, md, layer._k_scale,
+            output=torch.zeros(t, HEADS * V_DIM, dtype=torch.float16),
+        )  # fmt: skip
+    assert seen and {k[0] for k in seen} == {"decode", "varlen", "merge"}
+    assert seen <= warmed, sorted(map(str, seen - warmed))
+
+
+def test_warm_up_runs_the_kernels(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The warm-up's launches run for real (Triton's interpreter here) and it says what it
+    did; without full CUDA graphs it does nothing (the decode's configuration then follows
+    the context length, which no warm-up can cover)."""
+    import logging
+
+    from vllm_triton_plugin import mla_backend as mb
+
+    calls: list[str] = []
+    for name in ("mla_decode", "varlen_attention", "merge_attention_states"):
+        real = getattr(mb, name)
+        monkeypatch.setattr(mb, name, lambda *a, _r=real, _n=name, **k: calls.append(_n) or _r(*a, **k))
+    builder = _builder(torch.float16, "auto", cuda_graphs=True)
+    builder.max_num_seqs = 2
+    _, cm = _warm_layer(monkeypatch, builder)
+    with caplog.at_level(logging.INFO, logger="vllm.plugins.triton_attn"):
+        mb.warm_up(builder, cm)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.endswith("triton_attn")], (
+        caplog.text
+    )
+    assert "warm-up made" in caplog.text and {"mla_decode", "varlen_attention", "merge_attention_states"} == set(calls)
+    calls.clear()
+    eager = _builder(torch.float16, "auto", cuda_graphs=False)
+    _warm_layer(monkeypatch, eager)
+    mb.warm_up(eager, cm)
+    assert calls == []
 
 
 def test_context_chunks_cover_each_prefix_once() -> None:

@@ -204,24 +204,34 @@ def _parse_backend(spec: str) -> tuple[str, str]:
 
 
 # ---------------------------------------------------------------------- worker (subprocess)
-def compiled_in_process(model: Any = None) -> int:
-    """Our kernels' variants compiled or loaded in this process (``model``: what vLLM's
-    ``apply_model`` passes, unused); -1 without triton_attn_kernels."""
+def compiled_in_process(model: Any = None) -> list[str] | None:
+    """Our kernels' variants compiled or loaded in this process, one ``kernel: key`` line
+    each (Triton's cache key: every argument's specialisation and the compile options);
+    ``model``: what vLLM's ``apply_model`` passes, unused. None without triton_attn_kernels."""
     try:
-        from triton_attn_kernels.compiled import compiled_variants
+        from triton_attn_kernels.compiled import compiled_keys
     except ImportError:
-        return -1
-    return sum(compiled_variants().values())
+        return None
+    return [f"{name}: {key}" for name, keys in compiled_keys().items() for key in keys]
 
 
-def _worker_variants(llm: Any) -> int:
-    """compiled_in_process in the engine's worker (its own process under vLLM's default
-    multiprocessing); -1 if it cannot be asked."""
+def _worker_variants(llm: Any) -> list[str] | None:
+    """compiled_in_process in every engine worker (its own process under vLLM's default
+    multiprocessing), each line prefixed with the worker's index; None if one cannot say."""
     try:
-        counts = llm.apply_model(compiled_in_process)
+        answers = llm.apply_model(compiled_in_process)
     except Exception:
-        return -1
-    return sum(counts) if counts and all(c >= 0 for c in counts) else -1
+        return None
+    if not answers or any(a is None for a in answers):
+        return None
+    return [f"worker {i} {line}" for i, lines in enumerate(answers) for line in lines]
+
+
+def _new_variants(before: list[str] | None, after: list[str] | None) -> list[str] | None:
+    if before is None or after is None:
+        return None
+    seen = set(before)
+    return [line for line in after if line not in seen]
 
 
 def _worker(spec_path: str) -> None:
@@ -266,6 +276,7 @@ def _worker(spec_path: str) -> None:
             use_tqdm=False,
         )  # fmt: skip
         first_batch_s = time.perf_counter() - t
+    at_start = _worker_variants(llm)
     results = []
     for name in spec["workloads"]:
         w = WORKLOADS[name]
@@ -288,8 +299,17 @@ def _worker(spec_path: str) -> None:
         el = time.perf_counter() - t
         after = _worker_variants(llm)
         tokens = [list(o.outputs[0].token_ids) for o in outs]
-        during = after - before if before >= 0 and after >= 0 else -1
-        results.append({"workload": name, "elapsed_s": el, "tokens": tokens, "compiled_in_batch": during})
+        new = _new_variants(before, after)
+        results.append(
+            {
+                "workload": name,
+                "elapsed_s": el,
+                "tokens": tokens,
+                "compiled_in_batch": -1 if new is None else len(new),
+                # Which arguments made each new variant: compare with the start's keys.
+                "compiled_in_batch_keys": new or [],
+            }
+        )
         print(f"[e2e] {spec['label']} {name}: {el:.1f}s", file=sys.stderr, flush=True)
     Path(spec["result"]).write_text(
         json.dumps(
@@ -298,6 +318,7 @@ def _worker(spec_path: str) -> None:
                 "first_batch_s": first_batch_s,
                 "weights": drawn or "dummy",
                 "results": results,
+                "variants_at_start": at_start or [],
                 "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                 "torch": torch.__version__,
                 "vllm": __import__("vllm").__version__,

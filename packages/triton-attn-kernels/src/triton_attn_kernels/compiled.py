@@ -14,7 +14,7 @@ import importlib
 import pkgutil
 from typing import Any
 
-__all__ = ["compiled_variants", "kernels"]
+__all__ = ["compiled_keys", "compiled_variants", "kernels"]
 
 
 @functools.cache
@@ -33,18 +33,18 @@ def kernels() -> dict[str, Any]:
     return found
 
 
-def _count(fn: Any) -> int:
+def _keys(fn: Any) -> list[str]:
     # Triton >= 3.2 (3.6 and 3.9 included): device -> (kernels by key, key cache, target,
     # backend, binder). A compile in flight (async mode) already holds its slot.
     device_caches = getattr(fn, "device_caches", None)
     if device_caches is not None:
-        return sum(len(entry[0]) for entry in list(device_caches.values()))
+        return [str(key) for entry in list(device_caches.values()) for key in list(entry[0])]
     # Older releases: device -> {key: compiled kernel}.
     cache = getattr(fn, "cache", None)
     if isinstance(cache, dict):
-        return sum(len(kernels) for kernels in cache.values() if isinstance(kernels, dict))
+        return [str(key) for kernels in cache.values() if isinstance(kernels, dict) for key in list(kernels)]
     # Triton's interpreter (TRITON_INTERPRET=1) runs the Python source and compiles nothing.
-    return 0
+    return []
 
 
 def compiled_variants() -> dict[str, int]:
@@ -55,4 +55,11 @@ def compiled_variants() -> dict[str, int]:
     one compiled here. Under Triton's interpreter nothing is compiled and every count is 0.
     Reads Triton's dictionaries only: cheap enough to call at any time.
     """
-    return {name: _count(fn) for name, fn in kernels().items()}
+    return {name: len(_keys(fn)) for name, fn in kernels().items()}
+
+
+def compiled_keys() -> dict[str, list[str]]:
+    """Each kernel's compiled variants as Triton's cache keys (the specialisation of every
+    argument, then the compile options), for telling which argument made a new variant:
+    compare a key taken after some work with the ones taken before it."""
+    return {name: _keys(fn) for name, fn in kernels().items()}
