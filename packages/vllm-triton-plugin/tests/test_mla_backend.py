@@ -321,7 +321,7 @@ def _warm_layer(monkeypatch: pytest.MonkeyPatch, builder, cache: str = "auto"):
     impl = _impl(_Proj(torch.randn(RANK, HEADS * (NOPE + V_DIM)) * RANK**-0.5), cache)
     kv = torch.zeros(17, BLOCK, RANK + ROPE, dtype=torch.float16)
     layer = SimpleNamespace(impl=impl, kv_cache=kv, _k_scale=torch.ones(1))
-    builder.vllm_config, builder.layer_names = SimpleNamespace(), ["layers.0.attn"]
+    builder._vllm_config, builder._layer_names = SimpleNamespace(), ["layers.0.attn"]
     monkeypatch.setattr(vllm.config, "get_layers_from_vllm_config", lambda *a, **k: {"layers.0.attn": layer})
     return layer, SimpleNamespace(block_table_tensor=torch.zeros(8, 16, dtype=torch.int32))
 

@@ -120,6 +120,8 @@ class TritonMLAMetadataBuilder(CaptureAware, MLACommonMetadataBuilder[TritonMLAM
 
     def __init__(self, kv_cache_spec: Any, layer_names: list[str], vllm_config: Any, device: torch.device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device, metadata_cls=TritonMLAMetadata)
+        # Kept for the warm-up (vLLM 0.26's MLA builder does not keep them).
+        self._layer_names, self._vllm_config = list(layer_names), vllm_config
         self._init_plan(vllm_config)
 
     def _init_plan(self, vllm_config: Any) -> None:
@@ -320,17 +322,17 @@ def warm_up(builder: TritonMLAMetadataBuilder, cm: Any) -> None:
     gives it. A failure here is logged and costs only the head start."""
     if not builder.cuda_graphs or (builder.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
         return
-    from vllm.config import get_layers_from_vllm_config
-
-    layers = get_layers_from_vllm_config(builder.vllm_config, torch.nn.Module, builder.layer_names)
-    layer = next((x for x in layers.values() if isinstance(getattr(x, "impl", None), TritonMLAImpl)), None)
-    if layer is None:
-        return
-    cache = layer.kv_cache[0] if isinstance(layer.kv_cache, (list, tuple)) else layer.kv_cache
-    if cache.numel() == 0:
-        return
     t0, before = time.perf_counter(), sum(compiled_variants().values())
     try:
+        from vllm.config import get_layers_from_vllm_config
+
+        layers = get_layers_from_vllm_config(builder._vllm_config, torch.nn.Module, builder._layer_names)
+        layer = next((x for x in layers.values() if isinstance(getattr(x, "impl", None), TritonMLAImpl)), None)
+        cache = None if layer is None else layer.kv_cache
+        cache = cache[0] if isinstance(cache, (list, tuple)) else cache
+        if layer is None or cache is None or cache.numel() == 0:
+            logger.warning("Triton MLA: no layer with a KV cache to warm up on; the first batches compile the rest.")
+            return
         calls = _warm_decodes(builder, layer, cache, cm) + _warm_prefills(builder, layer, cache, cm)
         if builder.device.type == "cuda":
             torch.cuda.synchronize(builder.device)
