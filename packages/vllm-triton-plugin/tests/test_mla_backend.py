@@ -27,6 +27,7 @@ from vllm.model_executor.layers.attention.mla_attention import (
 from triton_attn_kernels.reference import attention_ref
 from triton_attn_kernels.reference_mla import mla_decode_ref, write_latent_cache_ref
 from triton_attn_kernels.testing import tolerance
+from vllm_triton_plugin import _warmup as _w
 from vllm_triton_plugin.mla_backend import (
     TritonMLAImpl,
     TritonMLAMetadata,
@@ -289,7 +290,7 @@ def _record_launches(monkeypatch: pytest.MonkeyPatch) -> set[tuple]:
     from vllm_triton_plugin import mla_backend as mb
 
     seen: set[tuple] = set()
-    cls = mb._int_class
+    cls = _w._int_class
 
     def decode(q_nope, q_pe, cache, table, seq_lens, cu, *, config, out, workspace, max_seqlen_q, **kw):
         key = dataclasses.replace(config, num_splits=1), cls(config.num_splits), cls(q_nope.shape[0])
@@ -331,12 +332,11 @@ def test_warm_up_launches_every_variant_a_batch_can(monkeypatch: pytest.MonkeyPa
     launch, with every integer class, that any batch of 1..max_num_seqs decodes (1..4 new
     tokens each) and of prefills on cached prefixes (chunked, merged) launches later, so
     that no kernel compiles in a real batch."""
-    from vllm_triton_plugin import mla_backend as mb
 
     seen = _record_launches(monkeypatch)
     builder = _builder(torch.float16, "auto", cuda_graphs=True)
     layer, cm = _warm_layer(monkeypatch, builder)
-    mb.warm_up(builder, cm)
+    _w.warm_up_mla(builder, cm)
     warmed = set(seen)
     assert any(k[0] == "decode" for k in warmed) and any(k[0] == "merge" and k[1] for k in warmed)
     seen.clear()
@@ -385,7 +385,7 @@ def test_warm_up_runs_the_kernels(monkeypatch: pytest.MonkeyPatch, caplog: pytes
     builder.max_num_seqs = 2
     _, cm = _warm_layer(monkeypatch, builder)
     with caplog.at_level(logging.INFO, logger="vllm.plugins.triton_attn"):
-        mb.warm_up(builder, cm)
+        _w.warm_up_mla(builder, cm)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.endswith("triton_attn")], (
         caplog.text
     )
@@ -393,7 +393,7 @@ def test_warm_up_runs_the_kernels(monkeypatch: pytest.MonkeyPatch, caplog: pytes
     calls.clear()
     eager = _builder(torch.float16, "auto", cuda_graphs=False)
     _warm_layer(monkeypatch, eager)
-    mb.warm_up(eager, cm)
+    _w.warm_up_mla(eager, cm)
     assert calls == []
 
 

@@ -63,16 +63,24 @@ def signature(fn, constexprs: dict, pointers: dict) -> dict:
     return sig
 
 
+def aligned(fn, name: str) -> bool:
+    """Whether Triton's launcher specialises pointer ``name`` on 16-byte alignment (the
+    kernel's ``do_not_specialize_on_alignment`` lists those it does not)."""
+    exempt = getattr(fn, "do_not_specialize_on_alignment", None) or []
+    return name not in exempt and fn.arg_names.index(name) not in exempt
+
+
 def compile_one(fn, constexprs: dict, pointers: dict, warps: int = 4, stages: int = 2):
     """Specialised as Triton's launcher would for contiguous tensors from PyTorch: innermost
-    strides equal to 1 become constants, pointers and other strides are multiples of 16 (so
-    loads vectorise and the pipeliner issues cp.async, as on the GPU)."""
+    strides equal to 1 become constants, pointers (but those the kernel exempts from the
+    alignment specialisation) and other strides are multiples of 16 (so loads vectorise and
+    the pipeliner issues cp.async, as on the GPU)."""
     constexprs = {**{n: 1 for n in fn.arg_names if n.startswith("stride") and n.endswith("_d")}, **constexprs}
     sig = signature(fn, constexprs, pointers)
     attrs = {
         (i,): [["tt.divisibility", 16]]
         for i, n in enumerate(fn.arg_names)
-        if sig[n].startswith("*") or (n.startswith("stride") and n not in constexprs)
+        if (sig[n].startswith("*") and aligned(fn, n)) or (n.startswith("stride") and n not in constexprs)
     }
     src = ASTSource(
         fn=fn,
@@ -214,7 +222,9 @@ def prefill_gluon(
     if lse:
         ptrs["lse_ptr"] = "*fp32"
     sig = signature(fn, cx, {**{n: "*i32" for n in fn.arg_names if n.endswith("_ptr")}, **ptrs})
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if sig[n].startswith("*")}
+    attrs = {
+        (i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if sig[n].startswith("*") and aligned(fn, n)
+    }
     constexprs = {(fn.arg_names.index(k),): v for k, v in cx.items()}
     src = GluonASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=TARGET, options={"num_warps": 4})
@@ -256,7 +266,9 @@ def mla_gluon(dtype="bf16", splits=1, lse=False, block_size=64):
     }
     sig = signature(fn, cx, {**{n: "*i32" for n in fn.arg_names if n.endswith("_ptr")}, **ptrs})
     sig["qk_scale"] = "fp32"
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if sig[n].startswith("*")}
+    attrs = {
+        (i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if sig[n].startswith("*") and aligned(fn, n)
+    }
     constexprs = {(fn.arg_names.index(k),): v for k, v in cx.items()}
     src = GluonASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=TARGET, options={"num_warps": 4})

@@ -96,6 +96,7 @@ class CaptureAware:
     first real batch). Both backends' builders put it first among their bases."""
 
     _capturing: bool = False
+    _warming: bool = False  # the warm-up's own builds (``_warmup``) are no real batch either
 
     def build_for_cudagraph_capture(self, common_attn_metadata: Any) -> Any:
         # Capture belongs to engine start: only a real batch's build after it reports.
@@ -108,7 +109,7 @@ class CaptureAware:
             self._capturing = False
 
     def _report_if_real(self) -> None:
-        if not self._capturing:
+        if not self._capturing and not self._warming:
             _report_start_variants()
 
 
@@ -199,6 +200,7 @@ class TritonAttentionMetadataBuilder(CaptureAware, AttentionMetadataBuilder[Trit
     # the host values are bounds the kernels do not need exact (a context longer than
     # ``max_seq_len`` is read in full), so there is nothing to refresh.
     supports_draft_decode_metadata_update: bool = True
+    _warmed: bool = False
 
     def __init__(
         self,
@@ -245,6 +247,14 @@ class TritonAttentionMetadataBuilder(CaptureAware, AttentionMetadataBuilder[Trit
         need = self.policy.max_workspace_numel()
         self.workspace = torch.empty(need, dtype=torch.float32, device=device) if need else None
         self.reorder_batch_threshold = self.policy.limits.decode_query_len
+
+    def build_for_cudagraph_capture(self, common_attn_metadata: CommonAttentionMetadata) -> TritonAttentionMetadata:
+        if not self._warmed:
+            self._warmed = True
+            from ._warmup import warm_up_attention
+
+            warm_up_attention(self, common_attn_metadata)
+        return super().build_for_cudagraph_capture(common_attn_metadata)  # type: ignore[no-any-return]
 
     def update_draft_decode_metadata(self, metadata: TritonAttentionMetadata) -> None:
         """Nothing to recompute between draft steps (see ``supports_draft_decode_metadata_update``)."""

@@ -22,10 +22,7 @@ selector picks, which this impl never calls.
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -44,7 +41,6 @@ from triton_attn_kernels import (
     MAX_DECODE_QUERY_LEN,
     SUPPORTED_HEAD_DIMS,
     MLADecodeConfig,
-    compiled_variants,
     merge_attention_states,
     mla_decode,
     mla_workspace_numel,
@@ -179,7 +175,9 @@ class TritonMLAMetadataBuilder(CaptureAware, MLACommonMetadataBuilder[TritonMLAM
     def build_for_cudagraph_capture(self, common_attn_metadata: Any) -> TritonMLAMetadata:
         if not self._warmed:
             self._warmed = True
-            warm_up(self, common_attn_metadata)
+            from ._warmup import warm_up_mla
+
+            warm_up_mla(self, common_attn_metadata)
         return super().build_for_cudagraph_capture(common_attn_metadata)  # type: ignore[no-any-return]
 
     def build(self, common_prefix_len: int, common_attn_metadata: Any, fast_build: bool = False) -> TritonMLAMetadata:
@@ -270,137 +268,6 @@ def plan_context_chunks(
             )
         )
     return chunks
-
-
-# --------------------------------------------------------------------------------------
-# Warm-up
-# --------------------------------------------------------------------------------------
-def _int_class(value: int) -> int:
-    # How Triton specialises an integer argument: equal to 1, a multiple of 16, other.
-    return 1 if value == 1 else 16 if value % 16 == 0 else 0
-
-
-def _token_count_in_class(n: int, most: int, cls: int) -> int | None:
-    """A token count in [n, most] of Triton's class ``cls``, or None."""
-    if cls == 1:
-        return 1 if n == 1 else None
-    if cls == 16:
-        t = -(-n // 16) * 16
-        return t if t <= most else None
-    return next((t for t in range(n, min(most, n + 17) + 1) if t != 1 and t % 16), None)
-
-
-def decode_warm_up_batches(builder: TritonMLAMetadataBuilder) -> list[tuple[int, int]]:
-    """(decodes, tokens) batches whose launches between them compile every decode variant
-    that 1..max_num_seqs decodes of 1..reorder_batch_threshold new tokens each can launch
-    under full CUDA graphs: one per distinct (pinned configuration, its split count's
-    integer class, the token count's class). Mixed batches launch the decode outside any
-    graph at any request count, so the captures alone leave some of these to the first
-    real batches."""
-    seen: set[tuple[Any, ...]] = set()
-    batches = []
-    dq = builder.reorder_batch_threshold
-    for n in range(1, builder.max_num_seqs + 1):
-        config = builder._config(n, dq, builder.max_model_len)
-        for cls in (1, 16, 0):
-            t = _token_count_in_class(n, n * dq, cls)
-            key = (dataclasses.replace(config, num_splits=1), _int_class(config.num_splits), cls)
-            if t is not None and key not in seen:
-                seen.add(key)
-                batches.append((n, t))
-    return batches
-
-
-def warm_up(builder: TritonMLAMetadataBuilder, cm: Any) -> None:
-    """Compile, at the first CUDA-graph capture of engine start, the variants that vLLM's
-    own warm-up (a prefill of a few tokens per request, then one decode step, then the
-    captures) leaves to the first real batches: the prefill of a request with a cached
-    prefix (the new tokens with their log-sum-exp, the prefix's chunks, the merges) and the
-    decode at the request counts no graph is captured for. Each launch is a tiny problem
-    through the impl's own forward, on the real cache (read only) and a block table as wide
-    as vLLM's, so that every argument Triton specialises on falls in the class a real batch
-    gives it. A failure here is logged and costs only the head start."""
-    if not builder.cuda_graphs or (builder.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
-        return
-    t0, before = time.perf_counter(), sum(compiled_variants().values())
-    try:
-        from vllm.config import get_layers_from_vllm_config
-
-        layers = get_layers_from_vllm_config(builder._vllm_config, torch.nn.Module, builder._layer_names)
-        layer = next((x for x in layers.values() if isinstance(getattr(x, "impl", None), TritonMLAImpl)), None)
-        cache = None if layer is None else layer.kv_cache
-        cache = cache[0] if isinstance(cache, (list, tuple)) else cache
-        if layer is None or cache is None or cache.numel() == 0:
-            logger.warning("Triton MLA: no layer with a KV cache to warm up on; the first batches compile the rest.")
-            return
-        calls = _warm_decodes(builder, layer, cache, cm) + _warm_prefills(builder, layer, cache, cm)
-        if builder.device.type == "cuda":
-            torch.cuda.synchronize(builder.device)
-    except Exception as e:  # the first real batches compile what is missing
-        logger.warning("Triton MLA: warm-up stopped (%s: %s); the first batches compile the rest.", type(e).__name__, e)
-        return
-    logger.info(
-        "Triton MLA: warm-up made %d launches in %.1f s, %d kernel variants compiled or loaded.",
-        calls,
-        time.perf_counter() - t0,
-        sum(compiled_variants().values()) - before,
-    )
-
-
-def _table(cm: Any, rows: int) -> torch.Tensor:
-    # Zeros (block 0) with the width and row stride of vLLM's block table.
-    real = cm.block_table_tensor
-    return real.new_zeros(rows, real.stride(0))[:, : real.shape[1]]
-
-
-def _warm_decodes(builder: TritonMLAMetadataBuilder, layer: Any, cache: torch.Tensor, cm: Any) -> int:
-    impl, device = layer.impl, builder.device
-    rank, rope, heads = builder.kv_lora_rank, builder.rope_dim, builder.num_heads
-    calls = 0
-    for n, t in decode_warm_up_batches(builder):
-        # The layer's decode queries: the absorbed q_nope as a transposed bmm output, q_pe a
-        # slice of the projected query.
-        q_nope = torch.randn(heads, t, rank, dtype=builder._dtype, device=device).transpose(0, 1)
-        q_pe = torch.randn(t, heads, impl.qk_nope_head_dim + rope, dtype=builder._dtype, device=device)[..., -rope:]
-        q_lens = np.full(n, t // n, dtype=np.int64)
-        q_lens[: t % n] += 1
-        cu_host = torch.from_numpy(np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32))
-        cu = cu_host.to(device)
-        seq_lens = torch.from_numpy(q_lens.astype(np.int32)).to(device)
-        md = SimpleNamespace(num_decodes=n, num_prefills=0, plan=None)
-        common = SimpleNamespace(
-            num_reqs=n, query_start_loc=cu, query_start_loc_cpu=cu_host, max_seq_len=int(q_lens.max())
-        )
-        md.plan = builder._plan(common, md)  # type: ignore[arg-type]
-        md.decode = SimpleNamespace(block_table=_table(cm, n), seq_lens=seq_lens)
-        impl.forward_mqa((q_nope, q_pe), cache, md, layer)
-        calls += 1
-    return calls
-
-
-def _warm_prefills(builder: TritonMLAMetadataBuilder, layer: Any, cache: torch.Tensor, cm: Any) -> int:
-    impl, device, dtype = layer.impl, builder.device, builder._dtype
-    heads = builder.num_heads
-    qk = impl.qk_nope_head_dim + impl.qk_rope_head_dim
-    calls = 0
-    # One prefill of t new tokens (both classes of the token count) on no prefix, and on
-    # prefixes cut into chunks whose key counts fall in every class (16 + 16 + 1, 17 + 1),
-    # so that the chained merges run too.
-    for t in (16, 17):
-        for context, chunk_keys in ((0, 16), (33, 16), (18, 17)):
-            q = torch.randn(t, heads, qk, dtype=dtype, device=device)
-            kv_c = torch.randn(t, builder.kv_lora_rank, dtype=dtype, device=device)
-            k_pe = torch.randn(t, 1, impl.qk_rope_head_dim, dtype=dtype, device=device)
-            out = torch.empty(t, heads * impl.v_head_dim, dtype=dtype, device=device)
-            cu = torch.tensor([0, t], dtype=torch.int32, device=device)
-            chunks = plan_context_chunks(
-                np.array([context]), _table(cm, 1), block_size=builder.page_size, max_keys=chunk_keys
-            )
-            plan = TritonMLAPlan(None, 0, context + t, None, None, t, chunks)
-            md = SimpleNamespace(prefill=SimpleNamespace(query_start_loc=cu), plan=plan)
-            impl.forward_mha(q, kv_c, k_pe, cache, md, layer._k_scale, out)
-            calls += 1
-    return calls
 
 
 # --------------------------------------------------------------------------------------

@@ -397,7 +397,16 @@ def _attend_query_tile(
 # would on the value 1 and on multiples of 16; they only bound indices, so nothing gains):
 # every batch shares one compiled variant per config, which halves the variants an engine
 # start compiles.
-@triton.jit(do_not_specialize=["num_tokens", "num_kv_rows", "max_blocks", "decode_q", "other_launch", "num_splits"])
+# The per-sequence index tensors are read one scalar at a time, so their alignment buys
+# nothing; callers pass slices of them at any offset (the vLLM plugin's prefill launch takes
+# the rows after a mixed batch's decodes), and each alignment would be a variant of its own.
+INDEX_POINTERS = ["seq_lens_ptr", "cu_seqlens_q_ptr", "cu_seqlens_k_ptr"]
+
+
+@triton.jit(
+    do_not_specialize=["num_tokens", "num_kv_rows", "max_blocks", "decode_q", "other_launch", "num_splits"],
+    do_not_specialize_on_alignment=INDEX_POINTERS,
+)
 def attention_kernel(
     q_ptr,  # [num_tokens, num_q_heads, HEAD_DIM]
     k_ptr,  # PAGED: [num_blocks, BLOCK_SIZE, num_kv_heads, HEAD_DIM]; else [total_k, num_kv_heads, HEAD_DIM]

@@ -666,7 +666,10 @@ def _consumer(
         "q_levels",
         "n_work",
         "programs",
-    ]
+    ],
+    # Index tensors are read one scalar at a time (a page id per key tile): callers' slices
+    # at any offset (the plugin's prefill rows after a mixed batch's decodes) share a variant.
+    do_not_specialize_on_alignment=["block_table_ptr", "seq_lens_ptr", "cu_seqlens_q_ptr", "cu_seqlens_k_ptr"],
 )
 def prefill_gluon_kernel(
     q_desc,  # [num_tokens, num_q_heads * HEAD_DIM] rows of q, block [64, HEAD_DIM]

@@ -1,0 +1,118 @@
+"""The standard backend's warm-up at the first CUDA-graph capture (``_warmup``): it launches
+every form of launch that later batches of any mix (decodes, verification rows, prefills
+beside them or alone, over few or many sequences, cache writes of any token count) launch,
+so that nothing compiles while a real batch runs; it runs for real and reports; without full
+CUDA graphs it does nothing. The MLA backend's warm-up is tested in test_mla_backend.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import vllm.config
+from test_backend import BLOCK, DEVICE, HEAD, kv_cache, layer, make_batch, vllm_config
+from vllm.config import CUDAGraphMode
+from vllm.v1.attention.backend import AttentionType
+from vllm.v1.kv_cache_interface import FullAttentionSpec
+
+from triton_attn_kernels.tuning import select_kv_write_config
+from vllm_triton_plugin import _warmup
+from vllm_triton_plugin import backend as be
+
+HQ, HKV = 4, 2
+
+
+def _setup(monkeypatch: pytest.MonkeyPatch, mode=CUDAGraphMode.FULL_AND_PIECEWISE, *, dq: int = 1):
+    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=HKV, head_size=HEAD, dtype=torch.float16)
+    config = vllm_config(HQ, HKV, torch.float16, mode=mode)
+    if dq > 1:  # speculative decoding: verification rows of dq tokens run as decodes
+        monkeypatch.setattr(be._compat, "decode_query_len", lambda cfg: dq)
+    builder = be.TritonAttentionMetadataBuilder(spec, ["layer.0"], config, DEVICE)
+    impl = be.TritonAttentionImpl(HQ, HEAD, HEAD**-0.5, HKV, None, None, "auto", None, AttentionType.DECODER)
+    lay = layer()
+    lay.impl, lay.kv_cache = impl, kv_cache(17, HKV, torch.float16, "NHD")
+    monkeypatch.setattr(vllm.config, "get_layers_from_vllm_config", lambda *a, **k: {"layer.0": lay})
+    cm = SimpleNamespace(block_table_tensor=torch.zeros(8, 16, dtype=torch.int32, device=DEVICE))
+    return builder, lay, cm
+
+
+def _classes(strides: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(_warmup._int_class(s) for s in strides)
+
+
+def _record(monkeypatch: pytest.MonkeyPatch) -> set[tuple]:
+    """Replace the impl's launchers with recorders of the launch forms Triton compiles a
+    variant for: the decode configuration (its split count only as split or not), the
+    prefill configuration, whether a prefill launch runs alone over 4+ sequences (the
+    persistent launch), the query strides' integer classes; the cache write's configuration."""
+    seen: set[tuple] = set()
+
+    def attend(q, k_cache, v_cache, block_table, seq_lens, cu, *, config, decode_query_len, max_seqlen_q, **kw):
+        d = config.decode
+        decode = None if d is None else (dataclasses.replace(d, num_splits=1), d.num_splits > 1)
+        prefill = config.prefill if max_seqlen_q > decode_query_len else None
+        alone = prefill is not None and decode is None and seq_lens.shape[0] >= 4
+        seen.add(("attention", decode, prefill, alone, decode_query_len, _classes(q.stride()), q.dtype))
+
+    def write(key, value, k_cache, v_cache, slots, **kw):
+        n = key.shape[0]
+        cfg = select_kv_write_config(HKV, HEAD, num_tokens=n, dtype=key.dtype, kv_dtype=k_cache.dtype, device=DEVICE)
+        seen.add(("write", cfg, _classes(key.stride()), slots.dtype))
+
+    monkeypatch.setattr(be, "paged_attention", attend)
+    monkeypatch.setattr(be, "write_kv_cache", write)
+    return seen
+
+
+@pytest.mark.parametrize("dq", [1, 3])
+def test_warm_up_launches_every_form_a_batch_can(monkeypatch: pytest.MonkeyPatch, dq: int) -> None:
+    seen = _record(monkeypatch)
+    builder, lay, cm = _setup(monkeypatch, dq=dq)
+    # The interpreter's heuristic gives every batch size one decode configuration; a GPU's
+    # differ by batch size, as these do.
+    pinned = builder.policy.decode
+    monkeypatch.setattr(
+        builder.policy, "decode", lambda n, k: dataclasses.replace(pinned(n, k), num_warps=2 if n in (3, 6) else 4)
+    )
+    _warmup.warm_up_attention(builder, cm)
+    warmed = set(seen)
+    seen.clear()
+    g = torch.Generator().manual_seed(3)
+    rng = np.random.default_rng(3)
+    for _ in range(80):
+        # Decode-first mixes of 1..max_num_seqs requests, vLLM's order.
+        n = int(rng.integers(1, 9))
+        decodes = int(rng.integers(0, n + 1))
+        seqs = [(int(rng.integers(5, 40)), int(rng.integers(1, dq + 1))) for _ in range(decodes)]
+        seqs += [(int(rng.integers(dq + 1, 40)), 0) for _ in range(n - decodes)]
+        seqs = [(ctx, q or int(rng.integers(dq + 1, ctx + 1))) for ctx, q in seqs]
+        batch = make_batch(seqs, HQ, HKV, torch.float16, 24, g)
+        md = builder.build(0, batch.common)
+        lay.impl.forward(lay, batch.query, batch.key, batch.value, lay.kv_cache, md, torch.empty_like(batch.query))
+    for t in range(1, builder.policy.limits.max_num_batched_tokens + 1):
+        kv = torch.zeros(t, HQ + 2 * HKV, HEAD, dtype=torch.float16, device=DEVICE)
+        lay.impl.do_kv_cache_update(lay, kv[:, HQ : HQ + HKV], kv[:, HQ + HKV :], lay.kv_cache, torch.full((t,), -1))
+    assert {k[0] for k in seen} == {"attention", "write"}
+    assert any(k[3] for k in seen) and any(k[2] is not None and not k[3] for k in seen)
+    assert seen <= warmed, sorted(map(str, seen - warmed))
+
+
+def test_warm_up_runs_and_reports(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    builder, _, cm = _setup(monkeypatch)
+    builder.policy.limits = dataclasses.replace(builder.policy.limits, max_num_seqs=2, max_num_batched_tokens=20)
+    with caplog.at_level(logging.INFO, logger="vllm.plugins.triton_attn"):
+        _warmup.warm_up_attention(builder, cm)
+    ours = [r for r in caplog.records if r.name.endswith("triton_attn")]
+    assert [r.levelno for r in ours] == [logging.INFO] and "warm-up made" in ours[0].getMessage()
+    assert "kernel variants compiled or loaded during engine start" not in caplog.text  # no real batch yet
+
+
+def test_no_warm_up_without_full_cuda_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _record(monkeypatch)
+    builder, _, cm = _setup(monkeypatch, CUDAGraphMode.PIECEWISE)
+    _warmup.warm_up_attention(builder, cm)
+    assert seen == set()
