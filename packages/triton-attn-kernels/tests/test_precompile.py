@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from triton_attn_kernels import compiled_variants
-from triton_attn_kernels.compiled import _count, kernels
+from triton_attn_kernels.compiled import _keys, compiled_keys, kernels
 from triton_attn_kernels.tuner.__main__ import main
 from triton_attn_kernels.tuner.warmup import Features, context_lengths, precompile, serving_variants
 from triton_attn_kernels.tuning import AttentionProblem, ServingLimits, ServingPolicy
@@ -91,8 +91,11 @@ def test_precompile_launches_every_planned_variant(launches: list[tuple[str, dic
     merged = {a["num_splits"] for k, a in launches if k == "merge"}
     assert merged == {c.num_splits for c in planned if c.num_splits > 1}
     assert any(k == "write_kv" for k, _ in launches)
-    # 2 block-count classes x (decode 3 + 2 + 2 token classes, prefill 2, write 1)
-    assert report.calls == 20
+    # The prefill launch alone over 4 sequences too (the persistent form on Hopper).
+    alone = [a for a in attn if not a["IS_DECODE"] and not a["other_launch"] and a["cu_seqlens_q_ptr"].numel() == 5]
+    assert len(alone) == 2  # one per block-count class
+    # 2 block-count classes x (decode 3 + 2 + 2 token classes, prefill 2 + 1 alone, write 1)
+    assert report.calls == 22
     assert report.compiled == compiled_variants()
 
 
@@ -131,7 +134,7 @@ def test_precompile_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert [ln.split()[0] for ln in capsys.readouterr().out.splitlines()].count("decode") == 4
     assert main([*common, "--max-num-seqs", "1", "--num-blocks", "32"]) == 0
     out = capsys.readouterr().out
-    assert "3 configurations (1 decode, 1 prefill, 1 kv_write), 6 launches" in out
+    assert "3 configurations (1 decode, 1 prefill, 1 kv_write), 7 launches" in out
     assert main([*common, "--block-size", "0"]) == 2
 
 
@@ -139,21 +142,22 @@ def test_precompile_command(capsys: pytest.CaptureFixture[str]) -> None:
 def test_precompile_in_worker_processes() -> None:
     said: list[str] = []
     report = precompile(_policy(max_num_seqs=2), block_size=16, num_blocks=32, jobs=2, echo=said.append)
-    # decode: 3 token classes for batch 1's config, 2 for batch 2's; prefill 2; write 1
-    assert report.calls == 8
+    # decode: 3 token classes for batch 1's config, 2 for batch 2's; prefill 2 + 1 alone; write 1
+    assert report.calls == 9
     assert sorted(line.split()[0] for line in said) == ["decode", "decode", "kv_write", "prefill"]
     with pytest.raises(ValueError, match="jobs"):
         precompile(_policy(), block_size=16, jobs=-1)
 
 
-def test_compiled_variants_reads_both_cache_layouts() -> None:
+def test_compiled_variants_and_keys_read_both_cache_layouts() -> None:
     # Triton 3.2+: device -> (kernels by key, key cache, target, backend, binder)
     recent = SimpleNamespace(
         device_caches={0: ({"a": 1, "b": 2}, {}, None, None, None), 1: ({"c": 3}, {}, None, None, None)}
     )
     older = SimpleNamespace(cache={0: {"a": 1}, 1: {}})  # device -> {key: kernel}
-    assert (_count(recent), _count(older), _count(object())) == (3, 1, 0)
+    assert (_keys(recent), _keys(older), _keys(object())) == (["a", "b", "c"], ["a"], [])
     counts = compiled_variants()
+    assert {k: len(v) for k, v in compiled_keys().items()} == counts
     assert {"attention", "merge", "merge_states", "prefill_tma", "write_kv"} <= set(counts)
     if DEVICE == "cpu":
         assert set(counts.values()) == {0}

@@ -44,6 +44,7 @@ import torch
 from .._intmath import cdiv
 from ..compiled import compiled_variants
 from ..tuning import AttentionConfig, DecodeConfig, KVWriteConfig, PrefillConfig, select_kv_write_config
+from ..tuning.heuristics import GLUON_PERSISTENT_MIN_SEQS
 from ..tuning.policy import ServingPolicy
 
 __all__ = ["LAYOUTS", "Features", "PrecompileReport", "Variant", "context_lengths", "precompile", "serving_variants"]
@@ -194,7 +195,11 @@ class _Problem:
             config=config,
         )
 
-    def attention(self, num_tokens: int, query_len: int, config: AttentionConfig, decode_query_len: int) -> int:
+    def attention(
+        self, num_tokens: int, query_len: int, config: AttentionConfig, decode_query_len: int, *, seqs: int = 1
+    ) -> int:
+        """One ``paged_attention`` call over ``seqs`` sequences of ``query_len`` new tokens
+        each (the rest of the ``num_tokens`` rows padding); the number of launcher calls."""
         g = self.g
         q, _, _ = self._qkv(num_tokens)
         out = torch.empty(num_tokens, g.num_q_heads * g.v_head_dim, dtype=self.dtype, device=self.device)
@@ -207,9 +212,9 @@ class _Problem:
             q,
             self.k_cache,
             self.v_cache,
-            i32([[0] * self.max_blocks]),
-            i32([query_len]),
-            i32([0, query_len]),
+            i32([[0] * self.max_blocks] * seqs),
+            i32([query_len] * seqs),
+            i32([query_len * i for i in range(seqs + 1)]),
             k_scale=self.scale,
             v_scale=self.scale,
             out=out.view(num_tokens, g.num_q_heads, g.v_head_dim),
@@ -341,6 +346,12 @@ def _launch(
             for t in counts:
                 dq_call = dq if blocks else 0  # varlen: as the MLA backend calls it
                 calls += attend(t, dq + 1, AttentionConfig(decode=first_decode, prefill=v.config), dq_call)  # type: ignore[arg-type]
+            if blocks:
+                # The prefill launch alone over several sequences (a batch of prefills, or the
+                # plugin's prefill call after a mixed batch's decodes): on Hopper its
+                # persistent form (tuning.gluon_persistent), a variant of its own.
+                seqs = GLUON_PERSISTENT_MIN_SEQS
+                calls += problem.attention(counts[0] * seqs, dq + 1, AttentionConfig(prefill=v.config), 0, seqs=seqs)  # type: ignore[arg-type]
         else:
             counts = [v.uses[0]]
             problem.kv_write(v.uses[0], v.config)  # type: ignore[arg-type]
