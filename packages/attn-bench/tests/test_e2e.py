@@ -320,3 +320,17 @@ def test_compiled_variants_are_listed_from_the_engines_worker(monkeypatch):
     after = e2e._worker_variants(Engine([["x: 1", "x: 2"]]))
     assert e2e._new_variants(before, after) == ["worker 0 x: 2"]
     assert e2e._new_variants(None, after) is None
+
+
+def test_a_workload_longer_than_max_model_len_is_refused_before_any_engine(tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr(e2e, "_run_worker", lambda *a, **k: started.append(a))
+    opts = e2e.E2EOptions(
+        backends=["ours"], model="deepseek-v2-lite", workloads=["64x2048-512", "1x500-4096"], out=tmp_path,
+        extra=["max_model_len=4096"],
+    )  # fmt: skip
+    with pytest.raises(SystemExit, match=r"'1x500-4096' needs 500 \+ 4096 = 4596 .* max_model_len=4096"):
+        e2e.run_e2e(opts)
+    assert started == []
+    # Without the engine argument the config's max_position_embeddings (163840) bounds it.
+    e2e._check_lengths(["8x32768-1024"], None, e2e.model_dir("deepseek-v2-lite"))

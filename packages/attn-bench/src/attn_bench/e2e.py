@@ -538,6 +538,24 @@ def _run_worker(spec: dict[str, Any], spec_path: Path, log: Path, timeout_s: flo
     return {"status": status, "detail": detail, "variants": start_variants(text)}
 
 
+def _check_lengths(names: list[str], max_model_len: Any, model: str) -> None:
+    """Every workload's prompt and output must fit the engine's context length (the
+    ``max_model_len`` engine argument, else the config's ``max_position_embeddings``): vLLM
+    would otherwise refuse or stall those requests inside the timed call."""
+    if max_model_len is None:
+        max_model_len = json.loads((Path(model) / "config.json").read_text()).get("max_position_embeddings")
+    if not isinstance(max_model_len, int) or isinstance(max_model_len, bool):
+        return
+    for n in names:
+        w = WORKLOADS[n]
+        if w.input_len + w.output_len > max_model_len:
+            raise SystemExit(
+                f"workload {n!r} needs {w.input_len} + {w.output_len} = {w.input_len + w.output_len} tokens of "
+                f"context, more than max_model_len={max_model_len}; raise it (--engine-arg max_model_len=N) or "
+                "leave the workload out"
+            )
+
+
 def run_e2e(opts: E2EOptions) -> int:
     from .runner import _git_sha
 
@@ -556,6 +574,7 @@ def run_e2e(opts: E2EOptions) -> int:
             extra[k] = json.loads(v)
         except json.JSONDecodeError:
             extra[k] = v
+    _check_lengths(names, extra.get("max_model_len"), model)
     if any(_parse_backend(b)[1] == "CUSTOM" for b in opts.backends) and not _plugin_installed():
         print(
             "[e2e] WARNING: no vLLM plugin entry point 'triton_attn_backend' is installed, so the CUSTOM "
