@@ -86,6 +86,8 @@ def _run(name: str, device: torch.device, warm: Callable[[], int]) -> None:
     except Exception as e:  # the first real batches compile what is missing
         logger.warning("%s: warm-up stopped (%s: %s); the first batches compile the rest.", name, type(e).__name__, e)
         return
+    if calls == 0:  # no layer of this builder's to warm
+        return
     logger.info(
         "%s: warm-up made %d launches in %.1f s, %d kernel variants compiled or loaded.",
         name,
@@ -228,7 +230,7 @@ def warm_up_mla(builder: Any, cm: Any) -> None:
     :func:`decode_warm_up_batches`, and the prefill of new tokens (both classes of their
     count) on no prefix and on prefixes cut into chunks of every class of key count
     (16 + 16 + 1, 17 + 1), so that the log-sum-exp forms and the chained merges run too."""
-    if not builder.cuda_graphs or _capturing(builder.device):
+    if not getattr(builder, "cuda_graphs", False) or _capturing(builder.device):
         return
 
     def warm() -> int:
