@@ -25,6 +25,8 @@ EXPECTED = {
     "ours-mla",
     "ours-mla-v1",
     "ours-mla-gluon",
+    "ours-mla-gluon-t32s3",
+    "ours-mla-gluon-t32s4",
     "ours-mla-triton",
     "ours-mla-prefill",
     "ours-mla-prefill-paged",

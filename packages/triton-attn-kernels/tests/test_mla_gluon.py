@@ -17,17 +17,19 @@ from test_mla import check, graph_replay_follows_new_lengths, mla_batch, run
 
 from triton_attn_kernels import MLADecodeConfig, _gluon, _mla_gluon
 from triton_attn_kernels.reference_mla import mla_decode_ref
-from triton_attn_kernels.tuning.mla import mla_decode_heuristic
+from triton_attn_kernels.tuning.mla import GLUON_MLA_TILES, mla_decode_heuristic
 
 
-def gluon_cfg(splits: int = 1) -> MLADecodeConfig:
-    return MLADecodeConfig(tile_n=64, num_stages=2, num_splits=splits, gluon=1)
+def gluon_cfg(splits: int = 1, tile: tuple[int, int] = (64, 2)) -> MLADecodeConfig:
+    return MLADecodeConfig(tile_n=tile[0], num_stages=tile[1], num_splits=splits, gluon=1)
 
 
-@pytest.mark.parametrize("kw", [dict(tile_n=32), dict(num_stages=3)])
-def test_config_rejects_what_the_kernel_does_not_run(kw):
-    with pytest.raises(ValueError, match="gluon=1 needs tile_n=64 and num_stages=2"):
-        MLADecodeConfig(**{"tile_n": 64, "num_stages": 2, **kw}, gluon=1)
+@pytest.mark.parametrize("tile", [(32, 2), (64, 3), (128, 2), (16, 4)])
+def test_config_rejects_what_the_kernel_does_not_run(tile):
+    with pytest.raises(ValueError, match=r"gluon=1 needs \(tile_n, num_stages\) in \(64, 2\), \(32, 3\), \(32, 4\)"):
+        gluon_cfg(tile=tile)
+    for ok in GLUON_MLA_TILES:
+        assert gluon_cfg(tile=ok).tile_n == ok[0]
 
 
 def test_config_flag_is_a_switch_and_the_default_where_it_serves():
@@ -131,7 +133,10 @@ def test_mla_decode_routes_qualifying_launches_to_it(monkeypatch, splits):
     out, res = run(b, config=gluon_cfg(splits))
     assert res is out
     assert len(seen) == 1 and seen[0]["num_splits"] == splits and seen[0]["max_seqlen_q"] == 2
+    assert (seen[0]["tile_n"], seen[0]["stages"]) == (64, 2)
     assert len(merged) == (splits > 1)
+    run(b, config=gluon_cfg(splits, tile=(32, 4)))
+    assert (seen[1]["tile_n"], seen[1]["stages"]) == (32, 4)
 
 
 def test_never_chosen_where_it_cannot_run(monkeypatch):
@@ -200,6 +205,27 @@ def test_matches_reference(heads, q_len, splits, dtype, block_size, gluon_launch
     torch.testing.assert_close(lse[:rows], ref_lse[:rows], atol=2e-3, rtol=1e-3)
     assert torch.isnan(out[rows:]).all(), "padding rows were written"
     assert len(gluon_launches) == 1
+
+
+@pytest.mark.gpu
+@needs_sm90
+@pytest.mark.parametrize("tile", [t for t in GLUON_MLA_TILES if t != (64, 2)])
+@pytest.mark.parametrize("heads", [16, 128])
+@pytest.mark.parametrize("q_len", [1, 4])
+@pytest.mark.parametrize("splits", [1, 8])
+def test_other_tiles_match_reference(tile, heads, q_len, splits, gluon_launches):
+    """The 32-key rings (3 and 4 latent tiles in flight), on the same edges: contexts of 31,
+    32, 33 and long ones, NaN past every context."""
+    b = mla_batch([q_len] * 6, [q_len, 31, 32, 33, 1000, 4099], heads=heads, rank=512, rope=64,
+                  block_size=64, dtype=torch.bfloat16, q_padding=3)  # fmt: skip
+    _nan_past_contexts(b)
+    out, (_, lse) = run(b, config=gluon_cfg(splits, tile=tile), return_lse=True)
+    ref, ref_lse = mla_decode_ref(*b.args(), scale=b.scale, return_lse=True)
+    rows = 6 * q_len
+    check(out, ref, torch.bfloat16, rows=rows)
+    torch.testing.assert_close(lse[:rows], ref_lse[:rows], atol=2e-3, rtol=1e-3)
+    assert torch.isnan(out[rows:]).all(), "padding rows were written"
+    assert len(gluon_launches) == 1 and gluon_launches[0]["tile_n"] == tile[0]
 
 
 @pytest.mark.gpu

@@ -1,8 +1,9 @@
 """Host side of the Gluon Hopper MLA decode (``_kernels/mla_gluon.py``): whether a launch
 qualifies, its tensor descriptors and its launch.
 
-The rule: ``MLADecodeConfig(gluon=1)`` (tile_n 64, 2 stages), the Triton and GPU the Gluon
-prefill needs (``_gluon.available``, sm_90; never the interpreter), fp16/bf16 queries with a
+The rule: ``MLADecodeConfig(gluon=1)`` (tile_n and num_stages one of
+``tuning.mla.GLUON_MLA_TILES``: 64 or 32 keys, which divide every page served), the Triton
+and GPU the Gluon prefill needs (``_gluon.available``, sm_90; never the interpreter), fp16/bf16 queries with a
 latent cache of the same dtype (no fp8 cache yet), kv_lora_rank 512 and rope_dim 64 (the
 DeepSeek-V2/V3 and Kimi K2 latent), pages that 64 divides, a cache whose rows are
 contiguous and 16-byte aligned ([num_blocks, block_size, 576] with unit innermost stride and
@@ -32,7 +33,7 @@ from .tuning.mla import MLADecodeConfig
 KV_RANK = 512
 ROPE_DIM = 64
 ROWS = 64  # query rows per program
-TILE_N = 64
+TILE_N = 64  # the default tile (tuning.mla.GLUON_MLA_TILES lists the others)
 STAGES = 2
 
 
@@ -85,6 +86,8 @@ def launch(
     max_seqlen_q: int,
     scale: float,
     num_splits: int,
+    tile_n: int = TILE_N,
+    stages: int = STAGES,
 ) -> None:
     """One launch over every sequence; with ``num_splits > 1`` it writes the partials
     (``merge_kernel``'s layout, ``decode_q = max_seqlen_q``) and the caller merges."""
@@ -103,8 +106,8 @@ def launch(
     mla_gluon_kernel[grid](
         _descriptor(q, num_tokens * num_heads, KV_RANK + ROPE_DIM, [ROWS, 256]),
         _descriptor(q, num_tokens * num_heads, KV_RANK + ROPE_DIM, [ROWS, ROPE_DIM]),
-        _descriptor(kv_cache, rows, st, [TILE_N, 256]),
-        _descriptor(kv_cache, rows, st, [TILE_N, ROPE_DIM]),
+        _descriptor(kv_cache, rows, st, [tile_n, 256]),
+        _descriptor(kv_cache, rows, st, [tile_n, ROPE_DIM]),
         out,
         lse if lse is not None else dummy,
         part_out if num_splits > 1 else dummy,
@@ -122,9 +125,9 @@ def launch(
         block_table.stride(0),
         num_splits,
         KV_RANK=KV_RANK,
-        TILE_N=TILE_N,
+        TILE_N=tile_n,
         BLOCK_SIZE=block_size,
-        STAGES=STAGES,
+        STAGES=stages,
         DECODE_Q=dq,
         SPLIT_KV=num_splits > 1,
         RETURN_LSE=lse is not None,

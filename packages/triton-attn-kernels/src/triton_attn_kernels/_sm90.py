@@ -230,9 +230,24 @@ def prefill_gluon(
     return triton.compile(src, target=TARGET, options={"num_warps": 4})
 
 
-def mla_gluon(dtype="bf16", splits=1, lse=False, block_size=64):
+def _mla_tile() -> int:
+    from triton_attn_kernels import _mla_gluon
+
+    return _mla_gluon.TILE_N
+
+
+def _mla_stages() -> int:
+    from triton_attn_kernels import _mla_gluon
+
+    return _mla_gluon.STAGES
+
+
+def mla_gluon(dtype="bf16", splits=1, lse=False, block_size=64, tile_n=None, stages=None):
     """The Gluon Hopper MLA decode (``_kernels/mla_gluon.py``) as ``_mla_gluon.launch``
-    specialises it: 64 query rows, 64-key latent tiles of 576 columns, 2 stages."""
+    specialises it: 64 query rows, latent tiles of 576 columns (64 keys in 2 stages unless
+    ``tile_n`` / ``stages`` say otherwise)."""
+    tile_n = tile_n or _mla_tile()
+    stages = stages or _mla_stages()
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
 
@@ -245,9 +260,9 @@ def mla_gluon(dtype="bf16", splits=1, lse=False, block_size=64):
 
     cx = dict(
         KV_RANK=_mla_gluon.KV_RANK,
-        TILE_N=_mla_gluon.TILE_N,
+        TILE_N=tile_n,
         BLOCK_SIZE=block_size,
-        STAGES=_mla_gluon.STAGES,
+        STAGES=stages,
         DECODE_Q=1,
         SPLIT_KV=splits > 1,
         RETURN_LSE=lse,
@@ -257,8 +272,8 @@ def mla_gluon(dtype="bf16", splits=1, lse=False, block_size=64):
     ptrs = {
         "q_desc": desc(_mla_gluon.ROWS, 256),
         "qpe_desc": desc(_mla_gluon.ROWS, _mla_gluon.ROPE_DIM),
-        "c_desc": desc(_mla_gluon.TILE_N, 256),
-        "kpe_desc": desc(_mla_gluon.TILE_N, _mla_gluon.ROPE_DIM),
+        "c_desc": desc(tile_n, 256),
+        "kpe_desc": desc(tile_n, _mla_gluon.ROPE_DIM),
         "out_ptr": f"*{dtype}",
         "lse_ptr": "*fp32",
         "part_out_ptr": "*fp32",
@@ -355,6 +370,8 @@ GLUON: dict[str, Callable[[], Any]] = {
     "mla decode Gluon bf16, one split": lambda: mla_gluon(),
     "mla decode Gluon bf16, 8 splits": lambda: mla_gluon(splits=8),
     "mla decode Gluon fp16 with lse, 128-token pages": lambda: mla_gluon(dtype="fp16", lse=True, block_size=128),
+    "mla decode Gluon bf16, 32-key tiles, 3 stages, 8 splits": lambda: mla_gluon(splits=8, tile_n=32, stages=3),
+    "mla decode Gluon bf16, 32-key tiles, 4 stages, 8 splits": lambda: mla_gluon(splits=8, tile_n=32, stages=4),
 }
 
 

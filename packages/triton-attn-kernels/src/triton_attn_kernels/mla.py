@@ -195,7 +195,7 @@ def mla_decode(
     if _mla_gluon.qualifies(q_nope, q_pe, kv_cache, out, config):
         _mla_gluon.launch(q_nope, q_pe, kv_cache, out, lse if splits == 1 else None, part_out, part_lse, block_table,
                           seq_lens, cu_seqlens_q, num_seqs=num_seqs, max_seqlen_q=dq, scale=scale_value,
-                          num_splits=splits)  # fmt: skip
+                          num_splits=splits, tile_n=config.tile_n, stages=config.num_stages)  # fmt: skip
         if splits > 1:
             merge_partials(part_lse, part_out, cu_seqlens_q, out, lse, num_seqs=num_seqs, decode_q=dq, splits=splits)
         return (out, lse) if lse is not None else out

@@ -60,6 +60,32 @@ def ours_mla_gluon(x: Inputs) -> Timed:
     """mla_decode on the Gluon Hopper kernel (MLADecodeConfig(gluon=1), mla_gluon_config's
     splits; sm_90 with Triton 3.6.0, kv_lora_rank 512 + rope 64): the QK^T once per 64 rows,
     the 512 output columns over two warpgroups."""
+    return _mla_gluon(x, 64, 2)
+
+
+@provider(
+    "ours-mla-gluon-t32s3", ops=("mla_decode",), requires=("triton_attn_kernels",), cuda_only=True,
+    supports=_gluon_serves,
+)  # fmt: skip
+def ours_mla_gluon_t32s3(x: Inputs) -> Timed:
+    """ours-mla-gluon with 32-key latent tiles in a ring of 3 (tuning.mla.GLUON_MLA_TILES)."""
+    return _mla_gluon(x, 32, 3)
+
+
+@provider(
+    "ours-mla-gluon-t32s4", ops=("mla_decode",), requires=("triton_attn_kernels",), cuda_only=True,
+    supports=_gluon_serves,
+)  # fmt: skip
+def ours_mla_gluon_t32s4(x: Inputs) -> Timed:
+    """ours-mla-gluon with 32-key latent tiles in a ring of 4: the same bytes in flight as the
+    default's 2 x 64 keys, in finer steps."""
+    return _mla_gluon(x, 32, 4)
+
+
+def _mla_gluon(x: Inputs, tile_n: int, stages: int) -> Timed:
+    """The Gluon Hopper MLA decode at this tile, with mla_gluon_config's split count."""
+    import dataclasses
+
     from triton_attn_kernels import _gluon
     from triton_attn_kernels.tuning.mla import mla_gluon_config
 
@@ -67,7 +93,7 @@ def ours_mla_gluon(x: Inputs) -> Timed:
         from ..registry import Skip
 
         raise Skip("the Gluon MLA decode runs on sm_90 with Triton 3.6.0")
-    return _mla_decode(x, mla_gluon_config)
+    return _mla_decode(x, lambda p: dataclasses.replace(mla_gluon_config(p), tile_n=tile_n, num_stages=stages))
 
 
 def _mla_decode(x: Inputs, heuristic: Any) -> Timed:

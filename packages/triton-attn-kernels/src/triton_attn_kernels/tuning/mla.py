@@ -25,6 +25,13 @@ __all__ = [
 MAX_MLA_SPLITS = 64
 
 
+# (tile_n, num_stages) of the Gluon MLA decode: 72 KB of queries plus the latent ring (576
+# columns a key) within the 227 KB of an sm_90 block. (64, 2) is the default; the 32-key
+# rings hold 3 and 4 tiles in flight for the same bytes (sm_90, Triton 3.6: 168 registers
+# for each, no spill stores at 32 keys, 28 B at 64).
+GLUON_MLA_TILES = ((64, 2), (32, 3), (32, 4))
+
+
 @dataclass(frozen=True)
 class MLADecodeConfig:
     """Split-KV MLA decode.
@@ -38,8 +45,9 @@ class MLADecodeConfig:
     pipelined (see ``_kernels/mla.py``).
     gluon: 1 runs the Gluon Hopper kernel (``_kernels/mla_gluon.py``: a TMA loader warp, the
     QK^T once per 64 query rows, the output columns split over two warpgroups) where
-    ``_mla_gluon.qualifies``; its tile is fixed (64 rows, 64 keys, 2 stages: tile_n 64 and
-    num_stages 2 here, block_h and num_warps unused), num_splits is this config's.
+    ``_mla_gluon.qualifies``: 64 rows, tile_n keys in a ring of num_stages latent tiles, one
+    of ``GLUON_MLA_TILES`` (what fits an sm_90 block's shared memory; block_h and num_warps
+    unused), num_splits is this config's.
     Elsewhere the config runs as if gluon were 0. The heuristic's choice wherever the
     problem says the Gluon kernel serves (:attr:`MLAProblem.gluon`).
     """
@@ -61,10 +69,11 @@ class MLADecodeConfig:
         _stages(self.num_stages)
         _flag("prefetch_pages", self.prefetch_pages)
         _flag("gluon", self.gluon)
-        if self.gluon and (self.tile_n, self.num_stages) != (64, 2):
+        if self.gluon and (self.tile_n, self.num_stages) not in GLUON_MLA_TILES:
             raise ValueError(
-                f"gluon=1 needs tile_n=64 and num_stages=2 (the kernel's fixed tile), got tile_n={self.tile_n}, "
-                f"num_stages={self.num_stages}"
+                "gluon=1 needs (tile_n, num_stages) in "
+                + ", ".join(map(str, GLUON_MLA_TILES))
+                + f" (the Gluon kernel's shared-memory budget), got ({self.tile_n}, {self.num_stages})"
             )
 
 
