@@ -10,13 +10,14 @@ The whole public API::
     write_latent_cache(kv_c, k_pe, kv_cache, slot_mapping, *, k_scale=None)
     write_kv_cache(key, value, k_cache, v_cache, slot_mapping, *, ...)
     compiled_variants()             kernel variants compiled in this process, per kernel
+    compiling(*, workers=None)      a context: launches inside compile (in parallel), not run
     triton_attn_kernels.reference   fp32 PyTorch ground truth of all three
     triton_attn_kernels.tuning      launch configurations, heuristics and tables
 """
 
 from ._validation import SUPPORTED_HEAD_DIMS
 from .attention import MAX_DECODE_QUERY_LEN, decode_workspace_numel, paged_attention, varlen_attention
-from .compiled import compiled_variants
+from .compiled import compiled_variants, compiling
 from .kv_cache import write_kv_cache
 from .merge import merge_attention_states
 from .mla import MLADecodeConfig, mla_decode, mla_workspace_numel, write_latent_cache
@@ -34,6 +35,7 @@ __all__ = [
     "PrefillConfig",
     "__version__",
     "compiled_variants",
+    "compiling",
     "decode_workspace_numel",
     "merge_attention_states",
     "mla_decode",

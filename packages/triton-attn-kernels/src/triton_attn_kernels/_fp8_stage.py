@@ -21,6 +21,7 @@ import torch
 
 from ._intmath import cdiv, next_pow2
 from ._kernels.kv_stage import stage_kv_kernel
+from ._launch import launch_kernel
 
 # K and V staged for one launch, at most: 1 GiB holds 32k keys of 4 sequences at 8 KV heads
 # of head size 128 in bf16.
@@ -73,7 +74,9 @@ def stage(
     table = table.view(num_seqs, pages_per_seq)
     if num_seqs == 0:
         return k_out, v_out, table
-    stage_kv_kernel[(pages_per_seq, num_seqs, num_kv_heads)](
+    launch_kernel(
+        stage_kv_kernel,
+        (pages_per_seq, num_seqs, num_kv_heads),
         k_cache,
         v_cache,
         block_table,

@@ -23,6 +23,7 @@ from . import _tma
 from . import _validation as check
 from ._device import interpreting, num_sms
 from ._intmath import cdiv
+from ._launch import launch_kernel
 from .tuning import PrefillConfig, gluon_persistent
 
 # Triton releases whose Gluon API (warp_specialize, warpgroup_mma, tma, mbarrier) the kernel
@@ -186,7 +187,9 @@ def launch(
         grid: tuple[int, ...] = (max(1, min(n_work, num_sms(q.device))),)
     else:
         grid = (num_q_heads, num_seqs, q_levels)
-    prefill_gluon_kernel[grid](
+    launch_kernel(
+        prefill_gluon_kernel,
+        grid,
         _descriptor(q, num_tokens, num_q_heads * head_dim, q.stride(0), [BLOCK_M // 2, head_dim]),
         _descriptor(k, kr.rows, kr.cols, kr.row_stride, tile),
         _descriptor(v, vr.rows, vr.cols, vr.row_stride, tile),

@@ -28,6 +28,7 @@ import torch
 from . import _gluon
 from ._device import interpreting
 from ._intmath import cdiv
+from ._launch import launch_kernel
 from .tuning.mla import MLADecodeConfig
 
 KV_RANK = 512
@@ -103,7 +104,9 @@ def launch(
     dq = max(max_seqlen_q, 1)
     dummy = cu_seqlens_q
     grid = (cdiv(dq * num_heads, ROWS), num_seqs, num_splits)
-    mla_gluon_kernel[grid](
+    launch_kernel(
+        mla_gluon_kernel,
+        grid,
         _descriptor(q, num_tokens * num_heads, KV_RANK + ROPE_DIM, [ROWS, 256]),
         _descriptor(q, num_tokens * num_heads, KV_RANK + ROPE_DIM, [ROWS, ROPE_DIM]),
         _descriptor(kv_cache, rows, st, [tile_n, 256]),

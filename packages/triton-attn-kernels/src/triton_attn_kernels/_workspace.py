@@ -8,6 +8,7 @@ import torch
 
 from ._intmath import next_pow2
 from ._kernels.attention import merge_kernel
+from ._launch import launch_kernel
 
 
 def partials(
@@ -47,7 +48,9 @@ def merge_partials(
     block_d = next_pow2(head_dim)
     if num_warps is None:
         num_warps = 4 if MERGE_CHUNK * block_d <= 4096 else 8
-    merge_kernel[(num_heads, num_seqs, decode_q)](
+    launch_kernel(
+        merge_kernel,
+        (num_heads, num_seqs, decode_q),
         part_out,
         part_lse,
         cu_seqlens_q,

@@ -19,6 +19,7 @@ from ._device import interpreting
 from ._intmath import cdiv, next_pow2
 from ._kernels.attention import attention_kernel
 from ._kernels.prefill_tma import prefill_tma_kernel
+from ._launch import launch_kernel
 from ._workspace import merge_partials, partials
 from .tuning import AttentionConfig, AttentionProblem, PrefillConfig, prefill_warps
 from .tuning.policy import MAX_DECODE_QUERY_LEN, decode_workspace_numel, plan_launch
@@ -268,7 +269,9 @@ def _launch(
         part_out: torch.Tensor,
         part_lse: torch.Tensor,
     ) -> None:
-        attention_kernel[(num_kv_heads, num_seqs, splits if decode else grid2)](
+        launch_kernel(
+            attention_kernel,
+            (num_kv_heads, num_seqs, splits if decode else grid2),
             q,
             k,
             v,
@@ -415,7 +418,9 @@ def _launch_tma(
     kr, vr = rows
     block_m = pcfg.block_m
     dummy = cu_seqlens_q
-    prefill_tma_kernel[(num_q_heads, num_seqs, min(cdiv(max(max_seqlen_q, 1), block_m), check.MAX_SEQS))](
+    launch_kernel(
+        prefill_tma_kernel,
+        (num_q_heads, num_seqs, min(cdiv(max(max_seqlen_q, 1), block_m), check.MAX_SEQS)),
         _tma.descriptor(q, num_tokens, num_q_heads * head_dim, q.stride(0), [block_m, head_dim]),
         _tma.descriptor(k, kr.rows, kr.cols, kr.row_stride, [pcfg.tile_n, head_dim]),
         _tma.descriptor(v, vr.rows, vr.cols, vr.row_stride, [pcfg.tile_n, head_dim]),

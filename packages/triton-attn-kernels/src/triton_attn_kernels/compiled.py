@@ -9,12 +9,18 @@ one the first time it is launched, so the count after start says what a cold sta
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import os
 import pkgutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["compiled_keys", "compiled_variants", "kernels"]
+from . import _launch
+
+__all__ = ["compiled_keys", "compiled_variants", "compiling", "kernels"]
 
 
 @functools.cache
@@ -63,3 +69,44 @@ def compiled_keys() -> dict[str, list[str]]:
     argument, then the compile options), for telling which argument made a new variant:
     compare a key taken after some work with the ones taken before it."""
     return {name: _keys(fn) for name, fn in kernels().items()}
+
+
+@contextlib.contextmanager
+def compiling(*, workers: int | None = None) -> Iterator[list[str]]:
+    """Inside, every launch of this package's kernels compiles the variant it would run (or
+    loads it from Triton's on-disk cache) and launches nothing; leaving waits until every one
+    is in memory, so the same launches made afterwards run at once. Yields the names of the
+    kernels submitted, one per launch.
+
+    With ``workers`` > 1 (default: the CPU count, at most 8) the compiles run side by side on
+    a thread pool through Triton's asynchronous compile mode: its compiler spends most of a
+    compile outside Python's lock (MLIR and LLVM passes, ``ptxas``), so a dozen variants take
+    little longer than the slowest. A compile that fails here is dropped silently: the real
+    launch compiles it again and reports (or recovers from) the failure where it happens.
+
+    For warming caches only: the launchers still check their arguments and prepare their
+    launches on the host, but nothing is written to any output.
+    """
+    if _launch.COMPILING.get() is not None:
+        raise RuntimeError("compiling() is already active")
+    submitted: list[str] = []
+    token = _launch.COMPILING.set(submitted)
+    try:
+        with _compile_pool(workers if workers is not None else min(8, os.cpu_count() or 1)):
+            yield submitted
+    finally:
+        _launch.COMPILING.reset(token)
+
+
+@contextlib.contextmanager
+def _compile_pool(workers: int) -> Iterator[None]:
+    try:
+        from triton.runtime import _async_compile as mode
+    except ImportError:  # a Triton without it compiles each variant in turn
+        mode = None
+    if workers <= 1 or mode is None or mode.active_mode.get() is not None:
+        yield
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="triton-attn-compile") as pool:
+        with mode.AsyncCompileMode(pool, ignore_errors=True):
+            yield

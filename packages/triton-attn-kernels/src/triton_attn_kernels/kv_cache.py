@@ -8,6 +8,7 @@ from . import _validation as check
 from . import debug
 from ._intmath import next_pow2
 from ._kernels.kv_cache import write_kv_kernel
+from ._launch import launch_kernel
 from .tuning import KVWriteConfig, select_kv_write_config
 
 __all__ = ["write_kv_cache"]
@@ -89,7 +90,9 @@ def write_kv_cache(
         config=config,
         device=key.device,
     )
-    write_kv_kernel[(num_tokens,)](
+    launch_kernel(
+        write_kv_kernel,
+        (num_tokens,),
         key,
         value,
         k_cache,

@@ -13,6 +13,7 @@ import torch
 from . import _validation as check
 from ._intmath import next_pow2
 from ._kernels.attention import merge_states_kernel
+from ._launch import launch_kernel
 
 __all__ = ["merge_attention_states"]
 
@@ -62,7 +63,9 @@ def merge_attention_states(
     lse = torch.empty((num_tokens, num_heads), dtype=torch.float32, device=out_a.device)
     if out.numel() == 0:
         return out, lse
-    merge_states_kernel[(num_tokens * num_heads,)](
+    launch_kernel(
+        merge_states_kernel,
+        (num_tokens * num_heads,),
         out_a,
         lse_a,
         out_b,

@@ -19,6 +19,7 @@ from ._device import interpreting
 from ._intmath import cdiv, next_pow2
 from ._kernels.mla import mla_decode_kernel
 from ._kernels.mla_cache import write_latent_kernel
+from ._launch import launch_kernel
 from ._workspace import merge_partials, partials
 from .tuning.mla import WGMMA_ROWS, MLADecodeConfig, MLAProblem, mla_decode_heuristic, mla_workspace_numel
 from .tuning.policy import MAX_DECODE_QUERY_LEN
@@ -214,7 +215,9 @@ def mla_decode(
     dot_f32 = q_nope.dtype == torch.float32 or (interpreting() and q_nope.dtype == torch.bfloat16 and not fp8_via_f16)
 
     def run(tile_n: int, warps: int, stages: int) -> None:
-        mla_decode_kernel[(cdiv(num_heads, block_h), num_seqs, splits)](
+        launch_kernel(
+            mla_decode_kernel,
+            (cdiv(num_heads, block_h), num_seqs, splits),
             q_nope,
             q_pe,
             kv_cache,
@@ -331,7 +334,9 @@ def write_latent_cache(
     if num_tokens == 0:
         return
     scale_t = check.kv_scale("k_scale", k_scale, kv_c.device) if fp8 else slot_mapping
-    write_latent_kernel[(num_tokens,)](
+    launch_kernel(
+        write_latent_kernel,
+        (num_tokens,),
         kv_c,
         k_pe,
         kv_cache,
