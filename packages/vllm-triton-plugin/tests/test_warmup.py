@@ -19,6 +19,7 @@ from vllm.config import CUDAGraphMode
 from vllm.v1.attention.backend import AttentionType
 from vllm.v1.kv_cache_interface import FullAttentionSpec
 
+from triton_attn_kernels import _launch
 from triton_attn_kernels.tuning import select_kv_write_config
 from vllm_triton_plugin import _warmup
 from vllm_triton_plugin import backend as be
@@ -44,12 +45,19 @@ def _classes(strides: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(_warmup._int_class(s) for s in strides)
 
 
-def _record(monkeypatch: pytest.MonkeyPatch) -> set[tuple]:
+def _record(monkeypatch: pytest.MonkeyPatch, compiled: set[tuple] | None = None) -> set[tuple]:
     """Replace the impl's launchers with recorders of the launch forms Triton compiles a
     variant for: the decode configuration (its split count only as split or not), the
     prefill configuration, whether a prefill launch runs alone over 4+ sequences (the
-    persistent launch), the query strides' integer classes; the cache write's configuration."""
-    seen: set[tuple] = set()
+    persistent launch), the query strides' integer classes; the cache write's configuration.
+    Forms launched inside ``compiling()`` go to ``compiled`` instead."""
+    ran: set[tuple] = set()
+
+    class Seen:
+        def add(self, form: tuple) -> None:
+            (ran if _launch.COMPILING.get() is None or compiled is None else compiled).add(form)
+
+    seen = Seen()
 
     def attend(q, k_cache, v_cache, block_table, seq_lens, cu, *, config, decode_query_len, max_seqlen_q, **kw):
         d = config.decode
@@ -65,12 +73,13 @@ def _record(monkeypatch: pytest.MonkeyPatch) -> set[tuple]:
 
     monkeypatch.setattr(be, "paged_attention", attend)
     monkeypatch.setattr(be, "write_kv_cache", write)
-    return seen
+    return ran
 
 
 @pytest.mark.parametrize("dq", [1, 3])
 def test_warm_up_launches_every_form_a_batch_can(monkeypatch: pytest.MonkeyPatch, dq: int) -> None:
-    seen = _record(monkeypatch)
+    compiled: set[tuple] = set()
+    seen = _record(monkeypatch, compiled)
     builder, lay, cm = _setup(monkeypatch, dq=dq)
     # The interpreter's heuristic gives every batch size one decode configuration; a GPU's
     # differ by batch size, as these do.
@@ -80,6 +89,8 @@ def test_warm_up_launches_every_form_a_batch_can(monkeypatch: pytest.MonkeyPatch
     )
     _warmup.warm_up_attention(builder, cm)
     warmed = set(seen)
+    # Every form compiled first, side by side, then launched.
+    assert compiled == warmed
     seen.clear()
     g = torch.Generator().manual_seed(3)
     rng = np.random.default_rng(3)

@@ -13,14 +13,17 @@ Both builders call their warm-up once, at the first CUDA-graph capture (caches a
 outside the graph). Each launch is a tiny batch through the builder's own ``build`` (or
 plan) and the impl's own forward, on the real cache (read only; writes get slot -1, which
 writes nothing) and a block table as wide as vLLM's, so that every specialised argument
-falls in the class a real batch gives it. Without full CUDA graphs nothing is warmed: the
-decode configuration then follows the context length as well. A failure is logged and
-costs only the head start.
+falls in the class a real batch gives it. The launches are made twice: first inside
+``triton_attn_kernels.compiling()``, where they only compile, the variants side by side on
+a thread pool, then for real. Without full CUDA graphs nothing is warmed: the decode
+configuration then follows the context length as well. A failure is logged and costs only
+the head start.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -29,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from triton_attn_kernels import compiled_variants
+from triton_attn_kernels import compiled_variants, compiling
 from triton_attn_kernels.tuning import select_kv_write_config
 
 from .backend import ENCODER_TYPES, TritonAttentionImpl, logger
@@ -77,9 +80,16 @@ def _cache(layer: Any) -> torch.Tensor | None:
 
 
 def _run(name: str, device: torch.device, warm: Callable[[], int]) -> None:
-    """Run ``warm`` (returns its launch count), then log what it did or why it stopped."""
+    """Run ``warm`` (returns its launch count) twice: first inside ``compiling()``, where its
+    launches only compile, side by side on a thread pool, then for real (every variant in
+    memory by then, so the launches check the compiled set and run); then log what it did
+    or why it stopped."""
     t0, before = time.perf_counter(), sum(compiled_variants().values())
+    workers = min(8, os.cpu_count() or 1)
     try:
+        with compiling(workers=workers):
+            warm()
+        t1 = time.perf_counter()
         calls = warm()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -89,11 +99,13 @@ def _run(name: str, device: torch.device, warm: Callable[[], int]) -> None:
     if calls == 0:  # no layer of this builder's to warm
         return
     logger.info(
-        "%s: warm-up made %d launches in %.1f s, %d kernel variants compiled or loaded.",
+        "%s: warm-up made %d launches, %d kernel variants compiled or loaded in %.1f s on %d threads, then run in %.1f s.",
         name,
         calls,
-        time.perf_counter() - t0,
         sum(compiled_variants().values()) - before,
+        t1 - t0,
+        workers,
+        time.perf_counter() - t1,
     )
 
 
