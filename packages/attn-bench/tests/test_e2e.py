@@ -48,6 +48,7 @@ FAKE_VLLM = textwrap.dedent(
                     open(os.path.join(d, "kernel.bin"), "w").close()
                 if self.backend == "CUSTOM":
                     print("INFO Triton attention: 7 kernel variants compiled or loaded during engine start (x)")
+                    print("INFO Graph capturing finished in 12 secs, took 0.50 GiB")
 
         def apply_model(self, fn):
             # vLLM-style parameter names at toy width; the config's layer count. An MLA config
@@ -170,8 +171,11 @@ def test_cold_start_gives_each_backend_fresh_caches_then_keeps_them(tmp_path, mo
         assert float(r["init_cold_s"]) > 0 and float(r["init_s"]) > 0
         assert float(r["first_batch_cold_s"]) > 0 and float(r["first_batch_s"]) > 0
     assert (rows["ours"]["variants"], rows["FLASH_ATTN"]["variants"]) == ("7", "-1")
+    assert rows["ours"]["phases"] == rows["ours"]["phases_cold"] == "capture 12.0"
+    assert rows["FLASH_ATTN"]["phases"] == ""
     md = (out / "e2e.md").read_text()
     assert "## Engine start" in md and "| ours |" in md.split("## Engine start")[1]
+    assert "- ours: cold: capture 12.0; warm: capture 12.0" in md
 
 
 def test_cold_start_failure_is_reported_and_skips_the_warm_run(tmp_path, monkeypatch):
@@ -200,6 +204,20 @@ def test_cache_environment(tmp_path, monkeypatch):
     log = "(Worker_TP0) INFO Triton attention: 9 kernel variants compiled or loaded during engine start (a 9)\n"
     log += "(Worker_TP1) INFO Triton attention: 11 kernel variants compiled or loaded during engine start (a 11)\n"
     assert e2e.start_variants(log) == 11 and e2e.start_variants("nothing") == -1
+
+
+def test_start_phases_from_the_engine_log():
+    # vLLM 0.26's lines, a second process's, and both forms of the plugin's warm-up line.
+    log = """(EngineCore pid=9) INFO [gpu_model_runner.py:1] Model loading took 15.0 GiB memory and 4.250000 seconds
+(EngineCore pid=9) INFO [_warmup.py:89] Triton attention: warm-up made 11 launches, 8 kernel variants compiled or loaded in 6.5 s on 8 threads, then run in 0.5 s.
+(EngineCore pid=9) INFO [model_runner.py:747] Graph capturing finished in 32 secs, took 0.53 GiB
+(EngineCore pid=9) INFO [core.py:340] init engine (profile, create kv cache, warmup model) took 84.17 s (compilation: 29.51 s)
+(Worker_TP1) INFO Graph capturing finished in 30 secs, took 0.53 GiB
+"""
+    assert e2e.start_phases(log) == {"load": 4.25, "compile": 29.51, "capture": 32.0, "warm-up": 7.0, "init": 84.17}
+    old = "INFO Triton MLA: warm-up made 12 launches in 9.4 s, 7 kernel variants compiled or loaded.\n"
+    assert e2e.start_phases(old) == {"warm-up": 9.4} and e2e.start_phases("nothing") == {}
+    assert e2e.format_phases({"load": 4.25, "capture": 32.0}) == "load 4.2, capture 32.0"
 
 
 def test_prompts_are_deterministic_and_ordinary_tokens():

@@ -85,6 +85,17 @@ CACHE_VARIABLES = {
 _VARIANTS_LINE = re.compile(r"Triton attention: (\d+) kernel variants compiled or loaded during engine start")
 # The first batch after start: 4 short requests.
 FIRST_BATCH = Workload(4, 256, 8)
+# Where an engine start goes, from vLLM's own log lines (0.26 through 0.32) and the plugin's
+# warm-up line: seconds per phase.
+_PHASES = {
+    "load": re.compile(r"Model loading took [\d.]+ GiB(?: memory)? and ([\d.]+) seconds"),
+    "compile": re.compile(
+        r"init engine \(profile, create kv cache, warmup model\) took [\d.]+ s(?:econds)? \(compilation: ([\d.]+) s\)"
+    ),
+    "capture": re.compile(r"Graph capturing finished in ([\d.]+) secs"),
+    "warm-up": re.compile(r"warm-up made \d+ launches.*? in ([\d.]+) s(?: on \d+ threads, then run in ([\d.]+) s)?"),
+    "init": re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+)"),
+}
 
 
 @dataclass
@@ -119,6 +130,8 @@ class E2ERow:
     caches: str = "shared"  # "shared": the caller's; "own": fresh for this backend, warmed by its cold start
     init_cold_s: float = float("nan")  # LLM(...) with empty caches
     first_batch_cold_s: float = float("nan")
+    phases: str = ""  # this start's phases in seconds (format_phases)
+    phases_cold: str = ""  # the cold start's
     variants: int = -1  # kernel variants the plugin reported at start (this run's); -1: none reported
     # Our kernels' variants compiled (or loaded from Triton's cache) while the measured batch
     # ran, in the engine's worker: a compile there is seconds inside the timed call. -1:
@@ -173,6 +186,24 @@ def start_variants(log: str) -> int:
     """The kernel variants the plugin reported at start in a worker's log; the largest
     where several processes reported (tensor parallelism); -1 if none did."""
     return max((int(m) for m in _VARIANTS_LINE.findall(log)), default=-1)
+
+
+def start_phases(log: str) -> dict[str, float]:
+    """Seconds per phase of an engine start in a worker's log: weights loaded, torch.compile
+    (vLLM's "compilation"), CUDA-graph capture (our warm-up runs inside it), the plugin's
+    warm-up (compiling and launching), the engine's whole init. Per phase the largest over
+    its lines (processes start side by side); a phase without a line is left out."""
+    found: dict[str, float] = {}
+    for name, pattern in _PHASES.items():
+        values = [sum(float(x) for x in ((m,) if isinstance(m, str) else m) if x) for m in pattern.findall(log)]
+        if values:
+            found[name] = max(values)
+    return found
+
+
+def format_phases(phases: dict[str, float]) -> str:
+    """``{"load": 5.1, "capture": 32.0}`` as ``load 5.1, capture 32.0`` (the start table's)."""
+    return ", ".join(f"{k} {v:.1f}" for k, v in phases.items())
 
 
 def _env(backend: str, caches: Path | None = None) -> dict[str, str]:
@@ -425,6 +456,13 @@ def _start_table(rows: list[E2ERow]) -> list[str]:
             f"| {label} | {r.init_cold_s:.1f} | {r.init_s:.1f} | {rel(r.init_cold_s, first.init_cold_s)} "
             f"| {rel(r.init_s, first.init_s)} | {r.first_batch_cold_s:.2f} | {r.first_batch_s:.2f} | {variants} |"
         )
+    lines += [
+        "",
+        "Where each start went, in seconds, from the engine's log (vLLM's lines and the plugin's warm-up):",
+        "",
+    ]
+    for label, r in seen.items():
+        lines.append(f"- {label}: cold: {r.phases_cold or '-'}; warm: {r.phases or '-'}")
     return lines
 
 
@@ -443,6 +481,7 @@ def _collect(out: Path, reference: str | None) -> list[E2ERow]:
             cold[label] = {
                 "init_cold_s": res.get("init_s", float("nan")),
                 "first_batch_cold_s": res.get("first_batch_s", float("nan")),
+                "phases_cold": format_phases(info.get("phases", {})),
             }
             continue
         common = {
@@ -450,6 +489,7 @@ def _collect(out: Path, reference: str | None) -> list[E2ERow]:
             "timestamp": info.get("timestamp", ""),
             "caches": info.get("caches", "shared"),
             "variants": info.get("variants", -1),
+            "phases": format_phases(info.get("phases", {})),
             **(cold.get(label, {}) if info.get("phase") == "warm" else {}),
         }
         if info["status"] != "ok" or not res_path.exists():
@@ -535,7 +575,7 @@ def _run_worker(spec: dict[str, Any], spec_path: Path, log: Path, timeout_s: flo
         if not detail:
             detail = (tail[-1].strip() if tail else f"exit status {rc}")[-300:]
     print(f"[e2e] {spec['label']}: {status} in {time.perf_counter() - t0:.0f}s {detail}", file=sys.stderr, flush=True)
-    return {"status": status, "detail": detail, "variants": start_variants(text)}
+    return {"status": status, "detail": detail, "variants": start_variants(text), "phases": start_phases(text)}
 
 
 def _check_lengths(names: list[str], max_model_len: Any, model: str) -> None:
@@ -609,7 +649,7 @@ def run_e2e(opts: E2EOptions) -> int:
             if cold_ok:
                 run = _run_worker(spec, out / f"spec-{tag}.json", out / f"log-{tag}.txt", opts.timeout_s, caches)
             else:  # a warm figure needs the cold start's caches
-                run = {"status": "error", "detail": "not run: the cold start failed", "variants": -1}
+                run = {"status": "error", "detail": "not run: the cold start failed", "variants": -1, "phases": {}}
             cold_ok = phase != "cold" or run["status"] == "ok"
             ok &= run["status"] == "ok"
             meta["runs"].append(
