@@ -352,3 +352,22 @@ def test_a_workload_longer_than_max_model_len_is_refused_before_any_engine(tmp_p
     assert started == []
     # Without the engine argument the config's max_position_embeddings (163840) bounds it.
     e2e._check_lengths(["8x32768-1024"], None, e2e.model_dir("deepseek-v2-lite"))
+
+
+def test_cold_start_primes_the_file_cache_once_first(tmp_path, monkeypatch):
+    _use_fake_vllm(tmp_path, monkeypatch)
+    primed: list[str] = []
+    monkeypatch.setattr(e2e, "prime_file_cache", lambda caches: primed.append(str(caches)))
+    out = tmp_path / "e2e"
+    opts = e2e.E2EOptions(backends=["ours", "FLASH_ATTN"], workloads=["tiny"], out=out, timeout_s=120, cold_start=True)
+    assert e2e.run_e2e(opts) == 0
+    assert primed == [str((out / "caches" / "prime").resolve())]
+    primed.clear()
+    opts = e2e.E2EOptions(backends=["ours"], workloads=["tiny"], out=tmp_path / "warm", timeout_s=120)
+    assert e2e.run_e2e(opts) == 0 and primed == []
+    # The priming script itself runs in a plain interpreter and prints its time.
+    proc = __import__("subprocess").run(
+        [__import__("sys").executable, "-c", e2e._PRIME.replace("import vllm", "pass  #")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "file cache primed in" in proc.stdout
