@@ -176,3 +176,53 @@ def test_no_copy_while_a_cuda_graph_records(gluon_by_reference, monkeypatch):
 
     monkeypatch.setattr(attention, "_capturing", lambda device: True)
     _runs_the_generic_kernel(gluon_by_reference)
+
+
+def _specialisation(fn, args: tuple) -> tuple:
+    """How Triton classifies a launch's integer and pointer arguments: the class of each
+    integer (1, a multiple of 16, other) and each pointer's 16-byte alignment, except where
+    the kernel exempts the argument. Two launches with equal tuples (and equal constexprs)
+    share a compiled variant."""
+    opts = getattr(fn, "kwargs", None)
+    if opts is not None:  # the interpreter's stand-in keeps the decorator's options
+        fixed, unaligned = (
+            set(opts.get("do_not_specialize") or ()),
+            set(opts.get("do_not_specialize_on_alignment") or ()),
+        )
+    else:
+        fixed = {p.name for p in fn.params if p.do_not_specialize}
+        unaligned = {p.name for p in fn.params if p.do_not_specialize_on_alignment}
+    out = []
+    for name, value in zip(fn.arg_names, args, strict=False):
+        if isinstance(value, torch.Tensor) and name not in unaligned:
+            out.append((name, value.data_ptr() % 16 == 0))
+        elif isinstance(value, int) and not isinstance(value, bool) and name not in fixed:
+            out.append((name, 1 if value == 1 else 16 if value % 16 == 0 else 0))
+    return tuple(out)
+
+
+def test_staging_launch_variant_does_not_follow_the_contexts(gluon_by_reference, monkeypatch):
+    # What serving sends: prefills of short and of long contexts, alone and after decodes
+    # (the prefill launch then reads the index tensors from an offset). One staging variant,
+    # and the Gluon launch is handed a staged block table whose row stride follows the
+    # longest context, which its kernel therefore must not specialise on either.
+    from triton_attn_kernels._kernels.prefill_gluon import prefill_gluon_kernel
+
+    seen: list[tuple] = []
+    real = _fp8_stage.launch_kernel
+
+    def record(kernel, grid, *args, **kwargs):
+        seen.append(_specialisation(kernel, args))
+        real(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(_fp8_stage, "launch_kernel", record)
+    cfg = AttentionConfig(prefill=GLUON)
+    strides = set()
+    for q_lens, seq_lens in (([40], [50]), ([40, 30], [45, 60]), ([1, 1, 40], [40, 70, 300]), ([1, 30], [33, 1100])):
+        b = paged_batch(q_lens, seq_lens, num_kv_heads=2, head_dim=64, block_size=16, dtype=torch.bfloat16,
+                        kv_dtype=torch.float8_e4m3fn)  # fmt: skip
+        paged_attention(*b.args(), **b.lens(), out=poisoned_like(b.q), config=cfg, k_scale=1.0, v_scale=1.0)
+        strides.add(gluon_by_reference[-1]["block_table"].stride(0))
+    assert len(seen) == 4 and len(set(seen)) == 1, set(seen)
+    assert 1 in strides and len(strides) > 1
+    assert "stride_bt_s" in {p.name for p in prefill_gluon_kernel.params if p.do_not_specialize}

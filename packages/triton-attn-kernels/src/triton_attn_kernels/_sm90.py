@@ -77,10 +77,13 @@ def compile_one(fn, constexprs: dict, pointers: dict, warps: int = 4, stages: in
     the pipeliner issues cp.async, as on the GPU)."""
     constexprs = {**{n: 1 for n in fn.arg_names if n.startswith("stride") and n.endswith("_d")}, **constexprs}
     sig = signature(fn, constexprs, pointers)
+    # A stride the kernel lists in do_not_specialize gets no divisibility on the GPU either.
+    plain = {p.name for p in fn.params if p.do_not_specialize}
     attrs = {
         (i,): [["tt.divisibility", 16]]
         for i, n in enumerate(fn.arg_names)
-        if (sig[n].startswith("*") and aligned(fn, n)) or (n.startswith("stride") and n not in constexprs)
+        if (sig[n].startswith("*") and aligned(fn, n))
+        or (n.startswith("stride") and n not in constexprs and n not in plain)
     }
     src = ASTSource(
         fn=fn,

@@ -666,6 +666,9 @@ def _consumer(
         "q_levels",
         "n_work",
         "programs",
+        # The block-table row stride: vLLM's is fixed, but the fp8 path's staged table has
+        # one column per page of the longest context, 1 for a short one.
+        "stride_bt_s",
     ],
     # Index tensors are read one scalar at a time (a page id per key tile): callers' slices
     # at any offset (the plugin's prefill rows after a mixed batch's decodes) share a variant.
