@@ -580,14 +580,23 @@ def _run_worker(spec: dict[str, Any], spec_path: Path, log: Path, timeout_s: flo
 
 # What every engine start reads from disk, whatever its backend: the first process on a fresh
 # machine reads it cold, the later ones from the OS file cache. A --cold-start run reads it
-# once first, so that the first backend's cold start is not also the machine's.
+# once first, so that the first backend's cold start is not also the machine's: the imports,
+# and a tiny torch.compile and CUDA graph (Dynamo, Inductor and Triton's compiler load their
+# modules lazily), with compile caches of its own that no engine reads.
 _PRIME = """
 import time
 t0 = time.perf_counter()
 import torch
 if torch.cuda.is_available():
     torch.cuda.init()
-    (torch.ones(64, 64, device="cuda") @ torch.ones(64, 64, device="cuda")).sum().item()
+    x = torch.ones(64, 64, device="cuda")
+    (x @ x).sum().item()
+    torch.compile(lambda t: (t * 2).sin() + 1)(x).sum().item()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = x * 3
+    g.replay()
+    torch.cuda.synchronize()
 import triton
 import vllm
 from vllm import LLM
@@ -597,12 +606,12 @@ try:
     import vllm_triton_plugin.backend
 except ImportError:
     pass
-print(f"[e2e] file cache primed in {time.perf_counter() - t0:.1f}s (imports only; no compile cache touched)")
+print(f"[e2e] file cache primed in {time.perf_counter() - t0:.1f}s (throwaway compile caches)")
 """
 
 
 def prime_file_cache(caches: Path, timeout_s: float = 300.0) -> None:
-    """Import, in a throwaway process, what every engine start imports (the comment above
+    """Run, in a throwaway process, what every engine start loads (the comment above
     ``_PRIME``), with every compile cache pointed into ``caches`` (a folder no engine uses).
     A failure is printed and the run goes on."""
     try:
