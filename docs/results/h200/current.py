@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 MORNING = HERE / "fa3-2026-12-02"  # sources a53c8fc: 16-token pages, FA3 beside
 SPLIT = HERE / "split-2026-12-02"  # sources 60a08c2: decode, verify
 FEATURES = HERE / "fp8-stage-2026-12-02"  # sources c940545: prefill and mixed at 128-token pages
-E2E = HERE / "e2e" / "e2e-2026-12-02.csv"  # sources 60a08c2
+E2E = HERE / "e2e" / "e2e-2026-12-03b.csv"  # sources 0d4a7ff
 OURS, FA3 = "#1f77b4", "#ff7f0e"
 
 
@@ -103,8 +103,8 @@ def plot(png: Path) -> None:
     axes[0].set_ylabel("speed relative to FA3 (FA3 time / ours)")
     fig.suptitle(
         "One NVIDIA H200, vLLM 0.26's FlashAttention-3 in the same process; bf16, 32 q / 8 KV heads, d128 "
-        "(commits a53c8fc, 60a08c2, c940545: docs/results/h200/fa3-2026-12-02, split-2026-12-02, e2e, "
-        "fp8-stage-2026-12-02)",
+        "(commits a53c8fc, 60a08c2, c940545, 0d4a7ff: docs/results/h200/fa3-2026-12-02, split-2026-12-02, "
+        "fp8-stage-2026-12-02, e2e 2026-12-03)",
         fontsize=9,
     )
     fig.tight_layout()
