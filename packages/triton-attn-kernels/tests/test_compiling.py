@@ -82,3 +82,11 @@ def test_compiled_variants_serve_the_launches(workers, head_dim):
     torch.cuda.synchronize()
     assert compiled_keys() == after_compile
     assert_matches(out, ref, torch.float16)
+
+
+def test_default_workers_follow_the_cpus_this_process_may_use(monkeypatch):
+    from triton_attn_kernels import compiled
+
+    for cpus, workers in ((1, 1), (3, 3), (64, 8)):
+        monkeypatch.setattr(compiled.os, "sched_getaffinity", lambda pid, n=cpus: set(range(n)), raising=False)
+        assert compiled.default_compile_workers() == workers

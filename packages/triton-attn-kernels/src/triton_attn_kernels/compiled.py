@@ -71,6 +71,16 @@ def compiled_keys() -> dict[str, list[str]]:
     return {name: _keys(fn) for name, fn in kernels().items()}
 
 
+def default_compile_workers() -> int:
+    """The CPUs this process may run on (its affinity mask, which a container's CPU set
+    narrows), at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
 @contextlib.contextmanager
 def compiling(*, workers: int | None = None) -> Iterator[list[str]]:
     """Inside, every launch of this package's kernels compiles the variant it would run (or
@@ -78,7 +88,7 @@ def compiling(*, workers: int | None = None) -> Iterator[list[str]]:
     is in memory, so the same launches made afterwards run at once. Yields the names of the
     kernels submitted, one per launch.
 
-    With ``workers`` > 1 (default: the CPU count, at most 8) the compiles run side by side on
+    With ``workers`` > 1 (default: :func:`default_compile_workers`) the compiles run side by side on
     a thread pool through Triton's asynchronous compile mode: its compiler spends most of a
     compile outside Python's lock (MLIR and LLVM passes, ``ptxas``), so a dozen variants take
     little longer than the slowest. A compile that fails here is dropped silently: the real
@@ -92,7 +102,7 @@ def compiling(*, workers: int | None = None) -> Iterator[list[str]]:
     submitted: list[str] = []
     token = _launch.COMPILING.set(submitted)
     try:
-        with _compile_pool(workers if workers is not None else min(8, os.cpu_count() or 1)):
+        with _compile_pool(workers if workers is not None else default_compile_workers()):
             yield submitted
     finally:
         _launch.COMPILING.reset(token)

@@ -23,7 +23,6 @@ the head start.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from triton_attn_kernels import compiled_variants, compiling
+from triton_attn_kernels.compiled import default_compile_workers
 from triton_attn_kernels.tuning import select_kv_write_config
 
 from .backend import ENCODER_TYPES, TritonAttentionImpl, logger
@@ -85,7 +85,7 @@ def _run(name: str, device: torch.device, warm: Callable[[], int]) -> None:
     memory by then, so the launches check the compiled set and run); then log what it did
     or why it stopped."""
     t0, before = time.perf_counter(), sum(compiled_variants().values())
-    workers = min(8, os.cpu_count() or 1)
+    workers = default_compile_workers()
     try:
         with compiling(workers=workers):
             warm()
