@@ -17,6 +17,7 @@ import torch
 from batches import DEVICE, assert_matches, paged_batch, poisoned_like
 
 from triton_attn_kernels import AttentionConfig, PrefillConfig, _fp8_stage, _gluon, paged_attention
+from triton_attn_kernels.compiled import variant_of
 from triton_attn_kernels.reference import paged_attention_ref
 
 FP8 = [torch.float8_e4m3fn, torch.float8_e5m2]
@@ -178,29 +179,6 @@ def test_no_copy_while_a_cuda_graph_records(gluon_by_reference, monkeypatch):
     _runs_the_generic_kernel(gluon_by_reference)
 
 
-def _specialisation(fn, args: tuple) -> tuple:
-    """How Triton classifies a launch's integer and pointer arguments: the class of each
-    integer (1, a multiple of 16, other) and each pointer's 16-byte alignment, except where
-    the kernel exempts the argument. Two launches with equal tuples (and equal constexprs)
-    share a compiled variant."""
-    opts = getattr(fn, "kwargs", None)
-    if opts is not None:  # the interpreter's stand-in keeps the decorator's options
-        fixed, unaligned = (
-            set(opts.get("do_not_specialize") or ()),
-            set(opts.get("do_not_specialize_on_alignment") or ()),
-        )
-    else:
-        fixed = {p.name for p in fn.params if p.do_not_specialize}
-        unaligned = {p.name for p in fn.params if p.do_not_specialize_on_alignment}
-    out = []
-    for name, value in zip(fn.arg_names, args, strict=False):
-        if isinstance(value, torch.Tensor) and name not in unaligned:
-            out.append((name, value.data_ptr() % 16 == 0))
-        elif isinstance(value, int) and not isinstance(value, bool) and name not in fixed:
-            out.append((name, 1 if value == 1 else 16 if value % 16 == 0 else 0))
-    return tuple(out)
-
-
 def test_staging_launch_variant_does_not_follow_the_contexts(gluon_by_reference, monkeypatch):
     # What serving sends: prefills of short and of long contexts, alone and after decodes
     # (the prefill launch then reads the index tensors from an offset). One staging variant,
@@ -212,7 +190,7 @@ def test_staging_launch_variant_does_not_follow_the_contexts(gluon_by_reference,
     real = _fp8_stage.launch_kernel
 
     def record(kernel, grid, *args, **kwargs):
-        seen.append(_specialisation(kernel, args))
+        seen.append(variant_of(kernel, args, kwargs))
         real(kernel, grid, *args, **kwargs)
 
     monkeypatch.setattr(_fp8_stage, "launch_kernel", record)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -127,3 +128,82 @@ def test_no_warm_up_without_full_cuda_graphs(monkeypatch: pytest.MonkeyPatch) ->
     builder, _, cm = _setup(monkeypatch, CUDAGraphMode.PIECEWISE)
     _warmup.warm_up_attention(builder, cm)
     assert seen == set()
+
+
+def _record_variants(monkeypatch: pytest.MonkeyPatch) -> set[tuple]:
+    """Every kernel launch reduced to its compiled variant (``compiled.variant_of``: Triton's
+    classes of every argument the kernel specialises). The Gluon kernels are recorded and not
+    run (the interpreter has no Gluon); the others run."""
+    from triton_attn_kernels import _fp8_stage, _gluon, _mla_gluon, _workspace, attention, kv_cache, merge, mla
+    from triton_attn_kernels.compiled import variant_of
+
+    seen: set[tuple] = set()
+
+    def recorder(real: Any, runs: bool) -> Any:
+        def launch(kernel: Any, grid: tuple, *args: Any, **kwargs: Any) -> None:
+            seen.add((getattr(kernel, "fn", kernel).__name__, variant_of(kernel, args, kwargs)))
+            if runs:
+                real(kernel, grid, *args, **kwargs)
+
+        return launch
+
+    for module in (_fp8_stage, _gluon, _mla_gluon, _workspace, attention, kv_cache, merge, mla):
+        runs = module not in (_gluon, _mla_gluon)
+        monkeypatch.setattr(module, "launch_kernel", recorder(module.launch_kernel, runs))
+    return seen
+
+
+@pytest.mark.parametrize("cache_dtype", ["auto", "fp8_e4m3"])
+def test_warm_up_compiles_every_kernel_variant_later_batches_launch(monkeypatch: pytest.MonkeyPatch, cache_dtype):
+    # Kernel level, where the forms above cannot see: how Triton classifies each integer
+    # and pointer argument. The fp8 cache takes the Hopper route (the staging copy, then the
+    # Gluon prefill), as on an H200, where short warm-up contexts once gave two arguments
+    # the value 1 that real batches never have.
+    import test_backend
+
+    from triton_attn_kernels import PrefillConfig, _gluon
+
+    head, hq, hkv, width = 64, 4, 2, 24  # 24 table columns: 384 tokens per sequence at most
+    monkeypatch.setattr(test_backend, "HEAD", head)
+    fp8 = cache_dtype != "auto"
+    if fp8:
+        for name in ("available", "_sm90"):
+            monkeypatch.setattr(_gluon, name, lambda *a: True)
+        monkeypatch.setattr(_gluon, "interpreting", lambda: False)
+    seen = _record_variants(monkeypatch)
+    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=hkv, head_size=head, dtype=torch.float16)
+    config = vllm_config(hq, hkv, torch.float16, cache_dtype, CUDAGraphMode.FULL_AND_PIECEWISE, head_size=head,
+                         max_model_len=width * BLOCK)  # fmt: skip
+    builder = be.TritonAttentionMetadataBuilder(spec, ["layer.0"], config, DEVICE)
+    if fp8:  # what the serving policy picks on sm_90 for head size 64 (the interpreter's has none)
+        builder.policy.prefill = PrefillConfig(block_m=128, tile_n=128, num_warps=4, num_stages=2, gluon=1)
+    impl = be.TritonAttentionImpl(hq, head, head**-0.5, hkv, None, None, cache_dtype, None, AttentionType.DECODER)
+    impl.process_weights_after_loading(torch.float16)
+    lay = layer(0.7, 1.3)
+    lay.impl = impl
+    lay.kv_cache = kv_cache(160, hkv, torch.uint8 if fp8 else torch.float16, "NHD")
+    monkeypatch.setattr(vllm.config, "get_layers_from_vllm_config", lambda *a, **k: {"layer.0": lay})
+    cm = SimpleNamespace(block_table_tensor=torch.zeros(8, width, dtype=torch.int32, device=DEVICE))
+    _warmup.warm_up_attention(builder, cm)
+    warmed = set(seen)
+    kernels = {name for name, _ in warmed}
+    assert {"attention_kernel", "write_kv_kernel"} <= kernels
+    assert not fp8 or {"stage_kv_kernel", "prefill_gluon_kernel"} <= kernels
+    seen.clear()
+    g = torch.Generator().manual_seed(5)
+    rng = np.random.default_rng(5)
+    for _ in range(10):
+        # Decode-first mixes, contexts from a few tokens to many pages, vLLM's full-width table.
+        n = int(rng.integers(1, 7))
+        decodes = int(rng.integers(0, n + 1))
+        ctxs = [int(rng.integers(3, width * BLOCK - 8)) for _ in range(n)]
+        seqs = [(c, 1) for c in ctxs[:decodes]] + [(c, int(rng.integers(2, min(c, 40) + 1))) for c in ctxs[decodes:]]
+        batch = make_batch(seqs, hq, hkv, torch.float16, 160, g)
+        table = torch.zeros(n, width, dtype=torch.int32, device=DEVICE)
+        table[:, : batch.common.block_table_tensor.shape[1]] = batch.common.block_table_tensor
+        common = dataclasses.replace(batch.common, block_table_tensor=table)
+        md = builder.build(0, common)
+        impl.do_kv_cache_update(lay, batch.key, batch.value, lay.kv_cache, md.slot_mapping)
+        impl.forward(lay, batch.query, batch.key, batch.value, lay.kv_cache, md, torch.empty_like(batch.query))
+    assert {name for name, _ in seen} >= ({"prefill_gluon_kernel"} if fp8 else {"attention_kernel"})
+    assert seen <= warmed, sorted(map(str, seen - warmed))

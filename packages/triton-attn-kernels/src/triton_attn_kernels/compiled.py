@@ -20,7 +20,7 @@ from typing import Any
 
 from . import _launch
 
-__all__ = ["compiled_keys", "compiled_variants", "compiling", "kernels"]
+__all__ = ["compiled_keys", "compiled_variants", "compiling", "default_compile_workers", "kernels", "variant_of"]
 
 
 @functools.cache
@@ -51,6 +51,38 @@ def _keys(fn: Any) -> list[str]:
         return [str(key) for kernels in cache.values() if isinstance(kernels, dict) for key in list(kernels)]
     # Triton's interpreter (TRITON_INTERPRET=1) runs the Python source and compiles nothing.
     return []
+
+
+def _exempt(fn: Any) -> tuple[set[str], set[str]]:
+    """The arguments ``fn`` does not specialise: on value, and pointers on alignment."""
+    options = getattr(fn, "kwargs", None)
+    if isinstance(options, dict):  # Triton's interpreter keeps the decorator's options
+        return set(options.get("do_not_specialize") or ()), set(options.get("do_not_specialize_on_alignment") or ())
+    params = getattr(fn, "params", [])
+    return {p.name for p in params if p.do_not_specialize}, {p.name for p in params if p.do_not_specialize_on_alignment}
+
+
+def variant_of(fn: Any, args: tuple, kwargs: dict[str, Any]) -> tuple:
+    """What decides the compiled variant of the launch ``fn[grid](*args, **kwargs)``, as
+    Triton's launcher classifies it, computed on the host (no GPU, no compile): each tensor's
+    dtype and 16-byte alignment, each integer's class (1, a multiple of 16, other; 64-bit
+    where it needs it), each tensor descriptor's dtype and block, and the keyword arguments
+    (constexprs and compile options), minus what the kernel exempts. Two launches with equal
+    results share a variant."""
+    plain, unaligned = _exempt(fn)
+    out: list[tuple[Any, ...]] = []
+    for name, value in zip(fn.arg_names, args, strict=False):
+        if hasattr(value, "data_ptr") and hasattr(value, "dtype"):
+            out.append((name, str(value.dtype), name in unaligned or value.data_ptr() % 16 == 0))
+        elif hasattr(value, "block_shape"):  # a host-side tensor descriptor
+            out.append((name, str(value.base.dtype), tuple(value.block_shape)))
+        elif isinstance(value, int) and not isinstance(value, bool):
+            wide = not -(2**31) <= value < 2**31
+            cls = None if name in plain else 1 if value == 1 else 16 if value % 16 == 0 else 0
+            out.append((name, wide, cls))
+        else:
+            out.append((name, type(value).__name__))
+    return (*out, *sorted((k, str(v)) for k, v in kwargs.items()))
 
 
 def compiled_variants() -> dict[str, int]:
