@@ -153,8 +153,8 @@ def _record_variants(monkeypatch: pytest.MonkeyPatch) -> set[tuple]:
     return seen
 
 
-@pytest.mark.parametrize("cache_dtype", ["auto", "fp8_e4m3"])
-def test_warm_up_compiles_every_kernel_variant_later_batches_launch(monkeypatch: pytest.MonkeyPatch, cache_dtype):
+@pytest.mark.parametrize(("cache_dtype", "dq"), [("auto", 1), ("auto", 3), ("fp8_e4m3", 1)])
+def test_warm_up_compiles_every_kernel_variant_later_batches_launch(monkeypatch: pytest.MonkeyPatch, cache_dtype, dq):
     # Kernel level, where the forms above cannot see: how Triton classifies each integer
     # and pointer argument. The fp8 cache takes the Hopper route (the staging copy, then the
     # Gluon prefill), as on an H200, where short warm-up contexts once gave two arguments
@@ -170,6 +170,8 @@ def test_warm_up_compiles_every_kernel_variant_later_batches_launch(monkeypatch:
         for name in ("available", "_sm90"):
             monkeypatch.setattr(_gluon, name, lambda *a: True)
         monkeypatch.setattr(_gluon, "interpreting", lambda: False)
+    if dq > 1:  # speculative decoding: verification rows of dq tokens run as decodes
+        monkeypatch.setattr(be._compat, "decode_query_len", lambda cfg: dq)
     seen = _record_variants(monkeypatch)
     spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=hkv, head_size=head, dtype=torch.float16)
     config = vllm_config(hq, hkv, torch.float16, cache_dtype, CUDAGraphMode.FULL_AND_PIECEWISE, head_size=head,
@@ -196,8 +198,9 @@ def test_warm_up_compiles_every_kernel_variant_later_batches_launch(monkeypatch:
         # Decode-first mixes, contexts from a few tokens to many pages, vLLM's full-width table.
         n = int(rng.integers(1, 7))
         decodes = int(rng.integers(0, n + 1))
-        ctxs = [int(rng.integers(3, width * BLOCK - 8)) for _ in range(n)]
-        seqs = [(c, 1) for c in ctxs[:decodes]] + [(c, int(rng.integers(2, min(c, 40) + 1))) for c in ctxs[decodes:]]
+        ctxs = [int(rng.integers(8, width * BLOCK - 8)) for _ in range(n)]
+        seqs = [(c, int(rng.integers(1, dq + 1))) for c in ctxs[:decodes]]
+        seqs += [(c, int(rng.integers(dq + 1, min(c, 40) + 1))) for c in ctxs[decodes:]]
         batch = make_batch(seqs, hq, hkv, torch.float16, 160, g)
         table = torch.zeros(n, width, dtype=torch.int32, device=DEVICE)
         table[:, : batch.common.block_table_tensor.shape[1]] = batch.common.block_table_tensor
