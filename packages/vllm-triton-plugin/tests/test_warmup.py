@@ -42,6 +42,19 @@ def _setup(monkeypatch: pytest.MonkeyPatch, mode=CUDAGraphMode.FULL_AND_PIECEWIS
     return builder, lay, cm
 
 
+def decode_first_mix(
+    rng: np.random.Generator, dq: int, *, most: int, contexts: tuple[int, int]
+) -> list[tuple[int, int]]:
+    """(context, new tokens) of 1..``most`` requests in vLLM's order: decodes (1..dq new
+    tokens) first, then prefills (more than dq new tokens, at most 40), contexts drawn from
+    ``contexts`` (from dq + 2 up)."""
+    n = int(rng.integers(1, most + 1))
+    decodes = int(rng.integers(0, n + 1))
+    ctxs = [int(rng.integers(max(contexts[0], dq + 2), contexts[1])) for _ in range(n)]
+    seqs = [(c, int(rng.integers(1, dq + 1))) for c in ctxs[:decodes]]
+    return seqs + [(c, int(rng.integers(dq + 1, min(c, 40) + 1))) for c in ctxs[decodes:]]
+
+
 def _classes(strides: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(_warmup._int_class(s) for s in strides)
 
@@ -96,12 +109,7 @@ def test_warm_up_launches_every_form_a_batch_can(monkeypatch: pytest.MonkeyPatch
     g = torch.Generator().manual_seed(3)
     rng = np.random.default_rng(3)
     for _ in range(80):
-        # Decode-first mixes of 1..max_num_seqs requests, vLLM's order.
-        n = int(rng.integers(1, 9))
-        decodes = int(rng.integers(0, n + 1))
-        seqs = [(int(rng.integers(5, 40)), int(rng.integers(1, dq + 1))) for _ in range(decodes)]
-        seqs += [(int(rng.integers(dq + 1, 40)), 0) for _ in range(n - decodes)]
-        seqs = [(ctx, q or int(rng.integers(dq + 1, ctx + 1))) for ctx, q in seqs]
+        seqs = decode_first_mix(rng, dq, most=8, contexts=(5, 40))
         batch = make_batch(seqs, HQ, HKV, torch.float16, 24, g)
         md = builder.build(0, batch.common)
         lay.impl.forward(lay, batch.query, batch.key, batch.value, lay.kv_cache, md, torch.empty_like(batch.query))
@@ -195,14 +203,10 @@ def test_warm_up_compiles_every_kernel_variant_later_batches_launch(monkeypatch:
     g = torch.Generator().manual_seed(5)
     rng = np.random.default_rng(5)
     for _ in range(10):
-        # Decode-first mixes, contexts from a few tokens to many pages, vLLM's full-width table.
-        n = int(rng.integers(1, 7))
-        decodes = int(rng.integers(0, n + 1))
-        ctxs = [int(rng.integers(8, width * BLOCK - 8)) for _ in range(n)]
-        seqs = [(c, int(rng.integers(1, dq + 1))) for c in ctxs[:decodes]]
-        seqs += [(c, int(rng.integers(dq + 1, min(c, 40) + 1))) for c in ctxs[decodes:]]
+        # Contexts from a few tokens to many pages, vLLM's full-width block table.
+        seqs = decode_first_mix(rng, dq, most=6, contexts=(8, width * BLOCK - 8))
         batch = make_batch(seqs, hq, hkv, torch.float16, 160, g)
-        table = torch.zeros(n, width, dtype=torch.int32, device=DEVICE)
+        table = torch.zeros(len(seqs), width, dtype=torch.int32, device=DEVICE)
         table[:, : batch.common.block_table_tensor.shape[1]] = batch.common.block_table_tensor
         common = dataclasses.replace(batch.common, block_table_tensor=table)
         md = builder.build(0, common)
