@@ -213,8 +213,10 @@ def test_start_phases_from_the_engine_log():
 (EngineCore pid=9) INFO [model_runner.py:747] Graph capturing finished in 32 secs, took 0.53 GiB
 (EngineCore pid=9) INFO [core.py:340] init engine (profile, create kv cache, warmup model) took 84.17 s (compilation: 29.51 s)
 (Worker_TP1) INFO Graph capturing finished in 30 secs, took 0.53 GiB
+(EngineCore pid=9) INFO [backend.py:85] Triton attention: 10 kernel variants compiled or loaded during engine start (attention 3); its builds, cache writes and forwards took 1.3 s on the host over 9000 calls (the warm-up's apart).
 """
-    assert e2e.start_phases(log) == {"load": 4.25, "compile": 29.51, "capture": 32.0, "warm-up": 7.0, "init": 84.17}
+    phases = {"load": 4.25, "compile": 29.51, "capture": 32.0, "warm-up": 7.0, "init": 84.17, "plugin host": 1.3}
+    assert e2e.start_phases(log) == phases and e2e.start_variants(log) == 10
     old = "INFO Triton MLA: warm-up made 12 launches in 9.4 s, 7 kernel variants compiled or loaded.\n"
     assert e2e.start_phases(old) == {"warm-up": 9.4} and e2e.start_phases("nothing") == {}
     assert e2e.format_phases({"load": 4.25, "capture": 32.0}) == "load 4.2, capture 32.0"

@@ -43,6 +43,8 @@ class _Lines(logging.Handler):
 @pytest.fixture
 def lines(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(backend, "_start_reported", False)
+    monkeypatch.setattr(backend.StartHostTime, "seconds", 0.0)
+    monkeypatch.setattr(backend.StartHostTime, "calls", 0)
     monkeypatch.setattr(backend, "compiled_variants", lambda: {"attention": 5, "merge": 2, "write_kv": 1})
     handler = _Lines()
     backend.logger.addHandler(handler)
@@ -92,3 +94,27 @@ def test_the_mla_backend_reports_too(lines: list[str], monkeypatch: pytest.Monke
     builder.build_for_cudagraph_capture(_batch())
     builder.build(0, _batch())
     assert len(lines) == 2
+
+
+def test_the_report_counts_the_plugins_host_time_until_it(lines: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=1, head_size=HEAD, dtype=torch.float32)
+    builder = backend.TritonAttentionMetadataBuilder(spec, ["layer.0"], vllm_config(4, 1, torch.float32), DEVICE)
+    slow = backend.start_timed(lambda: __import__("time").sleep(0.05))
+    builder._capturing = True  # builds during capture count, and do not report
+    for _ in range(3):
+        builder.build(0, _batch())
+    slow()
+    backend.StartHostTime.paused = True  # the warm-up's calls do not count
+    try:
+        slow()
+        builder.build(0, _batch())
+    finally:
+        backend.StartHostTime.paused = False
+    assert backend.StartHostTime.calls == 4 and 0.05 <= backend.StartHostTime.seconds < 1.0
+    seconds = backend.StartHostTime.seconds
+    builder._capturing = False
+    builder.build(0, _batch())  # the first real batch: the report, then no more counting
+    assert len(lines) == 1 and f"took {seconds:.1f} s on the host over 4 calls" in lines[0]
+    calls = backend.StartHostTime.calls
+    slow()
+    assert backend.StartHostTime.calls == calls

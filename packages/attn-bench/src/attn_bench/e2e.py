@@ -95,6 +95,8 @@ _PHASES = {
     "capture": re.compile(r"Graph capturing finished in ([\d.]+) secs"),
     "warm-up": re.compile(r"warm-up made \d+ launches.*? in ([\d.]+) s(?: on \d+ threads, then run in ([\d.]+) s)?"),
     "init": re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+)"),
+    # The plugin's own builds, cache writes and forwards on the host (its start report).
+    "plugin host": re.compile(r"forwards took ([\d.]+) s on the host"),
 }
 
 
@@ -191,7 +193,8 @@ def start_variants(log: str) -> int:
 def start_phases(log: str) -> dict[str, float]:
     """Seconds per phase of an engine start in a worker's log: weights loaded, torch.compile
     (vLLM's "compilation"), CUDA-graph capture (our warm-up runs inside it), the plugin's
-    warm-up (compiling and launching), the engine's whole init. Per phase the largest over
+    warm-up (compiling and launching), the engine's whole init, and the host time of the
+    plugin's builds, writes and forwards outside its warm-up. Per phase the largest over
     its lines (processes start side by side); a phase without a line is left out."""
     found: dict[str, float] = {}
     for name, pattern in _PHASES.items():

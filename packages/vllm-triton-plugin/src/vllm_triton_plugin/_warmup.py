@@ -35,7 +35,7 @@ from triton_attn_kernels import compiled_variants, compiling
 from triton_attn_kernels.compiled import default_compile_workers
 from triton_attn_kernels.tuning import select_kv_write_config
 
-from .backend import ENCODER_TYPES, TritonAttentionImpl, logger
+from .backend import ENCODER_TYPES, StartHostTime, TritonAttentionImpl, logger
 from .mla_backend import TritonMLAImpl, TritonMLAPlan, plan_context_chunks
 
 __all__ = ["decode_warm_up_batches", "warm_up_attention", "warm_up_mla"]
@@ -86,6 +86,7 @@ def _run(name: str, device: torch.device, warm: Callable[[], int]) -> None:
     or why it stopped."""
     t0, before = time.perf_counter(), sum(compiled_variants().values())
     workers = default_compile_workers()
+    StartHostTime.paused = True  # the warm-up's own builds and forwards are reported below
     try:
         with compiling(workers=workers):
             warm()
@@ -96,6 +97,8 @@ def _run(name: str, device: torch.device, warm: Callable[[], int]) -> None:
     except Exception as e:  # the first real batches compile what is missing
         logger.warning("%s: warm-up stopped (%s: %s); the first batches compile the rest.", name, type(e).__name__, e)
         return
+    finally:
+        StartHostTime.paused = False
     if calls == 0:  # no layer of this builder's to warm
         return
     logger.info(

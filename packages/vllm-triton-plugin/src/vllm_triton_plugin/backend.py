@@ -11,10 +11,13 @@ split-KV workspace; ``forward`` neither allocates nor reads device values on the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from vllm.v1.attention.backend import (
@@ -70,6 +73,35 @@ SUPPORTED_ATTN_TYPES = (AttentionType.DECODER, *ENCODER_TYPES)
 
 logger = logging.getLogger("vllm.plugins.triton_attn")
 _start_reported = False
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class StartHostTime:
+    """Seconds the plugin's own builds, cache writes and forwards spend on the host during
+    engine start (graph capture mostly: each capture runs every layer's write and forward),
+    the warm-up's apart (it reports itself): what the plugin adds to the start besides its
+    compiles. Counted until the start report."""
+
+    seconds: float = 0.0
+    calls: int = 0
+    paused: bool = False  # set by the warm-up around its own calls
+
+
+def start_timed(fn: _F) -> _F:
+    """``fn``, its host time added to :class:`StartHostTime` until the start report."""
+
+    @functools.wraps(fn)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        if _start_reported or StartHostTime.paused:
+            return fn(*args, **kwargs)
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            StartHostTime.seconds += time.perf_counter() - t0
+            StartHostTime.calls += 1
+
+    return timed  # type: ignore[return-value]
 
 
 def _report_start_variants() -> None:
@@ -83,10 +115,13 @@ def _report_start_variants() -> None:
     _start_reported = True
     counts = compiled_variants()
     logger.info(
-        "Triton attention: %d kernel variants compiled or loaded during engine start (%s)%s.",
+        "Triton attention: %d kernel variants compiled or loaded during engine start (%s)%s; "
+        "its builds, cache writes and forwards took %.1f s on the host over %d calls (the warm-up's apart).",
         sum(counts.values()),
         ", ".join(f"{k} {n}" for k, n in counts.items()),
         "; Triton's interpreter compiles none" if os.environ.get("TRITON_INTERPRET", "0") == "1" else "",
+        StartHostTime.seconds,
+        StartHostTime.calls,
     )
 
 
@@ -259,6 +294,7 @@ class TritonAttentionMetadataBuilder(CaptureAware, AttentionMetadataBuilder[Trit
     def update_draft_decode_metadata(self, metadata: TritonAttentionMetadata) -> None:
         """Nothing to recompute between draft steps (see ``supports_draft_decode_metadata_update``)."""
 
+    @start_timed
     def build(
         self,
         common_prefix_len: int,
@@ -501,6 +537,7 @@ class TritonAttentionImpl(AttentionImpl[TritonAttentionMetadata]):
             self.alibi_slopes = self.alibi_slopes.to(device)
         return self.alibi_slopes
 
+    @start_timed
     def do_kv_cache_update(
         self,
         layer: Any,
@@ -525,6 +562,7 @@ class TritonAttentionImpl(AttentionImpl[TritonAttentionMetadata]):
             v_scale=layer._v_scale if fp8 else None,
         )
 
+    @start_timed
     def forward(
         self,
         layer: Any,

@@ -56,6 +56,7 @@ from .backend import (
     CaptureAware,
     TritonAttentionBackend,
     logger,
+    start_timed,
 )
 
 __all__ = [
@@ -180,6 +181,7 @@ class TritonMLAMetadataBuilder(CaptureAware, MLACommonMetadataBuilder[TritonMLAM
             warm_up_mla(self, common_attn_metadata)
         return super().build_for_cudagraph_capture(common_attn_metadata)  # type: ignore[no-any-return]
 
+    @start_timed
     def build(self, common_prefix_len: int, common_attn_metadata: Any, fast_build: bool = False) -> TritonMLAMetadata:
         self._report_if_real()
         md = super().build(common_prefix_len, common_attn_metadata, fast_build)
@@ -413,6 +415,7 @@ class TritonMLAImpl(MLACommonImpl[TritonMLAMetadata]):
             return kv_cache.view(self.fp8_dtype)
         return kv_cache
 
+    @start_timed
     def do_kv_cache_update(
         self,
         kv_c_normed: torch.Tensor,
@@ -435,6 +438,7 @@ class TritonMLAImpl(MLACommonImpl[TritonMLAMetadata]):
             k_scale=k_scale if self.fp8_dtype is not None else None,
         )
 
+    @start_timed
     def forward_mqa(
         self,
         q: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
@@ -477,6 +481,7 @@ class TritonMLAImpl(MLACommonImpl[TritonMLAMetadata]):
         k_nope, v = kv_nope.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)
         return self._concat_k_nope_k_pe(k_nope, k_pe.reshape(-1, 1, self.qk_rope_head_dim)), v
 
+    @start_timed
     def forward_mha(  # type: ignore[override]
         self,
         q: torch.Tensor,
