@@ -33,6 +33,9 @@ FAKE_VLLM = textwrap.dedent(
             self.cfg = cfg
             self.backend = (attention_config or {}).get("backend", "auto")
             self.model = model
+            # Speculative decoding's counters, kept only with stats on (vLLM's rule).
+            self.spec = kw.get("speculative_config") and not kw.get("disable_log_stats", True)
+            self.counts = [0, 0, 0]
             if self.backend == "BROKEN":
                 raise RuntimeError("backend BROKEN is not registered")
             journal = os.environ.get("FAKE_JOURNAL")
@@ -93,7 +96,18 @@ FAKE_VLLM = textwrap.dedent(
                 if self.backend == "TRITON_ATTN":
                     ids[len(ids) // 2] = -1  # diverges halfway
                 outs.append(_Output(ids))
+                # 4 drafts of 3 tokens per request, half of the tokens accepted.
+                self.counts = [self.counts[0] + 4, self.counts[1] + 12, self.counts[2] + 6]
             return outs
+
+        def get_metrics(self):
+            class Counter:
+                def __init__(self, name, value):
+                    self.name, self.value = name, value
+
+            names = ("vllm:spec_decode_num_drafts", "vllm:spec_decode_num_draft_tokens_total",
+                     "vllm:spec_decode_num_accepted_tokens")
+            return [Counter(n, v) for n, v in zip(names, self.counts)] if self.spec else [Counter("other", 1)]
     """
 )
 
@@ -373,3 +387,24 @@ def test_cold_start_primes_the_file_cache_once_first(tmp_path, monkeypatch):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0 and "file cache primed in" in proc.stdout
+
+
+def test_speculative_decoding_acceptance_is_reported(tmp_path, monkeypatch):
+    _use_fake_vllm(tmp_path, monkeypatch)
+    out = tmp_path / "e2e"
+    spec = 'speculative_config={"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 4}'
+    opts = e2e.E2EOptions(backends=["FLASH_ATTN"], workloads=["tiny"], out=out, timeout_s=120, extra=[spec])
+    assert e2e.run_e2e(opts) == 0
+    (row,) = _read(out / "e2e.csv")
+    assert float(row["spec_acceptance"]) == 0.5 and float(row["spec_accepted_per_draft"]) == 1.5
+    assert "- tiny, FLASH_ATTN: 50.0% of proposed, 1.50 per draft" in (out / "e2e.md").read_text()
+    # Without a speculative_config: nothing to report.
+    opts = e2e.E2EOptions(backends=["FLASH_ATTN"], workloads=["tiny"], out=tmp_path / "plain", timeout_s=120)
+    assert e2e.run_e2e(opts) == 0
+    (row,) = _read(tmp_path / "plain" / "e2e.csv")
+    assert row["spec_acceptance"] == "nan" and "Speculative decoding" not in (tmp_path / "plain" / "e2e.md").read_text()
+    zero = dict.fromkeys(e2e.SPEC_COUNTERS, 0)
+    assert all(x != x for x in e2e.spec_acceptance(None, zero))  # not counted: nan
+    assert all(x != x for x in e2e.spec_acceptance(zero, zero))  # nothing proposed: nan
+    after = dict(zip(e2e.SPEC_COUNTERS, (10, 40, 30), strict=True))
+    assert e2e.spec_acceptance(zero, after) == (0.75, 3.0)

@@ -139,6 +139,10 @@ class E2ERow:
     # ran, in the engine's worker: a compile there is seconds inside the timed call. -1:
     # not counted (the worker could not be asked).
     compiled_in_batch: int = -1
+    # Speculative decoding (an engine with a speculative_config): accepted / proposed draft
+    # tokens during the measured batch, and tokens accepted per draft; nan without it.
+    spec_acceptance: float = float("nan")
+    spec_accepted_per_draft: float = float("nan")
     reference: str = ""
     agree_first16: float = float("nan")  # share of requests whose first 16 tokens equal the reference's
     agree_prefix: float = float("nan")  # mean share of each output before the first divergence
@@ -268,6 +272,38 @@ def _new_variants(before: list[str] | None, after: list[str] | None) -> list[str
     return [line for line in after if line not in seen]
 
 
+# vLLM's speculative-decoding counters (v1 metrics; Prometheus may add "_total").
+SPEC_COUNTERS = (
+    "vllm:spec_decode_num_drafts",
+    "vllm:spec_decode_num_draft_tokens",
+    "vllm:spec_decode_num_accepted_tokens",
+)
+
+
+def spec_counts(llm: Any) -> dict[str, float] | None:
+    """vLLM's speculative-decoding counters so far, summed over engines, or None where the
+    engine keeps none (no speculative_config, stats off, an older vLLM)."""
+    try:
+        metrics = llm.get_metrics()
+    except Exception:
+        return None
+    found: dict[str, float] = {}
+    for m in metrics:
+        name = str(getattr(m, "name", "")).removesuffix("_total")
+        if name in SPEC_COUNTERS and isinstance(getattr(m, "value", None), (int, float)):
+            found[name] = found.get(name, 0) + m.value
+    return found if len(found) == len(SPEC_COUNTERS) else None
+
+
+def spec_acceptance(before: dict[str, float] | None, after: dict[str, float] | None) -> tuple[float, float]:
+    """(accepted / proposed draft tokens, accepted tokens per draft) between two counts."""
+    nan = float("nan")
+    if before is None or after is None:
+        return nan, nan
+    drafts, proposed, accepted = (after[k] - before[k] for k in SPEC_COUNTERS)
+    return (accepted / proposed if proposed else nan), (accepted / drafts if drafts else nan)
+
+
 def _worker(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     import torch
@@ -284,6 +320,8 @@ def _worker(spec_path: str) -> None:
     if spec["backend"] != "auto":
         kwargs["attention_config"] = {"backend": spec["backend"]}
     kwargs.update(spec.get("extra", {}))
+    if kwargs.get("speculative_config"):  # its acceptance counters need vLLM's stats
+        kwargs.setdefault("disable_log_stats", False)
     t0 = time.perf_counter()
     llm = LLM(**kwargs)
     init_s = time.perf_counter() - t0
@@ -326,11 +364,13 @@ def _worker(spec_path: str) -> None:
         )
         batch = [{"prompt_token_ids": p} for p in prompts(w, tokens=ordinary)]
         before = _worker_variants(llm)
+        counts = spec_counts(llm)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         t = time.perf_counter()
         outs = llm.generate(batch, sp, use_tqdm=False)
         el = time.perf_counter() - t
+        rate, per_draft = spec_acceptance(counts, spec_counts(llm))
         after = _worker_variants(llm)
         tokens = [list(o.outputs[0].token_ids) for o in outs]
         new = _new_variants(before, after)
@@ -340,6 +380,8 @@ def _worker(spec_path: str) -> None:
                 "elapsed_s": el,
                 "tokens": tokens,
                 "compiled_in_batch": -1 if new is None else len(new),
+                "spec_acceptance": rate,
+                "spec_accepted_per_draft": per_draft,
                 # Which arguments made each new variant: compare with the start's keys.
                 "compiled_in_batch_keys": new or [],
             }
@@ -420,6 +462,13 @@ def _write(rows: list[E2ERow], out: Path) -> None:
             f"| {r.workload} | {r.label} | {r.total_tok_s:,.0f} | {r.output_tok_s:,.1f} | {r.ms_per_step:.2f} "
             f"| {rel:.2f} | {agree} | {r.compiled_in_batch if r.compiled_in_batch >= 0 else '-'} | ok |"
         )
+    spec = [r for r in rows if r.spec_acceptance == r.spec_acceptance]
+    if spec:
+        lines += ["", "Speculative decoding during the measured batch (vLLM's counters): draft tokens accepted", ""]
+        lines += [
+            f"- {r.workload}, {r.label}: {r.spec_acceptance:.1%} of proposed, {r.spec_accepted_per_draft:.2f} per draft"
+            for r in spec
+        ]
     lines += _start_table(rows)
     if rows:
         lines += [
@@ -524,6 +573,8 @@ def _collect(out: Path, reference: str | None) -> list[E2ERow]:
                 init_s=res["init_s"],
                 first_batch_s=res.get("first_batch_s", float("nan")),
                 compiled_in_batch=r.get("compiled_in_batch", -1),
+                spec_acceptance=r.get("spec_acceptance", float("nan")),
+                spec_accepted_per_draft=r.get("spec_accepted_per_draft", float("nan")),
                 device=res.get("device", ""),
                 vllm=res.get("vllm", ""),
                 torch=res.get("torch", ""),
