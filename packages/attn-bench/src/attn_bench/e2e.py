@@ -61,6 +61,7 @@ WORKLOADS = {
     "1x500-4096": Workload(1, 500, 4096),
     "8x32768-1024": Workload(8, 32768, 1024),  # long context (max_model_len >= 33,792)
     "64x2048-512": Workload(64, 2048, 512),  # the MLA model's (deepseek-v2-lite)
+    "32x4096-512": Workload(32, 4096, 512),  # with speculative decoding (--engine-arg speculative_config=...)
     "tiny": Workload(4, 64, 16),  # a few seconds: checks the setup, not a benchmark
 }
 DEFAULT_WORKLOADS = ("256x1024-256", "64x8192-512", "1x500-4096")
