@@ -107,10 +107,12 @@ def _batch(
     *,
     cuda_graphs=False,
     chunk_keys: int = 6,
+    table_width: int = 0,
 ):
     """(context_len, query_len) per request, decodes first (vLLM's MLA order). Returns the
     latents of every token, the cache with the contexts written (unused slots NaN), the
-    metadata and the new tokens' slot mapping."""
+    metadata and the new tokens' slot mapping. ``table_width``: block-table columns at least
+    (vLLM's table is as wide as the longest context a request may have, whatever the batch)."""
     g = torch.Generator().manual_seed(seed)
     reqs = [*decodes, *prefills]
     seq_lens = [c + q for c, q in reqs]
@@ -118,7 +120,7 @@ def _batch(
     max_blocks = max(blocks_per)
     num_blocks = sum(blocks_per) + 3
     perm = torch.randperm(num_blocks, generator=g)  # scattered pages
-    table = torch.zeros(len(reqs), max_blocks, dtype=torch.int32)
+    table = torch.zeros(len(reqs), max(max_blocks, table_width), dtype=torch.int32)
     used = 0
     for i, n in enumerate(blocks_per):
         table[i, :n] = perm[used : used + n].int()
@@ -327,18 +329,25 @@ def _warm_layer(monkeypatch: pytest.MonkeyPatch, builder, cache: str = "auto"):
     return layer, SimpleNamespace(block_table_tensor=torch.zeros(8, 16, dtype=torch.int32))
 
 
-def test_warm_up_launches_every_variant_a_batch_can(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("level", ["launcher", "kernel"])
+def test_warm_up_launches_every_variant_a_batch_can(monkeypatch: pytest.MonkeyPatch, level: str) -> None:
     """Under full CUDA graphs the warm-up before the first capture launches every form of
     launch, with every integer class, that any batch of 1..max_num_seqs decodes (1..4 new
     tokens each) and of prefills on cached prefixes (chunked, merged) launches later, so
-    that no kernel compiles in a real batch."""
+    that no kernel compiles in a real batch. ``launcher``: the forms at our launchers' calls
+    (stood in for); ``kernel``: the kernels' own variants (``compiled.variant_of``), the
+    launchers running for real."""
+    from test_warmup import _record_variants
 
-    seen = _record_launches(monkeypatch)
+    seen = _record_launches(monkeypatch) if level == "launcher" else _record_variants(monkeypatch)
     builder = _builder(torch.float16, "auto", cuda_graphs=True)
     layer, cm = _warm_layer(monkeypatch, builder)
     _w.warm_up_mla(builder, cm)
     warmed = set(seen)
-    assert any(k[0] == "decode" for k in warmed) and any(k[0] == "merge" and k[1] for k in warmed)
+    if level == "launcher":
+        assert any(k[0] == "decode" for k in warmed) and any(k[0] == "merge" and k[1] for k in warmed)
+    else:
+        assert {"mla_decode_kernel", "attention_kernel", "merge_states_kernel"} <= {k[0] for k in warmed}
     seen.clear()
     g = np.random.default_rng(5)
     for n in range(1, builder.max_num_seqs + 1):
@@ -346,7 +355,9 @@ def test_warm_up_launches_every_variant_a_batch_can(monkeypatch: pytest.MonkeyPa
             q_lens = np.full(n, t // n)
             q_lens[: t % n] += 1
             decodes = [(int(c), int(q)) for c, q in zip(g.integers(0, 9, n), q_lens, strict=True)]
-            _, _, kv_cache, md, *_ = _batch(decodes, [], torch.float16, "auto", seed=t, cuda_graphs=True)
+            _, _, kv_cache, md, *_ = _batch(
+                decodes, [], torch.float16, "auto", seed=t, cuda_graphs=True, table_width=cm.block_table_tensor.shape[1]
+            )
             # As the layer hands them over: q_nope a transposed bmm output, q_pe a slice.
             q_nope = torch.zeros(HEADS, t, RANK, dtype=torch.float16).transpose(0, 1)
             q_pe = torch.zeros(t, HEADS, NOPE + ROPE, dtype=torch.float16)[..., NOPE:]
@@ -357,15 +368,17 @@ def test_warm_up_launches_every_variant_a_batch_can(monkeypatch: pytest.MonkeyPa
         # Chunk budgets that give chunks of every class of key count (1, 16, other).
         chunk_keys = (6, 16, 32)[trial % 3]
         _, _, kv_cache, md, *_ = _batch(
-            [], prefills, torch.float16, "auto", seed=trial, cuda_graphs=True, chunk_keys=chunk_keys
-        )
+            [], prefills, torch.float16, "auto", seed=trial, cuda_graphs=True, chunk_keys=chunk_keys,
+            table_width=cm.block_table_tensor.shape[1],
+        )  # fmt: skip
         t = md.num_actual_tokens
         layer.impl.forward_mha(
             torch.zeros(t, HEADS, QK, dtype=torch.float16), torch.zeros(t, RANK, dtype=torch.float16),
             torch.zeros(t, 1, ROPE, dtype=torch.float16), kv_cache, md, layer._k_scale,
             output=torch.zeros(t, HEADS * V_DIM, dtype=torch.float16),
         )  # fmt: skip
-    assert seen and {k[0] for k in seen} == {"decode", "varlen", "merge"}
+    if level == "launcher":
+        assert seen and {k[0] for k in seen} == {"decode", "varlen", "merge"}
     assert seen <= warmed, sorted(map(str, seen - warmed))
 
 
