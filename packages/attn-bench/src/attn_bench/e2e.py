@@ -87,7 +87,7 @@ _VARIANTS_LINE = re.compile(r"Triton attention: (\d+) kernel variants compiled o
 # The first batch after start: 4 short requests.
 FIRST_BATCH = Workload(4, 256, 8)
 # Where an engine start goes, from vLLM's own log lines (0.26 through 0.32) and the plugin's
-# warm-up line: seconds per phase.
+# warm-up lines: seconds per phase.
 _PHASES = {
     "load": re.compile(r"Model loading took [\d.]+ GiB(?: memory)? and ([\d.]+) seconds"),
     "compile": re.compile(
@@ -95,6 +95,8 @@ _PHASES = {
     ),
     "capture": re.compile(r"Graph capturing finished in ([\d.]+) secs"),
     "warm-up": re.compile(r"warm-up made \d+ launches.*? in ([\d.]+) s(?: on \d+ threads, then run in ([\d.]+) s)?"),
+    # The plugin's compiles beside torch.compile (``_prewarm``): not on the start's path.
+    "ahead": re.compile(r"compiled \d+ kernel variants ahead in ([\d.]+) s"),
     "init": re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+)"),
     # The plugin's own builds, cache writes and forwards on the host (its start report).
     "plugin host": re.compile(r"forwards took ([\d.]+) s on the host"),

@@ -35,6 +35,7 @@ __all__ = [
     "backend_name",
     "can_register_own_name",
     "kv_cache_shape_mixin",
+    "kv_cache_stride_order",
     "platform_detected",
     "register_own_name",
     "split_kv_cache",
@@ -100,6 +101,15 @@ class _LegacyKVCacheShape:
     @staticmethod
     def get_kv_cache_stride_order(include_num_layers_dimension: bool = False) -> tuple[int, ...]:
         return _legacy_stride_order(include_num_layers_dimension)
+
+
+def kv_cache_stride_order() -> tuple[int, ...] | None:
+    """The memory order vLLM allocates the per-layer cache in, as a permutation of the logical
+    ``[num_blocks, num_kv_heads, block_size, 2 * head_size]`` (outermost first), where the
+    backend itself names it (<= 0.28); None on later releases, whose allocator decides."""
+    from vllm.v1.attention.backend import AttentionBackend
+
+    return _legacy_stride_order(False) if hasattr(AttentionBackend, "get_kv_cache_shape") else None
 
 
 class _NoLegacyMethods:

@@ -60,10 +60,11 @@ def _capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
-def _table(cm: Any, rows: int) -> torch.Tensor:
+def _table(cm: Any, rows: int, *, fabricated: bool = False) -> torch.Tensor:
     # Zeros (block 0) with the width and row stride of vLLM's block table.
     real = cm.block_table_tensor
-    return real.new_zeros(rows, real.stride(0))[:, : real.shape[1]]
+    table = real.new_empty(rows, real.stride(0)) if fabricated else real.new_zeros(rows, real.stride(0))
+    return table[:, : real.shape[1]]
 
 
 def _layers(vllm_config: Any, layer_names: list[str], impl_type: type) -> list[Any]:
@@ -137,14 +138,10 @@ def warm_up_attention(builder: Any, cm: Any) -> None:
         return
 
     def warm() -> int:
-        kinds: dict[tuple, Any] = {}
-        for layer in _layers(builder.vllm_config, builder.layer_names, TritonAttentionImpl):
-            impl = layer.impl
-            if impl.attn_type in ENCODER_TYPES or _cache(layer) is None:
-                continue
-            kind = (impl.sliding_window, impl.softcap, impl.alibi_slopes is None, impl.sinks is None)
-            kinds.setdefault(kind, layer)
-        return sum(_warm_attention_layer(builder, layer, cm) for layer in kinds.values())
+        cached = {id(x): (x, c) for x in _layers(builder.vllm_config, builder.layer_names, TritonAttentionImpl)
+                  if (c := _cache(x)) is not None}  # fmt: skip
+        kinds = attention_kinds([x for x, _ in cached.values()])
+        return sum(_warm_attention_layer(builder, x, cm, cached[id(x)][1]) for x in kinds)
 
     builder._warming = True
     try:
@@ -153,12 +150,34 @@ def warm_up_attention(builder: Any, cm: Any) -> None:
         builder._warming = False
 
 
-def _warm_attention_layer(builder: Any, layer: Any, cm: Any) -> int:
+def attention_kinds(layers: list[Any]) -> list[Any]:
+    """One decoder layer with a cache per distinct (window, softcap, ALiBi, sinks)."""
+    kinds: dict[tuple, Any] = {}
+    for layer in layers:
+        impl = layer.impl
+        if impl.attn_type not in ENCODER_TYPES:
+            kinds.setdefault((impl.sliding_window, impl.softcap, impl.alibi_slopes is None, impl.sinks is None), layer)
+    return list(kinds.values())
+
+
+def _warm_attention_layer(builder: Any, layer: Any, cm: Any, cache: torch.Tensor, *, fabricated: bool = False) -> int:
+    """The launches of :func:`warm_up_attention` for one kind of layer, on ``cache``.
+    ``fabricated``: for compiling only (``_prewarm``), every device tensor is left
+    uninitialised, so that nothing runs on the GPU."""
     policy, device = builder.policy, builder.device
     lim = policy.limits
     dq = lim.decode_query_len
-    cache = _cache(layer)
     dtype = getattr(torch, policy.geometry.dtype)
+
+    def dev(values: list[int], dtype: torch.dtype) -> torch.Tensor:
+        if fabricated:
+            return torch.empty(len(values), dtype=dtype, device=device)
+        return torch.tensor(values, dtype=dtype, device=device)
+
+    def filled(shape: tuple[int, ...], dtype: torch.dtype, fill: float) -> torch.Tensor:
+        empty = torch.empty(shape, dtype=dtype, device=device)
+        return empty if fabricated else empty.fill_(fill)
+
     # The dtype the cache write reads the cache as (an fp8 cache comes as uint8).
     kv_dtype = layer.impl._caches(cache)[0].dtype
     calls = 0
@@ -177,14 +196,14 @@ def _warm_attention_layer(builder: Any, layer: Any, cm: Any) -> int:
             max_query_len=max(q_lens),
             max_seq_len=max(seq_lens),
             query_start_loc_cpu=cu_host,
-            query_start_loc=cu_host.to(device),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
-            block_table_tensor=_table(cm, len(q_lens)),
-            slot_mapping=torch.full((t,), -1, dtype=torch.int64, device=device),
+            query_start_loc=dev(cu_host.tolist(), torch.int32),
+            seq_lens=dev(seq_lens, torch.int32),
+            block_table_tensor=_table(cm, len(q_lens), fabricated=fabricated),
+            slot_mapping=filled((t,), torch.int64, -1),
         )
         md = builder.build(0, common)
         # As vLLM hands them over: views of one projection, the output a fresh buffer.
-        qkv = torch.randn(t, (hq + 2 * hk) * d, device=device).to(dtype)
+        qkv = filled((t, (hq + 2 * hk) * d), dtype, 0.5)
         q = qkv[:, : hq * d].view(t, hq, d)
         k = qkv[:, hq * d : (hq + hk) * d].view(t, hk, d)
         v = qkv[:, (hq + hk) * d :].view(t, hk, d)
@@ -206,9 +225,9 @@ def _warm_attention_layer(builder: Any, layer: Any, cm: Any) -> int:
         return [select_kv_write_config(hk, d, num_tokens=t, dtype=dtype, kv_dtype=kv_dtype, device=device)]
 
     for t in _distinct(write_config, range(1, lim.max_num_batched_tokens + 1)):
-        qkv = torch.zeros(t, (hq + 2 * hk) * d, dtype=dtype, device=device)
+        qkv = filled((t, (hq + 2 * hk) * d), dtype, 0.0)
         k, v = qkv[:, hq * d : (hq + hk) * d].view(t, hk, d), qkv[:, (hq + hk) * d :].view(t, hk, d)
-        layer.impl.do_kv_cache_update(layer, k, v, cache, torch.full((t,), -1, dtype=torch.int64, device=device))
+        layer.impl.do_kv_cache_update(layer, k, v, cache, filled((t,), torch.int64, -1))
         calls += 1
     return calls
 

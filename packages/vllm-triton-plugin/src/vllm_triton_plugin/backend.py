@@ -48,7 +48,7 @@ from triton_attn_kernels.tuning import (
     preferred_block_size,
 )
 
-from . import _compat
+from . import _compat, _prewarm
 
 __all__ = [
     "CaptureAware",
@@ -92,7 +92,7 @@ def start_timed(fn: _F) -> _F:
 
     @functools.wraps(fn)
     def timed(*args: Any, **kwargs: Any) -> Any:
-        if _start_reported or StartHostTime.paused:
+        if _start_reported or StartHostTime.paused or _prewarm.in_prewarm_thread():
             return fn(*args, **kwargs)
         t0 = time.perf_counter()
         try:
@@ -245,6 +245,9 @@ class TritonAttentionMetadataBuilder(CaptureAware, AttentionMetadataBuilder[Trit
         device: torch.device,
     ) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        # Before the KV cache exists, so before any graph capture: the compiles started at
+        # model load (``_prewarm``) end here at the latest.
+        _prewarm.wait()
         model_config = vllm_config.model_config
         parallel_config = vllm_config.parallel_config
         # Per-layer head counts may differ from the model-wide one (non-uniform models).
@@ -385,7 +388,18 @@ class TritonAttentionBackend(_compat.kv_cache_shape_mixin(), AttentionBackend): 
         model built and its config current."""
         from vllm.config import get_current_vllm_config
 
-        config = get_current_vllm_config()
+        size = cls.preferred_block_size_for(get_current_vllm_config(), default_block_size)
+        if size != default_block_size:
+            logger.info(
+                "Triton attention: KV-cache pages of %d tokens (the Hopper prefill's key tile) instead of %d.",
+                size,
+                default_block_size,
+            )
+        return size
+
+    @staticmethod
+    def preferred_block_size_for(config: Any, default_block_size: int) -> int:
+        """:meth:`get_preferred_block_size` for the model of ``config``, without logging."""
         model = config.model_config
         if model is None or not torch.cuda.is_available():
             return default_block_size
@@ -401,14 +415,7 @@ class TritonAttentionBackend(_compat.kv_cache_shape_mixin(), AttentionBackend): 
         size = preferred_block_size(
             geometry, plain_attention=_plain_attention(config), device=torch.device("cuda", torch.cuda.current_device())
         )
-        if size is None or size == default_block_size:
-            return default_block_size
-        logger.info(
-            "Triton attention: KV-cache pages of %d tokens (the Hopper prefill's key tile) instead of %d.",
-            size,
-            default_block_size,
-        )
-        return size
+        return default_block_size if size is None else size
 
     @classmethod
     def get_supported_head_sizes(cls) -> list[int]:
@@ -508,6 +515,8 @@ class TritonAttentionImpl(AttentionImpl[TritonAttentionMetadata]):
             raise ValueError(f"sinks must have shape [num_heads={num_heads}], got {tuple(sinks.shape)}")
         self.sinks = sinks
         self._sinks_f32: torch.Tensor | None = None
+        # The model's config while vLLM builds the layers, for compiling ahead (``_prewarm``).
+        self._vllm_config = _prewarm.current_config()
 
     @property
     def plain(self) -> bool:
@@ -520,6 +529,7 @@ class TritonAttentionImpl(AttentionImpl[TritonAttentionMetadata]):
         # rather than in every forward (which must not allocate under CUDA graphs).
         if self.sinks is not None:
             self._sinks_f32 = self.sinks.detach().float().contiguous()
+        _prewarm.start_when_loaded(self)
 
     def _sinks(self) -> torch.Tensor | None:
         return self._sinks_f32 if self._sinks_f32 is not None else self.sinks
@@ -581,7 +591,9 @@ class TritonAttentionImpl(AttentionImpl[TritonAttentionMetadata]):
         if output_scale is not None or output_block_scale is not None:
             raise NotImplementedError("fused output quantization is not supported by the Triton attention backend")
         if attn_metadata is None:
-            # vLLM's memory-profiling run: no metadata, no cache yet.
+            # vLLM's memory-profiling run (right after torch.compile): no metadata, no cache
+            # yet; the compiles started at model load must end before it measures memory.
+            _prewarm.wait()
             return output.fill_(0)
         md = attn_metadata
         if self.attn_type in ENCODER_TYPES:

@@ -37,7 +37,9 @@ def _fp8_bits(x, MANT: tl.constexpr, EMIN: tl.constexpr):
     return tl.where(x != x, 0x7F, byte).to(tl.uint8)
 
 
-@triton.jit
+# The cache's size (what fits in memory) does not specialise: one variant per configuration
+# on every engine, whatever its page count.
+@triton.jit(do_not_specialize=["num_slots"])
 def write_kv_kernel(
     key_ptr,  # [num_tokens, NUM_KV_HEADS, HEAD_DIM]
     value_ptr,  # [num_tokens, NUM_KV_HEADS, HEAD_DIM]

@@ -7,10 +7,15 @@ import triton.language as tl
 from .paging import pages_of
 
 
-# pages_per_seq follows the longest context of the batch: specialised, a prefill whose
-# contexts fit one page would compile a variant of its own. The per-sequence index tensors
-# are read one scalar at a time: a mixed batch's slice after its decodes shares the variant.
-@triton.jit(do_not_specialize=["pages_per_seq"], do_not_specialize_on_alignment=["seq_lens_ptr", "cu_seqlens_q_ptr"])
+# No integer that varies per batch or per engine specialises: pages_per_seq follows the
+# longest context of the batch (a prefill whose contexts fit one page would compile a variant
+# of its own), the cache's page count is what fits in memory (the warm-up could not predict
+# it) and the block table's width follows max_model_len. The per-sequence index tensors are
+# read one scalar at a time: a mixed batch's slice after its decodes shares the variant.
+@triton.jit(
+    do_not_specialize=["num_blocks", "max_blocks", "pages_per_seq"],
+    do_not_specialize_on_alignment=["seq_lens_ptr", "cu_seqlens_q_ptr"],
+)
 def stage_kv_kernel(
     k_cache_ptr,  # [num_blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM] fp8
     v_cache_ptr,  # [num_blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM] fp8
