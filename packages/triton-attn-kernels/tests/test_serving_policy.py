@@ -112,7 +112,7 @@ def test_policy_without_a_hopper_gpu_never_runs_gluon():
 def test_preferred_block_size(sm90):
     assert preferred_block_size(_geometry(), plain_attention=True, device=sm90) == 128
     assert preferred_block_size(_geometry(), plain_attention=False, device=sm90) is None
-    assert preferred_block_size(_geometry(kv_dtype=torch.float8_e4m3fn), plain_attention=True, device=sm90) is None
+    assert preferred_block_size(_geometry(kv_dtype=torch.float8_e4m3fn), plain_attention=True, device=sm90) == 128
     # Served but not yet measured against the generic kernel on a GPU: no page size asked for.
     assert preferred_block_size(_geometry(head_dim=256), plain_attention=True, device=sm90) is None
 

@@ -383,7 +383,7 @@ class TritonAttentionBackend(_compat.kv_cache_shape_mixin(), AttentionBackend): 
     @classmethod
     def get_preferred_block_size(cls, default_block_size: int) -> int:
         """The kernels' page size for this model where they prefer one (128 tokens where the
-        Gluon Hopper prefill serves it: sm_90, Triton 3.6.0, bf16/fp16 cache, plain attention),
+        Gluon Hopper prefill serves it: sm_90, Triton 3.6.0, bf16/fp16 or fp8 cache, plain attention),
         else vLLM's default. vLLM asks only when the user gave no ``--block-size``, with the
         model built and its config current."""
         from vllm.config import get_current_vllm_config

@@ -217,13 +217,16 @@ def _hopper_prefill(geometry: AttentionProblem, limits: ServingLimits, device: A
 def preferred_block_size(geometry: AttentionProblem, *, plain_attention: bool, device: Any) -> int | None:
     """Tokens per cache page at which ``geometry``'s prefill runs fastest on ``device``: the
     Gluon Hopper prefill's key tile where that kernel reads the model's cache itself (sm_90,
-    Triton 3.6.0, fp16/bf16 cache, head size 64/128/256, ``plain_attention``: no ALiBi or sinks), else ``None`` (the generic
+    Triton 3.6.0, fp16/bf16 or fp8 cache, head size 64/128/256, ``plain_attention``: no ALiBi or sinks), else ``None`` (the generic
     kernels read any page size alike: keep the server's default). Pages this large cost
     prefix-cache hits on each request's last partial page (docs/plugin.md)."""
     if not plain_attention or geometry.head_dim not in _MEASURED_HOPPER_HEAD_DIMS or not _runs_gluon(device):
         return None
     if geometry.kv_dtype != geometry.dtype:
-        return None  # an fp8 cache reaches the prefill staged, in pages of its own, from any page size
+        # An fp8 cache reaches the prefill staged, in pages of the prefill's key tile, from any
+        # page size; its decode and the staging copy read whole tiles per page lookup at the
+        # prefill's page size as a bf16 cache's do.
+        geometry = dataclasses.replace(geometry, kv_dtype=geometry.dtype)
     config = gluon_prefill_config(geometry)
     return config.tile_n if config is not None else None
 
