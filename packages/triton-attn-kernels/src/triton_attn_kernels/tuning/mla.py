@@ -26,10 +26,12 @@ MAX_MLA_SPLITS = 64
 
 
 # (tile_n, num_stages) of the Gluon MLA decode: 72 KB of queries plus the latent ring (576
-# columns a key) within the 227 KB of an sm_90 block. (64, 2) is the default; the 32-key
-# rings hold 3 and 4 tiles in flight for the same bytes (sm_90, Triton 3.6: 168 registers
-# for each, no spill stores at 32 keys, 28 B at 64).
+# columns a key) within the 227 KB of an sm_90 block. The 32-key rings hold 3 and 4 tiles in
+# flight for the same bytes as (64, 2) (sm_90, Triton 3.6: 168 registers for each, no spill
+# stores at 32 keys, 28 B at 64). The default, (32, 4), ran 1.08-1.25x as fast as (64, 2) at
+# every point of attn-bench's `mla --quick` on an H200 (docs/results/h200/session-2026-12-04).
 GLUON_MLA_TILES = ((64, 2), (32, 3), (32, 4))
+GLUON_MLA_DEFAULT = (32, 4)
 
 
 @dataclass(frozen=True)
@@ -199,11 +201,13 @@ def mla_triton_config(p: MLAProblem) -> MLADecodeConfig:
 def mla_gluon_config(p: MLAProblem) -> MLADecodeConfig:
     """The Gluon Hopper MLA decode's configuration for ``p`` (``gluon=1``; whether it runs
     is ``_mla_gluon.qualifies``'s): its fixed tile, and splits that fill the SMs in waves of
-    one program each (224 KB of shared memory a program), never shorter than two tiles."""
+    one program each (224 KB of shared memory a program), never shorter than 128 keys (the
+    bound measured with both rings)."""
     programs = max(p.num_seqs * cdiv(max(p.max_seqlen_q, 1) * p.num_heads, WGMMA_ROWS), 1)
     most = max(min(cdiv(p.max_seqlen_k, 2 * 64), MAX_MLA_SPLITS), 1)
     splits = _fill_waves(programs, p.num_sms, most)
-    return MLADecodeConfig(tile_n=64, num_splits=splits, num_stages=2, gluon=1)
+    tile_n, stages = GLUON_MLA_DEFAULT
+    return MLADecodeConfig(tile_n=tile_n, num_splits=splits, num_stages=stages, gluon=1)
 
 
 def mla_preferred_block_size(*, dtype: Any, kv_dtype: Any, kv_lora_rank: int, rope_dim: int, device: Any) -> int | None:
