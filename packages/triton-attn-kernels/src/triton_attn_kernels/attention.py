@@ -329,9 +329,11 @@ def _launch(
         ws = check.workspace(workspace, q.device, need=need)
         part_lse, part_out = partials(ws, need, head_dim_v, q.device, out)
         decode_m = max(16, next_pow2(dq * group))
-        # Verification tiles of 64+ rows: sm_90 code (Triton 3.6) spills 48 B (64 rows) and
-        # 3.3 KB (128 rows) per thread at 4 warps, nothing at 8.
-        decode_warps = dcfg.num_warps if decode_m < 64 else max(dcfg.num_warps, 8)
+        # Verification tiles of 32+ rows: sm_90 code (Triton 3.6) spills 204 B (32 rows, 128
+        # keys), 48 B (64 rows) and 3.3 KB (128 rows) per thread at 4 warps, inside the key loop
+        # (25 local loads and stores an iteration at 32 rows), nothing at 8 (bf16 and fp8 caches,
+        # head sizes 128 and 256; tools/sm90_report.py). The tables hold one-token decodes.
+        decode_warps = dcfg.num_warps if decode_m < 32 else max(dcfg.num_warps, 8)
         _fallback.launch(
             lambda tile_n, warps, stages: run(
                 decode_m, dq, tile_n, splits, True, 1, warps, stages, dcfg.prefetch_pages, part_out, part_lse
