@@ -223,7 +223,7 @@ def test_cache_environment(tmp_path, monkeypatch):
 def test_start_phases_from_the_engine_log():
     # vLLM 0.26's lines, a second process's, and both forms of the plugin's warm-up line.
     log = """(EngineCore pid=9) INFO [gpu_model_runner.py:1] Model loading took 15.0 GiB memory and 4.250000 seconds
-(EngineCore pid=9) INFO [_prewarm.py:150] Triton attention: 11 launches compiled 8 kernel variants ahead in 12.5 s on 4 threads, beside the model's compile (pages of 128 tokens).
+(EngineCore pid=9) INFO [_prewarm.py:150] Triton attention: 8 kernel variants compiled or loaded ahead in 12.5 s (11 launches on 4 threads, beside the model's compile; pages of 128 tokens).
 (EngineCore pid=9) INFO [_warmup.py:89] Triton attention: warm-up made 11 launches, 8 kernel variants compiled or loaded in 6.5 s on 8 threads, then run in 0.5 s.
 (EngineCore pid=9) INFO [model_runner.py:747] Graph capturing finished in 32 secs, took 0.53 GiB
 (EngineCore pid=9) INFO [core.py:340] init engine (profile, create kv cache, warmup model) took 84.17 s (compilation: 29.51 s)
@@ -235,6 +235,8 @@ def test_start_phases_from_the_engine_log():
     assert e2e.start_phases(log) == phases and e2e.start_variants(log) == 10
     old = "INFO Triton MLA: warm-up made 12 launches in 9.4 s, 7 kernel variants compiled or loaded.\n"
     assert e2e.start_phases(old) == {"warm-up": 9.4} and e2e.start_phases("nothing") == {}
+    first = "INFO Triton attention: 11 launches compiled 10 kernel variants ahead in 11.9 s on 4 threads, beside\n"
+    assert e2e.start_phases(first) == {"ahead": 11.9}  # bbf1603's wording
     assert e2e.format_phases({"load": 4.25, "capture": 32.0}) == "load 4.2, capture 32.0"
 
 

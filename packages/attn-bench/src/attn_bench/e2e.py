@@ -96,7 +96,9 @@ _PHASES = {
     "capture": re.compile(r"Graph capturing finished in ([\d.]+) secs"),
     "warm-up": re.compile(r"warm-up made \d+ launches.*? in ([\d.]+) s(?: on \d+ threads, then run in ([\d.]+) s)?"),
     # The plugin's compiles beside torch.compile (``_prewarm``): not on the start's path.
-    "ahead": re.compile(r"compiled \d+ kernel variants ahead in ([\d.]+) s"),
+    "ahead": re.compile(
+        r"(?:compiled \d+ kernel variants ahead|kernel variants compiled or loaded ahead) in ([\d.]+) s"
+    ),
     "init": re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+)"),
     # The plugin's own builds, cache writes and forwards on the host (its start report).
     "plugin host": re.compile(r"forwards took ([\d.]+) s on the host"),

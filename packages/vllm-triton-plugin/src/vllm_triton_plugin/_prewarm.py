@@ -161,11 +161,11 @@ def _prewarm(config: Any, layers: dict[str, Any], device: torch.device) -> None:
         logger.warning("Triton attention: compiling ahead stopped (%s: %s).", type(e).__name__, e)
         return
     logger.info(
-        "Triton attention: %d launches compiled %d kernel variants ahead in %.1f s on %d threads, "
-        "beside the model's compile (pages of %d tokens).",
-        calls,
+        "Triton attention: %d kernel variants compiled or loaded ahead in %.1f s (%d launches on %d threads, "
+        "beside the model's compile; pages of %d tokens).",
         sum(compiled_variants().values()) - before,
         time.perf_counter() - t0,
+        calls,
         _WORKERS,
         block_size,
     )

@@ -73,6 +73,7 @@ SUPPORTED_ATTN_TYPES = (AttentionType.DECODER, *ENCODER_TYPES)
 
 logger = logging.getLogger("vllm.plugins.triton_attn")
 _start_reported = False
+_reported_count: int | None = None  # the variant count of the last start report
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -105,15 +106,19 @@ def start_timed(fn: _F) -> _F:
 
 
 def _report_start_variants() -> None:
-    """Once per process, at the first build outside CUDA-graph capture after the last
-    capture (the first real batch): how many kernel variants engine start compiled or loaded
-    from Triton's cache. A warm-up build before capture (releases differ) reports early and
-    is reported over after capture."""
-    global _start_reported
+    """At the first build outside CUDA-graph capture after the last capture (the first real
+    batch): how many kernel variants engine start compiled or loaded from Triton's cache. A
+    build outside capture before a later capture (the warm-up runs before each capture of
+    vLLM's V1 model runner, which speculative decoding takes) reports early; after the next
+    capture the report is written again only if the count has changed since."""
+    global _start_reported, _reported_count
     if _start_reported:
         return
     _start_reported = True
     counts = compiled_variants()
+    if sum(counts.values()) == _reported_count:
+        return
+    _reported_count = sum(counts.values())
     logger.info(
         "Triton attention: %d kernel variants compiled or loaded during engine start (%s)%s; "
         "its builds, cache writes and forwards took %.1f s on the host over %d calls (the warm-up's apart).",

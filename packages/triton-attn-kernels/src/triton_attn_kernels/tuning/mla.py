@@ -29,7 +29,7 @@ MAX_MLA_SPLITS = 64
 # columns a key) within the 227 KB of an sm_90 block. The 32-key rings hold 3 and 4 tiles in
 # flight for the same bytes as (64, 2) (sm_90, Triton 3.6: 168 registers for each, no spill
 # stores at 32 keys, 28 B at 64). The default, (32, 4), ran 1.08-1.25x as fast as (64, 2) at
-# every point of attn-bench's `mla --quick` on an H200 (docs/results/h200/session-2026-12-04).
+# every point of attn-bench's `mla --quick` on an H200 (docs/results/h200/mla-2026-12-04).
 GLUON_MLA_TILES = ((64, 2), (32, 3), (32, 4))
 GLUON_MLA_DEFAULT = (32, 4)
 
