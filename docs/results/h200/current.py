@@ -16,9 +16,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MORNING = HERE / "fa3-2026-12-02"  # sources a53c8fc: 16-token pages, FA3 beside
-SPLIT = HERE / "split-2026-12-02"  # sources 60a08c2: decode, verify
+PAGES = HERE / "pages128-2026-12-04"  # sources b50b506: decode, verify at 128-token pages
 FEATURES = HERE / "fp8-stage-2026-12-02"  # sources c940545: prefill and mixed at 128-token pages
-E2E = HERE / "e2e" / "e2e-2026-12-03b.csv"  # sources 0d4a7ff
+E2E = HERE / "e2e" / "e2e-2026-12-04.csv"  # sources bbf1603
 OURS, FA3 = "#1f77b4", "#ff7f0e"
 
 
@@ -30,6 +30,23 @@ def times(path: Path) -> dict[str, dict[str, float]]:
             if row["status"] == "ok":
                 out.setdefault(row["label"], {})[row["provider"]] = float(row["p50_us"])
     return out
+
+
+def transcribed(path: Path) -> dict[str, dict[str, float]]:
+    """The same from a table transcribed from a run's console (pages128-2026-12-04)."""
+    out: dict[str, dict[str, float]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            t = out.setdefault(f"{row['op']} {row['case']}", {"ours-paged": float(row["ours_paged_p50_us"])})
+            if row["vllm_fa3_p50_us"]:
+                t["vllm-fa3"] = float(row["vllm_fa3_p50_us"])
+    return out
+
+
+def _verify(label: str) -> str:
+    # "prefill b16 ctx4096 q8 h32:8 d128 bf16 page128" -> "q8 16 x 4k"
+    words = label.split()
+    return f"{words[3]} {words[1][1:]} x {int(words[2][3:]) // 1024}k"
 
 
 def ratios(rows: dict[str, dict[str, float]], ours: str, peer: str, short) -> list[tuple[str, float]]:  # type: ignore[no-untyped-def]
@@ -46,10 +63,6 @@ def _short(label: str) -> str:
         name = f"{batch} x {int(q) // 1024}k on {ctx // 1024}k"
     extra = [w for w in words[3:] if w.startswith(("d64", "d256", "h64")) or w.startswith(("window", "softcap"))]
     return " ".join([name, *extra])
-
-
-def _short_page(label: str) -> str:
-    return _short(label) + (" p128" if "page128" in label.split() else "")
 
 
 def _mixed(label: str) -> str:
@@ -80,9 +93,9 @@ def plot(png: Path) -> None:
     mixed = {k: v for k, v in pages.items() if k.startswith("mixed")}
     gluon = ratios(prefill, "ours-paged", "vllm-fa3", _short)  # the plugin's prefill at its pages
     generic = ratios(fa3_16, "ours-paged", "vllm-fa3", _short)
-    dv = times(SPLIT / "decode-verify.csv")
-    decode = ratios({k: v for k, v in dv.items() if k.startswith("decode")}, "ours-paged", "vllm-fa3", _short_page)
-    verify = ratios({k: v for k, v in dv.items() if k.startswith("prefill")}, "ours-paged", "vllm-fa3", _short_page)
+    dv = transcribed(PAGES / "pages128.csv")
+    decode = ratios({k: v for k, v in dv.items() if k.startswith("decode")}, "ours-paged", "vllm-fa3", _short)
+    verify = ratios({k: v for k, v in dv.items() if k.startswith("prefill")}, "ours-paged", "vllm-fa3", _verify)
     mix = [(_mixed(k), t["vllm-fa3"] / t["ours-paged"]) for k, t in mixed.items() if "vllm-fa3" in t]
     with open(E2E, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["status"] == "ok"]
@@ -93,18 +106,18 @@ def plot(png: Path) -> None:
         if (w, "ours") in tok and (w, "FLASH_ATTN") in tok
     ]
 
-    fig, axes = plt.subplots(1, 6, figsize=(19, 4.2), gridspec_kw={"width_ratios": [1.6, 1, 2.2, 1.6, 0.5, 0.9]})
+    fig, axes = plt.subplots(1, 6, figsize=(24, 4.4), gridspec_kw={"width_ratios": [1.6, 1, 2.6, 2.6, 0.5, 0.9]})
     _panel(axes[0], gluon, "prefill at 128-token pages (the plugin's\non Hopper), FA3 at the same")
     _panel(axes[1], generic, "prefill, both at 16-token pages\n(our generic kernel)", color="#7fa7c9")
-    _panel(axes[2], decode, "decode")
-    _panel(axes[3], verify, "speculative verification, 4 new tokens")
+    _panel(axes[2], decode, "decode at 128-token pages (H200 table)")
+    _panel(axes[3], verify, "speculative verification, 2-16 new tokens, 128-token pages")
     _panel(axes[4], mix, "mixed: decodes\n+ a 2k chunk")
     _panel(axes[5], e2e, "vLLM e2e, tok/s\nvs FLASH_ATTN")
     axes[0].set_ylabel("speed relative to FA3 (FA3 time / ours)")
     fig.suptitle(
         "One NVIDIA H200, vLLM 0.26's FlashAttention-3 in the same process; bf16, 32 q / 8 KV heads, d128 "
-        "(commits a53c8fc, 60a08c2, c940545, 0d4a7ff: docs/results/h200/fa3-2026-12-02, split-2026-12-02, "
-        "fp8-stage-2026-12-02, e2e 2026-12-03)",
+        "(commits a53c8fc, c940545, b50b506, bbf1603: docs/results/h200/fa3-2026-12-02, fp8-stage-2026-12-02, "
+        "pages128-2026-12-04, e2e 2026-12-04)",
         fontsize=9,
     )
     fig.tight_layout()
