@@ -71,7 +71,7 @@ def test_precompile_launches_every_planned_variant(launches: list[tuple[str, dic
     # and a batch with a prefill.
     planned = {policy.plan(n, 1, lim.max_model_len).config.decode for n in range(1, lim.max_num_seqs + 1)}
     prefill = policy.plan(2, 20, lim.max_model_len).config.prefill
-    assert len(planned) == 3 and prefill is not None
+    assert len(planned) == 4 and prefill is not None
 
     report = precompile(policy, block_size=16, features=Features(sliding_window=8))
 
@@ -94,8 +94,8 @@ def test_precompile_launches_every_planned_variant(launches: list[tuple[str, dic
     # The prefill launch alone over 4 sequences too (the persistent form on Hopper).
     alone = [a for a in attn if not a["IS_DECODE"] and not a["other_launch"] and a["cu_seqlens_q_ptr"].numel() == 5]
     assert len(alone) == 2  # one per block-count class
-    # 2 block-count classes x (decode 3 + 2 + 2 token classes, prefill 2 + 1 alone, write 1)
-    assert report.calls == 22
+    # 2 block-count classes x (decode 3 + 2 + 2 + 2 token classes, prefill 2 + 1 alone, write 1)
+    assert report.calls == 26
     assert report.compiled == compiled_variants()
 
 

@@ -245,10 +245,13 @@ class ServingPolicy:
     - decode: with ``cuda_graphs``, pinned per batch size and chosen for ``max_model_len``
       (table, else heuristic), so a recorded launch stays valid for any context; without,
       the heuristic for the batch's longest context (a table entry for a new shape could
-      compile a new variant in the middle of serving). Split counts are rounded up to a
-      power of two (the counts the decode was measured at); they are plain kernel
-      arguments, so configs that differ only in them share one compiled variant (two with
-      the single-split one), and so does the merge for every count.
+      compile a new variant in the middle of serving). Pinned split counts are served as
+      the table or the heuristic gives them, which is what the tuner timed (a count that
+      fills whole waves, 33 for 8 KV heads on 132 SMs, where rounding it up to 64 made
+      batch 1 x 8k-32k 0.94-0.97x FA3 on an H200); eager ones are rounded up to a power
+      of two. Split counts are plain kernel arguments, so configs that differ only in them
+      share one compiled variant (two with the single-split one), and so does the merge
+      for every count.
     - prefill: one configuration per model, for the chunked-prefill budget, for the same
       reason: the Gluon Hopper prefill where it serves the model at ``limits.block_size``
       (see :func:`preferred_block_size`), else the heuristic.
@@ -306,7 +309,11 @@ class ServingPolicy:
         """The decode configuration for a batch of ``num_seqs`` sequences."""
         if self.limits.cuda_graphs:
             return self._pinned(num_seqs)
-        return self._rounded(decode_heuristic(self._problem(num_seqs, 1, max_seqlen_k)))
+        # Eager: the heuristic for this batch's context, its split count rounded up to a
+        # power of two so that the counts a server meets stay few (tuner precompile
+        # enumerates them by context length).
+        config = decode_heuristic(self._problem(num_seqs, 1, max_seqlen_k))
+        return dataclasses.replace(config, num_splits=1 << (config.num_splits - 1).bit_length())
 
     def _pinned(self, num_seqs: int) -> DecodeConfig:
         from . import select_decode_config
@@ -314,12 +321,8 @@ class ServingPolicy:
         config = self._pinned_by_batch.get(num_seqs)
         if config is None:
             problem = self._problem(num_seqs, 1, self.limits.max_model_len)
-            config = self._pinned_by_batch[num_seqs] = self._rounded(select_decode_config(problem, device=self.device))
+            config = self._pinned_by_batch[num_seqs] = select_decode_config(problem, device=self.device)
         return config
-
-    @staticmethod
-    def _rounded(config: DecodeConfig) -> DecodeConfig:
-        return dataclasses.replace(config, num_splits=1 << (config.num_splits - 1).bit_length())
 
     def plan(self, num_seqs: int, max_seqlen_q: int, max_seqlen_k: int, *, has_decodes: bool = True) -> LaunchPlan:
         """The plan for one batch (host values only: no tensor is read). ``has_decodes=False``
