@@ -449,12 +449,12 @@ ATTENTION: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "decode with lse": (decode, dict(RETURN_LSE=True)),
     # Speculative-decoding verification on the decode launch: q_len x GQA rows in one tile.
     "verify 4 tokens x GQA 4, split-KV": (decode, dict(BLOCK_M=16, BLOCK_Q=4)),
-    "verify 8 tokens x GQA 4, split-KV": (decode, dict(BLOCK_M=32, BLOCK_Q=8, warps=8)),
+    "verify 8 tokens x GQA 4, split-KV": (decode, dict(BLOCK_M=32, BLOCK_Q=8)),
     "verify 16 tokens x GQA 8, split-KV": (
         decode,
         dict(group=8, BLOCK_M=128, BLOCK_Q=16, warps=8),
     ),
-    "verify 8 tokens, fp8 e4m3 KV": (decode, dict(kv="fp8e4nv", BLOCK_M=32, BLOCK_Q=8, warps=8)),
+    "verify 8 tokens, fp8 e4m3 KV": (decode, dict(kv="fp8e4nv", BLOCK_M=32, BLOCK_Q=8)),
     "prefill alone, two-sided window, lse": (
         prefill,
         dict(causal=False, feats={**FEATURES, "USE_WINDOW": True}, RETURN_LSE=True),
