@@ -40,6 +40,9 @@ def _identity(x: Any) -> Any:
 class Timed:
     fn: Callable[[], Any]  # the timed work, nothing else
     read: Callable[[Any], Any] = _identity  # fn's result -> canonical output (untimed)
+    # False: timed by events around eager calls, not as CUDA-graph replays, for work that vLLM
+    # runs outside any graph and whose launch takes another route while a graph records.
+    graph: bool = True
 
 
 @dataclass(frozen=True)

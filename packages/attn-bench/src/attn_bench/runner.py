@@ -149,7 +149,7 @@ def _one(prov: Provider, x: Any, device: torch.device, runs: int, base: dict[str
     del result
     if not verdict.ok:
         return {"status": "wrong", "detail": verdict.detail, "max_err": verdict.max_err}
-    t = measure(timed.fn, device, runs=runs)
+    t = measure(timed.fn, device, runs=runs, graph=timed.graph)
     secs = t.p50_us * 1e-6
     rate_b, rate_f = metrics.bytes_moved(p) / secs, metrics.flops(p) / secs
     floor = metrics.roofline_seconds(p, base["ceiling_gbps"], base["ceiling_tflops"])

@@ -34,6 +34,15 @@ def serving_limits(p: Any, *, cuda_graphs: bool | None = None) -> Any:
     )
 
 
+def eager_in_vllm(p: Any) -> bool:
+    """Whether ``p`` must be timed eagerly to measure what the plugin runs: a prefill or mixed
+    step over an fp8 cache. vLLM runs such a step piecewise (attention outside any CUDA graph),
+    and there the Hopper prefill reads a dequantised copy of the pages; while a graph records,
+    the launch takes the generic kernel instead (the copy is sized for one call's contexts), so
+    a graph replay would time a route vLLM does not take."""
+    return bool(p.fp8) and not serving_limits(p).cuda_graphs
+
+
 def launch_plan(p: Any, device: torch.device, *, paged: bool = True):  # type: ignore[no-untyped-def]
     """The plugin's plan for problem ``p`` (triton_attn_kernels.tuning.ServingPolicy under
     :func:`serving_limits`), made explicit so the split-KV workspace can be preallocated
@@ -92,6 +101,7 @@ def _paged(x: Inputs, *, prefill: Any) -> Timed:
     dq = plan.decode_query_len
     lens = [q for q, _ in p.seqs()]
     d = decodes_first(lens, dq) if dq >= 1 else None
+    graph = not eager_in_vllm(p)
 
     if d is None:
 
@@ -101,7 +111,7 @@ def _paged(x: Inputs, *, prefill: Any) -> Timed:
                 out=out, config=config, decode_query_len=dq, workspace=ws, **common,
             )  # fmt: skip
 
-        return Timed(fn)
+        return Timed(fn, graph=graph)
 
     t = sum(lens[:d])
     pre_cu = x.cu_seqlens_q[d:] - t  # what the plugin's builder computes once per batch
@@ -118,7 +128,7 @@ def _paged(x: Inputs, *, prefill: Any) -> Timed:
         )  # fmt: skip
         return out
 
-    return Timed(split)
+    return Timed(split, graph=graph)
 
 
 # The TMA prefill's launch shape, one that compiles with no spill for sm_90 (nox -s sm90): TMA
