@@ -11,14 +11,15 @@ which is one ``attn-bench e2e`` call (ours' tok/s / FLASH_ATTN's).
 from __future__ import annotations
 
 import csv
+import re
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MORNING = HERE / "fa3-2026-12-02"  # sources a53c8fc: 16-token pages, FA3 beside
-PAGES = HERE / "pages128-2026-12-04"  # sources b50b506: decode, verify at 128-token pages
-FEATURES = HERE / "fp8-stage-2026-12-02"  # sources c940545: prefill and mixed at 128-token pages
-E2E = HERE / "e2e" / "e2e-2026-12-04.csv"  # sources bbf1603
+PAGES = HERE / "verify32-2026-12-04"  # sources 603a39b (+ 248e52a's verification warps): 128-token pages
+FEATURES = HERE / "prefill-2026-12-04"  # sources 603a39b: prefill and mixed at 128-token pages
+E2E = [HERE / "e2e" / f"e2e-2026-12-04b{tag}.csv" for tag in ("", "-fp8")]  # sources 603a39b
 OURS, FA3 = "#1f77b4", "#ff7f0e"
 
 
@@ -32,14 +33,15 @@ def times(path: Path) -> dict[str, dict[str, float]]:
     return out
 
 
-def transcribed(path: Path) -> dict[str, dict[str, float]]:
-    """The same from a table transcribed from a run's console (pages128-2026-12-04)."""
+def console(path: Path) -> dict[str, dict[str, float]]:
+    """The same from a run's console lines, where its CSV did not come back
+    ("[47/58] ... prefill b1 ctx4096 q8 ... page128  | ours-paged 29.0us, vllm-fa3 20.6us")."""
     out: dict[str, dict[str, float]] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            t = out.setdefault(f"{row['op']} {row['case']}", {"ours-paged": float(row["ours_paged_p50_us"])})
-            if row["vllm_fa3_p50_us"]:
-                t["vllm-fa3"] = float(row["vllm_fa3_p50_us"])
+    for line in path.read_text().splitlines():
+        m = re.search(r"ETA\s+\d+s\s+(.+?)\s+\|\s+(.+)$", line)
+        if m:
+            for prov, us in re.findall(r"([\w-]+) ([\d,.]+)us", m.group(2)):
+                out.setdefault(m.group(1), {})[prov] = float(us.replace(",", ""))
     return out
 
 
@@ -87,24 +89,27 @@ def plot(png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pages = times(FEATURES / "prefill-fp8-page128.csv")
+    pages = times(FEATURES / "prefill-page128.csv")
     fa3_16 = times(MORNING / "prefill-p16.csv")
     prefill = {k: v for k, v in pages.items() if k.startswith("prefill")}
     mixed = {k: v for k, v in pages.items() if k.startswith("mixed")}
     gluon = ratios(prefill, "ours-paged", "vllm-fa3", _short)  # the plugin's prefill at its pages
     generic = ratios(fa3_16, "ours-paged", "vllm-fa3", _short)
-    dv = transcribed(PAGES / "pages128.csv")
+    dv = times(PAGES / "pages128.csv")
     decode = ratios({k: v for k, v in dv.items() if k.startswith("decode")}, "ours-paged", "vllm-fa3", _short)
-    verify = ratios({k: v for k, v in dv.items() if k.startswith("prefill")}, "ours-paged", "vllm-fa3", _verify)
+    verify = ratios(console(PAGES / "verify-w4-console.txt"), "ours-paged", "vllm-fa3", _verify)
     mix = [(_mixed(k), t["vllm-fa3"] / t["ours-paged"]) for k, t in mixed.items() if "vllm-fa3" in t]
-    with open(E2E, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["status"] == "ok"]
-    tok = {(r["workload"], r["label"]): float(r["total_tok_s"]) for r in rows}
-    e2e = [
-        (w.replace("-", " in,\n") + " out", tok[(w, "ours")] / tok[(w, "FLASH_ATTN")])
-        for w in dict.fromkeys(r["workload"] for r in rows)
-        if (w, "ours") in tok and (w, "FLASH_ATTN") in tok
-    ]
+    e2e = []
+    for path in E2E:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r["status"] == "ok"]
+        tok = {(r["workload"], r["label"]): float(r["total_tok_s"]) for r in rows}
+        tag = "\nfp8 KV" if path.stem.endswith("-fp8") else ""
+        e2e += [
+            (w.replace("-", " in,\n") + " out" + tag, tok[(w, "ours")] / tok[(w, "FLASH_ATTN")])
+            for w in dict.fromkeys(r["workload"] for r in rows)
+            if (w, "ours") in tok and (w, "FLASH_ATTN") in tok
+        ]
 
     fig, axes = plt.subplots(1, 6, figsize=(24, 4.4), gridspec_kw={"width_ratios": [1.6, 1, 2.6, 2.6, 0.5, 0.9]})
     _panel(axes[0], gluon, "prefill at 128-token pages (the plugin's\non Hopper), FA3 at the same")
@@ -116,8 +121,8 @@ def plot(png: Path) -> None:
     axes[0].set_ylabel("speed relative to FA3 (FA3 time / ours)")
     fig.suptitle(
         "One NVIDIA H200, vLLM 0.26's FlashAttention-3 in the same process; bf16, 32 q / 8 KV heads, d128 "
-        "(commits a53c8fc, c940545, b50b506, bbf1603: docs/results/h200/fa3-2026-12-02, fp8-stage-2026-12-02, "
-        "pages128-2026-12-04, e2e 2026-12-04)",
+        "(commits a53c8fc, 603a39b: docs/results/h200/fa3-2026-12-02, prefill-2026-12-04, "
+        "verify32-2026-12-04, e2e 2026-12-04 second run)",
         fontsize=9,
     )
     fig.tight_layout()
