@@ -151,25 +151,8 @@ def timed():
             k, v = (k8, v8) if fp8 else (kb, vb)
 
             def fn(k=k, v=v, o=o, mode=mode, fp8=fp8, warps=warps, stages=stages):
-                dec[(B, H)](
-                    q,
-                    k,
-                    v,
-                    o,
-                    bt,
-                    tiles,
-                    bt.stride(0),
-                    sc,
-                    MODE=mode,
-                    KV_FP8=fp8,
-                    TILE_N=T,
-                    HD=HD,
-                    GROUP=G,
-                    BLOCK_M=16,
-                    H=H,
-                    num_warps=warps,
-                    num_stages=stages,
-                )
+                dec[(B, H)](q, k, v, o, bt, tiles, bt.stride(0), sc, MODE=mode, KV_FP8=fp8, TILE_N=T, HD=HD,
+                            GROUP=G, BLOCK_M=16, H=H, num_warps=warps, num_stages=stages)  # fmt: skip
 
             try:
                 fn()
