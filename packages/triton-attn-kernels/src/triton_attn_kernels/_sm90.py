@@ -455,19 +455,6 @@ ATTENTION: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
         dict(group=8, BLOCK_M=128, BLOCK_Q=16, warps=8),
     ),
     "verify 8 tokens, fp8 e4m3 KV": (decode, dict(kv="fp8e4nv", BLOCK_M=32, BLOCK_Q=8)),
-    # The plugin's pages on Hopper (128 tokens, one page a 128-key tile): see NO_SPILL.
-    "decode bf16, 128-token pages": (decode, dict(BLOCK_SIZE=128)),
-    "decode bf16, 128-token pages, 3 stages, page numbers prefetched": (
-        decode,
-        dict(BLOCK_SIZE=128, stages=3, PREFETCH_PAGES=True),
-    ),
-    "decode fp8 e4m3 KV, 128-token pages": (decode, dict(kv="fp8e4nv", BLOCK_SIZE=128)),
-    "decode fp8 e4m3 KV, 128-token pages, 3 stages, page numbers prefetched": (
-        decode,
-        dict(kv="fp8e4nv", BLOCK_SIZE=128, stages=3, PREFETCH_PAGES=True),
-    ),
-    "verify 4 tokens x GQA 4, 128-token pages": (decode, dict(BLOCK_SIZE=128, BLOCK_M=16, BLOCK_Q=4)),
-    "verify 8 tokens x GQA 4, 128-token pages": (decode, dict(BLOCK_SIZE=128, BLOCK_M=32, BLOCK_Q=8)),
     "prefill alone, two-sided window, lse": (
         prefill,
         dict(causal=False, feats={**FEATURES, "USE_WINDOW": True}, RETURN_LSE=True),
@@ -636,43 +623,6 @@ def compile_attention(build, kw: dict):
     raise RuntimeError(f"ptxas crashed on {first} and on every fallback")
 
 
-# Variants whose code must hold no spill stores: the decode the plugin serves on Hopper, where
-# spills once came from the rescue path for an understated max_seqlen_q (_kernels/attention.py)
-# and cost registers for every launch.
-NO_SPILL = (
-    "decode bf16 split-KV",
-    "decode fp8 e4m3 KV",
-    "decode bf16, 128-token pages",
-    "decode bf16, 128-token pages, 3 stages, page numbers prefetched",
-    "decode fp8 e4m3 KV, 128-token pages",
-    "decode fp8 e4m3 KV, 128-token pages, 3 stages, page numbers prefetched",
-    "verify 4 tokens x GQA 4, 128-token pages",
-    "verify 8 tokens x GQA 4, 128-token pages",
-)
-
-
-def spill_store_bytes(kernel) -> int:  # type: ignore[no-untyped-def]
-    """Bytes of spill stores ptxas reports for ``kernel``'s PTX (the largest over its
-    functions), with the ptxas Triton bundles."""
-    import os
-    import subprocess
-    import tempfile
-    from pathlib import Path
-
-    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-    tool = next((bin_dir / n for n in ("ptxas-blackwell", "ptxas") if (bin_dir / n).exists()), None)
-    if tool is None:
-        raise RuntimeError("no ptxas bundled with this Triton")
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-        f.write(kernel.asm["ptx"])
-    try:
-        log = subprocess.run([str(tool), "-v", "--gpu-name=sm_90a", f.name, "-o", os.devnull],
-                             capture_output=True, text=True, check=True).stderr  # fmt: skip
-    finally:
-        os.unlink(f.name)
-    return max((int(n) for n in re.findall(r"(\d+) bytes spill stores", log)), default=0)
-
-
 def _variant(build: Callable[..., Any], kw: dict[str, Any]) -> Callable[[], Any]:
     return lambda: compile_attention(build, kw)[0]
 
@@ -687,10 +637,7 @@ def main() -> int:
     failed = 0
     for name, (build, kw) in ATTENTION.items():
         try:
-            kernel, note = compile_attention(build, kw)
-            spilled = spill_store_bytes(kernel) if name in NO_SPILL else 0
-            if spilled:
-                raise RuntimeError(f"{spilled} B of spill stores; this variant must have none (NO_SPILL)")
+            _, note = compile_attention(build, kw)
             print(f"ok {name}{note}", flush=True)
         except Exception as err:  # report every variant, then fail
             failed += 1

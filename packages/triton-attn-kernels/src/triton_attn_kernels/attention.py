@@ -331,12 +331,11 @@ def _launch(
         decode_m = max(16, next_pow2(dq * group))
         # Verification tiles of 64+ rows: sm_90 code (Triton 3.6) spills 48 B (64 rows) and
         # 3.3 KB (128 rows) per thread at 4 warps, nothing at 8. 32 rows stay at the table's
-        # warps: on an H200 8 warps ran them 1.33-1.54x slower from batch 16 up than 4 warps
-        # spilling 204 B (8 tokens x GQA 4, 128-token pages, 16 x 32k: 807.8 us against 524.8),
-        # level at batch 1; n-gram speculation end to end (5 tokens a step) fell to 0.93-0.94x
-        # FLASH_ATTN from 0.98-1.00x (docs/results/h200/verify32-2026-12-04). With the decode
-        # kernel's narrow rescue tiles (_kernels/attention.py) 32 rows at 4 warps no longer
-        # spill for bf16 (224 registers; fp8 20 B). The tables hold one-token decodes.
+        # warps: they spill 204 B at 4 warps, yet on an H200 8 warps ran them 1.33-1.54x slower
+        # from batch 16 up (8 tokens x GQA 4, 128-token pages, 16 x 32k: 807.8 us against 524.8)
+        # and level at batch 1; n-gram speculation end to end (5 tokens a step) fell to
+        # 0.93-0.94x FLASH_ATTN from 0.98-1.00x (docs/results/h200/verify32-2026-12-04).
+        # The tables hold one-token decodes.
         decode_warps = dcfg.num_warps if decode_m < 64 else max(dcfg.num_warps, 8)
         _fallback.launch(
             lambda tile_n, warps, stages: run(

@@ -516,12 +516,7 @@ def attention_kernel(
             )  # fmt: skip
         elif other_launch == 0:
             # More new tokens than max_seqlen_q announced and no prefill launch: still every
-            # row, tile after tile, in split 0 (slow but correct), over 16-key tiles. A copy of
-            # the key loops at the launch's own tiles, inside this loop over query tiles, set
-            # the whole kernel's register count; sm_90 code (Triton 3.6, 128-key tiles, 4
-            # warps, tools/sm90_report.py): bf16 220 registers (2 stages) and 255 with a 40 B
-            # spill (3, pages prefetched), fp8 255 with 28-32 B spills; with the narrow tiles
-            # 168, 218 and 208-210, no spill.
+            # row, tile after tile, in split 0 (slow but correct).
             if split == 0:
                 for q0 in range(0, q_len, BLOCK_Q):
                     _attend_query_tile(
@@ -531,7 +526,7 @@ def attention_kernel(
                         softcap, win_left, win_right, stride_q_t, stride_q_h, stride_q_d,
                         stride_k_b, stride_k_t, stride_k_d, stride_v_b, stride_v_t, stride_v_d,
                         stride_o_t, stride_o_h, stride_o_d, HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, GROUP, BLOCK_M,
-                        BLOCK_Q, 16, BLOCK_SIZE, PAGED, PREFETCH_PAGES, CAUSAL, USE_WINDOW,
+                        BLOCK_Q, TILE_N, BLOCK_SIZE, PAGED, PREFETCH_PAGES, CAUSAL, USE_WINDOW,
                         USE_SOFTCAP, USE_ALIBI, USE_SINKS, KV_SCALED, FP8_VIA_F16, RETURN_LSE, 1,
                         False, DOT_F32, DOT_PRECISION,
                     )  # fmt: skip
