@@ -292,6 +292,57 @@ def mla_gluon(dtype="bf16", splits=1, lse=False, block_size=64, tile_n=None, sta
     return triton.compile(src, target=TARGET, options={"num_warps": 4})
 
 
+def decode_gluon(dtype="bf16", hd=128, group=4, decode_q=8, splits=8, lse=False, block_size=128, tile_n=None,
+                 stages=None):  # fmt: skip
+    """The Gluon Hopper decode for verification rows (``_kernels/decode_gluon.py``) as
+    ``_decode_gluon.launch`` specialises it (the policy's tile and ring unless given)."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from triton_attn_kernels import _decode_gluon, _gluon
+    from triton_attn_kernels._kernels.decode_gluon import decode_gluon_kernel as fn
+    from triton_attn_kernels.tuning import DecodeConfig
+
+    default = DecodeConfig(gluon=1, num_stages=3)
+    tile_n = tile_n or default.tile_n
+    stages = stages or default.num_stages
+    layout = gl.NVMMASharedLayout.get_default_for([tile_n, hd], {"bf16": gl.bfloat16, "fp16": gl.float16}[dtype])
+    desc = f"tensordesc<{dtype}[{tile_n}, {hd}],{layout!r}>"
+    cx = dict(
+        HEAD_DIM=hd,
+        GROUP=group,
+        DECODE_Q=decode_q,
+        N_RB=-(-decode_q // (_decode_gluon.ROWS // group)),
+        TILE_N=tile_n,
+        BLOCK_SIZE=block_size,
+        STAGES=stages,
+        SPLIT_KV=splits > 1,
+        RETURN_LSE=lse,
+        LOADER_REGS=_gluon.LOADER_REGS,
+    )
+    ptrs = {
+        **{n: "*i32" for n in fn.arg_names if n.endswith("_ptr")},
+        "q_ptr": f"*{dtype}",
+        "out_ptr": f"*{dtype}",
+        "lse_ptr": "*fp32",
+        "part_out_ptr": "*fp32",
+        "part_lse_ptr": "*fp32",
+        "k_desc": desc,
+        "v_desc": desc,
+    }
+    sig = signature(fn, cx, ptrs)
+    sig["qk_scale"] = "fp32"
+    plain = {p.name for p in fn.params if p.do_not_specialize}
+    attrs = {
+        (i,): [["tt.divisibility", 16]]
+        for i, n in enumerate(fn.arg_names)
+        if (sig[n].startswith("*") and aligned(fn, n)) or (n.startswith("stride") and n not in plain)
+    }
+    constexprs = {(fn.arg_names.index(k),): v for k, v in cx.items()}
+    src = GluonASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=TARGET, options={"num_warps": 4})
+
+
 def gluon_facts(kernel) -> dict[str, Any]:
     """What the Gluon prefill's PTX must show: wgmma, TMA copies, mbarrier waits, register
     budgets moved by setmaxnreg, and three warpgroups (two consumers and the loader's)."""
@@ -370,6 +421,13 @@ GLUON: dict[str, Callable[[], Any]] = {
     "prefill Gluon persistent bf16 d128 causal, per-thread releases": lambda: prefill_gluon_checked(
         thread_arrives=True, persistent=True
     ),
+    "verify Gluon bf16 8 tokens x GQA 4, 8 splits": lambda: decode_gluon(),
+    "verify Gluon bf16 16 tokens x GQA 4, one split, with lse": lambda: decode_gluon(decode_q=16, splits=1, lse=True),
+    "verify Gluon fp16 d64 4 tokens x GQA 8, 8 splits, 64-token pages": lambda: decode_gluon(
+        dtype="fp16", hd=64, group=8, decode_q=4, block_size=64
+    ),
+    "verify Gluon bf16 8 tokens x GQA 16 (two row blocks)": lambda: decode_gluon(group=16),
+    "verify Gluon bf16, 128-key tiles, 2 stages": lambda: decode_gluon(tile_n=128, stages=2),
     "mla decode Gluon bf16, one split": lambda: mla_gluon(),
     "mla decode Gluon bf16, 8 splits": lambda: mla_gluon(splits=8),
     "mla decode Gluon fp16 with lse, 128-token pages": lambda: mla_gluon(dtype="fp16", lse=True, block_size=128),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _fallback, _fp8_stage, _gluon, _tma, debug
+from . import _decode_gluon, _fallback, _fp8_stage, _gluon, _tma, debug
 from . import _validation as check
 from ._device import interpreting
 from ._intmath import cdiv, next_pow2
@@ -221,7 +221,10 @@ def _launch(
     problem = AttentionProblem.from_tensors(
         q, k, v=v, num_seqs=num_seqs, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k
     )
-    plan = plan_launch(problem, decode_query_len=decode_query_len, config=config, device=q.device)
+    plain = feats.window is None and feats.softcap is None and feats.alibi is None and feats.sinks is None
+    plan = plan_launch(
+        problem, decode_query_len=decode_query_len, config=config, device=q.device, hopper_decode=feats.causal and plain
+    )
     dq = plan.decode_query_len
     if paged:
         kstr, vstr = k.stride(), v.stride()
@@ -337,18 +340,29 @@ def _launch(
         # 0.93-0.94x FLASH_ATTN from 0.98-1.00x (docs/results/h200/verify32-2026-12-04).
         # The tables hold one-token decodes.
         decode_warps = dcfg.num_warps if decode_m < 64 else max(dcfg.num_warps, 8)
-        _fallback.launch(
-            lambda tile_n, warps, stages: run(
-                decode_m, dq, tile_n, splits, True, 1, warps, stages, dcfg.prefetch_pages, part_out, part_lse
-            ),
-            (dcfg.tile_n, decode_warps, dcfg.num_stages),
-            lambda: ("decode", decode_m, splits, dcfg.prefetch_pages, *specialisation()),
-            narrower=False,
-        )
+        g_rows = None
+        if dcfg.gluon and paged:
+            g_rows = _decode_gluon.qualifies(
+                q, k, v, out, tile_n=dcfg.tile_n, causal=feats.causal, features_plain=plain
+            )
+        if g_rows is not None and block_table is not None and seq_lens is not None:
+            # Verification on Hopper (DecodeConfig.gluon where _decode_gluon serves the launch).
+            _decode_gluon.launch(q, k, v, out, lse, part_out, part_lse, g_rows, block_table=block_table,
+                                 seq_lens=seq_lens, cu_seqlens_q=cu_seqlens_q, num_seqs=num_seqs, decode_q=dq,
+                                 other_launch=int(prefill_runs), scale=feats.scale, num_splits=splits,
+                                 tile_n=dcfg.tile_n, stages=dcfg.num_stages)  # fmt: skip
+        else:
+            _fallback.launch(
+                lambda tile_n, warps, stages: run(
+                    decode_m, dq, tile_n, splits, True, 1, warps, stages, dcfg.prefetch_pages, part_out, part_lse
+                ),
+                (dcfg.tile_n, decode_warps, dcfg.num_stages),
+                lambda: ("decode", decode_m, splits, dcfg.prefetch_pages, *specialisation()),
+                narrower=False,
+            )
         if splits > 1:
             merge_partials(part_lse, part_out, cu_seqlens_q, out, lse, num_seqs=num_seqs, decode_q=dq, splits=splits)
     if pcfg is not None:
-        plain = feats.window is None and feats.softcap is None and feats.alibi is None and feats.sinks is None
         rows = None
         if pcfg.tma and paged:
             rows = _tma.qualifies(q, k, v, tile_n=pcfg.tile_n, features_plain=plain)

@@ -17,6 +17,7 @@ from .configs import AttentionConfig, DecodeConfig, KVWriteConfig, PrefillConfig
 from .heuristics import (
     AttentionProblem,
     decode_heuristic,
+    gluon_decode_config,
     gluon_persistent,
     gluon_prefill_config,
     kv_write_heuristic,
@@ -52,6 +53,7 @@ __all__ = [
     "decode_heuristic",
     "decode_workspace_numel",
     "decodes_first",
+    "gluon_decode_config",
     "gluon_persistent",
     "gluon_prefill_config",
     "kv_write_heuristic",

@@ -43,6 +43,12 @@ class DecodeConfig:
     num_splits: programs that share one sequence's keys; partials merged afterwards.
     prefetch_pages: 1 loads a paged cache's page numbers one tile ahead, so that the
     compiler pipelines the K/V loads num_stages - 1 tiles ahead (see docs/kernels.md).
+    gluon: 1 runs the Gluon Hopper decode (``_kernels/decode_gluon.py``: a TMA loader warp,
+    one wgmma consumer warpgroup, 64 query rows, num_stages K/V slots of tile_n keys) where
+    the launch qualifies (``_decode_gluon.qualifies``: Triton 3.6.0, sm_90, fp16/bf16 cache,
+    head size 64/128, causal without window/softcap/ALiBi/sinks, a page size tile_n divides,
+    enough rows); elsewhere this config runs the generic kernel. It requires num_warps 4, tile_n
+    64 or 128, num_stages 2-4 and prefetch_pages 0.
     """
 
     tile_n: int = 64
@@ -50,6 +56,7 @@ class DecodeConfig:
     num_warps: int = 4
     num_stages: int = 2
     prefetch_pages: int = 0
+    gluon: int = 0
 
     def __post_init__(self) -> None:
         _pow2("tile_n", self.tile_n, 16, 512)
@@ -58,6 +65,15 @@ class DecodeConfig:
         _pow2("num_warps", self.num_warps, 1, 16)
         _stages(self.num_stages)
         _flag("prefetch_pages", self.prefetch_pages)
+        _flag("gluon", self.gluon)
+        if self.gluon and (
+            self.num_warps != 4 or self.tile_n not in (64, 128) or not 2 <= self.num_stages <= 4 or self.prefetch_pages
+        ):
+            raise ValueError(
+                "gluon=1 needs num_warps=4, tile_n 64 or 128, num_stages 2-4 and prefetch_pages=0, got "
+                f"num_warps={self.num_warps}, tile_n={self.tile_n}, num_stages={self.num_stages}, "
+                f"prefetch_pages={self.prefetch_pages}"
+            )
 
 
 @dataclass(frozen=True)

@@ -169,6 +169,43 @@ def gluon_prefill_config(p: AttentionProblem, *, block_size: int | None = None) 
     return PrefillConfig(block_m=128, tile_n=tile_n, num_warps=4, num_stages=stages, gluon=1)
 
 
+# Query rows of one Gluon decode program (one wgmma M: new tokens x the GQA group); the new
+# tokens per sequence from which a decode launch takes it (speculative-decoding verification;
+# one-token decode keeps the generic kernel and its tables, docs/kernels.md).
+GLUON_DECODE_ROWS = 64
+GLUON_DECODE_MIN_QUERY_LEN = 2
+GLUON_DECODE_HEAD_DIMS = (64, 128)
+
+
+def gluon_decode_config(
+    p: AttentionProblem, *, decode_query_len: int, min_query_len: int = GLUON_DECODE_MIN_QUERY_LEN
+) -> DecodeConfig | None:
+    """The Gluon Hopper decode's configuration for ``p``'s decode launch of
+    ``decode_query_len`` new tokens per sequence, or ``None`` where that kernel does not
+    serve it: fewer than ``min_query_len`` new tokens, dtypes other than fp16/bf16, a cache of
+    another dtype (fp8), head sizes other than 64 and 128 or a V head size of its own, more
+    than 64 query heads per KV head, an unknown page size or one not a multiple of 64 tokens,
+    Triton's interpreter. Whether the GPU runs it and the layers' features are the caller's
+    facts.
+
+    Split count: the one that fills one wave of programs (kv heads x row blocks x sequences),
+    at most 256. H200, 32 q / 8 KV heads, d128, 128-token pages, 2-16 new tokens at batch
+    1-64 x 4k-32k (docs/results/h200/verify-gluon-2026-12-04): 64-key tiles in a ring of 3
+    were best or within 3% of the best of four tile shapes everywhere; one wave was the best
+    split count at every point (16 at batch 1, one from batch 16), and twice that ran
+    1.07-1.44x slower."""
+    if p.interpreter or decode_query_len < max(min_query_len, 1) or p.group > GLUON_DECODE_ROWS:
+        return None
+    if p.dtype not in ("float16", "bfloat16") or p.kv_dtype != p.dtype or p.v_head_dim != p.head_dim:
+        return None
+    if p.head_dim not in GLUON_DECODE_HEAD_DIMS or p.block_size is None or p.block_size % 64:
+        return None
+    row_blocks = -(-decode_query_len // (GLUON_DECODE_ROWS // p.group))
+    programs = max(p.num_seqs * p.num_kv_heads * row_blocks, 1)
+    splits = max(1, min(256, p.num_sms // programs))
+    return DecodeConfig(tile_n=64, num_splits=splits, num_warps=4, num_stages=3, gluon=1)
+
+
 def prefill_warps(num_warps: int, block_m: int, *, window: bool, softcap: bool) -> int:
     """Warps of a generic prefill launch of ``block_m`` query rows that its configuration
     gives ``num_warps``, where the layers may have a sliding window or a softcap.

@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .configs import AttentionConfig, DecodeConfig, PrefillConfig
-from .heuristics import AttentionProblem, decode_heuristic, gluon_prefill_config, prefill_heuristic
+from .heuristics import (
+    AttentionProblem,
+    decode_heuristic,
+    gluon_decode_config,
+    gluon_prefill_config,
+    prefill_heuristic,
+)
 
 __all__ = [
     "MAX_DECODE_QUERY_LEN",
@@ -105,15 +111,23 @@ def plan_launch(
     decode_query_len: int | None = None,
     config: AttentionConfig | None = None,
     device: Any = None,
+    hopper_decode: bool = False,
 ) -> LaunchPlan:
     """The plan of one call: each launch's configuration from ``config`` where given, else
-    from the tuning table for ``problem`` (on ``device``), else the heuristic."""
+    from the tuning table for ``problem`` (on ``device``), else the heuristic; for the decode
+    launch, where ``hopper_decode`` (the call's layer is one the Gluon Hopper decode serves:
+    causal, no window, softcap, ALiBi or sinks) and ``device`` runs Gluon, the configuration
+    of :func:`~.heuristics.gluon_decode_config` first."""
     from . import select_decode_config, select_prefill_config
 
     config = config or AttentionConfig()
     dq = resolve_decode_query_len(decode_query_len, problem.max_seqlen_q)
     decode_runs, prefill_runs = _launches(dq, problem.max_seqlen_q)
-    decode = select_decode_config(problem, config.decode, device=device) if decode_runs else None
+    decode = None
+    if decode_runs and config.decode is None and hopper_decode and _runs_gluon(device):
+        decode = gluon_decode_config(problem, decode_query_len=dq)
+    if decode_runs and decode is None:
+        decode = select_decode_config(problem, config.decode, device=device)
     prefill = select_prefill_config(problem, config.prefill, device=device) if prefill_runs else None
     return _plan(problem, decode, prefill, dq)
 
@@ -142,6 +156,9 @@ class ServingLimits:
     depends on it).
     plain_attention: no layer has ALiBi or sinks, the features the Hopper prefill lacks
     (softcaps and the sliding windows of causal layers it serves).
+    hopper_decode: decode steps of 2 or more new tokens per sequence may take the Gluon
+    Hopper decode (``tuning.gluon_decode_config``) where it serves the model; ``False`` keeps
+    every decode on the generic kernel (attn-bench's ``ours-paged-generic`` times both).
     """
 
     max_num_seqs: int
@@ -151,6 +168,7 @@ class ServingLimits:
     decode_query_len: int = 1
     block_size: int | None = None
     plain_attention: bool = False
+    hopper_decode: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_model_len", "max_num_batched_tokens"):
@@ -161,8 +179,9 @@ class ServingLimits:
         bs = self.block_size
         if bs is not None and (isinstance(bs, bool) or not isinstance(bs, int) or bs < 1):
             raise ValueError(f"block_size must be an int >= 1 or None, got {bs!r}")
-        if not isinstance(self.plain_attention, bool):
-            raise TypeError(f"plain_attention must be a bool, got {type(self.plain_attention).__name__}")
+        for name in ("plain_attention", "hopper_decode"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
 
 
 def model_geometry(
@@ -252,6 +271,11 @@ class ServingPolicy:
       of two. Split counts are plain kernel arguments, so configs that differ only in them
       share one compiled variant (two with the single-split one), and so does the merge
       for every count.
+    - decode steps of 2 or more new tokens (speculative verification) on Hopper: the Gluon
+      decode's configuration (:func:`~.heuristics.gluon_decode_config`; its split count
+      depends on the batch size only) where it serves the model at ``limits.block_size``
+      with ``plain_attention`` and ``hopper_decode``; a layer with a window or softcap runs
+      that configuration on the generic kernel.
     - prefill: one configuration per model, for the chunked-prefill budget, for the same
       reason: the Gluon Hopper prefill where it serves the model at ``limits.block_size``
       (see :func:`preferred_block_size`), else the heuristic.
@@ -307,6 +331,9 @@ class ServingPolicy:
 
     def decode(self, num_seqs: int, max_seqlen_k: int) -> DecodeConfig:
         """The decode configuration for a batch of ``num_seqs`` sequences."""
+        hopper = self._hopper_decode(num_seqs)
+        if hopper is not None:
+            return hopper
         if self.limits.cuda_graphs:
             return self._pinned(num_seqs)
         # Eager: the heuristic for this batch's context, its split count rounded up to a
@@ -314,6 +341,12 @@ class ServingPolicy:
         # enumerates them by context length).
         config = decode_heuristic(self._problem(num_seqs, 1, max_seqlen_k))
         return dataclasses.replace(config, num_splits=1 << (config.num_splits - 1).bit_length())
+
+    def _hopper_decode(self, num_seqs: int) -> DecodeConfig | None:
+        lim = self.limits
+        if not (lim.hopper_decode and lim.plain_attention and lim.block_size) or not _runs_gluon(self.device):
+            return None
+        return gluon_decode_config(self._problem(num_seqs, 1, 1), decode_query_len=lim.decode_query_len)
 
     def _pinned(self, num_seqs: int) -> DecodeConfig:
         from . import select_decode_config
