@@ -7,6 +7,8 @@ from attn_bench.registry import Timed, all_providers, get, provider
 
 EXPECTED = {
     "ours-paged",
+    "ours-paged-generic",
+    "ours-gluon-decode",
     "ours-tma",
     "ours-gluon",
     "ours-gluon-persistent",
@@ -138,3 +140,32 @@ def test_gluon_persistent_provider_launches_persistent(monkeypatch):
     # The per-thread releases: the policy's launch kind, only that option set.
     ours.ours_gluon_thread_arrives(x).fn()
     assert seen[-1] == {"config": configs[-1], "thread_arrives": True}
+
+
+def test_generic_provider_keeps_verification_off_the_gluon_decode(monkeypatch):
+    """With Gluon pretended to run, ours-paged's plan for a verification step is the Gluon
+    decode's configuration and ours-paged-generic's the generic kernel's; one-token decode
+    is the generic kernel's in both."""
+    from attn_bench.providers.ours import launch_plan
+    from triton_attn_kernels import _device
+    from triton_attn_kernels.tuning import policy
+
+    monkeypatch.setattr(policy, "_runs_gluon", lambda device: True)
+    monkeypatch.setattr(_device, "interpreting", lambda: False)
+    cpu = torch.device("cpu")
+    verify = Problem(op="prefill", batch=4, context=4096, q_len=4, block_size=128)
+    assert launch_plan(verify, cpu).config.decode.gluon == 1
+    assert launch_plan(verify, cpu, hopper_decode=False).config.decode.gluon == 0
+    one = Problem(op="decode", batch=4, context=4096, block_size=128)
+    assert launch_plan(one, cpu).config.decode == launch_plan(one, cpu, hopper_decode=False).config.decode
+    assert launch_plan(one, cpu).config.decode.gluon == 0
+
+
+def test_gluon_decode_provider_says_what_it_serves():
+    prov = get("ours-gluon-decode")
+    ok = Problem(op="decode", batch=1, context=4096, block_size=128)
+    assert prov.unsupported(ok) is None
+    assert prov.unsupported(Problem(op="prefill", batch=1, context=4096, q_len=16, block_size=64)) is None
+    assert "verification" in prov.unsupported(Problem(op="prefill", batch=1, context=4096, q_len=17, block_size=64))
+    for bad in (dict(block_size=16), dict(kv_dtype="float8_e4m3fn"), dict(head_dim=256), dict(variant="window=64")):
+        assert "Gluon decode serves" in prov.unsupported(Problem(**{**ok.as_dict(), **bad}))

@@ -12,7 +12,15 @@ def test_smoke_run_writes_csv_markdown_and_plots(tmp_path):
     out = run(
         RunOptions(
             suites=["smoke"],
-            providers=["ours-paged", "torch-sdpa", "vllm-fa3", "ours-kv-write", "torch-kv-write"],
+            providers=[
+                "ours-paged",
+                "ours-paged-generic",
+                "ours-gluon-decode",
+                "torch-sdpa",
+                "vllm-fa3",
+                "ours-kv-write",
+                "torch-kv-write",
+            ],
             out=tmp_path,
             quick=True,
             runs=1,
@@ -22,12 +30,20 @@ def test_smoke_run_writes_csv_markdown_and_plots(tmp_path):
     rows = read_csv(out / "results.csv")
     by = {(r.provider, r.label): r for r in rows}
     ok = [r for r in rows if r.status == "ok"]
-    assert {r.provider for r in ok} >= {"ours-paged", "torch-sdpa", "ours-kv-write", "torch-kv-write"}
+    assert {r.provider for r in ok} >= {
+        "ours-paged",
+        "ours-paged-generic",
+        "torch-sdpa",
+        "ours-kv-write",
+        "torch-kv-write",
+    }
     assert all(r.p20_us <= r.p50_us <= r.p80_us for r in ok), [(r.provider, r.p20_us, r.p50_us, r.p80_us) for r in ok]
     assert all(r.max_err <= 0.05 for r in ok), [(r.provider, r.label, r.max_err) for r in ok]
     # A missing peer is listed with its reason, never dropped.
     fa3 = [r for r in rows if r.provider == "vllm-fa3" and r.op == "decode"]
     assert fa3 and all(r.status == "skipped" and r.detail for r in fa3)
+    gluon = [r for r in rows if r.provider == "ours-gluon-decode"]
+    assert gluon and all(r.status == "skipped" and "CUDA" in r.detail for r in gluon), [r.detail for r in gluon]
     assert not [r for r in rows if r.status in ("error", "wrong")], [(r.provider, r.detail) for r in rows]
     assert any(r.ratio_to_baseline == 1.0 for r in ok), [(r.provider, r.baseline, r.ratio_to_baseline) for r in ok]
     assert by and (out / "summary.md").read_text().count("NOT performance numbers") >= 1
