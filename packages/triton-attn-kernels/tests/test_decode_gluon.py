@@ -1,4 +1,4 @@
-"""The Gluon Hopper decode for verification (``_decode_gluon``, ``_kernels/decode_gluon.py``,
+"""The Gluon Hopper decode, one-token and verification (``_decode_gluon``, ``_kernels/decode_gluon.py``,
 ``tuning.gluon_decode_config``).
 
 On any machine: the policy's choice (``gluon_decode_config`` clause by clause, its split
@@ -110,7 +110,6 @@ def _problem(**kw) -> AttentionProblem:
 
 
 CONFIG_REFUSALS = {
-    "one new token": ({}, 1),
     "interpreter": ({"interpreter": True}, 8),
     "fp32": ({"dtype": "float32", "kv_dtype": "float32"}, 8),
     "fp8 cache": ({"kv_dtype": "float8_e4m3fn"}, 8),
@@ -138,7 +137,8 @@ def test_config_each_clause(why):
 def test_config_split_count_fills_one_wave(num_seqs, q_heads, dq, splits):
     got = gluon_decode_config(_problem(num_seqs=num_seqs, num_q_heads=q_heads), decode_query_len=dq)
     assert got is not None and got.num_splits == splits
-    assert gluon_decode_config(_problem(), decode_query_len=1, min_query_len=1) is not None
+    one = gluon_decode_config(_problem(num_seqs=num_seqs, num_q_heads=q_heads), decode_query_len=1)
+    assert one is not None and one.num_splits == max(1, 132 // (num_seqs * 8))
 
 
 def test_config_flag_needs_the_kernels_shape():
@@ -150,13 +150,15 @@ def test_config_flag_needs_the_kernels_shape():
         DecodeConfig(gluon=2)
 
 
-def test_plan_launch_takes_it_for_verification_only(monkeypatch):
+def test_plan_launch_takes_it_for_decode_and_verification(monkeypatch):
     monkeypatch.setattr(policy_module, "_runs_gluon", lambda device: True)
     verify = plan_launch(_problem(), hopper_decode=True, device="cuda")
     assert verify.config.decode == gluon_decode_config(_problem(), decode_query_len=8)
     assert verify.workspace_numel == decode_workspace_numel(4, 32, 128, verify.config.decode.num_splits, query_len=8)
     one = plan_launch(_problem(max_seqlen_q=1), hopper_decode=True, device="cuda")
-    assert not one.config.decode.gluon
+    assert one.config.decode == gluon_decode_config(_problem(), decode_query_len=1)
+    assert not plan_launch(_problem(dtype="float16", kv_dtype="float8_e4m3fn"), hopper_decode=True,
+                           device="cuda").config.decode.gluon  # fmt: skip
     for kw in ({"hopper_decode": False}, {"config": AttentionConfig(decode=DecodeConfig(tile_n=32))}):
         assert not plan_launch(_problem(), device="cuda", **{"hopper_decode": True, **kw}).config.decode.gluon
     monkeypatch.setattr(policy_module, "_runs_gluon", lambda device: False)
@@ -164,13 +166,13 @@ def test_plan_launch_takes_it_for_verification_only(monkeypatch):
 
 
 @pytest.mark.parametrize("cuda_graphs", [True, False])
-def test_serving_policy_takes_it_for_verification_steps(monkeypatch, cuda_graphs):
+def test_serving_policy_takes_it_for_decode_steps(monkeypatch, cuda_graphs):
     monkeypatch.setattr(policy_module, "_runs_gluon", lambda device: True)
     geometry = _problem(num_seqs=1, max_seqlen_q=1, max_seqlen_k=1, block_size=None)
 
     def policy(**kw):
         limits = dict(max_num_seqs=64, max_model_len=32768, max_num_batched_tokens=8192, cuda_graphs=cuda_graphs,
-                      decode_query_len=5, block_size=128, plain_attention=True)  # fmt: skip
+                      decode_query_len=5, block_size=128, plain_attention=True, hopper_decode=True)  # fmt: skip
         return ServingPolicy(geometry, ServingLimits(**{**limits, **kw}), device="cuda")
 
     served = policy()
@@ -180,7 +182,10 @@ def test_serving_policy_takes_it_for_verification_steps(monkeypatch, cuda_graphs
         assert served.plan(n, 5, 32768).config.decode == config
     ws = max(decode_workspace_numel(n, 32, 128, served.decode(n, 1).num_splits, query_len=5) for n in range(1, 65))
     assert served.max_workspace_numel() == ws > 0
-    for kw in ({"hopper_decode": False}, {"plain_attention": False}, {"decode_query_len": 1}, {"block_size": 16}):
+    assert policy(decode_query_len=1).decode(4, 32768) == gluon_decode_config(
+        served._problem(4, 1, 1), decode_query_len=1
+    )
+    for kw in ({"hopper_decode": False}, {"block_size": 16}, {"block_size": None}):
         assert not policy(**kw).decode(4, 32768).gluon, kw
     with pytest.raises(TypeError, match="hopper_decode must be a bool"):
         ServingLimits(max_num_seqs=1, max_model_len=1, max_num_batched_tokens=1, hopper_decode=1)
@@ -315,6 +320,24 @@ def test_matches_reference(q_len, q_heads, kv_heads, splits, dtype, head_dim, bl
 
 @pytest.mark.gpu
 @needs_sm90
+@pytest.mark.parametrize(("q_heads", "kv_heads", "head_dim", "dtype"),
+                         [(32, 8, 128, torch.bfloat16), (8, 8, 64, torch.float16), (64, 8, 128, torch.bfloat16)])  # fmt: skip
+@pytest.mark.parametrize("num_seqs", [1, 5, 40])
+def test_one_token_decode_by_default(q_heads, kv_heads, head_dim, dtype, num_seqs, gluon_launches):
+    # config=None: plan_launch's choice, the Gluon decode with its one-wave split count.
+    seq_lens = [[1, 63, 64, 65, 129, 1000, 4099][i % 7] + 7 * i for i in range(num_seqs)]
+    b = paged_batch([1] * num_seqs, seq_lens, num_q_heads=q_heads, num_kv_heads=kv_heads, head_dim=head_dim,
+                    block_size=128, dtype=dtype)  # fmt: skip
+    _nan_past_contexts(b, 128)
+    out, lse = paged_attention(*b.args(), **b.lens(), out=poisoned_like(b.q), return_lse=True)
+    ref, ref_lse = paged_attention_ref(*b.args(), return_lse=True)
+    assert_matches(out, ref, dtype)
+    torch.testing.assert_close(lse, ref_lse, atol=2e-3, rtol=1e-3)
+    assert len(gluon_launches) == 1 and gluon_launches[0]["decode_q"] == 1
+
+
+@pytest.mark.gpu
+@needs_sm90
 @pytest.mark.parametrize("splits", [1, 4])
 def test_mixed_batch_beside_a_prefill_launch(splits, gluon_launches):
     # Verification rows, a plain decode and prefill chunks in one call: the decode launch
@@ -378,7 +401,7 @@ def test_serving_plans_compile_no_new_variant_across_batches_and_lengths(gluon_l
     from triton_attn_kernels.compiled import compiled_variants
 
     limits = ServingLimits(max_num_seqs=64, max_model_len=8192, max_num_batched_tokens=8192, cuda_graphs=True,
-                           decode_query_len=5, block_size=128, plain_attention=True)  # fmt: skip
+                           decode_query_len=5, block_size=128, plain_attention=True, hopper_decode=True)  # fmt: skip
     policy = ServingPolicy.for_model(num_q_heads=32, num_kv_heads=8, head_dim=128, dtype=torch.bfloat16,
                                      kv_dtype=torch.bfloat16, limits=limits, device=DEVICE)  # fmt: skip
     ws = torch.empty(policy.max_workspace_numel(), dtype=torch.float32, device=DEVICE)

@@ -226,9 +226,23 @@ def test_import_dejavu(tmp_path: Path) -> None:
     ]
     assert keys == [("bfloat16", 1, 1024, 4), ("bfloat16", 16, 32768, 4), ("float16", 1, 1024, 4)]
     first, second, third = doc["entries"]
-    assert first["config"] == {"tile_n": 64, "num_splits": 8, "num_warps": 4, "num_stages": 2, "prefetch_pages": 0}
+    assert first["config"] == {
+        "tile_n": 64,
+        "num_splits": 8,
+        "num_warps": 4,
+        "num_stages": 2,
+        "prefetch_pages": 0,
+        "gluon": 0,
+    }
     assert first["time_us"] == pytest.approx(9.1)
-    assert second["config"] == {"tile_n": 128, "num_splits": 4, "num_warps": 8, "num_stages": 3, "prefetch_pages": 0}
+    assert second["config"] == {
+        "tile_n": 128,
+        "num_splits": 4,
+        "num_warps": 8,
+        "num_stages": 3,
+        "prefetch_pages": 0,
+        "gluon": 0,
+    }
     assert second["time_us"] == pytest.approx(250.0)
     # Fields the file does not give keep the config's defaults; no timing -> null.
     assert third["config"] == {**DecodeConfig().__dict__, "tile_n": 32, "num_warps": 2}

@@ -1,5 +1,5 @@
-"""Host side of the Gluon Hopper decode (``_kernels/decode_gluon.py``): whether a decode
-launch the policy configured for it (``DecodeConfig.gluon``, from
+"""Host side of the Gluon Hopper decode (``_kernels/decode_gluon.py``, one-token decode and
+speculative verification): whether a decode launch the policy configured for it (``DecodeConfig.gluon``, from
 ``tuning.gluon_decode_config``) runs it, its descriptors and its launch.
 
 A launch runs it on the Triton and GPU the Gluon prefill needs (``_gluon.available``, sm_90;

@@ -153,15 +153,16 @@ class CaptureAware:
             _report_start_variants()
 
 
-def _plain_attention(vllm_config: Any, layer_names: list[str] | None = None) -> bool:
+def _plain_attention(vllm_config: Any, layer_names: list[str] | None = None, *, decode: bool = False) -> bool:
     """Whether none of the named layers (all where ``None``) that this backend serves has
     ALiBi or sinks: the layers the Hopper prefill can serve (softcaps and sliding windows
-    included)."""
+    included); with ``decode``, nor a sliding window or softcap either: the layers the Gluon
+    Hopper decode serves."""
     from vllm.config import get_layers_from_vllm_config
 
     layers = get_layers_from_vllm_config(vllm_config, torch.nn.Module, layer_names)
-    impls = (getattr(layer, "impl", None) for layer in layers.values())
-    return all(impl.plain for impl in impls if isinstance(impl, TritonAttentionImpl))
+    impls = [impl for layer in layers.values() if isinstance(impl := getattr(layer, "impl", None), TritonAttentionImpl)]
+    return all(impl.plain_decode if decode else impl.plain for impl in impls)
 
 
 # --------------------------------------------------------------------------------------
@@ -284,6 +285,7 @@ class TritonAttentionMetadataBuilder(CaptureAware, AttentionMetadataBuilder[Trit
                 decode_query_len=min(_compat.decode_query_len(vllm_config), MAX_DECODE_QUERY_LEN),
                 block_size=kv_cache_spec.block_size,
                 plain_attention=_plain_attention(vllm_config, layer_names),
+                hopper_decode=_plain_attention(vllm_config, layer_names, decode=True),
             ),
             device=device,
         )
@@ -528,6 +530,11 @@ class TritonAttentionImpl(AttentionImpl[TritonAttentionMetadata]):
         """No ALiBi or sinks: the Hopper prefill serves this layer (a sliding window or softcap
         included; a window on a non-causal batch goes to the generic kernel per launch)."""
         return self.alibi_slopes is None and self.sinks is None
+
+    @property
+    def plain_decode(self) -> bool:
+        """Nor a sliding window or softcap: the Gluon Hopper decode serves this layer."""
+        return self.plain and self.sliding_window is None and self.softcap is None
 
     def process_weights_after_loading(self, act_dtype: torch.dtype) -> None:
         # The kernels read sinks as contiguous fp32; convert the loaded parameter once here

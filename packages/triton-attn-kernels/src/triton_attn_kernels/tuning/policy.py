@@ -156,9 +156,10 @@ class ServingLimits:
     depends on it).
     plain_attention: no layer has ALiBi or sinks, the features the Hopper prefill lacks
     (softcaps and the sliding windows of causal layers it serves).
-    hopper_decode: decode steps of 2 or more new tokens per sequence may take the Gluon
-    Hopper decode (``tuning.gluon_decode_config``) where it serves the model; ``False`` keeps
-    every decode on the generic kernel (attn-bench's ``ours-paged-generic`` times both).
+    hopper_decode: no layer has a sliding window, softcap, ALiBi or sinks, so decode steps
+    (one new token per sequence, or verification) may take the Gluon Hopper decode
+    (``tuning.gluon_decode_config``) where it serves the model; ``False`` keeps every decode
+    on the generic kernel and its tables (attn-bench's ``ours-paged-generic`` times both).
     """
 
     max_num_seqs: int
@@ -168,7 +169,7 @@ class ServingLimits:
     decode_query_len: int = 1
     block_size: int | None = None
     plain_attention: bool = False
-    hopper_decode: bool = True
+    hopper_decode: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_model_len", "max_num_batched_tokens"):
@@ -261,6 +262,10 @@ class ServingPolicy:
     ``geometry``: an :class:`AttentionProblem` whose head counts, head size, dtypes, SM
     count and interpreter flag are the model's (its batch fields are ignored).
 
+    - decode on Hopper (one-token steps and speculative verification): the Gluon decode's
+      configuration (:func:`~.heuristics.gluon_decode_config`; its split count depends on
+      the batch size only) where it serves the model at ``limits.block_size`` and
+      ``limits.hopper_decode``. Elsewhere:
     - decode: with ``cuda_graphs``, pinned per batch size and chosen for ``max_model_len``
       (table, else heuristic), so a recorded launch stays valid for any context; without,
       the heuristic for the batch's longest context (a table entry for a new shape could
@@ -271,11 +276,6 @@ class ServingPolicy:
       of two. Split counts are plain kernel arguments, so configs that differ only in them
       share one compiled variant (two with the single-split one), and so does the merge
       for every count.
-    - decode steps of 2 or more new tokens (speculative verification) on Hopper: the Gluon
-      decode's configuration (:func:`~.heuristics.gluon_decode_config`; its split count
-      depends on the batch size only) where it serves the model at ``limits.block_size``
-      with ``plain_attention`` and ``hopper_decode``; a layer with a window or softcap runs
-      that configuration on the generic kernel.
     - prefill: one configuration per model, for the chunked-prefill budget, for the same
       reason: the Gluon Hopper prefill where it serves the model at ``limits.block_size``
       (see :func:`preferred_block_size`), else the heuristic.
@@ -344,7 +344,7 @@ class ServingPolicy:
 
     def _hopper_decode(self, num_seqs: int) -> DecodeConfig | None:
         lim = self.limits
-        if not (lim.hopper_decode and lim.plain_attention and lim.block_size) or not _runs_gluon(self.device):
+        if not (lim.hopper_decode and lim.block_size) or not _runs_gluon(self.device):
             return None
         return gluon_decode_config(self._problem(num_seqs, 1, 1), decode_query_len=lim.decode_query_len)
 
