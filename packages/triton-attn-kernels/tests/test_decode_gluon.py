@@ -426,3 +426,17 @@ def test_serving_plans_compile_no_new_variant_across_batches_and_lengths(gluon_l
         step(n, length)
     assert compiled_variants()["decode_gluon"] == before
     assert len(gluon_launches) == 8
+
+
+def test_environment_switch_keeps_the_generic_decode(monkeypatch):
+    from triton_attn_kernels import tuning
+
+    monkeypatch.setattr(policy_module, "_runs_gluon", lambda device: True)
+    monkeypatch.setenv("TRITON_ATTN_HOPPER_DECODE", "0")
+    tuning.reset()
+    try:
+        assert not plan_launch(_problem(), hopper_decode=True, device="cuda").config.decode.gluon
+    finally:
+        monkeypatch.delenv("TRITON_ATTN_HOPPER_DECODE")
+        tuning.reset()
+    assert plan_launch(_problem(), hopper_decode=True, device="cuda").config.decode.gluon == 1

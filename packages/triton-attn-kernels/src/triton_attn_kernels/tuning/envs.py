@@ -14,6 +14,13 @@ that turning it on in a running process takes effect at the next call.
     ``1`` (default): use tuning tables. ``0``: heuristics only, for A/B benchmarks of the
     tables against the heuristics. An explicit ``config=`` argument is honoured either way.
 
+``TRITON_ATTN_HOPPER_DECODE``
+    ``1`` (default): decode and verification launches on sm_90 may take the Gluon Hopper
+    decode where the policy's rule serves them (``tuning.gluon_decode_config``). ``0``: they
+    keep the generic decode kernel and its tables, for A/B runs end to end (attn-bench's
+    ``ours-paged-generic`` does the same per launch). An explicit ``config=`` is honoured
+    either way.
+
 ``TRITON_ATTN_DEBUG``
     ``1`` (also ``true``, ``on``, ``yes``): every launch first checks the contents of its index
     tensors and fp8 scales on the host (:mod:`triton_attn_kernels.debug`), which synchronises
@@ -27,7 +34,7 @@ import functools
 import os
 from pathlib import Path
 
-__all__ = ["debug_requested", "tables_enabled", "tuning_dir"]
+__all__ = ["debug_requested", "hopper_decode_enabled", "tables_enabled", "tuning_dir"]
 
 
 @functools.cache
@@ -42,6 +49,12 @@ def tables_enabled() -> bool:
     return value not in ("0", "off", "false", "no")
 
 
+@functools.cache
+def hopper_decode_enabled() -> bool:
+    value = os.environ.get("TRITON_ATTN_HOPPER_DECODE", "1").strip().lower()
+    return value not in ("0", "off", "false", "no")
+
+
 def debug_requested() -> bool:
     """``TRITON_ATTN_DEBUG``, read at each call (not memoised)."""
     value = os.environ.get("TRITON_ATTN_DEBUG")
@@ -51,3 +64,4 @@ def debug_requested() -> bool:
 def _forget() -> None:
     tuning_dir.cache_clear()
     tables_enabled.cache_clear()
+    hopper_decode_enabled.cache_clear()

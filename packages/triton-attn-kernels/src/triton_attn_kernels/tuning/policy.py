@@ -124,7 +124,7 @@ def plan_launch(
     dq = resolve_decode_query_len(decode_query_len, problem.max_seqlen_q)
     decode_runs, prefill_runs = _launches(dq, problem.max_seqlen_q)
     decode = None
-    if decode_runs and config.decode is None and hopper_decode and _runs_gluon(device):
+    if decode_runs and config.decode is None and hopper_decode and _runs_gluon_decode(device):
         decode = gluon_decode_config(problem, decode_query_len=dq)
     if decode_runs and decode is None:
         decode = select_decode_config(problem, config.decode, device=device)
@@ -215,6 +215,12 @@ def model_geometry(
         interpreter=interpreting(),
         head_dim_v=head_dim_v,
     )
+
+
+def _runs_gluon_decode(device: Any) -> bool:
+    from .envs import hopper_decode_enabled
+
+    return hopper_decode_enabled() and _runs_gluon(device)
 
 
 def _runs_gluon(device: Any) -> bool:
@@ -344,7 +350,7 @@ class ServingPolicy:
 
     def _hopper_decode(self, num_seqs: int) -> DecodeConfig | None:
         lim = self.limits
-        if not (lim.hopper_decode and lim.block_size) or not _runs_gluon(self.device):
+        if not (lim.hopper_decode and lim.block_size) or not _runs_gluon_decode(self.device):
             return None
         return gluon_decode_config(self._problem(num_seqs, 1, 1), decode_query_len=lim.decode_query_len)
 
