@@ -8,6 +8,7 @@ from attn_bench.registry import Timed, all_providers, get, provider
 EXPECTED = {
     "ours-paged",
     "ours-paged-generic",
+    "ours-gluon-decode",
     "ours-tma",
     "ours-gluon",
     "ours-gluon-persistent",
@@ -142,9 +143,9 @@ def test_gluon_persistent_provider_launches_persistent(monkeypatch):
 
 
 def test_generic_provider_keeps_verification_off_the_gluon_decode(monkeypatch):
-    """With Gluon pretended to run, ours-paged's plan for a decode or verification step is the
-    Gluon decode's configuration and ours-paged-generic's the generic kernel's; an fp8 cache
-    is the generic kernel's in both."""
+    """With Gluon pretended to run, ours-paged's plan for a verification step is the Gluon
+    decode's configuration and ours-paged-generic's the generic kernel's; one-token decode
+    and an fp8 cache are the generic kernel's in both."""
     from attn_bench.providers.ours import launch_plan
     from triton_attn_kernels import _device
     from triton_attn_kernels.tuning import policy
@@ -156,8 +157,18 @@ def test_generic_provider_keeps_verification_off_the_gluon_decode(monkeypatch):
     assert launch_plan(verify, cpu).config.decode.gluon == 1
     assert launch_plan(verify, cpu, hopper_decode=False).config.decode.gluon == 0
     one = Problem(op="decode", batch=4, context=4096, block_size=128)
-    assert launch_plan(one, cpu).config.decode.gluon == 1
-    assert launch_plan(one, cpu, hopper_decode=False).config.decode.gluon == 0
+    assert launch_plan(one, cpu).config.decode == launch_plan(one, cpu, hopper_decode=False).config.decode
+    assert launch_plan(one, cpu).config.decode.gluon == 0
     fp8 = Problem(op="decode", batch=4, context=4096, block_size=128, kv_dtype="float8_e4m3fn")
     assert launch_plan(fp8, cpu).config.decode == launch_plan(fp8, cpu, hopper_decode=False).config.decode
     assert launch_plan(fp8, cpu).config.decode.gluon == 0
+
+
+def test_gluon_decode_provider_says_what_it_serves():
+    prov = get("ours-gluon-decode")
+    ok = Problem(op="decode", batch=1, context=4096, block_size=128)
+    assert prov.unsupported(ok) is None
+    assert prov.unsupported(Problem(op="prefill", batch=1, context=4096, q_len=16, block_size=64)) is None
+    assert "verification" in prov.unsupported(Problem(op="prefill", batch=1, context=4096, q_len=17, block_size=64))
+    for bad in (dict(block_size=16), dict(kv_dtype="float8_e4m3fn"), dict(head_dim=256), dict(variant="window=64")):
+        assert "Gluon decode serves" in prov.unsupported(Problem(**{**ok.as_dict(), **bad}))

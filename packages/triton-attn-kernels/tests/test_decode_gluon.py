@@ -110,6 +110,7 @@ def _problem(**kw) -> AttentionProblem:
 
 
 CONFIG_REFUSALS = {
+    "one new token": ({}, 1),
     "interpreter": ({"interpreter": True}, 8),
     "fp32": ({"dtype": "float32", "kv_dtype": "float32"}, 8),
     "fp8 cache": ({"kv_dtype": "float8_e4m3fn"}, 8),
@@ -137,7 +138,7 @@ def test_config_each_clause(why):
 def test_config_split_count_fills_one_wave(num_seqs, q_heads, dq, splits):
     got = gluon_decode_config(_problem(num_seqs=num_seqs, num_q_heads=q_heads), decode_query_len=dq)
     assert got is not None and got.num_splits == splits
-    one = gluon_decode_config(_problem(num_seqs=num_seqs, num_q_heads=q_heads), decode_query_len=1)
+    one = gluon_decode_config(_problem(num_seqs=num_seqs, num_q_heads=q_heads), decode_query_len=1, min_query_len=1)
     assert one is not None and one.num_splits == max(1, 132 // (num_seqs * 8))
 
 
@@ -150,13 +151,13 @@ def test_config_flag_needs_the_kernels_shape():
         DecodeConfig(gluon=2)
 
 
-def test_plan_launch_takes_it_for_decode_and_verification(monkeypatch):
+def test_plan_launch_takes_it_for_verification(monkeypatch):
     monkeypatch.setattr(policy_module, "_runs_gluon", lambda device: True)
     verify = plan_launch(_problem(), hopper_decode=True, device="cuda")
     assert verify.config.decode == gluon_decode_config(_problem(), decode_query_len=8)
     assert verify.workspace_numel == decode_workspace_numel(4, 32, 128, verify.config.decode.num_splits, query_len=8)
     one = plan_launch(_problem(max_seqlen_q=1), hopper_decode=True, device="cuda")
-    assert one.config.decode == gluon_decode_config(_problem(), decode_query_len=1)
+    assert not one.config.decode.gluon  # one-token decode: TRITON_ATTN_HOPPER_DECODE=all only
     assert not plan_launch(_problem(dtype="float16", kv_dtype="float8_e4m3fn"), hopper_decode=True,
                            device="cuda").config.decode.gluon  # fmt: skip
     for kw in ({"hopper_decode": False}, {"config": AttentionConfig(decode=DecodeConfig(tile_n=32))}):
@@ -166,7 +167,7 @@ def test_plan_launch_takes_it_for_decode_and_verification(monkeypatch):
 
 
 @pytest.mark.parametrize("cuda_graphs", [True, False])
-def test_serving_policy_takes_it_for_decode_steps(monkeypatch, cuda_graphs):
+def test_serving_policy_takes_it_for_verification_steps(monkeypatch, cuda_graphs):
     monkeypatch.setattr(policy_module, "_runs_gluon", lambda device: True)
     geometry = _problem(num_seqs=1, max_seqlen_q=1, max_seqlen_k=1, block_size=None)
 
@@ -182,10 +183,7 @@ def test_serving_policy_takes_it_for_decode_steps(monkeypatch, cuda_graphs):
         assert served.plan(n, 5, 32768).config.decode == config
     ws = max(decode_workspace_numel(n, 32, 128, served.decode(n, 1).num_splits, query_len=5) for n in range(1, 65))
     assert served.max_workspace_numel() == ws > 0
-    assert policy(decode_query_len=1).decode(4, 32768) == gluon_decode_config(
-        served._problem(4, 1, 1), decode_query_len=1
-    )
-    for kw in ({"hopper_decode": False}, {"block_size": 16}, {"block_size": None}):
+    for kw in ({"hopper_decode": False}, {"block_size": 16}, {"block_size": None}, {"decode_query_len": 1}):
         assert not policy(**kw).decode(4, 32768).gluon, kw
     with pytest.raises(TypeError, match="hopper_decode must be a bool"):
         ServingLimits(max_num_seqs=1, max_model_len=1, max_num_batched_tokens=1, hopper_decode=1)
@@ -323,8 +321,13 @@ def test_matches_reference(q_len, q_heads, kv_heads, splits, dtype, head_dim, bl
 @pytest.mark.parametrize(("q_heads", "kv_heads", "head_dim", "dtype"),
                          [(32, 8, 128, torch.bfloat16), (8, 8, 64, torch.float16), (64, 8, 128, torch.bfloat16)])  # fmt: skip
 @pytest.mark.parametrize("num_seqs", [1, 5, 40])
-def test_one_token_decode_by_default(q_heads, kv_heads, head_dim, dtype, num_seqs, gluon_launches):
-    # config=None: plan_launch's choice, the Gluon decode with its one-wave split count.
+def test_one_token_decode_when_asked(q_heads, kv_heads, head_dim, dtype, num_seqs, gluon_launches, monkeypatch):
+    # config=None under TRITON_ATTN_HOPPER_DECODE=all: plan_launch's choice, the Gluon decode
+    # with its one-wave split count.
+    from triton_attn_kernels import tuning
+
+    monkeypatch.setenv("TRITON_ATTN_HOPPER_DECODE", "all")
+    tuning.reset()
     seq_lens = [[1, 63, 64, 65, 129, 1000, 4099][i % 7] + 7 * i for i in range(num_seqs)]
     b = paged_batch([1] * num_seqs, seq_lens, num_q_heads=q_heads, num_kv_heads=kv_heads, head_dim=head_dim,
                     block_size=128, dtype=dtype)  # fmt: skip
@@ -334,6 +337,8 @@ def test_one_token_decode_by_default(q_heads, kv_heads, head_dim, dtype, num_seq
     assert_matches(out, ref, dtype)
     torch.testing.assert_close(lse, ref_lse, atol=2e-3, rtol=1e-3)
     assert len(gluon_launches) == 1 and gluon_launches[0]["decode_q"] == 1
+    monkeypatch.delenv("TRITON_ATTN_HOPPER_DECODE")
+    tuning.reset()
 
 
 @pytest.mark.gpu
@@ -428,15 +433,35 @@ def test_serving_plans_compile_no_new_variant_across_batches_and_lengths(gluon_l
     assert len(gluon_launches) == 8
 
 
-def test_environment_switch_keeps_the_generic_decode(monkeypatch):
+@pytest.mark.parametrize(
+    ("mode", "verify", "one"), [("verify", 1, 0), ("1", 1, 0), ("all", 1, 1), ("0", 0, 0), ("off", 0, 0)]
+)
+def test_environment_switch(monkeypatch, mode, verify, one):
     from triton_attn_kernels import tuning
 
     monkeypatch.setattr(policy_module, "_runs_gluon", lambda device: True)
-    monkeypatch.setenv("TRITON_ATTN_HOPPER_DECODE", "0")
+    monkeypatch.setenv("TRITON_ATTN_HOPPER_DECODE", mode)
     tuning.reset()
     try:
-        assert not plan_launch(_problem(), hopper_decode=True, device="cuda").config.decode.gluon
+        assert plan_launch(_problem(), hopper_decode=True, device="cuda").config.decode.gluon == verify
+        assert plan_launch(_problem(max_seqlen_q=1), hopper_decode=True, device="cuda").config.decode.gluon == one
+        limits = ServingLimits(max_num_seqs=8, max_model_len=4096, max_num_batched_tokens=4096, decode_query_len=1,
+                               block_size=128, hopper_decode=True)  # fmt: skip
+        assert ServingPolicy(_problem(), limits, device="cuda").decode(4, 4096).gluon == one
     finally:
         monkeypatch.delenv("TRITON_ATTN_HOPPER_DECODE")
         tuning.reset()
-    assert plan_launch(_problem(), hopper_decode=True, device="cuda").config.decode.gluon == 1
+
+
+def test_environment_switch_names_a_bad_value(monkeypatch):
+    from triton_attn_kernels import tuning
+
+    monkeypatch.setattr(policy_module, "_runs_gluon", lambda device: True)
+    monkeypatch.setenv("TRITON_ATTN_HOPPER_DECODE", "sometimes")
+    tuning.reset()
+    try:
+        with pytest.raises(ValueError, match="TRITON_ATTN_HOPPER_DECODE must be one of"):
+            plan_launch(_problem(), hopper_decode=True, device="cuda")
+    finally:
+        monkeypatch.delenv("TRITON_ATTN_HOPPER_DECODE")
+        tuning.reset()

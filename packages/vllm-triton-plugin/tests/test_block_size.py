@@ -112,13 +112,15 @@ def test_builder_runs_the_gluon_prefill_at_whole_tile_pages(hopper):
 
 
 def test_builder_runs_the_gluon_decode_for_layers_it_serves(hopper):
-    # Decode and verification at whole-tile pages: the Gluon decode's configuration exactly
-    # where no layer has a window, softcap, ALiBi or sinks.
-    plain = {"l0": _Layer(), "l1": _Layer()}
-    assert _builder(128, plain).policy.limits.hopper_decode
-    assert _builder(128, plain).policy.decode(4, 4096).gluon == 1
-    assert not _builder(16, plain).policy.decode(4, 4096).gluon
+    # Verification at whole-tile pages: the Gluon decode's configuration exactly where no
+    # layer has a window, softcap, ALiBi or sinks; one-token decode keeps the generic kernel.
+    from triton_attn_kernels.tuning import ServingPolicy
+
+    plain = _builder(128, {"l0": _Layer(), "l1": _Layer()}).policy
+    assert plain.limits.hopper_decode and not plain.decode(4, 4096).gluon
+    verify = dataclasses.replace(plain.limits, decode_query_len=5)
+    assert ServingPolicy(plain.geometry, verify, device=plain.device).decode(4, 4096).gluon == 1
+    assert _builder(16, {"l0": _Layer()}).policy.limits.hopper_decode
     for features in ({"sliding_window": 512}, {"logits_soft_cap": 30.0}, {"alibi_slopes": [0.5] * 32}):
         layers = {"l0": _Layer(), "l1": _Layer(**features)}
         assert not _builder(128, layers).policy.limits.hopper_decode, features
-        assert not _builder(128, layers).policy.decode(4, 4096).gluon, features

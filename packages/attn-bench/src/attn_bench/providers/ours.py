@@ -92,20 +92,53 @@ def ours_paged_generic(x: Inputs) -> Timed:
     return _paged(x, prefill=None, hopper_decode=False)
 
 
-def _paged(x: Inputs, *, prefill: Any, hopper_decode: bool = True) -> Timed:
-    """paged_attention under the plugin's plan (``hopper_decode``: ServingLimits'); ``prefill``
-    replaces its prefill config. A mixed batch in decode-first order runs as the plugin runs
-    it: the decode rows, then the prefill rows alone (``tuning.decodes_first``)."""
+def _gluon_decode_supported(p: Any) -> str | None:
+    from triton_attn_kernels.tuning import MAX_DECODE_QUERY_LEN
+
+    if p.op == "prefill" and p.q_len > MAX_DECODE_QUERY_LEN:
+        return f"decode and verification (at most {MAX_DECODE_QUERY_LEN} new tokens) only"
+    if p.variant or p.fp8 or p.head_dim not in (64, 128) or p.block_size % 64:
+        return "the Gluon decode serves plain causal attention over a bf16/fp16 cache, d64/d128, 64-token pages"
+    return None
+
+
+@provider("ours-gluon-decode", ops=("decode", "prefill"), requires=("triton_attn_kernels",), cuda_only=True,
+          supports=_gluon_decode_supported)  # fmt: skip
+def ours_gluon_decode(x: Inputs) -> Timed:
+    """paged_attention with the Gluon Hopper decode's configuration (tuning.gluon_decode_config) for one-token decode as for verification (q_len <= 16), as TRITON_ATTN_HOPPER_DECODE=all runs it; by default the policy keeps one-token decode on the generic kernel and its tables."""
+    from triton_attn_kernels.tuning import AttentionProblem, gluon_decode_config
+
+    p = x.problem
+    problem = AttentionProblem.from_tensors(
+        x.q, x.k_cache, v=x.v_cache, num_seqs=p.num_seqs, max_seqlen_q=p.max_seqlen_q, max_seqlen_k=p.max_seqlen_k
+    )
+    config = gluon_decode_config(problem, decode_query_len=p.max_seqlen_q, min_query_len=1)
+    if config is None:
+        raise ValueError(f"the Gluon decode does not serve {p.label()}")
+    return _paged(x, prefill=None, decode=config)
+
+
+def _paged(x: Inputs, *, prefill: Any, hopper_decode: bool = True, decode: Any = None) -> Timed:
+    """paged_attention under the plugin's plan (``hopper_decode``: ServingLimits');
+    ``prefill`` / ``decode`` replace its configurations where given (a decode one sizes the
+    workspace itself). A mixed batch in decode-first order runs as the plugin runs it: the
+    decode rows, then the prefill rows alone (``tuning.decodes_first``)."""
     import dataclasses
 
     from triton_attn_kernels import AttentionConfig, paged_attention
-    from triton_attn_kernels.tuning import decodes_first
+    from triton_attn_kernels.tuning import decode_workspace_numel, decodes_first
 
     p = x.problem
     plan = launch_plan(p, x.device, paged=True, hopper_decode=hopper_decode)
     config = plan.config
     if prefill is not None and config.prefill is not None:
         config = dataclasses.replace(config, prefill=prefill)
+    if decode is not None and config.decode is not None:
+        config = dataclasses.replace(config, decode=decode)
+        need = decode_workspace_numel(
+            p.num_seqs, p.num_q_heads, p.head_dim_v or p.head_dim, decode.num_splits, query_len=plan.decode_query_len
+        )
+        plan = dataclasses.replace(plan, config=config, workspace_numel=need)
     ws = _workspace(x, plan)
     out = x.new_out()
     common: dict[str, Any] = {"max_seqlen_k": p.max_seqlen_k, **x.features()}

@@ -169,28 +169,34 @@ def gluon_prefill_config(p: AttentionProblem, *, block_size: int | None = None) 
     return PrefillConfig(block_m=128, tile_n=tile_n, num_warps=4, num_stages=stages, gluon=1)
 
 
-# Query rows of one Gluon decode program (one wgmma M: new tokens x the GQA group).
+# Query rows of one Gluon decode program (one wgmma M: new tokens x the GQA group); the new
+# tokens per sequence from which the policy takes it by default (speculative verification).
 GLUON_DECODE_ROWS = 64
+GLUON_DECODE_MIN_QUERY_LEN = 2
 GLUON_DECODE_HEAD_DIMS = (64, 128)
 
 
-def gluon_decode_config(p: AttentionProblem, *, decode_query_len: int) -> DecodeConfig | None:
+def gluon_decode_config(
+    p: AttentionProblem, *, decode_query_len: int, min_query_len: int = GLUON_DECODE_MIN_QUERY_LEN
+) -> DecodeConfig | None:
     """The Gluon Hopper decode's configuration for ``p``'s decode launch of 1 to
     ``decode_query_len`` new tokens per sequence, or ``None`` where that kernel does not serve
-    it: dtypes other than fp16/bf16, a cache of another dtype (fp8), head sizes other than 64
-    and 128 or a V head size of its own, more than 64 query heads per KV head, an unknown page
-    size or one not a multiple of 64 tokens, Triton's interpreter. Whether the GPU runs it and
-    the layers' features are the caller's facts.
+    it: fewer than ``min_query_len`` new tokens, dtypes other than fp16/bf16, a cache of another
+    dtype (fp8), head sizes other than 64 and 128 or a V head size of its own, more than 64
+    query heads per KV head, an unknown page size or one not a multiple of 64 tokens, Triton's
+    interpreter. Whether the GPU runs it and the layers' features are the caller's facts.
 
     Split count: the one that fills one wave of programs (kv heads x row blocks x sequences),
     at most 256. H200, 32 q / 8 KV heads, d128, bf16, 128-token pages, beside vLLM's FA3 in one
     run (docs/results/h200/verify-gluon-2026-12-04): verification of 2-16 tokens at batch 1-64
-    x 4k-32k 1.002-1.22x FA3 (the generic kernel: 0.50-1.03x); one-token decode over batch
-    1-256 x 1k-32k 1.006-1.26x FA3, geometric mean 1.063 (the generic kernel with the H200
-    table: 0.978-1.34x, 1.042). 64-key tiles in a ring of 3 were best or within 3% of the best
-    of four tile shapes; one wave was the best split count at every point measured (16 at
-    batch 1, one from batch 16), and twice that ran 1.07-1.44x slower."""
-    if p.interpreter or decode_query_len < 1 or p.group > GLUON_DECODE_ROWS:
+    x 4k-32k 1.002-1.22x FA3 (the generic kernel: 0.50-1.03x). One-token decode over batch
+    1-256 x 1k-32k ran 1.006-1.26x FA3, geometric mean 1.063, where the generic kernel with
+    the H200 table ran 0.978-1.34x (1.042); it is not the default (``min_query_len=1``,
+    ``TRITON_ATTN_HOPPER_DECODE=all``) until it is measured end to end. 64-key tiles in a ring
+    of 3 were best or within 3% of the best of four tile shapes; one wave was the best split
+    count at every point measured (16 at batch 1, one from batch 16), and twice that ran
+    1.07-1.44x slower."""
+    if p.interpreter or decode_query_len < max(min_query_len, 1) or p.group > GLUON_DECODE_ROWS:
         return None
     if p.dtype not in ("float16", "bfloat16") or p.kv_dtype != p.dtype or p.v_head_dim != p.head_dim:
         return None

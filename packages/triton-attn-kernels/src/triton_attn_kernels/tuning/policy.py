@@ -124,8 +124,8 @@ def plan_launch(
     dq = resolve_decode_query_len(decode_query_len, problem.max_seqlen_q)
     decode_runs, prefill_runs = _launches(dq, problem.max_seqlen_q)
     decode = None
-    if decode_runs and config.decode is None and hopper_decode and _runs_gluon_decode(device):
-        decode = gluon_decode_config(problem, decode_query_len=dq)
+    if decode_runs and config.decode is None and hopper_decode:
+        decode = _gluon_decode(problem, dq, device)
     if decode_runs and decode is None:
         decode = select_decode_config(problem, config.decode, device=device)
     prefill = select_prefill_config(problem, config.prefill, device=device) if prefill_runs else None
@@ -156,10 +156,10 @@ class ServingLimits:
     depends on it).
     plain_attention: no layer has ALiBi or sinks, the features the Hopper prefill lacks
     (softcaps and the sliding windows of causal layers it serves).
-    hopper_decode: no layer has a sliding window, softcap, ALiBi or sinks, so decode steps
-    (one new token per sequence, or verification) may take the Gluon Hopper decode
-    (``tuning.gluon_decode_config``) where it serves the model; ``False`` keeps every decode
-    on the generic kernel and its tables (attn-bench's ``ours-paged-generic`` times both).
+    hopper_decode: no layer has a sliding window, softcap, ALiBi or sinks, so verification
+    steps may take the Gluon Hopper decode (``tuning.gluon_decode_config``; one-token steps
+    too with ``TRITON_ATTN_HOPPER_DECODE=all``) where it serves the model; ``False`` keeps
+    every decode on the generic kernel and its tables (attn-bench's ``ours-paged-generic``).
     """
 
     max_num_seqs: int
@@ -217,10 +217,15 @@ def model_geometry(
     )
 
 
-def _runs_gluon_decode(device: Any) -> bool:
-    from .envs import hopper_decode_enabled
+def _gluon_decode(problem: AttentionProblem, decode_query_len: int, device: Any) -> DecodeConfig | None:
+    """The Gluon decode's configuration where ``TRITON_ATTN_HOPPER_DECODE`` and ``device``
+    let it serve this launch."""
+    from .envs import hopper_decode_min_query_len
 
-    return hopper_decode_enabled() and _runs_gluon(device)
+    least = hopper_decode_min_query_len()
+    if least is None or decode_query_len < least or not _runs_gluon(device):
+        return None
+    return gluon_decode_config(problem, decode_query_len=decode_query_len, min_query_len=least)
 
 
 def _runs_gluon(device: Any) -> bool:
@@ -268,7 +273,8 @@ class ServingPolicy:
     ``geometry``: an :class:`AttentionProblem` whose head counts, head size, dtypes, SM
     count and interpreter flag are the model's (its batch fields are ignored).
 
-    - decode on Hopper (one-token steps and speculative verification): the Gluon decode's
+    - decode on Hopper (speculative verification; one-token steps too with
+      ``TRITON_ATTN_HOPPER_DECODE=all``): the Gluon decode's
       configuration (:func:`~.heuristics.gluon_decode_config`; its split count depends on
       the batch size only) where it serves the model at ``limits.block_size`` and
       ``limits.hopper_decode``. Elsewhere:
@@ -350,9 +356,9 @@ class ServingPolicy:
 
     def _hopper_decode(self, num_seqs: int) -> DecodeConfig | None:
         lim = self.limits
-        if not (lim.hopper_decode and lim.block_size) or not _runs_gluon_decode(self.device):
+        if not (lim.hopper_decode and lim.block_size):
             return None
-        return gluon_decode_config(self._problem(num_seqs, 1, 1), decode_query_len=lim.decode_query_len)
+        return _gluon_decode(self._problem(num_seqs, 1, 1), lim.decode_query_len, self.device)
 
     def _pinned(self, num_seqs: int) -> DecodeConfig:
         from . import select_decode_config
