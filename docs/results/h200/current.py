@@ -11,13 +11,12 @@ which is one ``attn-bench e2e`` call (ours' tok/s / FLASH_ATTN's).
 from __future__ import annotations
 
 import csv
-import re
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MORNING = HERE / "fa3-2026-12-02"  # sources a53c8fc: 16-token pages, FA3 beside
-PAGES = HERE / "verify32-2026-12-04"  # sources 603a39b (+ 248e52a's verification warps): 128-token pages
+PAGES = HERE / "verify-gluon-2026-12-04"  # sources 78e7a79: decode and verification at 128-token pages
 FEATURES = HERE / "prefill-2026-12-04"  # sources 603a39b: prefill and mixed at 128-token pages
 E2E = [HERE / "e2e" / f"e2e-2026-12-04b{tag}.csv" for tag in ("", "-fp8")]  # sources 603a39b
 OURS, FA3 = "#1f77b4", "#ff7f0e"
@@ -30,18 +29,6 @@ def times(path: Path) -> dict[str, dict[str, float]]:
         for row in csv.DictReader(f):
             if row["status"] == "ok":
                 out.setdefault(row["label"], {})[row["provider"]] = float(row["p50_us"])
-    return out
-
-
-def console(path: Path) -> dict[str, dict[str, float]]:
-    """The same from a run's console lines, where its CSV did not come back
-    ("[47/58] ... prefill b1 ctx4096 q8 ... page128  | ours-paged 29.0us, vllm-fa3 20.6us")."""
-    out: dict[str, dict[str, float]] = {}
-    for line in path.read_text().splitlines():
-        m = re.search(r"ETA\s+\d+s\s+(.+?)\s+\|\s+(.+)$", line)
-        if m:
-            for prov, us in re.findall(r"([\w-]+) ([\d,.]+)us", m.group(2)):
-                out.setdefault(m.group(1), {})[prov] = float(us.replace(",", ""))
     return out
 
 
@@ -95,9 +82,9 @@ def plot(png: Path) -> None:
     mixed = {k: v for k, v in pages.items() if k.startswith("mixed")}
     gluon = ratios(prefill, "ours-paged", "vllm-fa3", _short)  # the plugin's prefill at its pages
     generic = ratios(fa3_16, "ours-paged", "vllm-fa3", _short)
-    dv = times(PAGES / "pages128.csv")
+    dv = times(PAGES / "p128-78e7a79.csv")
     decode = ratios({k: v for k, v in dv.items() if k.startswith("decode")}, "ours-paged", "vllm-fa3", _short)
-    verify = ratios(console(PAGES / "verify-w4-console.txt"), "ours-paged", "vllm-fa3", _verify)
+    verify = ratios({k: v for k, v in dv.items() if k.startswith("prefill")}, "ours-paged", "vllm-fa3", _verify)
     mix = [(_mixed(k), t["vllm-fa3"] / t["ours-paged"]) for k, t in mixed.items() if "vllm-fa3" in t]
     e2e = []
     for path in E2E:
@@ -115,14 +102,14 @@ def plot(png: Path) -> None:
     _panel(axes[0], gluon, "prefill at 128-token pages (the plugin's\non Hopper), FA3 at the same")
     _panel(axes[1], generic, "prefill, both at 16-token pages\n(our generic kernel)", color="#7fa7c9")
     _panel(axes[2], decode, "decode at 128-token pages (H200 table)")
-    _panel(axes[3], verify, "speculative verification, 2-16 new tokens, 128-token pages")
+    _panel(axes[3], verify, "speculative verification, 2-16 new tokens, 128-token pages (Gluon decode)")
     _panel(axes[4], mix, "mixed: decodes\n+ a 2k chunk")
     _panel(axes[5], e2e, "vLLM e2e, tok/s\nvs FLASH_ATTN")
     axes[0].set_ylabel("speed relative to FA3 (FA3 time / ours)")
     fig.suptitle(
         "One NVIDIA H200, vLLM 0.26's FlashAttention-3 in the same process; bf16, 32 q / 8 KV heads, d128 "
-        "(commits a53c8fc, 603a39b: docs/results/h200/fa3-2026-12-02, prefill-2026-12-04, "
-        "verify32-2026-12-04, e2e 2026-12-04 second run)",
+        "(commits a53c8fc, 603a39b, 78e7a79: docs/results/h200/fa3-2026-12-02, prefill-2026-12-04, "
+        "verify-gluon-2026-12-04, e2e 2026-12-04 second run)",
         fontsize=9,
     )
     fig.tight_layout()
