@@ -192,10 +192,11 @@ def gluon_decode_config(
     x 4k-32k 1.002-1.22x FA3 (the generic kernel: 0.50-1.03x). One-token decode over batch
     1-256 x 1k-32k ran 1.006-1.26x FA3, geometric mean 1.063, where the generic kernel with
     the H200 table ran 0.978-1.34x (1.042); it is not the default (``min_query_len=1``,
-    ``TRITON_ATTN_HOPPER_DECODE=all``) until it is measured end to end. 64-key tiles in a ring
-    of 3 were best or within 3% of the best of four tile shapes; one wave was the best split
-    count at every point measured (16 at batch 1, one from batch 16), and twice that ran
-    1.07-1.44x slower."""
+    ``TRITON_ATTN_HOPPER_DECODE=all``) until it is measured end to end. Over the verification
+    points, 64-key tiles in a ring of 3 ran within 5.5% of the best of four tile shapes (64
+    keys x 2, 3 or 4 slots, 128 x 2); one wave was the best split count, or within 1% of it,
+    for every shape at every point (16 at batch 1, one from batch 16), and twice that ran up
+    to 1.45x slower."""
     if p.interpreter or decode_query_len < max(min_query_len, 1) or p.group > GLUON_DECODE_ROWS:
         return None
     if p.dtype not in ("float16", "bfloat16") or p.kv_dtype != p.dtype or p.v_head_dim != p.head_dim:
