@@ -12,8 +12,6 @@ unit innermost stride. Anything else runs the generic decode kernel with the sam
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from . import _gluon, _tma
@@ -58,15 +56,6 @@ def qualifies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tens
     return kr, vr
 
 
-def _descriptor(t: torch.Tensor, rows: _tma.CacheRows, block: list[int]) -> Any:
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    dtype = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}[t.dtype]
-    layout = gl.NVMMASharedLayout.get_default_for(block, dtype)
-    return TensorDescriptor(t, [rows.rows, rows.cols], [rows.row_stride, 1], block, layout)
-
-
 def launch(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -105,8 +94,8 @@ def launch(
         decode_gluon_kernel,
         (num_kv_heads * n_rb, num_seqs, num_splits),
         q,
-        _descriptor(k, kr, [tile_n, head_dim]),
-        _descriptor(v, vr, [tile_n, head_dim]),
+        _gluon._descriptor(k, kr.rows, kr.cols, kr.row_stride, [tile_n, head_dim]),
+        _gluon._descriptor(v, vr.rows, vr.cols, vr.row_stride, [tile_n, head_dim]),
         out,
         lse if lse is not None else dummy,
         part_out if num_splits > 1 else dummy,

@@ -39,10 +39,10 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
+from .prefill_gluon import _zero_tail_rows
 from .softmax_gluon import online_step
 
 ROWS = gl.constexpr(64)  # query rows per program (one wgmma M)
-CLEAN_ROWS = gl.constexpr(32)  # V rows zeroed per shared-memory round trip
 LN2 = gl.constexpr(0.6931471805599453)
 
 
@@ -134,20 +134,6 @@ def _loader(
             mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
             tma.async_copy_global_to_shared(v_desc, [row, col], v_ready.index(slot), v_smem.index(slot))
             it += 1
-
-
-@gluon.jit
-def _zero_tail(v_tile, valid, TILE_N: gl.constexpr):
-    """Zero rows [valid, TILE_N) of a V tile in shared memory (slots past the context)."""
-    layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [gl.num_warps(), 1], [1, 0])
-    rows = gl.arange(0, CLEAN_ROWS, layout=gl.SliceLayout(1, layout))
-    for r0 in gl.static_range(0, TILE_N, CLEAN_ROWS):
-        part = v_tile.slice(r0, CLEAN_ROWS)
-        v = part.load(layout)
-        part.store(gl.where(gl.expand_dims(r0 + rows < valid, 1), v, gl.zeros_like(v)))
-    # The generic-proxy stores, visible to the wgmma (async proxy) that reads the tile.
-    fence_async_shared()
-    gl.thread_barrier()
 
 
 @gluon.jit
@@ -277,7 +263,7 @@ def _consumer(
             mbarrier.wait(v_ready.index(prev), ((it - 1) // STAGES) & 1)
             tail = seq_len - (t_end - 1) * TILE_N
             if tail < TILE_N:
-                _zero_tail(v_smem.index(prev), tail, TILE_N)
+                _zero_tail_rows(v_smem.index(prev), tail, TILE_N, HEAD_DIM)
             acc_tok = warpgroup_mma(p, v_smem.index(prev), acc, is_async=True)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc_tok])
             mbarrier.arrive(v_empty.index(prev))
