@@ -144,3 +144,21 @@ def test_limits_reject_non_bool_plain_attention():
 def test_decodes_first(q_lens, dq, expect):
     assert decodes_first(q_lens, dq) == expect
     assert decodes_first(torch.tensor(q_lens, dtype=torch.int32), dq) == expect
+
+
+def test_graph_plans_are_reused_across_lengths():
+    # Under CUDA graphs a plan depends on the batch size and on which launches run only: a
+    # server's steps get the same object back (host time per step is on its path).
+    graphs = ServingPolicy(_geometry(), _limits(cuda_graphs=True), device="cpu")
+    first = graphs.plan(4, 1, 100)
+    assert graphs.plan(4, 1, 4000) is first
+    assert graphs.plan(5, 1, 100) is not first and graphs.plan(5, 1, 100).config.decode is not None
+    mixed = graphs.plan(4, 600, 4000)
+    assert mixed is not first and mixed.config.prefill is not None and mixed.config.decode == first.config.decode
+    prefill_only = graphs.plan(4, 600, 4000, has_decodes=False)
+    assert prefill_only.config.decode is None and prefill_only.decode_query_len == 0
+    # Eager launches follow the context (the heuristic's split count), so nothing is reused.
+    gpu = dataclasses.replace(_geometry(), num_sms=132)
+    eager = ServingPolicy(gpu, _limits(cuda_graphs=False), device="cpu")
+    short, long = eager.plan(1, 1, 64), eager.plan(1, 1, 4096)
+    assert short.config.decode.num_splits < long.config.decode.num_splits

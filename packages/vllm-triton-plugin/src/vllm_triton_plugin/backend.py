@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import logging
 import os
 import time
@@ -209,14 +210,14 @@ class DecodesFirst:
     prefill_max_query_len: int
 
 
-def _decodes_first(starts: torch.Tensor, query_start_loc: torch.Tensor, decode_query_len: int) -> DecodesFirst | None:
+def _decodes_first(starts: list[int], query_start_loc: torch.Tensor, decode_query_len: int) -> DecodesFirst | None:
     """The split of a batch in decode-first order (``tuning.decodes_first``) from the host
-    copy of ``query_start_loc``; ``None`` for any other batch."""
-    q_lens = (starts[1:] - starts[:-1]).tolist()
+    copy of ``query_start_loc`` (as a list); ``None`` for any other batch."""
+    q_lens = [b - a for a, b in itertools.pairwise(starts)]
     first = decodes_first(q_lens, decode_query_len)
     if first is None:
         return None
-    n = int(starts[first])
+    n = starts[first]
     return DecodesFirst(first, n, query_start_loc[first:] - n, max(q_lens[first:]))
 
 
@@ -323,11 +324,13 @@ class TritonAttentionMetadataBuilder(CaptureAware, AttentionMetadataBuilder[Trit
         split = None
         starts = getattr(cm, "query_start_loc_cpu", None)
         if not self._capturing and starts is not None:
-            q_lens = starts[1 : num_reqs + 1] - starts[:num_reqs]
+            # Plain Python on one host list: with speculative decoding vLLM waits for every
+            # step's build before it launches the step, so its host time is the step's.
+            cu = starts[: num_reqs + 1].tolist()
             dq = self.policy.limits.decode_query_len
-            has_decodes = bool(((q_lens >= 1) & (q_lens <= dq)).any())
+            has_decodes = any(1 <= b - a <= dq for a, b in itertools.pairwise(cu))
             if has_decodes:
-                split = _decodes_first(starts[: num_reqs + 1], cm.query_start_loc[: num_reqs + 1], dq)
+                split = _decodes_first(cu, cm.query_start_loc[: num_reqs + 1], dq)
         plan = self.policy.plan(num_reqs, cm.max_query_len, cm.max_seq_len, has_decodes=has_decodes)
         config, workspace = plan.config, self.workspace
         if plan.workspace_numel > (workspace.numel() if workspace is not None else 0):

@@ -303,6 +303,7 @@ class ServingPolicy:
             self._problem(limits.max_num_seqs, limits.max_num_batched_tokens, limits.max_model_len)
         )
         self._pinned_by_batch: dict[int, DecodeConfig] = {}
+        self._plans: dict[tuple[int, int, bool, bool], LaunchPlan] = {}
 
     @classmethod
     def for_model(
@@ -375,9 +376,18 @@ class ServingPolicy:
         wrong the prefill launch serves the short sequences too, correctly."""
         dq = self.limits.decode_query_len if has_decodes else 0
         decode_runs, prefill_runs = _launches(dq, max_seqlen_q)
-        decode = self.decode(num_seqs, max_seqlen_k) if decode_runs else None
-        prefill = self.prefill if prefill_runs else None
-        return _plan(self._problem(num_seqs, max_seqlen_q, max_seqlen_k), decode, prefill, dq)
+        # Under CUDA graphs nothing in a plan depends on the lengths (the decode config is
+        # pinned per batch size), so a server's steps reuse a few plans instead of building one
+        # each: a step's host time is on its path with speculative decoding.
+        key = (num_seqs, dq, decode_runs, prefill_runs)
+        plan = self._plans.get(key) if self.limits.cuda_graphs else None
+        if plan is None:
+            decode = self.decode(num_seqs, max_seqlen_k) if decode_runs else None
+            prefill = self.prefill if prefill_runs else None
+            plan = _plan(self._problem(num_seqs, max_seqlen_q, max_seqlen_k), decode, prefill, dq)
+            if self.limits.cuda_graphs:
+                self._plans[key] = plan
+        return plan
 
     def max_workspace_numel(self) -> int:
         """The workspace every batch up to ``max_num_seqs`` fits in (allocate it once)."""
