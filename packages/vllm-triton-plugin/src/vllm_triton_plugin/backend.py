@@ -324,8 +324,9 @@ class TritonAttentionMetadataBuilder(CaptureAware, AttentionMetadataBuilder[Trit
         split = None
         starts = getattr(cm, "query_start_loc_cpu", None)
         if not self._capturing and starts is not None:
-            # Plain Python on one host list: with speculative decoding vLLM waits for every
-            # step's build before it launches the step, so its host time is the step's.
+            # Plain Python on one host list (a few torch ops cost more on the host): where a
+            # step's build cannot overlap the previous step's GPU work (n-gram speculation needs
+            # its sampled tokens on the host first), its host time is the step's.
             cu = starts[: num_reqs + 1].tolist()
             dq = self.policy.limits.decode_query_len
             has_decodes = any(1 <= b - a <= dq for a, b in itertools.pairwise(cu))

@@ -378,7 +378,7 @@ class ServingPolicy:
         decode_runs, prefill_runs = _launches(dq, max_seqlen_q)
         # Under CUDA graphs nothing in a plan depends on the lengths (the decode config is
         # pinned per batch size), so a server's steps reuse a few plans instead of building one
-        # each: a step's host time is on its path with speculative decoding.
+        # each (a step's host time is on its path where vLLM cannot overlap it).
         key = (num_seqs, dq, decode_runs, prefill_runs)
         plan = self._plans.get(key) if self.limits.cuda_graphs else None
         if plan is None:
