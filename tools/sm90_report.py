@@ -46,7 +46,7 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 import triton
 
-from triton_attn_kernels._sm90 import ALL_FEATURES, FEATURES, VARIANTS, compile_attention, decode, prefill
+from triton_attn_kernels._sm90 import ALL_FEATURES, FEATURES, VARIANTS, compile_attention, decode, prefill, sass_text
 
 
 def ptxas() -> str:
@@ -145,15 +145,6 @@ def crashes(prefetch: bool = False) -> None:
                 bad += 1
                 print(line, flush=True)
     print(f"{len(cases)} compiled, {bad} needed a fallback or failed", flush=True)
-
-
-def sass_text(kernel) -> str:
-    nvdisasm = Path(ptxas()).parent / "nvdisasm"
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(kernel.asm["cubin"])
-    sass = subprocess.run([str(nvdisasm), "-c", f.name], capture_output=True, text=True, check=True).stdout
-    os.unlink(f.name)
-    return sass
 
 
 # "/*0130*/  @!P0 LDG.E.128 R4, desc[UR4][R2.64] ;": the address, then the opcode after an optional predicate.

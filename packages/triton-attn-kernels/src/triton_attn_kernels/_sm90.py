@@ -12,8 +12,11 @@ compiled instead, as on the GPU, and the line says so."""
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import triton
@@ -340,7 +343,10 @@ def decode_gluon(dtype="bf16", hd=128, group=4, decode_q=8, splits=8, lse=False,
     }
     constexprs = {(fn.arg_names.index(k),): v for k, v in cx.items()}
     src = GluonASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
-    return triton.compile(src, target=TARGET, options={"num_warps": 4})
+    kernel = triton.compile(src, target=TARGET, options={"num_warps": 4})
+    # One warpgroup over ROWS query rows x tile_n keys: its softmax runs beside its own PV.
+    _check_overlap(kernel, _decode_gluon.ROWS * tile_n // 128, "the Gluon decode")
+    return kernel
 
 
 def gluon_facts(kernel) -> dict[str, Any]:
@@ -356,8 +362,40 @@ def gluon_facts(kernel) -> dict[str, Any]:
     }
 
 
+def sass_text(kernel) -> str:
+    """``kernel``'s SASS, disassembled by the nvdisasm that Triton bundles."""
+    nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "kernel.cubin"
+        cubin.write_bytes(kernel.asm["cubin"])
+        return subprocess.run([str(nvdisasm), "-c", str(cubin)], capture_output=True, text=True, check=True).stdout
+
+
+def exps_beside_pv(kernel) -> int:
+    """The most exp2s (MUFU.EX2) that one warpgroup issues between waiting for its QK^T
+    (``wgmma.wait_group 1``: the PV is still in flight) and waiting for that PV (``0``): the
+    softmax that overlaps its own PV. 0 where ptxas put the PV's wait before the softmax."""
+    best = count = 0
+    open_window = False
+    for line in sass_text(kernel).splitlines():
+        if "WARPGROUP.DEPBAR.LE" in line:
+            if open_window:
+                best = max(best, count)
+            open_window, count = "0x1" in line, 0
+        elif open_window and "MUFU.EX2" in line:
+            count += 1
+    return best
+
+
+def _check_overlap(kernel, exps: int, what: str) -> None:
+    seen = exps_beside_pv(kernel)
+    if seen < exps:
+        raise RuntimeError(f"{what}: {seen} exp2s run beside the PV wgmma, expected a tile's {exps} per thread")
+
+
 def prefill_gluon_checked(**kw: Any) -> Any:
-    """A Gluon prefill variant whose code has the schedule's pieces (``gluon_facts``)."""
+    """A Gluon prefill variant whose code has the schedule's pieces (``gluon_facts``) and
+    whose steady loop runs each tile's softmax while its warpgroup's PV is in flight."""
     from triton_attn_kernels import _gluon
 
     kernel = prefill_gluon(**kw)
@@ -367,6 +405,8 @@ def prefill_gluon_checked(**kw: Any) -> Any:
         raise RuntimeError(f"the Gluon prefill lacks a piece of its schedule: {facts}")
     if not budgets <= set(facts["setmaxnreg"]):
         raise RuntimeError(f"register budgets {sorted(budgets)} not set by setmaxnreg: {facts}")
+    # Per thread of a consumer warpgroup: 64 query rows x tile_n keys over 128 threads.
+    _check_overlap(kernel, 64 * kw.get("tile_n", 128) // 128, "the Gluon prefill")
     return kernel
 
 

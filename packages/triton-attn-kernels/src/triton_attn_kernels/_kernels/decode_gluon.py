@@ -145,7 +145,12 @@ def _softmax(s, m_i, l_i, t, mask_from, seq_len, ctx, tok0, qk_scale, rows_s, co
         limit = gl.minimum(ctx + tok0 + rows_s // GROUP + 1, seq_len)
         keep = gl.expand_dims(cols_s, 0) < gl.expand_dims(limit - t * TILE_N, 1)
         s = gl.where(keep, s, gl.full_like(s, float("-inf")))
-    return online_step(s, m_i, l_i, qk_scale)
+        m_i, l_i, p, alpha = online_step(s, m_i, l_i, qk_scale)
+    else:
+        # On both sides of the branch so that the PV's wait stays after the step
+        # (prefill_gluon._softmax says why).
+        m_i, l_i, p, alpha = online_step(s, m_i, l_i, qk_scale)
+    return m_i, l_i, p, alpha
 
 
 @gluon.jit
@@ -253,7 +258,7 @@ def _consumer(
                 mbarrier.arrive(k_empty.index(slot))
                 m_i, l_i, p_f, alpha = _softmax(s, m_i, l_i, t, mask_from, seq_len, ctx, tok0, qk_scale, rows_s,
                                                 cols_s, GROUP, TILE_N)  # fmt: skip
-                acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc_tok])
+                acc, p = warpgroup_mma_wait(num_outstanding=0, deps=[acc_tok, p])  # p: the PV's operand
                 mbarrier.arrive(v_empty.index(prev))
                 acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
                 p = gl.convert_layout(p_f.to(dtype), p_layout)

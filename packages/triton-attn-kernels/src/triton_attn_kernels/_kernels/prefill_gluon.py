@@ -406,7 +406,15 @@ def _softmax(
         if WINDOW:
             keep = keep & (col >= gl.expand_dims(q_pos - win_left - t * TILE_N, 1))
         s = gl.where(keep, s, gl.full_like(s, float("-inf")))
-    return online_step(s, m_i, l_i, qk_scale)
+        m_i, l_i, p, alpha = online_step(s, m_i, l_i, qk_scale)
+    else:
+        # The step on each side of the branch, not once after it: ptxas hoists the caller's
+        # wait for the PV in flight (after this step) to the top of its basic block, which
+        # with one step after the join was the softmax's start, so the softmax never ran
+        # beside its own warpgroup's PV. Written twice, the wait's block starts after the
+        # step (checked in the SASS by _sm90.exps_beside_pv, `nox -s sm90`).
+        m_i, l_i, p, alpha = online_step(s, m_i, l_i, qk_scale)
+    return m_i, l_i, p, alpha
 
 
 @gluon.jit
@@ -538,7 +546,9 @@ def _consume_tiles(
                 s, m_i, l_i, t, mask_from, unmask_from, seq_len, q_pos, qk_scale, cap_in, win_left, cols_s,
                 TILE_N, CAUSAL, WINDOW, SOFTCAP,
             )  # fmt: skip
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc_tok])
+            # p is a register operand of the PV in flight: Gluon asks for such operands among
+            # the wait's deps, which keeps them alive until the wgmma is done.
+            acc, p = warpgroup_mma_wait(num_outstanding=0, deps=[acc_tok, p])
             _release(v_empty.index(prev), THREAD_ARRIVES)
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
             p = gl.convert_layout(p_f.to(dtype), p_layout)
