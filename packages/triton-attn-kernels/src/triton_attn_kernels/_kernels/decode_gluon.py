@@ -39,7 +39,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from .prefill_gluon import _zero_tail_rows
+from .prefill_gluon import _hold_wait_here, _zero_tail_rows
 from .softmax_gluon import online_step
 
 ROWS = gl.constexpr(64)  # query rows per program (one wgmma M)
@@ -145,12 +145,7 @@ def _softmax(s, m_i, l_i, t, mask_from, seq_len, ctx, tok0, qk_scale, rows_s, co
         limit = gl.minimum(ctx + tok0 + rows_s // GROUP + 1, seq_len)
         keep = gl.expand_dims(cols_s, 0) < gl.expand_dims(limit - t * TILE_N, 1)
         s = gl.where(keep, s, gl.full_like(s, float("-inf")))
-        m_i, l_i, p, alpha = online_step(s, m_i, l_i, qk_scale)
-    else:
-        # On both sides of the branch so that the PV's wait stays after the step
-        # (prefill_gluon._softmax says why).
-        m_i, l_i, p, alpha = online_step(s, m_i, l_i, qk_scale)
-    return m_i, l_i, p, alpha
+    return online_step(s, m_i, l_i, qk_scale)
 
 
 @gluon.jit
@@ -163,6 +158,7 @@ def _consumer(
     v_ready,
     k_empty,
     v_empty,
+    order,
     out_ptr,
     lse_ptr,
     part_out_ptr,
@@ -258,6 +254,7 @@ def _consumer(
                 mbarrier.arrive(k_empty.index(slot))
                 m_i, l_i, p_f, alpha = _softmax(s, m_i, l_i, t, mask_from, seq_len, ctx, tok0, qk_scale, rows_s,
                                                 cols_s, GROUP, TILE_N)  # fmt: skip
+                _hold_wait_here(order)  # the softmax above runs beside the PV
                 acc, p = warpgroup_mma_wait(num_outstanding=0, deps=[acc_tok, p])  # p: the PV's operand
                 mbarrier.arrive(v_empty.index(prev))
                 acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
@@ -353,6 +350,8 @@ def decode_gluon_kernel(
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
     k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
     v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
+    order = gl.allocate_shared_memory(gl.int64, [1], bar_layout)  # _hold_wait_here's
+    mbarrier.init(order, count=128)  # one warpgroup's arrivals; its phase turns over unobserved
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
@@ -364,7 +363,7 @@ def decode_gluon_kernel(
         [
             (
                 _consumer,
-                (q_ptr, q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, out_ptr, lse_ptr, part_out_ptr,
+                (q_ptr, q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, order, out_ptr, lse_ptr, part_out_ptr,
                  part_lse_ptr, seq_lens_ptr, cu_seqlens_q_ptr, qk_scale, num_tokens, max_k, other_launch, num_splits,
                  stride_q_t, stride_q_h, stride_o_t, stride_o_h,
                  HEAD_DIM, GROUP, DECODE_Q, N_RB, TILE_N, STAGES, SPLIT_KV, RETURN_LSE),
