@@ -316,17 +316,6 @@ def _release(bar, THREAD_ARRIVES: gl.constexpr):
 
 
 @gluon.jit
-def _hold_wait_here(order):
-    """Keep the next wgmma wait below this point. ptxas moves a wait up to the previous
-    barrier operation; the PV's wait, after the softmax in the source, had moved to the
-    softmax's start, so the softmax never ran beside its own warpgroup's PV. Each thread's
-    arrival on ``order``, a barrier nobody waits for, is such an operation (one instruction;
-    no cp.async is in flight, so it arrives at once). Checked in the SASS by
-    ``_sm90.exps_beside_pv`` (``nox -s sm90``)."""
-    async_copy.mbarrier_arrive(order, increment_count=False)
-
-
-@gluon.jit
 def _take_turn(my_turn, turns, PINGPONG: gl.constexpr):
     """Wait until the other consumer has issued its wgmmas of the previous round."""
     if PINGPONG:
@@ -444,7 +433,6 @@ def _consume_tiles(
     their_turn,
     v_clean,
     v_seen,
-    order,
     out_ptr,
     lse_ptr,
     seq_lens_ptr,
@@ -550,10 +538,7 @@ def _consume_tiles(
                 s, m_i, l_i, t, mask_from, unmask_from, seq_len, q_pos, qk_scale, cap_in, win_left, cols_s,
                 TILE_N, CAUSAL, WINDOW, SOFTCAP,
             )  # fmt: skip
-            _hold_wait_here(order)
-            # p is a register operand of the PV in flight: Gluon asks for such operands among
-            # the wait's deps, which keeps them alive until the wgmma is done.
-            acc, p = warpgroup_mma_wait(num_outstanding=0, deps=[acc_tok, p])
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc_tok])
             _release(v_empty.index(prev), THREAD_ARRIVES)
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
             p = gl.convert_layout(p_f.to(dtype), p_layout)
@@ -605,7 +590,6 @@ def _consumer(
     their_turn,
     v_clean,
     v_seen,
-    order,
     out_ptr,
     lse_ptr,
     seq_lens_ptr,
@@ -652,7 +636,7 @@ def _consumer(
             it, n_done, turns, tails = _consume_tiles(
                 head, seq, level, q_levels, heads_64, it, n_done, turns, tails,
                 q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
-                my_turn, their_turn, v_clean, v_seen, order, out_ptr, lse_ptr, seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
+                my_turn, their_turn, v_clean, v_seen, out_ptr, lse_ptr, seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
                 qk_scale, cap_in, win_left, num_tokens, max_k, decode_q, stride_o_t_64, stride_o_h,
                 WG, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, WINDOW, SOFTCAP, PINGPONG, RETURN_LSE,
                 True, not PINGPONG, THREAD_ARRIVES,
@@ -664,7 +648,7 @@ def _consumer(
             gl.program_id(0), gl.program_id(1), gl.program_id(2), gl.num_programs(2), gl.num_programs(0),
             gl.to_tensor(0), gl.to_tensor(0), gl.to_tensor(0), gl.to_tensor(0),
             q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
-                my_turn, their_turn, v_clean, v_seen, order, out_ptr, lse_ptr, seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
+                my_turn, their_turn, v_clean, v_seen, out_ptr, lse_ptr, seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
                 qk_scale, cap_in, win_left, num_tokens, max_k, decode_q, stride_o_t, stride_o_h,
                 WG, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, WINDOW, SOFTCAP, PINGPONG, RETURN_LSE,
             False, not PINGPONG, THREAD_ARRIVES,
@@ -748,7 +732,6 @@ def prefill_gluon_kernel(
     q_empty = gl.allocate_shared_memory(gl.int64, [1], bar_layout)
     v_clean = gl.allocate_shared_memory(gl.int64, [1], bar_layout)
     turn = gl.allocate_shared_memory(gl.int64, [2, 1], bar_layout)
-    order = gl.allocate_shared_memory(gl.int64, [1], bar_layout)  # _hold_wait_here's
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
     k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
@@ -758,7 +741,6 @@ def prefill_gluon_kernel(
     mbarrier.init(q_ready, count=1)
     mbarrier.init(q_empty, count=2 * ARRIVALS)
     mbarrier.init(v_clean, count=1)
-    mbarrier.init(order, count=2 * WG_THREADS)  # its phase turns over unobserved
     if not PINGPONG:
         # _clean_tail's confirmation; with the ping-pong the first consumer's next clean is in
         # a later turn than the second's wait, which the second must pass first.
@@ -782,7 +764,7 @@ def prefill_gluon_kernel(
             (
                 _consumer,
                 (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
-                 turn.index(0), turn.index(1), v_clean, v_seen, order, out_ptr, lse_ptr,
+                 turn.index(0), turn.index(1), v_clean, v_seen, out_ptr, lse_ptr,
                  seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, qk_scale, cap_in, win_left,
                  num_tokens, max_k, decode_q, stride_o_t, stride_o_h, num_q_heads, num_seqs, q_levels, n_work, programs,
                  0, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, WINDOW, SOFTCAP, PINGPONG, RETURN_LSE, PERSISTENT,
@@ -791,7 +773,7 @@ def prefill_gluon_kernel(
             (
                 _consumer,
                 (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
-                 turn.index(1), turn.index(0), v_clean, v_seen, order, out_ptr, lse_ptr,
+                 turn.index(1), turn.index(0), v_clean, v_seen, out_ptr, lse_ptr,
                  seq_lens_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, qk_scale, cap_in, win_left,
                  num_tokens, max_k, decode_q, stride_o_t, stride_o_h, num_q_heads, num_seqs, q_levels, n_work, programs,
                  1, HEAD_DIM, TILE_N, STAGES, PAGED, CAUSAL, WINDOW, SOFTCAP, PINGPONG, RETURN_LSE, PERSISTENT,
