@@ -144,8 +144,9 @@ def test_gluon_persistent_provider_launches_persistent(monkeypatch):
 
 def test_generic_provider_keeps_verification_off_the_gluon_decode(monkeypatch):
     """With Gluon pretended to run, ours-paged's plan for a verification step is the Gluon
-    decode's configuration and ours-paged-generic's the generic kernel's; one-token decode
-    and an fp8 cache are the generic kernel's in both."""
+    decode's configuration and ours-paged-generic's the generic kernel's; so is one-token
+    decode over up to 16 sequences, over more it and an fp8 cache are the generic kernel's
+    in both."""
     from attn_bench.providers.ours import launch_plan
     from triton_attn_kernels import _device
     from triton_attn_kernels.tuning import policy
@@ -157,8 +158,11 @@ def test_generic_provider_keeps_verification_off_the_gluon_decode(monkeypatch):
     assert launch_plan(verify, cpu).config.decode.gluon == 1
     assert launch_plan(verify, cpu, hopper_decode=False).config.decode.gluon == 0
     one = Problem(op="decode", batch=4, context=4096, block_size=128)
-    assert launch_plan(one, cpu).config.decode == launch_plan(one, cpu, hopper_decode=False).config.decode
-    assert launch_plan(one, cpu).config.decode.gluon == 0
+    assert launch_plan(one, cpu).config.decode.gluon == 1
+    assert launch_plan(one, cpu, hopper_decode=False).config.decode.gluon == 0
+    many = Problem(op="decode", batch=64, context=4096, block_size=128)
+    assert launch_plan(many, cpu).config.decode == launch_plan(many, cpu, hopper_decode=False).config.decode
+    assert launch_plan(many, cpu).config.decode.gluon == 0
     fp8 = Problem(op="decode", batch=4, context=4096, block_size=128, kv_dtype="float8_e4m3fn")
     assert launch_plan(fp8, cpu).config.decode == launch_plan(fp8, cpu, hopper_decode=False).config.decode
     assert launch_plan(fp8, cpu).config.decode.gluon == 0

@@ -110,7 +110,7 @@ def _problem(**kw) -> AttentionProblem:
 
 
 CONFIG_REFUSALS = {
-    "one new token": ({}, 1),
+    "one new token over 17 sequences": ({"num_seqs": 17}, 1),
     "interpreter": ({"interpreter": True}, 8),
     "fp32": ({"dtype": "float32", "kv_dtype": "float32"}, 8),
     "fp8 cache": ({"kv_dtype": "float8_e4m3fn"}, 8),
@@ -138,8 +138,19 @@ def test_config_each_clause(why):
 def test_config_split_count_fills_one_wave(num_seqs, q_heads, dq, splits):
     got = gluon_decode_config(_problem(num_seqs=num_seqs, num_q_heads=q_heads), decode_query_len=dq)
     assert got is not None and got.num_splits == splits
-    one = gluon_decode_config(_problem(num_seqs=num_seqs, num_q_heads=q_heads), decode_query_len=1, min_query_len=1)
+    one = gluon_decode_config(_problem(num_seqs=num_seqs, num_q_heads=q_heads), decode_query_len=1,
+                              one_token_max_seqs=None)  # fmt: skip
     assert one is not None and one.num_splits == max(1, 132 // (num_seqs * 8))
+
+
+def test_config_one_token_decode_up_to_its_batch_bound():
+    for n in (1, 4, 16):
+        assert gluon_decode_config(_problem(num_seqs=n), decode_query_len=1) is not None
+    for n in (17, 64, 256):
+        assert gluon_decode_config(_problem(num_seqs=n), decode_query_len=1) is None
+        assert gluon_decode_config(_problem(num_seqs=n), decode_query_len=1, one_token_max_seqs=None) is not None
+        assert gluon_decode_config(_problem(num_seqs=n), decode_query_len=2) is not None  # verification: any batch
+    assert gluon_decode_config(_problem(num_seqs=1), decode_query_len=1, min_query_len=2) is None
 
 
 def test_config_flag_needs_the_kernels_shape():
@@ -157,7 +168,9 @@ def test_plan_launch_takes_it_for_verification(monkeypatch):
     assert verify.config.decode == gluon_decode_config(_problem(), decode_query_len=8)
     assert verify.workspace_numel == decode_workspace_numel(4, 32, 128, verify.config.decode.num_splits, query_len=8)
     one = plan_launch(_problem(max_seqlen_q=1), hopper_decode=True, device="cuda")
-    assert not one.config.decode.gluon  # one-token decode: TRITON_ATTN_HOPPER_DECODE=all only
+    assert one.config.decode == gluon_decode_config(_problem(max_seqlen_q=1), decode_query_len=1)
+    many = plan_launch(_problem(num_seqs=32, max_seqlen_q=1), hopper_decode=True, device="cuda")
+    assert not many.config.decode.gluon  # one-token decode over more than 16 sequences: the table
     assert not plan_launch(_problem(dtype="float16", kv_dtype="float8_e4m3fn"), hopper_decode=True,
                            device="cuda").config.decode.gluon  # fmt: skip
     for kw in ({"hopper_decode": False}, {"config": AttentionConfig(decode=DecodeConfig(tile_n=32))}):
@@ -183,8 +196,10 @@ def test_serving_policy_takes_it_for_verification_steps(monkeypatch, cuda_graphs
         assert served.plan(n, 5, 32768).config.decode == config
     ws = max(decode_workspace_numel(n, 32, 128, served.decode(n, 1).num_splits, query_len=5) for n in range(1, 65))
     assert served.max_workspace_numel() == ws > 0
-    for kw in ({"hopper_decode": False}, {"block_size": 16}, {"block_size": None}, {"decode_query_len": 1}):
+    for kw in ({"hopper_decode": False}, {"block_size": 16}, {"block_size": None}):
         assert not policy(**kw).decode(4, 32768).gluon, kw
+    # Without speculation: one-token steps at batches of up to 16 sequences only.
+    assert policy(decode_query_len=1).decode(16, 32768).gluon and not policy(decode_query_len=1).decode(17, 32768).gluon
     with pytest.raises(TypeError, match="hopper_decode must be a bool"):
         ServingLimits(max_num_seqs=1, max_model_len=1, max_num_batched_tokens=1, hopper_decode=1)
 
@@ -434,22 +449,31 @@ def test_serving_plans_compile_no_new_variant_across_batches_and_lengths(gluon_l
 
 
 @pytest.mark.parametrize(
-    ("mode", "verify", "one"), [("verify", 1, 0), ("1", 1, 0), ("all", 1, 1), ("0", 0, 0), ("off", 0, 0)]
-)
-def test_environment_switch(monkeypatch, mode, verify, one):
+    ("mode", "verify", "one", "one_of_many"),
+    [(None, 1, 1, 0), ("auto", 1, 1, 0), ("1", 1, 1, 0), ("verify", 1, 0, 0), ("all", 1, 1, 1), ("0", 0, 0, 0),
+     ("off", 0, 0, 0)],
+)  # fmt: skip
+def test_environment_switch(monkeypatch, mode, verify, one, one_of_many):
     from triton_attn_kernels import tuning
 
     monkeypatch.setattr(policy_module, "_runs_gluon", lambda device: True)
-    monkeypatch.setenv("TRITON_ATTN_HOPPER_DECODE", mode)
+    if mode is None:
+        monkeypatch.delenv("TRITON_ATTN_HOPPER_DECODE", raising=False)
+    else:
+        monkeypatch.setenv("TRITON_ATTN_HOPPER_DECODE", mode)
     tuning.reset()
     try:
         assert plan_launch(_problem(), hopper_decode=True, device="cuda").config.decode.gluon == verify
+        assert plan_launch(_problem(num_seqs=64), hopper_decode=True, device="cuda").config.decode.gluon == verify
         assert plan_launch(_problem(max_seqlen_q=1), hopper_decode=True, device="cuda").config.decode.gluon == one
-        limits = ServingLimits(max_num_seqs=8, max_model_len=4096, max_num_batched_tokens=4096, decode_query_len=1,
-                               block_size=128, hopper_decode=True)  # fmt: skip
-        assert ServingPolicy(_problem(), limits, device="cuda").decode(4, 4096).gluon == one
+        many = plan_launch(_problem(num_seqs=64, max_seqlen_q=1), hopper_decode=True, device="cuda")
+        assert many.config.decode.gluon == one_of_many
+        limits = ServingLimits(max_num_seqs=64, max_model_len=4096, max_num_batched_tokens=4096, decode_query_len=1,
+                               block_size=128, hopper_decode=True, cuda_graphs=True)  # fmt: skip
+        served = ServingPolicy(_problem(), limits, device="cuda")
+        assert served.decode(4, 4096).gluon == one and served.decode(64, 4096).gluon == one_of_many
     finally:
-        monkeypatch.delenv("TRITON_ATTN_HOPPER_DECODE")
+        monkeypatch.delenv("TRITON_ATTN_HOPPER_DECODE", raising=False)
         tuning.reset()
 
 

@@ -112,12 +112,13 @@ def test_builder_runs_the_gluon_prefill_at_whole_tile_pages(hopper):
 
 
 def test_builder_runs_the_gluon_decode_for_layers_it_serves(hopper):
-    # Verification at whole-tile pages: the Gluon decode's configuration exactly where no
-    # layer has a window, softcap, ALiBi or sinks; one-token decode keeps the generic kernel.
+    # At whole-tile pages, the Gluon decode's configuration exactly where no layer has a
+    # window, softcap, ALiBi or sinks: verification at any batch, one-token decode over up to
+    # 16 sequences (more keep the generic kernel).
     from triton_attn_kernels.tuning import ServingPolicy
 
     plain = _builder(128, {"l0": _Layer(), "l1": _Layer()}).policy
-    assert plain.limits.hopper_decode and not plain.decode(4, 4096).gluon
+    assert plain.limits.hopper_decode and plain.decode(4, 4096).gluon and not plain.decode(64, 4096).gluon
     verify = dataclasses.replace(plain.limits, decode_query_len=5)
     assert ServingPolicy(plain.geometry, verify, device=plain.device).decode(4, 4096).gluon == 1
     assert _builder(16, {"l0": _Layer()}).policy.limits.hopper_decode

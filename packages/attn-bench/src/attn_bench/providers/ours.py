@@ -105,14 +105,14 @@ def _gluon_decode_supported(p: Any) -> str | None:
 @provider("ours-gluon-decode", ops=("decode", "prefill"), requires=("triton_attn_kernels",), cuda_only=True,
           supports=_gluon_decode_supported)  # fmt: skip
 def ours_gluon_decode(x: Inputs) -> Timed:
-    """paged_attention with the Gluon Hopper decode's configuration (tuning.gluon_decode_config) for one-token decode as for verification (q_len <= 16), as TRITON_ATTN_HOPPER_DECODE=all runs it; by default the policy keeps one-token decode on the generic kernel and its tables."""
+    """paged_attention with the Gluon Hopper decode's configuration (tuning.gluon_decode_config) for one-token decode at any batch as for verification (q_len <= 16), as TRITON_ATTN_HOPPER_DECODE=all runs it; by default the policy keeps one-token decode over more than 16 sequences on the generic kernel and its tables."""
     from triton_attn_kernels.tuning import AttentionProblem, gluon_decode_config
 
     p = x.problem
     problem = AttentionProblem.from_tensors(
         x.q, x.k_cache, v=x.v_cache, num_seqs=p.num_seqs, max_seqlen_q=p.max_seqlen_q, max_seqlen_k=p.max_seqlen_k
     )
-    config = gluon_decode_config(problem, decode_query_len=p.max_seqlen_q, min_query_len=1)
+    config = gluon_decode_config(problem, decode_query_len=p.max_seqlen_q, one_token_max_seqs=None)
     if config is None:
         raise ValueError(f"the Gluon decode does not serve {p.label()}")
     return _paged(x, prefill=None, decode=config)

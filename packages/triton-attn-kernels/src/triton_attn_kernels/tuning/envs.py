@@ -16,11 +16,13 @@ that turning it on in a running process takes effect at the next call.
 
 ``TRITON_ATTN_HOPPER_DECODE``
     Which decode launches on sm_90 may take the Gluon Hopper decode where the policy's rule
-    serves them (``tuning.gluon_decode_config``), for A/B runs end to end: ``verify``
-    (default; also ``1``): speculative verification, 2 or more new tokens per sequence;
-    ``all``: one-token decode too; ``0`` (also ``off``): none, the generic decode kernel and
-    its tables (attn-bench's ``ours-paged-generic`` does the same per launch). An explicit
-    ``config=`` is honoured either way.
+    serves them (``tuning.gluon_decode_config``), for A/B runs end to end: ``auto``
+    (default; also ``1``): speculative verification (2 or more new tokens per sequence) at
+    any batch, one-token decode at batches of up to
+    ``tuning.heuristics.GLUON_DECODE_ONE_TOKEN_MAX_SEQS`` sequences; ``verify``: verification
+    only; ``all``: every decode launch; ``0`` (also ``off``): none, the generic decode kernel
+    and its tables (attn-bench's ``ours-paged-generic`` does the same per launch). An
+    explicit ``config=`` is honoured either way.
 
 ``TRITON_ATTN_DEBUG``
     ``1`` (also ``true``, ``on``, ``yes``): every launch first checks the contents of its index
@@ -35,7 +37,7 @@ import functools
 import os
 from pathlib import Path
 
-__all__ = ["debug_requested", "hopper_decode_min_query_len", "tables_enabled", "tuning_dir"]
+__all__ = ["debug_requested", "hopper_decode_mode", "tables_enabled", "tuning_dir"]
 
 
 @functools.cache
@@ -51,13 +53,20 @@ def tables_enabled() -> bool:
 
 
 @functools.cache
-def hopper_decode_min_query_len() -> int | None:
-    """``TRITON_ATTN_HOPPER_DECODE`` as the fewest new tokens a Gluon decode launch serves:
-    2 (``verify``), 1 (``all``), ``None`` (off). Any other value is an error naming it."""
-    value = os.environ.get("TRITON_ATTN_HOPPER_DECODE", "verify").strip().lower()
-    modes: dict[str, int | None] = {"verify": 2, "1": 2, "all": 1, "0": None, "off": None}
+def hopper_decode_mode() -> str | None:
+    """``TRITON_ATTN_HOPPER_DECODE``: ``"auto"``, ``"verify"``, ``"all"``, or ``None`` (off).
+    Any other value is an error naming it."""
+    value = os.environ.get("TRITON_ATTN_HOPPER_DECODE", "auto").strip().lower()
+    modes: dict[str, str | None] = {
+        "auto": "auto",
+        "1": "auto",
+        "verify": "verify",
+        "all": "all",
+        "0": None,
+        "off": None,
+    }
     if value not in modes:
-        raise ValueError(f"TRITON_ATTN_HOPPER_DECODE must be one of verify, all, 0 (or 1, off), got {value!r}")
+        raise ValueError(f"TRITON_ATTN_HOPPER_DECODE must be one of auto, verify, all, 0 (or 1, off), got {value!r}")
     return modes[value]
 
 
@@ -70,4 +79,4 @@ def debug_requested() -> bool:
 def _forget() -> None:
     tuning_dir.cache_clear()
     tables_enabled.cache_clear()
-    hopper_decode_min_query_len.cache_clear()
+    hopper_decode_mode.cache_clear()

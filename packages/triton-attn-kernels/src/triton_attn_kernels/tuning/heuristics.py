@@ -169,19 +169,24 @@ def gluon_prefill_config(p: AttentionProblem, *, block_size: int | None = None) 
     return PrefillConfig(block_m=128, tile_n=tile_n, num_warps=4, num_stages=stages, gluon=1)
 
 
-# Query rows of one Gluon decode program (one wgmma M: new tokens x the GQA group); the new
-# tokens per sequence from which the policy takes it by default (speculative verification).
+# Query rows of one Gluon decode program (one wgmma M: new tokens x the GQA group); the most
+# sequences of a one-token decode launch it serves by default (gluon_decode_config says why).
 GLUON_DECODE_ROWS = 64
-GLUON_DECODE_MIN_QUERY_LEN = 2
+GLUON_DECODE_ONE_TOKEN_MAX_SEQS = 16
 GLUON_DECODE_HEAD_DIMS = (64, 128)
 
 
 def gluon_decode_config(
-    p: AttentionProblem, *, decode_query_len: int, min_query_len: int = GLUON_DECODE_MIN_QUERY_LEN
+    p: AttentionProblem,
+    *,
+    decode_query_len: int,
+    min_query_len: int = 1,
+    one_token_max_seqs: int | None = GLUON_DECODE_ONE_TOKEN_MAX_SEQS,
 ) -> DecodeConfig | None:
     """The Gluon Hopper decode's configuration for ``p``'s decode launch of 1 to
     ``decode_query_len`` new tokens per sequence, or ``None`` where that kernel does not serve
-    it: fewer than ``min_query_len`` new tokens, dtypes other than fp16/bf16, a cache of another
+    it: fewer than ``min_query_len`` new tokens, one-token decode over more than
+    ``one_token_max_seqs`` sequences (``None``: any), dtypes other than fp16/bf16, a cache of another
     dtype (fp8), head sizes other than 64 and 128 or a V head size of its own, more than 64
     query heads per KV head, an unknown page size or one not a multiple of 64 tokens, Triton's
     interpreter. Whether the GPU runs it and the layers' features are the caller's facts.
@@ -191,13 +196,19 @@ def gluon_decode_config(
     run (docs/results/h200/verify-gluon-2026-12-04): verification of 2-16 tokens at batch 1-64
     x 4k-32k 1.002-1.22x FA3 (the generic kernel: 0.50-1.03x). One-token decode over batch
     1-256 x 1k-32k ran 1.006-1.26x FA3, geometric mean 1.063, where the generic kernel with
-    the H200 table ran 0.978-1.34x (1.042); it is not the default (``min_query_len=1``,
-    ``TRITON_ATTN_HOPPER_DECODE=all``) until it is measured end to end. Over the verification
+    the H200 table ran 0.978-1.34x (1.042), in two runs of both: the Gluon decode was faster
+    at batch 16 (by 4-14%) and at batch 1 from 4k contexts (1 x 4k: 1.17x FA3 against
+    0.95-0.98x), alike at batch 4, and from batch 32 the same or slower (up to 4% at 1k
+    contexts). So one-token decode takes it at batches of up to 16 sequences by default
+    (``one_token_max_seqs``; the batch is what a CUDA graph fixes, the context is not). Over
+    the verification
     points, 64-key tiles in a ring of 3 ran within 5.5% of the best of four tile shapes (64
     keys x 2, 3 or 4 slots, 128 x 2); one wave was the best split count, or within 1% of it,
     for every shape at every point (16 at batch 1, one from batch 16), and twice that ran up
     to 1.45x slower."""
     if p.interpreter or decode_query_len < max(min_query_len, 1) or p.group > GLUON_DECODE_ROWS:
+        return None
+    if decode_query_len == 1 and one_token_max_seqs is not None and p.num_seqs > one_token_max_seqs:
         return None
     if p.dtype not in ("float16", "bfloat16") or p.kv_dtype != p.dtype or p.v_head_dim != p.head_dim:
         return None

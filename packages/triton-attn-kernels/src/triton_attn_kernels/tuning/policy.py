@@ -21,6 +21,7 @@ from typing import Any
 
 from .configs import AttentionConfig, DecodeConfig, PrefillConfig
 from .heuristics import (
+    GLUON_DECODE_ONE_TOKEN_MAX_SEQS,
     AttentionProblem,
     decode_heuristic,
     gluon_decode_config,
@@ -158,7 +159,8 @@ class ServingLimits:
     (softcaps and the sliding windows of causal layers it serves).
     hopper_decode: no layer has a sliding window, softcap, ALiBi or sinks, so verification
     steps may take the Gluon Hopper decode (``tuning.gluon_decode_config``; one-token steps
-    too with ``TRITON_ATTN_HOPPER_DECODE=all``) where it serves the model; ``False`` keeps
+    at batches of up to 16 sequences, as ``TRITON_ATTN_HOPPER_DECODE`` says) where it serves
+    the model; ``False`` keeps
     every decode on the generic kernel and its tables (attn-bench's ``ours-paged-generic``).
     """
 
@@ -220,12 +222,15 @@ def model_geometry(
 def _gluon_decode(problem: AttentionProblem, decode_query_len: int, device: Any) -> DecodeConfig | None:
     """The Gluon decode's configuration where ``TRITON_ATTN_HOPPER_DECODE`` and ``device``
     let it serve this launch."""
-    from .envs import hopper_decode_min_query_len
+    from .envs import hopper_decode_mode
 
-    least = hopper_decode_min_query_len()
-    if least is None or decode_query_len < least or not _runs_gluon(device):
+    mode = hopper_decode_mode()
+    if mode is None or not _runs_gluon(device):
         return None
-    return gluon_decode_config(problem, decode_query_len=decode_query_len, min_query_len=least)
+    if mode == "verify":
+        return gluon_decode_config(problem, decode_query_len=decode_query_len, min_query_len=2)
+    bound = GLUON_DECODE_ONE_TOKEN_MAX_SEQS if mode == "auto" else None
+    return gluon_decode_config(problem, decode_query_len=decode_query_len, one_token_max_seqs=bound)
 
 
 def _runs_gluon(device: Any) -> bool:
@@ -273,8 +278,8 @@ class ServingPolicy:
     ``geometry``: an :class:`AttentionProblem` whose head counts, head size, dtypes, SM
     count and interpreter flag are the model's (its batch fields are ignored).
 
-    - decode on Hopper (speculative verification; one-token steps too with
-      ``TRITON_ATTN_HOPPER_DECODE=all``): the Gluon decode's
+    - decode on Hopper (speculative verification; one-token steps at batches of up to 16
+      sequences, as ``TRITON_ATTN_HOPPER_DECODE`` says): the Gluon decode's
       configuration (:func:`~.heuristics.gluon_decode_config`; its split count depends on
       the batch size only) where it serves the model at ``limits.block_size`` and
       ``limits.hopper_decode``. Elsewhere:
