@@ -20,6 +20,7 @@ EXPECTED = {
     "flex-attention",
     "vllm-triton",
     "vllm-fa3",
+    "vllm-fa3-p16",
     "vllm-kv-write",
     "vllm-triton-kv-write",
     "flash-attn",
@@ -176,3 +177,31 @@ def test_gluon_decode_provider_says_what_it_serves():
     assert "verification" in prov.unsupported(Problem(op="prefill", batch=1, context=4096, q_len=17, block_size=64))
     for bad in (dict(block_size=16), dict(kv_dtype="float8_e4m3fn"), dict(head_dim=256), dict(variant="window=64")):
         assert "Gluon decode serves" in prov.unsupported(Problem(**{**ok.as_dict(), **bad}))
+
+
+@pytest.mark.parametrize("block_size", [16, 32, 128])
+def test_cache_seen_as_smaller_pages_holds_the_same_attention(block_size):
+    """vllm-fa3-p16's view of a case's cache: every sequence's keys in the same order, so
+    the reference attends the same way over either layout; a page size that does not
+    divide the block size is refused."""
+    from attn_bench.inputs import make_inputs
+    from triton_attn_kernels.reference import paged_attention_ref
+
+    p = Problem(op="prefill", batch=3, context=150, q_len=20, block_size=block_size, num_q_heads=4, num_kv_heads=2,
+                head_dim=32)  # fmt: skip
+    x = make_inputs(p, "cpu", seed=3)
+    k16, v16, table16 = x.pages_of(16)
+    assert k16.data_ptr() == x.k_cache.data_ptr() and k16.shape[1] == 16  # a view, no copy
+    assert table16.shape == (x.block_table.shape[0], x.block_table.shape[1] * (block_size // 16))
+    want = paged_attention_ref(x.q, x.k_cache, x.v_cache, x.block_table, x.seq_lens, x.cu_seqlens_q)
+    got = paged_attention_ref(x.q, k16, v16, table16, x.seq_lens, x.cu_seqlens_q)
+    assert torch.equal(got, want) and not torch.isnan(got).any()
+    with pytest.raises(ValueError, match="page must divide the block size"):
+        x.pages_of(24 if block_size != 16 else 32)
+
+
+def test_fa3_at_default_pages_says_what_it_needs():
+    prov = get("vllm-fa3-p16")
+    assert "divisible by 16" in prov.unsupported(Problem(op="decode", batch=1, context=64, block_size=8))
+    assert prov.unsupported(Problem(op="decode", batch=1, context=64, block_size=128)) is None
+    assert "fp8" in prov.unsupported(Problem(op="decode", batch=1, context=64, kv_dtype="float8_e4m3fn"))

@@ -110,6 +110,20 @@ class Inputs:
             vs.append(self.v_cache[blocks].flatten(0, 1)[:n])
         return torch.cat(ks).contiguous(), torch.cat(vs).contiguous()
 
+    def pages_of(self, page: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The cache as pages of ``page`` tokens (a divisor of the block size): K and V views
+        (no copy; page j of block b is block b's slots j * page ...) and the block table
+        that names them, for a peer timed at a page size of its own on the same data."""
+        bs = self.problem.block_size
+        if page <= 0 or bs % page:
+            raise ValueError(f"page must divide the block size {bs}, got {page}")
+        r = bs // page
+        k = self.k_cache.reshape(-1, page, *self.k_cache.shape[2:])
+        v = self.v_cache.reshape(-1, page, *self.v_cache.shape[2:])
+        parts = torch.arange(r, dtype=torch.int32, device=self.block_table.device)
+        table = (self.block_table.unsqueeze(-1) * r + parts).flatten(1).contiguous()
+        return k, v, table
+
     def release(self) -> None:
         self.__dict__.pop("contiguous_kv", None)
 

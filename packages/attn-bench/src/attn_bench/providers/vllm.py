@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..inputs import Inputs
+from ..problems import Problem
 from ..registry import Skip, Timed, provider
 from .common import ATTENTION_OPS, supports
 
@@ -117,6 +118,32 @@ def vllm_triton(x: Inputs) -> Timed:
 )
 def vllm_fa3(x: Inputs) -> Timed:
     """vLLM FLASH_ATTN: vllm.vllm_flash_attn.flash_attn_varlen_func with block_table, fa_version=3."""
+    return _fa3(x, x.k_cache, x.v_cache, x.block_table)
+
+
+FA3_DEFAULT_PAGE = 16  # tokens per page of vLLM's FLASH_ATTN backend unless told otherwise
+
+
+def _fa3_default_pages(problem: Problem) -> str | None:
+    if problem.block_size % FA3_DEFAULT_PAGE:
+        return f"needs a block size divisible by {FA3_DEFAULT_PAGE}"
+    return supports(fp8=False, variants=("window", "softcap", "sinks"))(problem)
+
+
+@provider(
+    "vllm-fa3-p16",
+    ops=ATTENTION_OPS,
+    requires=("vllm",),
+    cuda_only=True,
+    supports=_fa3_default_pages,
+    available=_fa3_available,
+)
+def vllm_fa3_p16(x: Inputs) -> Timed:
+    """vllm-fa3 on the case's cache viewed as 16-token pages, the page size vLLM's FLASH_ATTN backend serves by default (a 128-token case page is 8 of them, in order): FA3 as served by default, beside ours at the case's page size, on the same data."""
+    return _fa3(x, *x.pages_of(FA3_DEFAULT_PAGE))
+
+
+def _fa3(x: Inputs, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor) -> Timed:
     from vllm.vllm_flash_attn import flash_attn_varlen_func
 
     p = x.problem
@@ -129,15 +156,15 @@ def vllm_fa3(x: Inputs) -> Timed:
     def fn() -> torch.Tensor:
         flash_attn_varlen_func(
             q=x.q,
-            k=x.k_cache,
-            v=x.v_cache,
+            k=k_cache,
+            v=v_cache,
             max_seqlen_q=p.max_seqlen_q,
             cu_seqlens_q=x.cu_seqlens_q,
             max_seqlen_k=p.max_seqlen_k,
             seqused_k=x.seq_lens,
             softmax_scale=x.scale,
             causal=True,
-            block_table=x.block_table,
+            block_table=block_table,
             out=out,
             fa_version=3,
             window_size=window,
