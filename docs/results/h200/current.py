@@ -18,6 +18,7 @@ HERE = Path(__file__).resolve().parent
 MORNING = HERE / "fa3-2026-12-02"  # sources a53c8fc: 16-token pages, FA3 beside
 PAGES = HERE / "verify-gluon-2026-12-04"  # sources 78e7a79: decode and verification at 128-token pages
 FEATURES = HERE / "prefill-2026-12-04"  # sources 603a39b: prefill and mixed at 128-token pages
+OVERLAP = HERE / "overlap-2026-12-04"  # sources 096e939: verification with the softmax beside the PV
 E2E = [HERE / "e2e" / f"e2e-2026-12-04b{tag}.csv" for tag in ("", "-fp8")]  # sources 603a39b
 OURS, FA3 = "#1f77b4", "#ff7f0e"
 
@@ -84,7 +85,8 @@ def plot(png: Path) -> None:
     generic = ratios(fa3_16, "ours-paged", "vllm-fa3", _short)
     dv = times(PAGES / "p128-78e7a79.csv")
     decode = ratios({k: v for k, v in dv.items() if k.startswith("decode")}, "ours-paged", "vllm-fa3", _short)
-    verify = ratios({k: v for k, v in dv.items() if k.startswith("prefill")}, "ours-paged", "vllm-fa3", _verify)
+    dv_new = times(OVERLAP / "p128-096e939.csv")
+    verify = ratios({k: v for k, v in dv_new.items() if k.startswith("prefill")}, "ours-paged", "vllm-fa3", _verify)
     mix = [(_mixed(k), t["vllm-fa3"] / t["ours-paged"]) for k, t in mixed.items() if "vllm-fa3" in t]
     e2e = []
     for path in E2E:
@@ -108,8 +110,8 @@ def plot(png: Path) -> None:
     axes[0].set_ylabel("speed relative to FA3 (FA3 time / ours)")
     fig.suptitle(
         "One NVIDIA H200, vLLM 0.26's FlashAttention-3 in the same process; bf16, 32 q / 8 KV heads, d128 "
-        "(commits a53c8fc, 603a39b, 78e7a79: docs/results/h200/fa3-2026-12-02, prefill-2026-12-04, "
-        "verify-gluon-2026-12-04, e2e 2026-12-04 second run)",
+        "(commits a53c8fc, 603a39b, 78e7a79, 096e939: docs/results/h200/fa3-2026-12-02, prefill-2026-12-04, "
+        "verify-gluon-2026-12-04, overlap-2026-12-04, e2e 2026-12-04 second run)",
         fontsize=9,
     )
     fig.tight_layout()
